@@ -1,0 +1,44 @@
+"""actextract: batch activation extraction for PyTorch, into chunked Zarr v3 stores.
+
+    store = actextract.extract("resnet18", "folder:./imgs", layers=["layer3", "avgpool"],
+                               out="run.zarr", batch_size=128)
+    store = actextract.open_store("run.zarr"); store["layer3"][:8]
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from actextract.api import LayerTable, extract, list_layers
+from actextract.errors import (
+    ActextractError,
+    BadSampleError,
+    CaptureError,
+    CheckpointError,
+    LayerNotFoundError,
+    ModelSpecError,
+    OutputExistsError,
+    SourceError,
+    StoreError,
+)
+from actextract.source import Preprocess
+from actextract.store import Store, open_store
+
+__all__ = [
+    "ActextractError",
+    "BadSampleError",
+    "CaptureError",
+    "CheckpointError",
+    "LayerNotFoundError",
+    "LayerTable",
+    "ModelSpecError",
+    "OutputExistsError",
+    "Preprocess",
+    "SourceError",
+    "Store",
+    "StoreError",
+    "__version__",
+    "extract",
+    "list_layers",
+    "open_store",
+]

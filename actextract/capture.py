@@ -1,0 +1,267 @@
+"""Capture: which layers, and a callable that returns their outputs for a batch.
+
+Names are those of torchvision's ``get_graph_node_names`` (fx nodes such as ``layer1.0.relu_1``
+or ``flatten``) and module names (``layer3``, containers included: their output is the output
+of the module's last node). Globs (``layer*.conv2``, ``features.*``) expand in graph order.
+
+``create_feature_extractor`` (torch.fx) is the default. A model fx cannot trace (data-dependent
+control flow, ...) falls back to forward hooks on modules, and the log says so; then only module
+names can be captured. A module called twice is captured at its first call on both paths
+(``name_1`` is the fx name of the second call).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from actextract.errors import CaptureError, LayerNotFoundError
+
+__all__ = ["Capture", "LayerInfo", "build_capture", "layer_table", "probe", "select_layers"]
+
+log = logging.getLogger(__name__)
+
+Method = Literal["auto", "fx", "hooks"]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One capturable layer. ``shape``: per sample, e.g. (C, H, W); ``kind``: module class
+    or the function an fx node calls."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...] | None = None
+
+    def bytes_per_sample(self, dtype: torch.dtype) -> int:
+        n = 1
+        for d in self.shape or ():
+            n *= d
+        return n * torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Every name that can be captured from a model, in graph order, and how."""
+
+    names: tuple[str, ...]
+    kinds: dict[str, str]
+    method: Literal["fx", "hooks"]
+    fx_error: str | None  # why fx could not trace, when it could not
+    alias: dict[str, str]  # fx: container module → its last node (the same tensor)
+
+
+def _fx_node_names(module: nn.Module) -> list[str]:
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    _, eval_nodes = get_graph_node_names(module)
+    inputs = set(inspect.signature(module.forward).parameters)
+    return [n for n in eval_nodes if n not in inputs]
+
+
+def candidates(module: nn.Module, method: Method = "auto") -> Candidates:
+    """List what can be captured. ``method='auto'`` tries fx and falls back to hooks."""
+    modules = dict(module.named_modules())
+    modules.pop("", None)
+    kinds = {name: type(m).__name__ for name, m in modules.items()}
+    fx_error = None
+    if method != "hooks":
+        try:
+            nodes = _fx_node_names(module)
+        except Exception as e:  # fx raises many types (TraceError, TypeError, ...) on failure
+            fx_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if method == "fx":
+                raise CaptureError(f"torch.fx cannot trace {type(module).__name__} ({fx_error}); "
+                                   "use --capture hooks (module names only).") from None
+            log.warning("torch.fx cannot trace %s (%s); capturing with forward hooks on "
+                        "modules instead", type(module).__name__, fx_error)
+        else:
+            alias = _container_nodes(nodes, modules)
+            order = sorted([(i, 0, 0, n) for i, n in enumerate(nodes)] +
+                           [(nodes.index(last), 1, -c.count("."), c) for c, last in alias.items()])
+            return Candidates(tuple(n for *_, n in order),
+                              {n: kinds.get(n) or _node_kind(n, kinds) for n in
+                               [*nodes, *modules]}, "fx", None, alias)
+    return Candidates(tuple(modules), kinds, "hooks", fx_error, {})
+
+
+def _node_kind(node: str, kinds: dict[str, str]) -> str:
+    """``layer1.0.relu_1`` → ReLU (second call of a module); ``flatten`` → flatten()."""
+    base = re.sub(r"_\d+$", "", node)
+    return kinds.get(base) or f"{base.rsplit('.', 1)[-1]}()"
+
+
+def _container_nodes(nodes: list[str], modules: dict[str, nn.Module]) -> dict[str, str]:
+    """Each module that is not itself a node (``layer1``, ``layer1.0``) → its last node, whose
+    output is the module's. Modules that forward() never calls are left out."""
+    last: dict[str, str] = {}
+    node_set = set(nodes)
+    for node in nodes:  # in graph order, so the last write wins
+        parts = node.split(".")
+        for depth in range(1, len(parts)):
+            prefix = ".".join(parts[:depth])
+            if prefix in modules and prefix not in node_set:
+                last[prefix] = node
+    return last
+
+
+def select_layers(patterns: Iterable[str], cands: Candidates, *, model_name: str) -> list[str]:
+    """Resolve names and globs to capturable names, in graph order, without duplicates."""
+    patterns = [p.strip() for p in patterns if p and p.strip()]
+    if not patterns:
+        raise LayerNotFoundError(f"no layers given; run 'actextract layers {model_name}' to see "
+                                 "the names.")
+    chosen: set[str] = set()
+    names = cands.names
+    for pat in patterns:
+        if pat in cands.kinds and pat in names:
+            chosen.add(pat)
+            continue
+        if any(c in pat for c in "*?["):
+            hits = fnmatch.filter(names, pat)
+            if hits:
+                chosen.update(hits)
+                continue
+        raise LayerNotFoundError(_not_found(pat, cands, model_name))
+    return [n for n in names if n in chosen]
+
+
+def _not_found(pat: str, cands: Candidates, model_name: str) -> str:
+    close = difflib.get_close_matches(pat, cands.names, n=4, cutoff=0.5)
+    where = f"layer '{pat}' is not in {model_name}"
+    if cands.method == "hooks" and cands.fx_error:
+        where += (f" (fx could not trace it: {cands.fx_error}; only module names can be "
+                  "captured, with hooks)")
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    return f"{where}{hint}. Run 'actextract layers {model_name}' to list the names."
+
+
+class Capture:
+    """``capture(x) -> {name: output}`` for the chosen layers; outputs are (B, ...) tensors.
+
+    On the hooks path the hooks stay on the module until :meth:`close`.
+    """
+
+    def __init__(self, module: nn.Module, names: Sequence[str], cands: Candidates):
+        self.module, self.names, self.method = module, list(names), cands.method
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._outputs: dict[str, object] = {}
+        self.kinds = {n: cands.kinds.get(n, "?") for n in self.names}
+        # fx returns one output per node: a container is read from its last node
+        self._node_of = {n: cands.alias.get(n, n) for n in self.names}
+        _disable_inplace(module)
+        if self.method == "fx":
+            from torchvision.models.feature_extraction import create_feature_extractor
+
+            nodes = dict.fromkeys(self._node_of.values())
+            self._fn = create_feature_extractor(module, return_nodes={n: n for n in nodes})
+            self._fn.eval()
+        else:
+            self._fn = module
+            modules = dict(module.named_modules())
+            self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name: str):
+        def hook(_mod: nn.Module, _inp: object, out: object) -> None:
+            self._outputs.setdefault(name, out)  # first call wins, as fx's plain node name
+
+        return hook
+
+    def raw(self, x: torch.Tensor) -> dict[str, object]:
+        """Whatever the layers output, unchecked."""
+        if self.method == "fx":
+            out = self._fn(x)
+            return {n: out[node] for n, node in self._node_of.items()}
+        self._outputs = {}
+        try:
+            self._fn(x)
+            return self._outputs
+        finally:
+            self._outputs = {}
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = self.raw(x)
+        missing = [n for n in self.names if n not in outputs]
+        if missing:
+            raise CaptureError(f"layers {missing} produced no output in the forward pass "
+                               "(modules that forward() never calls).")
+        bad = [f"{n} ({type(outputs[n]).__name__})" for n in self.names
+               if not isinstance(outputs[n], torch.Tensor)]
+        if bad:
+            raise CaptureError(f"layers {', '.join(bad)} do not output a single tensor; choose "
+                               "a layer inside them (see 'actextract layers').")
+        return {n: outputs[n] for n in self.names}  # type: ignore[misc]
+
+    def close(self) -> None:
+        """Remove the hooks this capture put on the module."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def _disable_inplace(module: nn.Module) -> None:
+    """``ReLU(inplace=True)`` would overwrite the captured output of the layer before it
+    (resnet's ``bn1`` would read as post-ReLU). Turning it off changes memory, not results."""
+    for m in module.modules():
+        if isinstance(getattr(m, "inplace", None), bool) and m.inplace:
+            m.inplace = False
+
+
+def build_capture(module: nn.Module, patterns: Iterable[str], *, model_name: str,
+                  method: Method = "auto") -> Capture:
+    """Resolve ``patterns`` on ``module`` and build the capture (fx, or hooks as fallback)."""
+    cands = candidates(module, method)
+    names = select_layers(patterns, cands, model_name=model_name)
+    return Capture(module, names, cands)
+
+
+@torch.inference_mode()
+def probe(capture: Capture, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Per-sample output shapes of the captured layers, from one forward of ``example``
+    (1, *input_shape) on the module's device."""
+    try:
+        outputs = capture(example)
+    except CaptureError:
+        raise
+    except Exception as e:
+        raise CaptureError(f"a forward pass of one sample of shape {tuple(example.shape[1:])} "
+                           f"failed: {type(e).__name__}: {e}. Check the input shape "
+                           "(--input-shape, or the dataset's transform).") from e
+    return {n: tuple(t.shape[1:]) for n, t in outputs.items()}
+
+
+def layer_table(module: nn.Module, input_shape: Sequence[int], *,
+                method: Method = "auto") -> tuple[list[LayerInfo], str]:
+    """Every capturable layer with its kind and per-sample output shape (None where the
+    output is not one tensor), from one forward pass of zeros; and the method used."""
+    cands = candidates(module, method)
+    cap = Capture(module, cands.names, cands)
+    example = torch.zeros((1, *input_shape), device=_module_device(module))
+    try:
+        with torch.inference_mode():
+            outputs = cap.raw(example)
+    except Exception as e:
+        raise CaptureError(f"a forward pass of one sample of shape {tuple(input_shape)} "
+                           f"failed: {type(e).__name__}: {e}. Check --input-shape.") from e
+    finally:
+        cap.close()
+    rows = []
+    for n in cands.names:
+        out = outputs.get(n)
+        shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
+        rows.append(LayerInfo(n, cands.kinds.get(n, "?"), shape))
+    return rows, cands.method
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

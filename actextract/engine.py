@@ -1,0 +1,187 @@
+"""Engine: the loop. Batches in, activations to the sink, timings and progress out.
+
+Per batch: host→device (``non_blocking`` from pinned memory), autocast forward through the
+capture, reduce and cast on the device, device→host into pinned buffers on a side stream, and
+hand-off to the sink, whose threads write while the next batch computes. The loop knows
+nothing of the Zarr layout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from actextract.errors import ActextractError, BadSampleError
+from actextract.sink import HostBatch, Sink
+from actextract.source import BadSample, Batch
+
+__all__ = [
+    "PRECISIONS", "RunOptions", "Summary", "autocast", "check_bad", "format_summary",
+    "resolve_device", "run",
+]
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How the loop runs, decided once before it starts."""
+
+    device: torch.device
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    channels_last: bool = False
+    on_bad_sample: str = "error"  # error | skip
+    progress: bool | None = None  # None: a bar only on a terminal (tqdm's disable=None)
+
+
+@dataclass
+class Summary:
+    """End-of-run numbers; the three waits add up to about ``seconds``."""
+
+    images: int = 0
+    seconds: float = 0.0
+    bytes_written: int = 0  # uncompressed activation bytes
+    data_wait: float = 0.0  # waiting for the loader
+    compute: float = 0.0  # forward, reduce, copy launch
+    write_wait: float = 0.0  # waiting for room in the sink, and its final flush
+    skipped: list[BadSample] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {"images": self.images, "skipped": len(self.skipped),
+                "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 1),
+                "bytes_written": self.bytes_written, "data_wait_s": round(self.data_wait, 3),
+                "compute_s": round(self.compute, 3), "write_wait_s": round(self.write_wait, 3)}
+
+
+class ResolveError(ActextractError, ValueError):
+    """A run option that does not fit this machine."""
+
+
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """``auto`` → cuda when available, else cpu; ``cuda:1`` is checked against the GPUs."""
+    if str(spec) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ResolveError(f"--device '{spec}' is not auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ResolveError(f"--device {spec}: CUDA is not available on this machine; use "
+                               "--device cpu (or auto).")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ResolveError(f"--device {spec}: this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s).")
+    elif device.type != "cpu":
+        raise ResolveError(f"--device '{spec}' is not supported; use auto, cpu or cuda[:N].")
+    return device
+
+
+def autocast(device: torch.device, precision: str):
+    """The forward's autocast context: ``nullcontext`` for fp32."""
+    if precision not in PRECISIONS:
+        raise ResolveError(f"--precision '{precision}' is not one of {', '.join(PRECISIONS)}.")
+    dtype = PRECISIONS[precision]
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+class _ToHost:
+    """Device→host copies into pinned memory on a side stream (CUDA), so the copy of batch k
+    overlaps the forward of batch k+1. On the CPU the tensors are already on the host."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+
+    def __call__(self, acts: dict[str, torch.Tensor]):
+        if not self.cuda:
+            return acts, None
+        acts = {k: v.contiguous() for k, v in acts.items()}
+        self.stream.wait_stream(torch.cuda.current_stream())  # outputs are computed
+        with torch.cuda.stream(self.stream):
+            host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(
+                v, non_blocking=True) for k, v in acts.items()}
+            for v in acts.values():
+                v.record_stream(self.stream)  # keep the device memory until the copy is done
+            ready = torch.cuda.Event()
+            ready.record(self.stream)
+        return host, ready
+
+
+def run(loader: Iterable[Batch], forward: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+        sink: Sink, options: RunOptions, *, total: int) -> Summary:
+    """Push every batch of ``loader`` through ``forward`` (capture + reduce) into ``sink``."""
+    summary = Summary()
+    to_host = _ToHost(options.device)
+    memory_format = torch.channels_last if options.channels_last else torch.preserve_format
+    bar = tqdm(total=total, unit="img", unit_scale=True, disable=None if options.progress
+               is None else not options.progress, desc="extract", dynamic_ncols=True)
+    start = tick = time.perf_counter()
+    with bar, torch.inference_mode():
+        for batch in loader:
+            now = time.perf_counter()
+            summary.data_wait += now - tick
+            if batch.bad:
+                check_bad(batch.bad, options.on_bad_sample)
+                summary.skipped.extend(batch.bad)
+            acts, ready = {}, None
+            if batch.inputs is not None:
+                x = batch.inputs.to(options.device, non_blocking=True,
+                                    memory_format=memory_format)
+                with autocast(options.device, options.precision):
+                    acts = forward(x)
+                acts, ready = to_host(acts)
+            tick = time.perf_counter()
+            summary.compute += tick - now
+            summary.write_wait += sink.put(HostBatch(
+                batch.indices.numpy(), batch.labels.numpy(), batch.ids, acts, batch.bad, ready))
+            summary.images += len(batch.ids)
+            bar.update(len(batch.ids) + len(batch.bad))
+            tick = time.perf_counter()
+        summary.write_wait += sink.close()
+    summary.seconds = time.perf_counter() - start
+    summary.bytes_written = sink.bytes_written
+    return summary
+
+
+def check_bad(bad: list[BadSample], policy: str) -> None:
+    if policy == "skip":
+        return
+    first = bad[0]
+    raise BadSampleError(
+        f"sample {first.index} ('{first.id}') could not be used: {first.error}. Fix or remove "
+        "it, or pass --on-bad-sample skip to leave its row empty (NaN, label -1) and go on."
+    )
+
+
+def format_summary(attrs: dict) -> str:
+    """The end-of-run text, from a store's attributes (``summary``, ``skipped``)."""
+    s = attrs.get("summary") or {}
+    total = max(s.get("seconds", 0.0), 1e-9)
+
+    def part(key: str) -> str:
+        return f"{s.get(key, 0.0):.2f} s ({100 * s.get(key, 0.0) / total:.0f}%)"
+
+    lines = [
+        f"{s.get('images', 0)} images in {s.get('seconds', 0.0):.2f} s "
+        f"({s.get('images_per_s', 0.0):,.1f} images/s), "
+        f"{s.get('bytes_written', 0) / 1e6:,.1f} MB of activations written",
+        f"time: waiting for data {part('data_wait_s')}, compute {part('compute_s')}, "
+        f"waiting for the writer {part('write_wait_s')}",
+    ]
+    skipped = attrs.get("skipped") or []
+    count = attrs.get("skipped_count", len(skipped))
+    if count:
+        ids = ", ".join(str(b["id"]) for b in skipped[:10])
+        more = f" (+{count - 10} more)" if count > 10 else ""
+        lines.append(f"skipped {count} bad samples: {ids}{more}")
+    return "\n".join(lines)

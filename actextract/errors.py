@@ -1,0 +1,59 @@
+"""Errors raised by actextract.
+
+Every class inherits :class:`ActextractError` and, where one fits, the builtin a caller would
+catch anyway (``except KeyError`` still catches an unknown layer). Messages say what is wrong,
+with the value, and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActextractError",
+    "BadSampleError",
+    "CaptureError",
+    "CheckpointError",
+    "LayerNotFoundError",
+    "ModelSpecError",
+    "OutputExistsError",
+    "SourceError",
+    "StoreError",
+]
+
+
+class ActextractError(Exception):
+    """Base class: a problem with the user's input or environment, reported without traceback."""
+
+
+class SourceError(ActextractError, ValueError):
+    """A dataset spec that cannot be resolved: unknown kind, missing root, empty folder."""
+
+
+class BadSampleError(ActextractError, RuntimeError):
+    """One sample of the dataset could not be loaded or transformed."""
+
+
+class ModelSpecError(ActextractError, ValueError):
+    """A model spec that names no known model."""
+
+
+class CheckpointError(ActextractError, ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+class LayerNotFoundError(ActextractError, KeyError):
+    """A layer name or glob that matches nothing in the model."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CaptureError(ActextractError, RuntimeError):
+    """A layer that exists but cannot be captured (untraceable model, non-tensor output, ...)."""
+
+
+class StoreError(ActextractError, ValueError):
+    """A store that is missing, malformed, or from an incompatible format version."""
+
+
+class OutputExistsError(StoreError, FileExistsError):
+    """The output path exists and neither ``overwrite`` nor ``resume`` was asked for."""

@@ -1,0 +1,193 @@
+"""Models: specs → ``nn.Module`` in eval mode, with checkpoints and their provenance.
+
+Specs (``load_model``):
+
+- a torchvision classification model by name (``resnet18``, ``vgg16``, ...): random weights
+  unless ``weights`` names a local checkpoint (nothing is downloaded);
+- ``digits-cnn``: the small CNN of the tutorials (conv → relu → pool → conv → relu → pool →
+  dropout → linear), for 1×28×28 inputs; ``actextract train-demo`` trains it;
+- ``python:module:callable`` or ``python:file.py:callable``: a callable returning a Module;
+- an ``nn.Module`` object (Python API).
+
+A checkpoint is a state_dict (also inside ``{"state_dict": ...}`` or ``{"model": ...}``, with
+``module.``/``_orig_mod.`` prefixes removed) or a whole pickled module; its sha256 goes into
+the store.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from actextract._imports import load_object
+from actextract.errors import CheckpointError, ModelSpecError
+from actextract.source import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+__all__ = ["DigitsCNN", "LoadedModel", "file_sha256", "load_checkpoint", "load_model"]
+
+log = logging.getLogger(__name__)
+
+
+class DigitsCNN(nn.Module):
+    """The tutorials' MNIST network. Input (N, 1, 28, 28); output (N, 10) logits.
+
+    Layer outputs: conv1 (32, 26, 26), pool1 (32, 13, 13), conv2 (64, 11, 11),
+    pool2 (64, 5, 5), flatten (1600,), fc1 (10,).
+    """
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=3)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.dropout = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(64 * 5 * 5, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        return self.fc1(self.dropout(x))
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to capture from, and what the store records about it."""
+
+    module: nn.Module
+    spec: str
+    input_shape: tuple[int, ...] | None  # per sample, when the model implies one
+    preprocess: Preprocess  # the model's default input preparation for image sources
+    weights: str | None = None
+    weights_sha256: str | None = None
+
+
+_TORCHVISION_PREPROCESS = Preprocess(channels=3, resize=256, crop=224, mean=IMAGENET_MEAN,
+                                     std=IMAGENET_STD)
+
+
+def torchvision_model_names() -> list[str]:
+    import torchvision.models
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def load_model(model: str | nn.Module, *, weights: str | Path | None = None) -> LoadedModel:
+    """Resolve a model spec or Module, load ``weights`` into it, and put it in eval mode."""
+    if isinstance(model, nn.Module):
+        module, spec, shape = model, f"python-object:{type(model).__qualname__}", None
+        pre = Preprocess()
+    elif model == "digits-cnn":
+        module, spec, shape = DigitsCNN(), model, (1, 28, 28)
+        pre = Preprocess(channels=1, resize=28, crop=28)
+    elif model.startswith("python:"):
+        factory = load_object(model.removeprefix("python:"), what=f"--model {model}",
+                              error=ModelSpecError)
+        module = factory() if not isinstance(factory, nn.Module) else factory
+        if not isinstance(module, nn.Module):
+            raise ModelSpecError(f"--model {model} returned {type(module).__name__}, not an "
+                                 "nn.Module.")
+        spec, shape, pre = model, None, Preprocess()
+    else:
+        names = torchvision_model_names()
+        if model not in names:
+            close = difflib.get_close_matches(model, [*names, "digits-cnn"], n=4, cutoff=0.5)
+            hint = f" Close matches: {', '.join(close)}." if close else ""
+            raise ModelSpecError(
+                f"unknown model '{model}'.{hint} Use a torchvision classification model name "
+                "(see torchvision.models.list_models()), 'digits-cnn', or python:module:callable."
+            )
+        import torchvision.models
+
+        module = torchvision.models.get_model(model, weights=None)
+        spec, shape, pre = model, (3, 224, 224), _TORCHVISION_PREPROCESS
+    sha = None
+    if weights is not None:
+        module, sha = load_checkpoint(module, weights)
+    module.eval()
+    return LoadedModel(module, spec, shape, pre, str(weights) if weights else None, sha)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_checkpoint(module: nn.Module, path: str | Path) -> tuple[nn.Module, str]:
+    """Load a checkpoint file into ``module`` (or replace it by a pickled module).
+
+    Returns (module, sha256 of the file). Raises CheckpointError naming the missing,
+    unexpected and mis-shaped keys when the state_dict does not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--weights '{path}' does not exist or is not a file.")
+    sha = file_sha256(path)
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # A whole pickled module: unpickling runs code from the file, so only for trusted files.
+        log.warning("%s is not a plain state_dict; loading it as a pickled module "
+                    "(this executes code from the file)", path)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"--weights '{path}' cannot be read: {e}") from None
+    except Exception as e:
+        raise CheckpointError(f"--weights '{path}' cannot be read as a torch checkpoint: "
+                              f"{e}") from None
+    if isinstance(obj, nn.Module):
+        return obj, sha
+    state = _find_state_dict(obj, path)
+    _check_fits(module, state, path)
+    module.load_state_dict(state, strict=True)
+    return module, sha
+
+
+def _find_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"--weights '{path}' holds {type(obj).__name__}, not a state_dict "
+                              "(a dict of tensors) or an nn.Module.")
+    out = {}
+    for k, v in obj.items():
+        for prefix in ("module.", "_orig_mod."):  # DataParallel / torch.compile wrappers
+            k = k.removeprefix(prefix)
+        out[k] = v
+    return out
+
+
+def _check_fits(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("shape mismatches (checkpoint vs model)", shapes)):
+        if items:
+            more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
+            parts.append(f"{title}: {', '.join(items[:8])}{more}")
+    raise CheckpointError(f"--weights '{path}' does not fit {type(module).__name__}: "
+                          + "; ".join(parts) + ". Is it a checkpoint of this architecture?")

@@ -1,0 +1,393 @@
+"""Sources: dataset specs → a Dataset of samples with a row index and an id, and its loader.
+
+Specs (``open_source``):
+
+- ``digits``: scikit-learn's 1,797 handwritten 8×8 digits (shipped inside the package),
+  upsampled to 1×28×28 and normalised; labels 0-9. The embedded default: nothing downloaded.
+- ``folder:PATH``: class subfolders (ImageFolder: labels from folder names) or a flat folder of
+  images (label -1); the id is the path relative to PATH.
+- ``mnist:ROOT[:split]``, ``cifar10:ROOT``, ...: torchvision datasets already on disk
+  (``download=False``); split ``train`` (default) or ``test``.
+- ``synthetic:N:C:H:W``: N seeded random inputs, fed to the model as they are (benchmarks).
+- ``python:module:callable``: a user Dataset (or a callable returning one); items are an input
+  tensor or ``(input, label, ...)``, fed as they are.
+
+Every item of the dataset is a :class:`Sample` or, when loading it failed, a :class:`BadSample`;
+the engine decides whether a bad sample stops the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from actextract._imports import load_object
+from actextract.errors import SourceError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BadSample",
+    "Batch",
+    "Preprocess",
+    "Sample",
+    "Source",
+    "make_loader",
+    "open_source",
+    "wrap_dataset",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# name -> (torchvision class name, how the split is passed)
+TORCHVISION_DATASETS: dict[str, tuple[str, str]] = {
+    "mnist": ("MNIST", "train"),
+    "fashionmnist": ("FashionMNIST", "train"),
+    "kmnist": ("KMNIST", "train"),
+    "qmnist": ("QMNIST", "train"),
+    "cifar10": ("CIFAR10", "train"),
+    "cifar100": ("CIFAR100", "train"),
+    "svhn": ("SVHN", "split"),
+    "stl10": ("STL10", "split"),
+    "flowers102": ("Flowers102", "split"),
+    "food101": ("Food101", "split"),
+    "dtd": ("DTD", "split"),
+    "imagenet": ("ImageNet", "split"),
+}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images become input tensors. ``None`` leaves a step to the next default; ``0`` for
+    ``resize`` or ``crop`` turns the step off."""
+
+    channels: int | None = None  # 1 (grayscale) or 3 (RGB)
+    resize: int | None = None  # shorter side, in pixels
+    crop: int | None = None  # centre crop, square
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def over(self, base: Preprocess) -> Preprocess:
+        """These settings, with ``base`` filling the ones left at None."""
+        return Preprocess(**{k: v if v is not None else getattr(base, k) for k, v in
+                             asdict(self).items()})
+
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        """A torchvision v2 pipeline: PIL image or (C, H, W) tensor → (C', H', W') float32."""
+        from torchvision.transforms import v2
+
+        steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+        if self.channels == 3:
+            steps.append(v2.RGB())
+        elif self.channels == 1:
+            steps.append(v2.Grayscale(num_output_channels=1))
+        if self.resize:
+            steps.append(v2.Resize(self.resize, antialias=True))
+        if self.crop:
+            steps.append(v2.CenterCrop(self.crop))
+        if self.mean is not None and self.std is not None:
+            steps.append(v2.Normalize(list(self.mean), list(self.std)))
+        steps.append(v2.ToPureTensor())
+        return v2.Compose(steps)
+
+
+class Sample(NamedTuple):
+    """One loaded sample. ``input``: (C, H, W) or any per-sample shape, float."""
+
+    input: torch.Tensor
+    label: int
+    index: int
+    id: str
+
+
+class BadSample(NamedTuple):
+    """A sample that could not be loaded; ``error`` says why."""
+
+    index: int
+    id: str
+    error: str
+
+
+@dataclass
+class Batch:
+    """What the loader yields. ``inputs``: (B, ...) for the B good samples, or None."""
+
+    inputs: torch.Tensor | None
+    labels: torch.Tensor  # (B,) int64
+    indices: torch.Tensor  # (B,) int64, dataset rows
+    ids: list[str]
+    bad: list[BadSample] = field(default_factory=list)
+
+    def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
+        if self.inputs is None:
+            return self
+        return replace(self, inputs=self.inputs.pin_memory())
+
+
+def collate(items: Sequence[Sample | BadSample]) -> Batch:
+    """Stack the good samples; a sample whose shape differs from the batch's most common one
+    becomes a BadSample (its message says how to make inputs one size)."""
+    good = [s for s in items if isinstance(s, Sample)]
+    bad = [s for s in items if isinstance(s, BadSample)]
+    if good:
+        common, _ = Counter(tuple(s.input.shape) for s in good).most_common(1)[0]
+        for s in good:
+            if tuple(s.input.shape) != common:
+                bad.append(BadSample(s.index, s.id, (
+                    f"input shape {tuple(s.input.shape)} differs from the batch's {common}; "
+                    "pass --resize and --crop to bring every input to one size")))
+        good = [s for s in good if tuple(s.input.shape) == common]
+    return Batch(
+        inputs=torch.stack([s.input for s in good]) if good else None,
+        labels=torch.tensor([s.label for s in good], dtype=torch.int64),
+        indices=torch.tensor([s.index for s in good], dtype=torch.int64),
+        ids=[s.id for s in good],
+        bad=sorted(bad, key=lambda b: b.index),
+    )
+
+
+class SampleDataset(Dataset):
+    """Wraps a base dataset: item ``i`` becomes ``Sample(input, label, i, id)``, or a BadSample
+    when reading or transforming it raised."""
+
+    def __init__(self, base: Any, *, transform: Callable | None, ids: Sequence[str] | None):
+        self.base = base
+        self.transform = transform
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def sample_id(self, index: int) -> str:
+        return self.ids[index] if self.ids is not None else str(index)
+
+    def __getitem__(self, index: int) -> Sample | BadSample:
+        try:
+            item = self.base[index]
+            x, label = (item[0], item[1]) if isinstance(item, tuple | list) else (item, -1)
+            if self.transform is not None:
+                x = self.transform(x)
+            x = torch.as_tensor(x)
+            label = int(label) if label is not None else -1
+        except Exception as e:  # any failure of user data becomes a reported bad sample
+            log.debug("sample %d (%s) failed", index, self.sample_id(index), exc_info=True)
+            return BadSample(index, self.sample_id(index), f"{type(e).__name__}: {e}")
+        return Sample(x, label, index, self.sample_id(index))
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved dataset spec: the dataset, how it was made, what its labels mean."""
+
+    spec: str
+    dataset: SampleDataset
+    transform: str  # human-readable, for the store's provenance
+    classes: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+class _ImageFiles(Dataset):
+    """A flat folder of images: items are (PIL image, -1)."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        return _load_pil(str(self.paths[index])), -1
+
+
+class _Synthetic(Dataset):
+    """N seeded standard-normal inputs of one shape; item i is the same whatever the worker."""
+
+    def __init__(self, n: int, shape: tuple[int, ...], seed: int = 0):
+        self.n, self.shape, self.seed = n, shape, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        return torch.randn(self.shape, generator=g), index % 10
+
+
+def open_source(spec: str, preprocess: Preprocess | None = None) -> Source:
+    """Resolve a dataset spec (see the module docstring). ``preprocess`` overrides the source's
+    own defaults for image sources; synthetic and python sources are fed as they are."""
+    preprocess = preprocess or Preprocess()
+    kind, _, rest = spec.partition(":")
+    kind = kind.lower()
+    if kind == "digits":
+        return _digits(spec, preprocess)
+    if kind == "folder":
+        return _folder(spec, rest, preprocess)
+    if kind == "synthetic":
+        return _synthetic(spec, rest)
+    if kind == "python":
+        base = load_object(rest, what=f"--dataset {spec}", error=SourceError)
+        dataset = base() if callable(base) and not isinstance(base, Dataset) else base
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise SourceError(f"--dataset {spec} gave {type(dataset).__name__}, not a map-style "
+                              "Dataset with __len__ and __getitem__.")
+        return wrap_dataset(dataset, spec=spec)
+    if kind in TORCHVISION_DATASETS:
+        return _torchvision(spec, kind, rest, preprocess)
+    known = ["digits", "folder:PATH", "synthetic:N:C:H:W", "python:module:callable"]
+    known += [f"{k}:ROOT" for k in TORCHVISION_DATASETS]
+    raise SourceError(f"unknown dataset '{spec}'; use one of: {', '.join(known)}.")
+
+
+def wrap_dataset(dataset: Any, *, spec: str | None = None) -> Source:
+    """A user's own Dataset (items: tensor, or (tensor, label, ...)), fed as it is."""
+    if isinstance(dataset, Source):
+        return dataset
+    classes = getattr(dataset, "classes", None)
+    return Source(
+        spec=spec or f"python-object:{type(dataset).__module__}.{type(dataset).__qualname__}",
+        dataset=SampleDataset(dataset, transform=None, ids=None),
+        transform="as given by the dataset",
+        classes=tuple(map(str, classes)) if classes is not None else None,
+    )
+
+
+def _digits(spec: str, preprocess: Preprocess) -> Source:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().div_(16.0).unsqueeze(1)  # (N,1,8,8) [0,1]
+    # The digits' own statistics, so a model trained on them sees zero-mean unit-std inputs.
+    own = Preprocess(channels=1, resize=28, crop=0, mean=(float(images.mean()),),
+                     std=(float(images.std()),))
+    pre = preprocess.over(own)
+    base = list(zip(images, digits.target.tolist(), strict=True))
+    return Source(spec, SampleDataset(base, transform=pre.transform(), ids=None),
+                  transform=_describe(pre), classes=tuple(str(c) for c in range(10)))
+
+
+def _folder(spec: str, path: str, preprocess: Preprocess) -> Source:
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    root = Path(path).expanduser()
+    if not path or not root.is_dir():
+        raise SourceError(f"--dataset {spec}: folder '{root}' does not exist or is not a "
+                          "directory.")
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    pre = preprocess.over(Preprocess(channels=3))
+    transform = pre.transform()
+    if files:
+        ids = [p.relative_to(root).as_posix() for p in files]
+        return Source(spec, SampleDataset(_ImageFiles(files), transform=transform, ids=ids),
+                      transform=_describe(pre))
+    try:
+        folder = ImageFolder(str(root), loader=_load_pil)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise SourceError(
+            f"--dataset {spec}: no images found in '{root}' ({e}). A folder source holds image "
+            f"files ({', '.join(IMG_EXTENSIONS)}) directly, or in one subfolder per class."
+        ) from None
+    ids = [Path(p).relative_to(root).as_posix() for p, _ in folder.samples]
+    return Source(spec, SampleDataset(folder, transform=transform, ids=ids),
+                  transform=_describe(pre), classes=tuple(folder.classes))
+
+
+def _load_pil(path: str):
+    """ImageFolder's loader without its forced RGB conversion (Preprocess picks channels)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        return img.copy()
+
+
+def _torchvision(spec: str, kind: str, rest: str, preprocess: Preprocess) -> Source:
+    import torchvision.datasets as tvd
+
+    root_str, _, split = rest.partition(":")
+    split = split or "train"
+    cls_name, split_arg = TORCHVISION_DATASETS[kind]
+    root = Path(root_str).expanduser()
+    if not root_str or not root.is_dir():
+        raise SourceError(f"--dataset {spec}: root folder '{root}' does not exist. Give the "
+                          f"folder that holds the {cls_name} files, e.g. {kind}:./data.")
+    if split_arg == "train":
+        if split not in ("train", "test"):
+            raise SourceError(f"--dataset {spec}: split '{split}' is not 'train' or 'test'.")
+        kwargs: dict[str, Any] = {"train": split == "train"}
+    else:
+        kwargs = {"split": split}
+    if kind != "imagenet":
+        kwargs["download"] = False
+    try:
+        base = getattr(tvd, cls_name)(str(root), **kwargs)
+    except (RuntimeError, FileNotFoundError, OSError, ValueError) as e:
+        raise SourceError(
+            f"--dataset {spec}: torchvision's {cls_name} found no usable files under '{root}' "
+            f"({e}). actextract never downloads: place the dataset there first (for example "
+            f"with torchvision.datasets.{cls_name}('{root}', download=True) on a machine with "
+            "internet)."
+        ) from None
+    pre = preprocess.over(Preprocess(channels=3))
+    classes = getattr(base, "classes", None)
+    return Source(spec, SampleDataset(base, transform=pre.transform(), ids=None),
+                  transform=_describe(pre),
+                  classes=tuple(map(str, classes)) if classes is not None else None)
+
+
+def _synthetic(spec: str, rest: str) -> Source:
+    try:
+        n, *shape = (int(v) for v in rest.split(":"))
+    except ValueError:
+        n, shape = 0, []
+    if n <= 0 or not shape or any(d <= 0 for d in shape):
+        raise SourceError(f"--dataset {spec}: expected synthetic:N:C:H:W with positive "
+                          "integers, e.g. synthetic:1024:3:224:224.")
+    return Source(spec, SampleDataset(_Synthetic(n, tuple(shape)), transform=None, ids=None),
+                  transform="seeded standard normal, fed as is (label = index % 10)",
+                  classes=tuple(str(c) for c in range(10)))
+
+
+def _describe(pre: Preprocess) -> str:
+    parts = []
+    if pre.channels:
+        parts.append("grayscale" if pre.channels == 1 else "rgb")
+    if pre.resize:
+        parts.append(f"resize({pre.resize})")
+    if pre.crop:
+        parts.append(f"center_crop({pre.crop})")
+    if pre.mean is not None and pre.std is not None:
+        mean = ", ".join(f"{m:.4g}" for m in pre.mean)
+        std = ", ".join(f"{s:.4g}" for s in pre.std)
+        parts.append(f"normalize(mean=[{mean}], std=[{std}])")
+    return " → ".join(["to_float[0,1]", *parts])
+
+
+def make_loader(source: Source, rows: Sequence[int], *, batch_size: int, num_workers: int = 0,
+                pin_memory: bool = False, prefetch_factor: int = 4) -> DataLoader:
+    """A DataLoader over ``rows`` of the source, in order, yielding :class:`Batch`.
+
+    Workers are persistent (no re-fork per epoch) and each keeps ``prefetch_factor`` batches
+    ready; ``pin_memory`` (CUDA only) lets the host→device copy run asynchronously.
+    """
+    extra: dict[str, Any] = {}
+    if num_workers > 0:
+        extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor}
+    return DataLoader(Subset(source.dataset, rows), batch_size=batch_size, shuffle=False,
+                      num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
+                      drop_last=False, **extra)

@@ -1,0 +1,327 @@
+"""Store: the on-disk schema of a run (Zarr v3), its creation, block writes and the reader.
+
+::
+
+    run.zarr/
+      zarr.json        root attributes: provenance, layers, dtype, chunk rows, status
+      acts/<layer>     (N, *shape) per layer, chunks of chunk_rows samples, dimension_names
+      labels           (N,) int64, -1 where a sample has none (or was skipped)
+      ids              (N,) str: the sample's id (relative path, or dataset index)
+      progress/done    (n_blocks,) uint8: 1 once every array of that row block is written
+
+A row block (``chunk_rows`` samples, addressed by dataset index) is the unit of work. Its
+completion record is written after all of its data, and is the only thing a reader trusts.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import shutil
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from actextract.errors import OutputExistsError, StoreError
+
+__all__ = [
+    "FORMAT_VERSION", "ArraySpec", "Store", "StoreOptions", "check_output", "choose_chunk_rows",
+    "create_store", "open_store",
+]
+
+FORMAT_VERSION = 1
+CODECS = ("zstd", "lz4", "blosc-zstd", "blosc-lz4", "none")
+DEFAULT_LEVEL = {"zstd": 3, "blosc-zstd": 5, "blosc-lz4": 5}
+TARGET_CHUNK_BYTES = 32 << 20  # rows per chunk aim at 16-64 MB for the largest layer
+MAX_CHUNK_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """How arrays are laid out and compressed."""
+
+    dtype: str = "float16"  # float16 | float32
+    codec: str = "zstd"
+    level: int | None = None  # None: the codec's default
+    chunk_rows: int | None = None  # None: chosen from the batch size and the largest layer
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float16", "float32"):
+            raise StoreError(f"--dtype '{self.dtype}' is not float16 or float32 (Zarr has no "
+                             "bfloat16; compute in bf16 with --precision bf16 instead).")
+        if self.codec not in CODECS:
+            raise StoreError(f"--codec '{self.codec}' is not one of {', '.join(CODECS)}.")
+        if self.level is not None and self.codec in ("lz4", "none"):
+            raise StoreError(f"--level has no meaning for --codec {self.codec}; leave it out.")
+        if self.chunk_rows is not None and self.chunk_rows <= 0:
+            raise StoreError(f"--chunk-rows {self.chunk_rows} must be a positive integer.")
+
+    def compressors(self) -> tuple[Any, ...] | None:
+        from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+
+        level = self.level if self.level is not None else DEFAULT_LEVEL.get(self.codec)
+        if self.codec == "zstd":
+            return (ZstdCodec(level=level),)
+        if self.codec == "lz4":
+            from zarr.codecs.numcodecs import LZ4
+
+            with _quiet():
+                return (LZ4(),)
+        if self.codec.startswith("blosc-"):
+            # byte shuffle groups the high and low bytes of float16/32 values: better ratios
+            return (BloscCodec(cname=self.codec.removeprefix("blosc-"), clevel=level,
+                               shuffle=BloscShuffle.shuffle),)
+        return None
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One layer's array: ``shape`` per sample, as stored (after reduction)."""
+
+    name: str
+    shape: tuple[int, ...]
+    kind: str = ""
+    reduce: str = "none"
+    output_shape: tuple[int, ...] | None = None  # before reduction
+
+    def dimension_names(self) -> tuple[str, ...]:
+        if self.reduce != "none":
+            return ("sample", "channel")
+        rest = {0: (), 1: ("feature",), 2: ("channel", "x"), 3: ("channel", "y", "x"),
+                4: ("channel", "z", "y", "x")}.get(len(self.shape))
+        return ("sample", *(rest or tuple(f"dim{i}" for i in range(1, len(self.shape) + 1))))
+
+
+def choose_chunk_rows(batch_size: int, max_bytes_per_sample: int, n: int) -> int:
+    """Rows per chunk: a multiple of the batch size (or a divisor of it, for very large layers)
+    that keeps the largest layer's chunk near 32 MB, and no more than the dataset needs."""
+    per_sample = max(1, max_bytes_per_sample)
+    if batch_size * per_sample <= MAX_CHUNK_BYTES:
+        rows = batch_size * max(1, TARGET_CHUNK_BYTES // (batch_size * per_sample))
+        return max(1, min(rows, math.ceil(n / batch_size) * batch_size))
+    fits = [d for d in range(1, batch_size + 1)
+            if batch_size % d == 0 and d * per_sample <= MAX_CHUNK_BYTES]
+    return max(fits, default=1)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """numcodecs' LZ4 is outside the Zarr v3 spec; zarr warns on every use. We document it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr")
+        yield
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+class Store:
+    """A run's store, for writing blocks and for reading lazily.
+
+    ``store[layer]`` is a zarr Array of shape (N, *shape): slicing reads only the chunks it
+    touches. ``labels`` (N,) int64, ``ids`` (N,) str, ``attrs`` the provenance.
+    """
+
+    def __init__(self, path: str | Path, group: zarr.Group):
+        self.path = Path(path)
+        self.group = group
+
+    # -- reading ---------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def layers(self) -> list[str]:
+        return [spec["name"] for spec in self.attrs["layers"]]
+
+    def __getitem__(self, layer: str) -> zarr.Array:
+        if layer not in self.layers:
+            raise StoreError(f"layer '{layer}' is not in {self.path}; it holds: "
+                             f"{', '.join(self.layers)}.")
+        with _quiet():
+            return self.group[f"acts/{layer}"]  # type: ignore[return-value]
+
+    def __contains__(self, layer: object) -> bool:
+        return layer in self.layers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layers)
+
+    @property
+    def labels(self) -> zarr.Array:
+        return self.group["labels"]  # type: ignore[return-value]
+
+    @property
+    def ids(self) -> zarr.Array:
+        return self.group["ids"]  # type: ignore[return-value]
+
+    @property
+    def n(self) -> int:
+        return int(self.attrs["n_samples"])
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self.attrs["chunk_rows"])
+
+    @property
+    def n_blocks(self) -> int:
+        return math.ceil(self.n / self.chunk_rows)
+
+    def block_range(self, block: int) -> range:
+        return range(block * self.chunk_rows, min(self.n, (block + 1) * self.chunk_rows))
+
+    def done(self) -> np.ndarray:
+        """(n_blocks,) bool: which row blocks are completely written."""
+        return self.group["progress/done"][:].astype(bool)
+
+    @property
+    def status(self) -> str:
+        return str(self.attrs.get("status", "unknown"))
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete" and bool(self.done().all())
+
+    def __repr__(self) -> str:
+        return f"Store('{self.path}', layers={self.layers}, n={self.n}, status={self.status})"
+
+    # -- writing ---------------------------------------------------------------------------
+    def write_block(self, block: int, acts: Mapping[str, np.ndarray], labels: np.ndarray,
+                    ids: Sequence[str]) -> None:
+        """Write one row block (arrays of len(block_range(block)) rows), then mark it done."""
+        rows = self.block_range(block)
+        sl = slice(rows.start, rows.stop)
+        with _quiet():
+            for name, data in acts.items():
+                self.group[f"acts/{name}"][sl] = data
+        self.group["labels"][sl] = labels
+        self.group["ids"][sl] = np.asarray(ids, dtype=str)
+        self.group["progress/done"][block] = 1  # only now is the block trusted
+
+    def update_attrs(self, **values: Any) -> None:
+        self.group.attrs.update(values)
+
+    def finish(self, **values: Any) -> None:
+        """Mark the run complete if every block is done, else incomplete; record ``values``."""
+        status = "complete" if self.done().all() else "incomplete"
+        self.update_attrs(status=status, finished=_now(), **values)
+
+    # -- summary ---------------------------------------------------------------------------
+    def disk_bytes(self, node: str = "") -> int:
+        """Bytes on disk under ``node`` ('' for the whole store)."""
+        root = self.path / node
+        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+    def info(self) -> dict[str, Any]:
+        """What ``actextract info`` shows: arrays, shapes, codec, sizes, labels, status."""
+        attrs = self.attrs
+        done = self.done()
+        arrays = []
+        for spec in attrs["layers"]:
+            arr = self[spec["name"]]
+            raw = arr.nbytes
+            disk = self.disk_bytes(f"acts/{spec['name']}")
+            arrays.append({"name": spec["name"], "shape": tuple(arr.shape), "dtype": str(arr.dtype),
+                           "chunks": tuple(arr.chunks), "reduce": spec.get("reduce", "none"),
+                           "raw_bytes": raw, "disk_bytes": disk})
+        labels = self.labels[:]
+        values, counts = np.unique(labels, return_counts=True)
+        return {
+            "path": str(self.path), "status": attrs.get("status"),
+            "blocks_done": int(done.sum()), "n_blocks": len(done),
+            "n_samples": self.n, "chunk_rows": self.chunk_rows, "dtype": attrs.get("dtype"),
+            "codec": attrs.get("codec"), "model": attrs.get("model"),
+            "dataset": attrs.get("dataset"), "precision": attrs.get("precision"),
+            "arrays": arrays, "disk_bytes": self.disk_bytes(),
+            "labels": {int(v): int(c) for v, c in zip(values, counts, strict=True)},
+            "skipped": attrs.get("skipped", []), "error": attrs.get("error"),
+            "summary": attrs.get("summary"),
+        }
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Refuse an existing output unless ``overwrite``, and never one that is not a Zarr store
+    (or an empty folder): ``--out ~`` must not delete a home directory. Touches nothing."""
+    if not path.exists():
+        return
+    if not overwrite:
+        raise OutputExistsError(f"output '{path}' already exists; pass --overwrite to replace it, "
+                                "or choose another --out.")
+    is_store = path.is_dir() and (path / "zarr.json").is_file()
+    if not (path.is_dir() and (is_store or not any(path.iterdir()))):
+        raise OutputExistsError(f"output '{path}' exists and is not a Zarr store; --overwrite "
+                                "only replaces stores. Remove it yourself or choose another --out.")
+
+
+def create_store(path: str | Path, *, n: int, arrays: Sequence[ArraySpec],
+                 options: StoreOptions, chunk_rows: int, attrs: Mapping[str, Any],
+                 overwrite: bool = False) -> Store:
+    """Create an empty store for ``n`` samples; ``status`` is 'incomplete' until finish()."""
+    path = Path(path)
+    if n <= 0:
+        raise StoreError(f"cannot create '{path}' for {n} samples: the dataset is empty.")
+    check_output(path, overwrite)
+    if path.exists():
+        shutil.rmtree(path)
+    group = zarr.open_group(zarr.storage.LocalStore(path), mode="w-")
+    fill = np.nan  # an unwritten or skipped row reads as NaN, never as real zeros
+    compressors = options.compressors()
+    with _quiet():
+        for spec in arrays:
+            group.create_array(
+                f"acts/{spec.name}", shape=(n, *spec.shape), chunks=(chunk_rows, *spec.shape),
+                dtype=options.dtype, fill_value=fill, compressors=compressors,
+                dimension_names=spec.dimension_names(),
+            )
+    group.create_array("labels", shape=(n,), chunks=(chunk_rows,), dtype="int64", fill_value=-1,
+                       dimension_names=("sample",))
+    group.create_array("ids", shape=(n,), chunks=(chunk_rows,), dtype=str,
+                       dimension_names=("sample",))
+    n_blocks = math.ceil(n / chunk_rows)
+    # one chunk per block: processes writing different blocks never touch the same file
+    group.create_array("progress/done", shape=(n_blocks,), chunks=(1,), dtype="uint8",
+                       fill_value=0, dimension_names=("block",))
+    group.attrs.update({
+        **attrs,
+        "format_version": FORMAT_VERSION,
+        "n_samples": n,
+        "chunk_rows": chunk_rows,
+        "dtype": options.dtype,
+        "codec": {"name": options.codec,
+                  "level": options.level if options.level is not None
+                  else DEFAULT_LEVEL.get(options.codec)},
+        "layers": [{"name": s.name, "kind": s.kind, "shape": list(s.shape),
+                    "output_shape": list(s.output_shape or s.shape), "reduce": s.reduce,
+                    "array": f"acts/{s.name}"} for s in arrays],
+        "status": "incomplete",
+        "created": _now(),
+    })
+    return Store(path, group)
+
+
+def open_store(path: str | Path, *, mode: str = "r") -> Store:
+    """Open a store written by actextract. ``mode='r'`` reads; ``'r+'`` lets a run write."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise StoreError(f"'{path}' is not a Zarr store (no zarr.json); give the --out of an "
+                         "actextract run.")
+    try:
+        group = zarr.open_group(zarr.storage.LocalStore(path, read_only=mode == "r"), mode=mode)
+    except Exception as e:
+        raise StoreError(f"'{path}' cannot be opened as a Zarr v3 group: {e}") from None
+    version = group.attrs.get("format_version")
+    if version is None or "layers" not in group.attrs:
+        raise StoreError(f"'{path}' is a Zarr group but not an actextract store (no "
+                         "format_version/layers attributes).")
+    if int(version) > FORMAT_VERSION:  # type: ignore[arg-type]
+        raise StoreError(f"'{path}' has store format {version}; this actextract reads up to "
+                         f"{FORMAT_VERSION}. Upgrade actextract.")
+    return Store(path, group)
