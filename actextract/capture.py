@@ -75,6 +75,7 @@ def candidates(module: nn.Module, method: Method = "auto") -> Candidates:
     kinds = {name: type(m).__name__ for name, m in modules.items()}
     fx_error = None
     if method != "hooks":
+        training = module.training  # tracing switches train/eval, and a failure leaves it so
         try:
             nodes = _fx_node_names(module)
         except Exception as e:  # fx raises many types (TraceError, TypeError, ...) on failure
@@ -91,7 +92,16 @@ def candidates(module: nn.Module, method: Method = "auto") -> Candidates:
             return Candidates(tuple(n for *_, n in order),
                               {n: kinds.get(n) or _node_kind(n, kinds) for n in
                                [*nodes, *modules]}, "fx", None, alias)
-    return Candidates(tuple(modules), kinds, "hooks", fx_error, {})
+        finally:
+            module.train(training)
+    return Candidates(tuple(_post_order(list(modules))), kinds, "hooks", fx_error, {})
+
+
+def _post_order(names: list[str]) -> list[str]:
+    """Module names with each container after its children, as the graph order has them."""
+    last = {m: max(i for i, n in enumerate(names) if n == m or n.startswith(m + "."))
+            for m in names}
+    return sorted(names, key=lambda m: (last[m], -m.count(".")))
 
 
 def _node_kind(node: str, kinds: dict[str, str]) -> str:

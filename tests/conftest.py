@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def runner():
+    from click.testing import CliRunner
+
+    return CliRunner()
+
+
+@pytest.fixture
+def fixtures_file() -> str:
+    return str(Path(__file__).parent / "_fixtures.py")
+
+
+def _png(path: Path, seed: int, size: tuple[int, int] = (40, 36)) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """Two classes of three small RGB PNGs each: cat/0.png ... dog/2.png."""
+    root = tmp_path / "imgs"
+    for c, cls in enumerate(["cat", "dog"]):
+        for i in range(3):
+            _png(root / cls / f"{i}.png", seed=10 * c + i)
+    return root
