@@ -271,9 +271,12 @@ def _digits(spec: str, preprocess: Preprocess) -> Source:
 
     digits = load_digits()
     images = torch.from_numpy(digits.images).float().div_(16.0).unsqueeze(1)  # (N,1,8,8) [0,1]
-    # The digits' own statistics, so a model trained on them sees zero-mean unit-std inputs.
-    own = Preprocess(channels=1, resize=28, crop=0, mean=(float(images.mean()),),
-                     std=(float(images.std()),))
+    # The digits' own statistics at the size they are fed, so that a model trained on them
+    # sees zero-mean, unit-std inputs.
+    size = preprocess.over(Preprocess(resize=28, crop=0))
+    sized = Preprocess(resize=size.resize, crop=size.crop).transform()(images)
+    own = Preprocess(channels=1, resize=28, crop=0, mean=(float(sized.mean()),),
+                     std=(float(sized.std()),))
     pre = preprocess.over(own)
     base = list(zip(images, digits.target.tolist(), strict=True))
     return Source(spec, SampleDataset(base, transform=pre.transform(), ids=None),

@@ -1,0 +1,177 @@
+"""The command line through click's CliRunner: output, exit codes, nothing written on error."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from _fixtures import tiny_cnn
+from sklearn.datasets import load_digits
+
+import actextract
+from actextract.cli import main
+
+
+def test_layers_lists_names_shapes_and_bytes(runner):
+    res = runner.invoke(main, ["layers", "digits-cnn", "--n", "1000"])
+    assert res.exit_code == 0, res.output
+    assert "torch.fx" in res.output
+    conv1 = next(line for line in res.output.splitlines() if line.startswith("conv1 "))
+    assert "Conv2d" in conv1 and "(32, 26, 26)" in conv1 and "43.3 KB" in conv1  # 21632 * 2 B
+    assert "for 1,000 samples: 43.3 MB for the largest layer" in res.output
+
+
+def test_layers_of_resnet_with_an_input_shape(runner):
+    res = runner.invoke(main, ["layers", "resnet18", "--input-shape", "3,64,64"])
+    assert res.exit_code == 0, res.output
+    lines = {line.split()[0]: line for line in res.output.splitlines()[2:]}
+    assert "(256, 4, 4)" in lines["layer3"] and "Sequential" in lines["layer3"]
+    assert "(512, 1, 1)" in lines["avgpool"]
+
+
+def test_layers_bad_input_shape_exits_2(runner):
+    res = runner.invoke(main, ["layers", "digits-cnn", "--input-shape", "3,x"])
+    assert res.exit_code == 2 and "comma-separated integers" in res.output
+
+
+def test_extract_then_info(runner, tmp_path):
+    out = tmp_path / "d.zarr"
+    res = runner.invoke(main, ["extract", "--model", "digits-cnn", "--dataset", "digits",
+                               "--layers", "conv*,fc1", "--out", str(out), "--limit", "100",
+                               "--batch-size", "32", "--reduce", "conv1=mean", "--device",
+                               "cpu", "--codec", "blosc-lz4"])
+    assert res.exit_code == 0, res.output
+    assert "100 images in" in res.output and "waiting for data" in res.output
+    store = actextract.open_store(out)
+    assert store.layers == ["conv1", "conv2", "fc1"]
+    assert store["conv1"].shape == (100, 32) and store["conv2"].shape == (100, 64, 11, 11)
+    res = runner.invoke(main, ["info", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "complete (1/1 row blocks)" in res.output
+    assert "blosc-lz4" in res.output and "(100, 64, 11, 11)" in res.output
+    counts = np.bincount(load_digits().target[:100])
+    assert ", ".join(f"{c}: {n}" for c, n in enumerate(counts)) in res.output  # per class
+    data = json.loads(runner.invoke(main, ["info", str(out), "--json"]).output)
+    assert data["n_samples"] == 100 and data["status"] == "complete"
+
+
+def test_extract_with_a_python_model_and_a_folder(runner, tmp_path, fixtures_file,
+                                                  image_folder):
+    out = tmp_path / "f.zarr"
+    res = runner.invoke(main, ["extract", "--model", f"python:{fixtures_file}:tiny_cnn",
+                               "--dataset", f"folder:{image_folder}", "--layers", "block",
+                               "--out", str(out), "--resize", "8", "--crop", "8",
+                               "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
+                               "--batch-size", "4", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    store = actextract.open_store(out)
+    assert store.ids[:].tolist() == [f"{c}/{i}.png" for c in ("cat", "dog") for i in range(3)]
+    assert store.labels[:].tolist() == [0, 0, 0, 1, 1, 1]
+    assert store.attrs["dataset"]["classes"] == ["cat", "dog"]
+    assert store["block"].shape == (6, 8, 8, 8)
+
+
+def test_unknown_layer_exits_2_names_close_matches_and_writes_nothing(runner, tmp_path):
+    out = tmp_path / "x.zarr"
+    res = runner.invoke(main, ["extract", "--model", "resnet18", "--dataset",
+                               "synthetic:4:3:32:32", "--layers", "layer5", "--out", str(out)])
+    assert res.exit_code == 2
+    assert "layer 'layer5' is not in resnet18; close matches: layer4" in res.output
+    assert "actextract layers resnet18" in res.output
+    assert not out.exists()
+
+
+def test_existing_output_is_refused_and_untouched(runner, tmp_path):
+    out = tmp_path / "d.zarr"
+    args = ["extract", "--model", "digits-cnn", "--dataset", "digits", "--layers", "fc1",
+            "--out", str(out), "--limit", "8"]
+    assert runner.invoke(main, args).exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    res = runner.invoke(main, args)
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert runner.invoke(main, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_store(runner, tmp_path):
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    res = runner.invoke(main, ["extract", "--model", "digits-cnn", "--dataset", "digits",
+                               "--layers", "fc1", "--out", str(precious), "--overwrite"])
+    assert res.exit_code == 2 and "is not a Zarr store" in res.output
+    assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_missing_dataset_root_names_the_path(runner, tmp_path):
+    missing = tmp_path / "nowhere"
+    for spec in (f"folder:{missing}", f"mnist:{missing}", f"cifar10:{missing}"):
+        res = runner.invoke(main, ["extract", "--model", "digits-cnn", "--dataset", spec,
+                                   "--layers", "fc1", "--out", str(tmp_path / "o.zarr")])
+        assert res.exit_code == 2, spec
+        assert str(missing) in res.output and "does not exist" in res.output
+
+
+def test_empty_folder_names_the_path(runner, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(main, ["extract", "--model", "digits-cnn", "--dataset",
+                               f"folder:{empty}", "--layers", "fc1", "--out",
+                               str(tmp_path / "o.zarr")])
+    assert res.exit_code == 2 and f"no images found in '{empty}'" in res.output
+
+
+def test_corrupt_image_errors_by_default_and_is_skipped_on_request(runner, tmp_path,
+                                                                   image_folder):
+    (image_folder / "dog" / "1.png").write_bytes(b"not a png at all")
+    out = tmp_path / "c.zarr"
+    args = ["extract", "--model", "resnet18", "--dataset", f"folder:{image_folder}",
+            "--layers", "avgpool", "--resize", "32", "--crop", "32", "--out", str(out),
+            "--batch-size", "2"]
+    res = runner.invoke(main, args)
+    assert res.exit_code == 2
+    assert "'dog/1.png'" in res.output and "--on-bad-sample skip" in res.output
+    assert actextract.open_store(out).status == "failed"
+    assert "did not finish" in runner.invoke(main, ["info", str(out)]).output
+
+    res = runner.invoke(main, [*args, "--overwrite", "--on-bad-sample", "skip"])
+    assert res.exit_code == 0, res.output
+    assert "skipped 1 bad samples: dog/1.png" in res.output
+    store = actextract.open_store(out)
+    assert store.complete and store.labels[4] == -1 and store.ids[4] == "dog/1.png"
+    assert np.isnan(store["avgpool"][4]).all()
+    assert [s["id"] for s in store.attrs["skipped"]] == ["dog/1.png"]
+
+
+def test_checkpoint_that_does_not_fit_names_the_keys(runner, tmp_path):
+    ckpt = tmp_path / "wrong.pt"
+    torch.save(tiny_cnn().state_dict(), ckpt)
+    res = runner.invoke(main, ["extract", "--model", "digits-cnn", "--weights", str(ckpt),
+                               "--dataset", "digits", "--layers", "fc1", "--out",
+                               str(tmp_path / "o.zarr")])
+    assert res.exit_code == 2
+    assert "missing keys: conv2.weight" in res.output.replace("\n", " ")
+    assert "unexpected keys: bn1.weight" in res.output.replace("\n", " ")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_info_on_something_that_is_not_a_store(runner, tmp_path):
+    res = runner.invoke(main, ["info", str(tmp_path)])
+    assert res.exit_code == 2 and "is not a Zarr store" in res.output
+
+
+def test_train_demo_reaches_a_high_accuracy(runner, tmp_path):
+    ckpt = tmp_path / "digits-cnn.pt"
+    res = runner.invoke(main, ["train-demo", "--out", str(ckpt), "--epochs", "6"])
+    assert res.exit_code == 0, res.output
+    accuracy = float(res.output.split("test accuracy ")[1].split("%")[0])
+    assert accuracy > 90.0
+    out = tmp_path / "d.zarr"
+    res = runner.invoke(main, ["extract", "--model", "digits-cnn", "--weights", str(ckpt),
+                               "--dataset", "digits", "--layers", "fc1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    store = actextract.open_store(out)
+    predicted = store["fc1"][:].argmax(1)
+    assert (predicted == store.labels[:]).mean() > 0.9  # the stored logits classify the digits
+    assert len(store.attrs["model"]["weights_sha256"]) == 64
