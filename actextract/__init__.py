@@ -1,8 +1,8 @@
 """actextract: batch activation extraction for PyTorch, into chunked Zarr v3 stores.
 
-    store = actextract.extract("resnet18", "folder:./imgs", layers=["layer3", "avgpool"],
-                               out="run.zarr", batch_size=128)
-    store = actextract.open_store("run.zarr"); store["layer3"][:8]
+store = actextract.extract("resnet18", "folder:./imgs", layers=["layer3", "avgpool"],
+                           out="run.zarr", batch_size=128)
+store = actextract.open_store("run.zarr"); store["layer3"][:8]
 """
 
 from __future__ import annotations

@@ -92,8 +92,7 @@ def extract(
         raise ResolveError(f"--limit {limit} must be a positive integer.")
     store_options = StoreOptions(dtype=dtype, codec=codec, level=level, chunk_rows=chunk_rows)
     check_output(Path(out), overwrite)  # before any slow work: refuse early, touch nothing
-    options = RunOptions(resolve_device(device), precision, channels_last, on_bad_sample,
-                         progress)
+    options = RunOptions(resolve_device(device), precision, channels_last, on_bad_sample, progress)
 
     loaded = load_model(model, weights=weights)
     source = _open(dataset, (preprocess or Preprocess()).over(loaded.preprocess))
@@ -109,13 +108,24 @@ def extract(
     try:
         arrays, reducer = _plan(cap, source, rows, options, reduce, store_options)
         rows_per_chunk = store_options.chunk_rows or choose_chunk_rows(
-            batch_size, max(_nbytes(a.shape, dtype) for a in arrays), len(rows))
-        store = create_store(out, n=len(rows), arrays=arrays, options=store_options,
-                             chunk_rows=rows_per_chunk, overwrite=overwrite,
-                             attrs=_provenance(loaded, source, cap.method, precision, options,
-                                               batch_size))
-        loader = make_loader(source, rows, batch_size=batch_size, num_workers=num_workers,
-                             pin_memory=options.device.type == "cuda")
+            batch_size, max(_nbytes(a.shape, dtype) for a in arrays), len(rows)
+        )
+        store = create_store(
+            out,
+            n=len(rows),
+            arrays=arrays,
+            options=store_options,
+            chunk_rows=rows_per_chunk,
+            overwrite=overwrite,
+            attrs=_provenance(loaded, source, cap.method, precision, options, batch_size),
+        )
+        loader = make_loader(
+            source,
+            rows,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=options.device.type == "cuda",
+        )
         try:
             with Sink(store, writers=writers) as sink:
                 summary = run(loader, lambda x: reducer(cap(x)), sink, options, total=len(rows))
@@ -125,8 +135,11 @@ def extract(
     finally:
         cap.close()
     skipped = [{"index": b.index, "id": b.id, "error": b.error} for b in summary.skipped]
-    store.finish(summary=summary.as_dict(), skipped=skipped[:MAX_SKIPPED_IN_ATTRS],
-                 skipped_count=len(skipped))
+    store.finish(
+        summary=summary.as_dict(),
+        skipped=skipped[:MAX_SKIPPED_IN_ATTRS],
+        skipped_count=len(skipped),
+    )
     log.info("%s\n%s", store.path, format_summary(store.attrs))
     return store
 
@@ -144,9 +157,14 @@ def _nbytes(shape: Sequence[int], dtype: str) -> int:
     return n
 
 
-def _plan(cap, source: Source, rows: range, options: RunOptions,
-          reduce: str | Mapping[str, str] | None, store_options: StoreOptions
-          ) -> tuple[list[ArraySpec], Reducer]:
+def _plan(
+    cap,
+    source: Source,
+    rows: range,
+    options: RunOptions,
+    reduce: str | Mapping[str, str] | None,
+    store_options: StoreOptions,
+) -> tuple[list[ArraySpec], Reducer]:
     """Probe one real sample through the capture: per-layer shapes, reductions, array specs."""
     example = _first_sample(source, rows, options.on_bad_sample)
     x = example.input.unsqueeze(0).to(options.device)
@@ -155,8 +173,12 @@ def _plan(cap, source: Source, rows: range, options: RunOptions,
     with autocast(options.device, options.precision):
         shapes = probe(cap, x)
     plan = parse_reductions(reduce, cap.names)
-    arrays = [ArraySpec(name, reduced_shape(name, shape, plan[name]), cap.kinds.get(name, ""),
-                        plan[name], shape) for name, shape in shapes.items()]
+    arrays = [
+        ArraySpec(
+            name, reduced_shape(name, shape, plan[name]), cap.kinds.get(name, ""), plan[name], shape
+        )
+        for name, shape in shapes.items()
+    ]
     return arrays, Reducer(plan, STORAGE_DTYPES[store_options.dtype])
 
 
@@ -166,24 +188,45 @@ def _first_sample(source: Source, rows: range, policy: str) -> Sample:
         if isinstance(item, Sample):
             return item
         check_bad([item], policy)
-    raise ResolveError(f"none of the first {min(100, len(rows))} samples of '{source.spec}' "
-                       "could be loaded; check the dataset.")
+    raise ResolveError(
+        f"none of the first {min(100, len(rows))} samples of '{source.spec}' "
+        "could be loaded; check the dataset."
+    )
 
 
-def _provenance(loaded: LoadedModel, source: Source, method: str, precision: str,
-                options: RunOptions, batch_size: int) -> dict[str, Any]:
+def _provenance(
+    loaded: LoadedModel,
+    source: Source,
+    method: str,
+    precision: str,
+    options: RunOptions,
+    batch_size: int,
+) -> dict[str, Any]:
     import numpy
     import torchvision
     import zarr
 
     return {
-        "software": {"actextract": __version__, "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "zarr": zarr.__version__,
-                     "numpy": numpy.__version__, "python": platform.python_version()},
-        "model": {"spec": loaded.spec, "weights": loaded.weights,
-                  "weights_sha256": loaded.weights_sha256, "capture": method},
-        "dataset": {"spec": source.spec, "transform": source.transform, "n": len(source),
-                    "classes": list(source.classes) if source.classes else None},
+        "software": {
+            "actextract": __version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "zarr": zarr.__version__,
+            "numpy": numpy.__version__,
+            "python": platform.python_version(),
+        },
+        "model": {
+            "spec": loaded.spec,
+            "weights": loaded.weights,
+            "weights_sha256": loaded.weights_sha256,
+            "capture": method,
+        },
+        "dataset": {
+            "spec": source.spec,
+            "transform": source.transform,
+            "n": len(source),
+            "classes": list(source.classes) if source.classes else None,
+        },
         "precision": precision,
         "device": str(options.device),
         "batch_size": batch_size,
@@ -200,14 +243,20 @@ class LayerTable:
     rows: list[LayerInfo]
 
 
-def list_layers(model: str | nn.Module, *, input_shape: Sequence[int] | None = None,
-                weights: str | Path | None = None, capture: Method = "auto") -> LayerTable:
+def list_layers(
+    model: str | nn.Module,
+    *,
+    input_shape: Sequence[int] | None = None,
+    weights: str | Path | None = None,
+    capture: Method = "auto",
+) -> LayerTable:
     """Every capturable layer of ``model``: name, kind and per-sample output shape, found by
     one forward pass of a (1, *input_shape) zero tensor on the CPU."""
     loaded = load_model(model, weights=weights)
     shape = tuple(input_shape) if input_shape else loaded.input_shape
     if not shape:
-        raise ResolveError(f"model '{loaded.spec}' implies no input shape; pass --input-shape, "
-                           "e.g. 3,224,224.")
+        raise ResolveError(
+            f"model '{loaded.spec}' implies no input shape; pass --input-shape, e.g. 3,224,224."
+        )
     rows, method = layer_table(loaded.module, shape, method=capture)
     return LayerTable(loaded.spec, shape, method, rows)

@@ -81,17 +81,28 @@ def candidates(module: nn.Module, method: Method = "auto") -> Candidates:
         except Exception as e:  # fx raises many types (TraceError, TypeError, ...) on failure
             fx_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             if method == "fx":
-                raise CaptureError(f"torch.fx cannot trace {type(module).__name__} ({fx_error}); "
-                                   "use --capture hooks (module names only).") from None
-            log.warning("torch.fx cannot trace %s (%s); capturing with forward hooks on "
-                        "modules instead", type(module).__name__, fx_error)
+                raise CaptureError(
+                    f"torch.fx cannot trace {type(module).__name__} ({fx_error}); "
+                    "use --capture hooks (module names only)."
+                ) from None
+            log.warning(
+                "torch.fx cannot trace %s (%s); capturing with forward hooks on modules instead",
+                type(module).__name__,
+                fx_error,
+            )
         else:
             alias = _container_nodes(nodes, modules)
-            order = sorted([(i, 0, 0, n) for i, n in enumerate(nodes)] +
-                           [(nodes.index(last), 1, -c.count("."), c) for c, last in alias.items()])
-            return Candidates(tuple(n for *_, n in order),
-                              {n: kinds.get(n) or _node_kind(n, kinds) for n in
-                               [*nodes, *modules]}, "fx", None, alias)
+            order = sorted(
+                [(i, 0, 0, n) for i, n in enumerate(nodes)]
+                + [(nodes.index(last), 1, -c.count("."), c) for c, last in alias.items()]
+            )
+            return Candidates(
+                tuple(n for *_, n in order),
+                {n: kinds.get(n) or _node_kind(n, kinds) for n in [*nodes, *modules]},
+                "fx",
+                None,
+                alias,
+            )
         finally:
             module.train(training)
     return Candidates(tuple(_post_order(list(modules))), kinds, "hooks", fx_error, {})
@@ -99,8 +110,9 @@ def candidates(module: nn.Module, method: Method = "auto") -> Candidates:
 
 def _post_order(names: list[str]) -> list[str]:
     """Module names with each container after its children, as the graph order has them."""
-    last = {m: max(i for i, n in enumerate(names) if n == m or n.startswith(m + "."))
-            for m in names}
+    last = {
+        m: max(i for i, n in enumerate(names) if n == m or n.startswith(m + ".")) for m in names
+    }
     return sorted(names, key=lambda m: (last[m], -m.count(".")))
 
 
@@ -128,8 +140,9 @@ def select_layers(patterns: Iterable[str], cands: Candidates, *, model_name: str
     """Resolve names and globs to capturable names, in graph order, without duplicates."""
     patterns = [p.strip() for p in patterns if p and p.strip()]
     if not patterns:
-        raise LayerNotFoundError(f"no layers given; run 'actextract layers {model_name}' to see "
-                                 "the names.")
+        raise LayerNotFoundError(
+            f"no layers given; run 'actextract layers {model_name}' to see the names."
+        )
     chosen: set[str] = set()
     names = cands.names
     for pat in patterns:
@@ -149,8 +162,10 @@ def _not_found(pat: str, cands: Candidates, model_name: str) -> str:
     close = difflib.get_close_matches(pat, cands.names, n=4, cutoff=0.5)
     where = f"layer '{pat}' is not in {model_name}"
     if cands.method == "hooks" and cands.fx_error:
-        where += (f" (fx could not trace it: {cands.fx_error}; only module names can be "
-                  "captured, with hooks)")
+        where += (
+            f" (fx could not trace it: {cands.fx_error}; only module names can be "
+            "captured, with hooks)"
+        )
     hint = f"; close matches: {', '.join(close)}" if close else ""
     return f"{where}{hint}. Run 'actextract layers {model_name}' to list the names."
 
@@ -202,13 +217,20 @@ class Capture:
         outputs = self.raw(x)
         missing = [n for n in self.names if n not in outputs]
         if missing:
-            raise CaptureError(f"layers {missing} produced no output in the forward pass "
-                               "(modules that forward() never calls).")
-        bad = [f"{n} ({type(outputs[n]).__name__})" for n in self.names
-               if not isinstance(outputs[n], torch.Tensor)]
+            raise CaptureError(
+                f"layers {missing} produced no output in the forward pass "
+                "(modules that forward() never calls)."
+            )
+        bad = [
+            f"{n} ({type(outputs[n]).__name__})"
+            for n in self.names
+            if not isinstance(outputs[n], torch.Tensor)
+        ]
         if bad:
-            raise CaptureError(f"layers {', '.join(bad)} do not output a single tensor; choose "
-                               "a layer inside them (see 'actextract layers').")
+            raise CaptureError(
+                f"layers {', '.join(bad)} do not output a single tensor; choose "
+                "a layer inside them (see 'actextract layers')."
+            )
         return {n: outputs[n] for n in self.names}  # type: ignore[misc]
 
     def close(self) -> None:
@@ -226,8 +248,9 @@ def _disable_inplace(module: nn.Module) -> None:
             m.inplace = False
 
 
-def build_capture(module: nn.Module, patterns: Iterable[str], *, model_name: str,
-                  method: Method = "auto") -> Capture:
+def build_capture(
+    module: nn.Module, patterns: Iterable[str], *, model_name: str, method: Method = "auto"
+) -> Capture:
     """Resolve ``patterns`` on ``module`` and build the capture (fx, or hooks as fallback)."""
     cands = candidates(module, method)
     names = select_layers(patterns, cands, model_name=model_name)
@@ -243,14 +266,17 @@ def probe(capture: Capture, example: torch.Tensor) -> dict[str, tuple[int, ...]]
     except CaptureError:
         raise
     except Exception as e:
-        raise CaptureError(f"a forward pass of one sample of shape {tuple(example.shape[1:])} "
-                           f"failed: {type(e).__name__}: {e}. Check the input shape "
-                           "(--input-shape, or the dataset's transform).") from e
+        raise CaptureError(
+            f"a forward pass of one sample of shape {tuple(example.shape[1:])} "
+            f"failed: {type(e).__name__}: {e}. Check the input shape "
+            "(--input-shape, or the dataset's transform)."
+        ) from e
     return {n: tuple(t.shape[1:]) for n, t in outputs.items()}
 
 
-def layer_table(module: nn.Module, input_shape: Sequence[int], *,
-                method: Method = "auto") -> tuple[list[LayerInfo], str]:
+def layer_table(
+    module: nn.Module, input_shape: Sequence[int], *, method: Method = "auto"
+) -> tuple[list[LayerInfo], str]:
     """Every capturable layer with its kind and per-sample output shape (None where the
     output is not one tensor), from one forward pass of zeros; and the method used."""
     cands = candidates(module, method)
@@ -260,8 +286,10 @@ def layer_table(module: nn.Module, input_shape: Sequence[int], *,
         with torch.inference_mode():
             outputs = cap.raw(example)
     except Exception as e:
-        raise CaptureError(f"a forward pass of one sample of shape {tuple(input_shape)} "
-                           f"failed: {type(e).__name__}: {e}. Check --input-shape.") from e
+        raise CaptureError(
+            f"a forward pass of one sample of shape {tuple(input_shape)} "
+            f"failed: {type(e).__name__}: {e}. Check --input-shape."
+        ) from e
     finally:
         cap.close()
     rows = []

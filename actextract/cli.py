@@ -33,8 +33,9 @@ def _ints(ctx, param, value: str | None) -> tuple[int, ...] | None:
     try:
         out = tuple(int(v) for v in value.split(","))
     except ValueError:
-        raise click.BadParameter(f"'{value}' is not comma-separated integers, e.g. 3,224,224.",
-                                 ctx, param) from None
+        raise click.BadParameter(
+            f"'{value}' is not comma-separated integers, e.g. 3,224,224.", ctx, param
+        ) from None
     if any(v <= 0 for v in out):
         raise click.BadParameter(f"'{value}' has a dimension that is not positive.", ctx, param)
     return out
@@ -46,8 +47,9 @@ def _floats(ctx, param, value: str | None) -> tuple[float, ...] | None:
     try:
         return tuple(float(v) for v in value.split(","))
     except ValueError:
-        raise click.BadParameter(f"'{value}' is not comma-separated numbers, e.g. "
-                                 "0.485,0.456,0.406.", ctx, param) from None
+        raise click.BadParameter(
+            f"'{value}' is not comma-separated numbers, e.g. 0.485,0.456,0.406.", ctx, param
+        ) from None
 
 
 def _size(n: float) -> str:
@@ -74,15 +76,34 @@ def main(verbose: int) -> None:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("model")
-@click.option("--input-shape", callback=_ints, help="Per-sample input shape, e.g. 3,224,224 "
-              "(default: the model's own, 1,28,28 for digits-cnn).")
+@click.option(
+    "--input-shape",
+    callback=_ints,
+    help="Per-sample input shape, e.g. 3,224,224 "
+    "(default: the model's own, 1,28,28 for digits-cnn).",
+)
 @click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint to load first.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
-              show_default=True, help="Storage dtype the byte counts assume.")
-@click.option("--n", "n_samples", type=click.IntRange(min=1), default=None,
-              help="Show the projected store size for N samples (uncompressed).")
-@click.option("--capture", type=click.Choice(["auto", "fx", "hooks"]), default="auto",
-              show_default=True, help="How layers are captured.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float16", "float32"]),
+    default="float16",
+    show_default=True,
+    help="Storage dtype the byte counts assume.",
+)
+@click.option(
+    "--n",
+    "n_samples",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Show the projected store size for N samples (uncompressed).",
+)
+@click.option(
+    "--capture",
+    type=click.Choice(["auto", "fx", "hooks"]),
+    default="auto",
+    show_default=True,
+    help="How layers are captured.",
+)
 @click.pass_context
 def layers(ctx, model, input_shape, weights, dtype, n_samples, capture) -> None:
     """Every capturable layer of MODEL: name, kind, output shape and bytes per sample."""
@@ -93,8 +114,10 @@ def layers(ctx, model, input_shape, weights, dtype, n_samples, capture) -> None:
     with _user_errors(ctx):
         table = list_layers(model, input_shape=input_shape, weights=weights, capture=capture)
     torch_dtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
-    click.echo(f"{table.model}: input {tuple(table.input_shape)}, captured with "
-               f"{'torch.fx' if table.method == 'fx' else 'forward hooks (module names only)'}")
+    click.echo(
+        f"{table.model}: input {tuple(table.input_shape)}, captured with "
+        f"{'torch.fx' if table.method == 'fx' else 'forward hooks (module names only)'}"
+    )
     width = max(len(r.name) for r in table.rows)
     kind_w = max(len(r.kind) for r in table.rows)
     click.echo(f"{'name':<{width}}  {'kind':<{kind_w}}  {'shape':<18}  bytes/sample ({dtype})")
@@ -104,79 +127,196 @@ def layers(ctx, model, input_shape, weights, dtype, n_samples, capture) -> None:
         click.echo(f"{r.name:<{width}}  {r.kind:<{kind_w}}  {shape:<18}  {size}")
     if n_samples:
         per = {r.name: r.bytes_per_sample(torch_dtype) for r in table.rows if r.shape}
-        click.echo(f"\nfor {n_samples:,} samples: {_size(max(per.values()) * n_samples)} for the "
-                   f"largest layer; {_size(sum(per.values()) * n_samples)} for all of them "
-                   "(uncompressed)")
+        click.echo(
+            f"\nfor {n_samples:,} samples: {_size(max(per.values()) * n_samples)} for the "
+            f"largest layer; {_size(sum(per.values()) * n_samples)} for all of them "
+            "(uncompressed)"
+        )
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--model", required=True, help="resnet18 (any torchvision classifier), "
-              "digits-cnn, or python:module:callable.")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Local checkpoint: state_dict "
-              "or whole module; its sha256 is recorded.")
-@click.option("--dataset", required=True, help="digits, folder:PATH, mnist:ROOT[:split], "
-              "cifar10:ROOT, synthetic:N:C:H:W, or python:module:callable.")
-@click.option("--layers", "layer_names", required=True,
-              help="Comma-separated names or globs, e.g. 'layer3,avgpool' or 'conv*,fc1'.")
+@click.option(
+    "--model",
+    required=True,
+    help="resnet18 (any torchvision classifier), digits-cnn, or python:module:callable.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    help="Local checkpoint: state_dict or whole module; its sha256 is recorded.",
+)
+@click.option(
+    "--dataset",
+    required=True,
+    help="digits, folder:PATH, mnist:ROOT[:split], "
+    "cifar10:ROOT, synthetic:N:C:H:W, or python:module:callable.",
+)
+@click.option(
+    "--layers",
+    "layer_names",
+    required=True,
+    help="Comma-separated names or globs, e.g. 'layer3,avgpool' or 'conv*,fc1'.",
+)
 @click.option("--out", required=True, type=click.Path(), help="Output store (a .zarr folder).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="DataLoader worker processes.")
+@click.option(
+    "--num-workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="DataLoader worker processes.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
-              show_default=True, help="Autocast precision of the forward pass.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
-              show_default=True, help="Storage dtype (cast on the device).")
-@click.option("--reduce", "reduce_spec", default=None,
-              help="Per-layer spatial pooling: 'layer3=mean,layer4=max' (globs allowed), or "
-              "'mean' for every layer. Default: none.")
-@click.option("--codec", type=click.Choice(["zstd", "lz4", "blosc-zstd", "blosc-lz4", "none"]),
-              default="zstd", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Autocast precision of the forward pass.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float16", "float32"]),
+    default="float16",
+    show_default=True,
+    help="Storage dtype (cast on the device).",
+)
+@click.option(
+    "--reduce",
+    "reduce_spec",
+    default=None,
+    help="Per-layer spatial pooling: 'layer3=mean,layer4=max' (globs allowed), or "
+    "'mean' for every layer. Default: none.",
+)
+@click.option(
+    "--codec",
+    type=click.Choice(["zstd", "lz4", "blosc-zstd", "blosc-lz4", "none"]),
+    default="zstd",
+    show_default=True,
+)
 @click.option("--level", type=int, default=None, help="Compression level (default: the codec's).")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
-              help="Samples per chunk (default: a multiple of the batch size, ~32 MB a chunk).")
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Samples per chunk (default: a multiple of the batch size, ~32 MB a chunk).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
-@click.option("--on-bad-sample", type=click.Choice(["error", "skip"]), default="error",
-              show_default=True, help="skip: leave an unreadable sample's row empty (NaN, "
-              "label -1) and go on.")
+@click.option(
+    "--on-bad-sample",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="skip: leave an unreadable sample's row empty (NaN, label -1) and go on.",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples.")
-@click.option("--capture", type=click.Choice(["auto", "fx", "hooks"]), default="auto",
-              show_default=True, help="torch.fx, forward hooks, or fx with hooks as fallback.")
-@click.option("--channels-last", is_flag=True, help="channels_last memory format (faster "
-              "convolutions on recent GPUs).")
-@click.option("--resize", type=click.IntRange(min=0), default=None,
-              help="Resize the shorter image side to N pixels (0: off).")
-@click.option("--crop", type=click.IntRange(min=0), default=None,
-              help="Centre crop to NxN (0: off).")
-@click.option("--mean", callback=_floats, help="Normalisation mean per channel, e.g. "
-              "0.485,0.456,0.406.")
+@click.option(
+    "--capture",
+    type=click.Choice(["auto", "fx", "hooks"]),
+    default="auto",
+    show_default=True,
+    help="torch.fx, forward hooks, or fx with hooks as fallback.",
+)
+@click.option(
+    "--channels-last",
+    is_flag=True,
+    help="channels_last memory format (faster convolutions on recent GPUs).",
+)
+@click.option(
+    "--resize",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Resize the shorter image side to N pixels (0: off).",
+)
+@click.option(
+    "--crop", type=click.IntRange(min=0), default=None, help="Centre crop to NxN (0: off)."
+)
+@click.option(
+    "--mean", callback=_floats, help="Normalisation mean per channel, e.g. 0.485,0.456,0.406."
+)
 @click.option("--std", callback=_floats, help="Normalisation std per channel.")
-@click.option("--channels", type=click.Choice(["1", "3"]), default=None,
-              help="Convert images to grayscale (1) or RGB (3).")
-@click.option("--writers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Background threads that compress and write.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a "
-              "terminal).")
+@click.option(
+    "--channels",
+    type=click.Choice(["1", "3"]),
+    default=None,
+    help="Convert images to grayscale (1) or RGB (3).",
+)
+@click.option(
+    "--writers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Background threads that compress and write.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
+)
 @click.pass_context
-def extract(ctx, model, weights, dataset, layer_names, out, batch_size, num_workers, device,
-            precision, dtype, reduce_spec, codec, level, chunk_rows, overwrite, on_bad_sample,
-            limit, capture, channels_last, resize, crop, mean, std, channels, writers,
-            progress) -> None:
+def extract(
+    ctx,
+    model,
+    weights,
+    dataset,
+    layer_names,
+    out,
+    batch_size,
+    num_workers,
+    device,
+    precision,
+    dtype,
+    reduce_spec,
+    codec,
+    level,
+    chunk_rows,
+    overwrite,
+    on_bad_sample,
+    limit,
+    capture,
+    channels_last,
+    resize,
+    crop,
+    mean,
+    std,
+    channels,
+    writers,
+    progress,
+) -> None:
     """Run MODEL over DATASET and store the outputs of the chosen layers."""
     from actextract.api import extract as run_extract
     from actextract.engine import format_summary
     from actextract.source import Preprocess
 
     with _user_errors(ctx):
-        preprocess = Preprocess(channels=int(channels) if channels else None, resize=resize,
-                                crop=crop, mean=mean, std=std)
+        preprocess = Preprocess(
+            channels=int(channels) if channels else None,
+            resize=resize,
+            crop=crop,
+            mean=mean,
+            std=std,
+        )
         store = run_extract(
-            model, dataset, layers=layer_names, out=out, weights=weights,
-            batch_size=batch_size, num_workers=num_workers, device=device,
-            precision=precision, dtype=dtype, reduce=reduce_spec, codec=codec, level=level,
-            chunk_rows=chunk_rows, overwrite=overwrite, on_bad_sample=on_bad_sample,
-            limit=limit, capture=capture, channels_last=channels_last, preprocess=preprocess,
-            writers=writers, progress=progress,
+            model,
+            dataset,
+            layers=layer_names,
+            out=out,
+            weights=weights,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            precision=precision,
+            dtype=dtype,
+            reduce=reduce_spec,
+            codec=codec,
+            level=level,
+            chunk_rows=chunk_rows,
+            overwrite=overwrite,
+            on_bad_sample=on_bad_sample,
+            limit=limit,
+            capture=capture,
+            channels_last=channels_last,
+            preprocess=preprocess,
+            writers=writers,
+            progress=progress,
         )
     click.echo(f"wrote {store.path} ({store.status}): {', '.join(store.layers)}")
     click.echo(format_summary(store.attrs))
@@ -201,13 +341,18 @@ def info(ctx, path, as_json) -> None:
 def _format_info(d: dict) -> str:
     status = d["status"]
     if status != "complete":
-        status = (f"{str(status).upper()}: {d['blocks_done']}/{d['n_blocks']} row blocks written"
-                  f"{' — ' + d['error'] if d.get('error') else ''}; the run did not finish")
+        status = (
+            f"{str(status).upper()}: {d['blocks_done']}/{d['n_blocks']} row blocks written"
+            f"{' — ' + d['error'] if d.get('error') else ''}; the run did not finish"
+        )
     else:
         status = f"complete ({d['blocks_done']}/{d['n_blocks']} row blocks)"
     model = d.get("model") or {}
-    weights = (f", weights {model['weights']} (sha256 {model['weights_sha256'][:12]}…)"
-               if model.get("weights") else ", random weights")
+    weights = (
+        f", weights {model['weights']} (sha256 {model['weights_sha256'][:12]}…)"
+        if model.get("weights")
+        else ", random weights"
+    )
     dataset = d.get("dataset") or {}
     codec = d.get("codec") or {}
     level = f" level {codec['level']}" if codec.get("level") is not None else ""
@@ -221,29 +366,40 @@ def _format_info(d: dict) -> str:
         "  arrays",
     ]
     name_w = max([len(a["name"]) for a in d["arrays"]] + [4])
-    lines.append(f"    {'name':<{name_w}}  {'shape':<22}  {'reduce':<6}  {'raw':>10}  "
-                 f"{'on disk':>10}  ratio")
+    lines.append(
+        f"    {'name':<{name_w}}  {'shape':<22}  {'reduce':<6}  {'raw':>10}  {'on disk':>10}  ratio"
+    )
     for a in d["arrays"]:
         ratio = a["raw_bytes"] / a["disk_bytes"] if a["disk_bytes"] else float("nan")
-        lines.append(f"    {a['name']:<{name_w}}  {a['shape']!s:<22}  {a['reduce']:<6}  "
-                     f"{_size(a['raw_bytes']):>10}  {_size(a['disk_bytes']):>10}  {ratio:.1f}x")
+        lines.append(
+            f"    {a['name']:<{name_w}}  {a['shape']!s:<22}  {a['reduce']:<6}  "
+            f"{_size(a['raw_bytes']):>10}  {_size(a['disk_bytes']):>10}  {ratio:.1f}x"
+        )
     labels = d["labels"]
     classes = dataset.get("classes")
-    shown = ", ".join(f"{classes[k] if classes and 0 <= k < len(classes) else k}: {v}"
-                      for k, v in labels.items())
+    shown = ", ".join(
+        f"{classes[k] if classes and 0 <= k < len(classes) else k}: {v}" for k, v in labels.items()
+    )
     lines.append(f"  labels   {shown}")
     if d.get("skipped"):
         lines.append(f"  skipped  {', '.join(str(s['id']) for s in d['skipped'][:10])}")
     summary = d.get("summary")
     if summary:
-        lines.append(f"  run      {summary['images']:,} images in {summary['seconds']:.2f} s "
-                     f"({summary['images_per_s']:,.1f} images/s)")
+        lines.append(
+            f"  run      {summary['images']:,} images in {summary['seconds']:.2f} s "
+            f"({summary['images_per_s']:,.1f} images/s)"
+        )
     return "\n".join(lines)
 
 
 @main.command("train-demo", context_settings=CONTEXT)
-@click.option("--out", default="demo/digits-cnn.pt", show_default=True, type=click.Path(),
-              help="Where to save the checkpoint (a state_dict).")
+@click.option(
+    "--out",
+    default="demo/digits-cnn.pt",
+    show_default=True,
+    type=click.Path(),
+    help="Where to save the checkpoint (a state_dict).",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_demo(out, epochs, seed) -> None:
@@ -251,9 +407,11 @@ def train_demo(out, epochs, seed) -> None:
     from actextract.train import train_digits_cnn
 
     result = train_digits_cnn(out, epochs=epochs, seed=seed)
-    click.echo(f"trained digits-cnn for {result.epochs} epochs on {result.train_samples} digits: "
-               f"test accuracy {result.test_accuracy:.1%} on {result.test_samples} held-out "
-               f"digits; saved {result.path}")
+    click.echo(
+        f"trained digits-cnn for {result.epochs} epochs on {result.train_samples} digits: "
+        f"test accuracy {result.test_accuracy:.1%} on {result.test_samples} held-out "
+        f"digits; saved {result.path}"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,8 +21,14 @@ from actextract.sink import HostBatch, Sink
 from actextract.source import BadSample, Batch
 
 __all__ = [
-    "PRECISIONS", "RunOptions", "Summary", "autocast", "check_bad", "format_summary",
-    "resolve_device", "run",
+    "PRECISIONS",
+    "RunOptions",
+    "Summary",
+    "autocast",
+    "check_bad",
+    "format_summary",
+    "resolve_device",
+    "run",
 ]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -56,10 +62,16 @@ class Summary:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict:
-        return {"images": self.images, "skipped": len(self.skipped),
-                "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 1),
-                "bytes_written": self.bytes_written, "data_wait_s": round(self.data_wait, 3),
-                "compute_s": round(self.compute, 3), "write_wait_s": round(self.write_wait, 3)}
+        return {
+            "images": self.images,
+            "skipped": len(self.skipped),
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.images_per_s, 1),
+            "bytes_written": self.bytes_written,
+            "data_wait_s": round(self.data_wait, 3),
+            "compute_s": round(self.compute, 3),
+            "write_wait_s": round(self.write_wait, 3),
+        }
 
 
 class ResolveError(ActextractError, ValueError):
@@ -76,11 +88,14 @@ def resolve_device(spec: str | torch.device) -> torch.device:
         raise ResolveError(f"--device '{spec}' is not auto, cpu, cuda or cuda:N.") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ResolveError(f"--device {spec}: CUDA is not available on this machine; use "
-                               "--device cpu (or auto).")
+            raise ResolveError(
+                f"--device {spec}: CUDA is not available on this machine; use "
+                "--device cpu (or auto)."
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ResolveError(f"--device {spec}: this machine has "
-                               f"{torch.cuda.device_count()} CUDA device(s).")
+            raise ResolveError(
+                f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)."
+            )
     elif device.type != "cpu":
         raise ResolveError(f"--device '{spec}' is not supported; use auto, cpu or cuda[:N].")
     return device
@@ -108,8 +123,10 @@ class _ToHost:
         acts = {k: v.contiguous() for k, v in acts.items()}
         self.stream.wait_stream(torch.cuda.current_stream())  # outputs are computed
         with torch.cuda.stream(self.stream):
-            host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(
-                v, non_blocking=True) for k, v in acts.items()}
+            host = {
+                k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v, non_blocking=True)
+                for k, v in acts.items()
+            }
             for v in acts.values():
                 v.record_stream(self.stream)  # keep the device memory until the copy is done
             ready = torch.cuda.Event()
@@ -117,14 +134,26 @@ class _ToHost:
         return host, ready
 
 
-def run(loader: Iterable[Batch], forward: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-        sink: Sink, options: RunOptions, *, total: int) -> Summary:
+def run(
+    loader: Iterable[Batch],
+    forward: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    sink: Sink,
+    options: RunOptions,
+    *,
+    total: int,
+) -> Summary:
     """Push every batch of ``loader`` through ``forward`` (capture + reduce) into ``sink``."""
     summary = Summary()
     to_host = _ToHost(options.device)
     memory_format = torch.channels_last if options.channels_last else torch.preserve_format
-    bar = tqdm(total=total, unit="img", unit_scale=True, disable=None if options.progress
-               is None else not options.progress, desc="extract", dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        unit="img",
+        unit_scale=True,
+        disable=None if options.progress is None else not options.progress,
+        desc="extract",
+        dynamic_ncols=True,
+    )
     start = tick = time.perf_counter()
     with bar, torch.inference_mode():
         for batch in loader:
@@ -135,15 +164,17 @@ def run(loader: Iterable[Batch], forward: Callable[[torch.Tensor], dict[str, tor
                 summary.skipped.extend(batch.bad)
             acts, ready = {}, None
             if batch.inputs is not None:
-                x = batch.inputs.to(options.device, non_blocking=True,
-                                    memory_format=memory_format)
+                x = batch.inputs.to(options.device, non_blocking=True, memory_format=memory_format)
                 with autocast(options.device, options.precision):
                     acts = forward(x)
                 acts, ready = to_host(acts)
             tick = time.perf_counter()
             summary.compute += tick - now
-            summary.write_wait += sink.put(HostBatch(
-                batch.indices.numpy(), batch.labels.numpy(), batch.ids, acts, batch.bad, ready))
+            summary.write_wait += sink.put(
+                HostBatch(
+                    batch.indices.numpy(), batch.labels.numpy(), batch.ids, acts, batch.bad, ready
+                )
+            )
             summary.images += len(batch.ids)
             bar.update(len(batch.ids) + len(batch.bad))
             tick = time.perf_counter()

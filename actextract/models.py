@@ -73,8 +73,9 @@ class LoadedModel:
     weights_sha256: str | None = None
 
 
-_TORCHVISION_PREPROCESS = Preprocess(channels=3, resize=256, crop=224, mean=IMAGENET_MEAN,
-                                     std=IMAGENET_STD)
+_TORCHVISION_PREPROCESS = Preprocess(
+    channels=3, resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD
+)
 
 
 def torchvision_model_names() -> list[str]:
@@ -92,12 +93,14 @@ def load_model(model: str | nn.Module, *, weights: str | Path | None = None) -> 
         module, spec, shape = DigitsCNN(), model, (1, 28, 28)
         pre = Preprocess(channels=1, resize=28, crop=28)
     elif model.startswith("python:"):
-        factory = load_object(model.removeprefix("python:"), what=f"--model {model}",
-                              error=ModelSpecError)
+        factory = load_object(
+            model.removeprefix("python:"), what=f"--model {model}", error=ModelSpecError
+        )
         module = factory() if not isinstance(factory, nn.Module) else factory
         if not isinstance(module, nn.Module):
-            raise ModelSpecError(f"--model {model} returned {type(module).__name__}, not an "
-                                 "nn.Module.")
+            raise ModelSpecError(
+                f"--model {model} returned {type(module).__name__}, not an nn.Module."
+            )
         spec, shape, pre = model, None, Preprocess()
     else:
         names = torchvision_model_names()
@@ -141,15 +144,19 @@ def load_checkpoint(module: nn.Module, path: str | Path) -> tuple[nn.Module, str
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # A whole pickled module: unpickling runs code from the file, so only for trusted files.
-        log.warning("%s is not a plain state_dict; loading it as a pickled module "
-                    "(this executes code from the file)", path)
+        log.warning(
+            "%s is not a plain state_dict; loading it as a pickled module "
+            "(this executes code from the file)",
+            path,
+        )
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:
             raise CheckpointError(f"--weights '{path}' cannot be read: {e}") from None
     except Exception as e:
-        raise CheckpointError(f"--weights '{path}' cannot be read as a torch checkpoint: "
-                              f"{e}") from None
+        raise CheckpointError(
+            f"--weights '{path}' cannot be read as a torch checkpoint: {e}"
+        ) from None
     if isinstance(obj, nn.Module):
         return obj, sha
     state = _find_state_dict(obj, path)
@@ -165,8 +172,10 @@ def _find_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"--weights '{path}' holds {type(obj).__name__}, not a state_dict "
-                              "(a dict of tensors) or an nn.Module.")
+        raise CheckpointError(
+            f"--weights '{path}' holds {type(obj).__name__}, not a state_dict "
+            "(a dict of tensors) or an nn.Module."
+        )
     out = {}
     for k, v in obj.items():
         for prefix in ("module.", "_orig_mod."):  # DataParallel / torch.compile wrappers
@@ -179,15 +188,24 @@ def _check_fits(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if not (missing or unexpected or shapes):
         return
     parts = []
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("shape mismatches (checkpoint vs model)", shapes)):
+    for title, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches (checkpoint vs model)", shapes),
+    ):
         if items:
             more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
             parts.append(f"{title}: {', '.join(items[:8])}{more}")
-    raise CheckpointError(f"--weights '{path}' does not fit {type(module).__name__}: "
-                          + "; ".join(parts) + ". Is it a checkpoint of this architecture?")
+    raise CheckpointError(
+        f"--weights '{path}' does not fit {type(module).__name__}: "
+        + "; ".join(parts)
+        + ". Is it a checkpoint of this architecture?"
+    )

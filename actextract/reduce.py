@@ -27,8 +27,9 @@ class ReduceError(ActextractError, ValueError):
     """A reduction that does not parse or does not fit its layer."""
 
 
-def parse_reductions(spec: str | Mapping[str, str] | None, layers: Sequence[str]
-                     ) -> dict[str, Reduction]:
+def parse_reductions(
+    spec: str | Mapping[str, str] | None, layers: Sequence[str]
+) -> dict[str, Reduction]:
     """``'layer3=mean,layer4.*=max'`` (globs allowed; a bare ``mean`` means every layer) →
     a reduction for every layer, ``none`` where nothing matched."""
     if isinstance(spec, str):
@@ -41,12 +42,14 @@ def parse_reductions(spec: str | Mapping[str, str] | None, layers: Sequence[str]
     plan: dict[str, Reduction] = dict.fromkeys(layers, "none")
     for pat, how in items:
         if how not in REDUCTIONS:
-            raise ReduceError(f"--reduce '{pat}={how}': '{how}' is not one of "
-                              f"{', '.join(REDUCTIONS)}.")
+            raise ReduceError(
+                f"--reduce '{pat}={how}': '{how}' is not one of {', '.join(REDUCTIONS)}."
+            )
         hits = fnmatch.filter(layers, pat)
         if not hits:
-            raise ReduceError(f"--reduce '{pat}={how}' matches none of the captured layers "
-                              f"({', '.join(layers)}).")
+            raise ReduceError(
+                f"--reduce '{pat}={how}' matches none of the captured layers ({', '.join(layers)})."
+            )
         for name in hits:
             plan[name] = how  # type: ignore[assignment]
     return plan
@@ -57,8 +60,10 @@ def reduced_shape(name: str, shape: tuple[int, ...], how: Reduction) -> tuple[in
     if how == "none":
         return shape
     if len(shape) < 2:
-        raise ReduceError(f"--reduce {name}={how}: layer '{name}' has shape {shape}, with no "
-                          "spatial dims to pool over; leave it at none.")
+        raise ReduceError(
+            f"--reduce {name}={how}: layer '{name}' has shape {shape}, with no "
+            "spatial dims to pool over; leave it at none."
+        )
     return shape[:1]
 
 

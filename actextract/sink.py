@@ -107,8 +107,10 @@ class Sink:
             self._raise_if_failed()
             if self._open:
                 blocks = sorted(self._open)
-                raise RuntimeError(f"row blocks {blocks} were left incomplete: "
-                                   f"{[self._open[b].missing for b in blocks]} rows never came")
+                raise RuntimeError(
+                    f"row blocks {blocks} were left incomplete: "
+                    f"{[self._open[b].missing for b in blocks]} rows never came"
+                )
         return time.perf_counter() - t0
 
     def _raise_if_failed(self) -> None:
@@ -138,8 +140,9 @@ class Sink:
             for name, arr in acts.items():
                 blk.acts[name][local] = arr[mask]
             blk.labels[local] = batch.labels[mask]
-            for r, sample_id in zip(local.tolist(), np.asarray(batch.ids)[mask].tolist(),
-                                    strict=True):
+            for r, sample_id in zip(
+                local.tolist(), np.asarray(batch.ids)[mask].tolist(), strict=True
+            ):
                 blk.ids[r] = sample_id
             self._rows_done(blk, len(local))
         for bad in batch.bad:  # a skipped row keeps the fill value and label -1, with its id
@@ -154,10 +157,16 @@ class Sink:
             rows = self.store.block_range(block)
             n = len(rows)
             self._open[block] = _Block(
-                block, rows.start,
-                {name: np.full((n, *shape), np.nan, dtype=self._dtypes[name])
-                 for name, shape in self._shapes.items()},
-                np.full(n, -1, dtype=np.int64), [""] * n, n)
+                block,
+                rows.start,
+                {
+                    name: np.full((n, *shape), np.nan, dtype=self._dtypes[name])
+                    for name, shape in self._shapes.items()
+                },
+                np.full(n, -1, dtype=np.int64),
+                [""] * n,
+                n,
+            )
         return self._open[block]
 
     def _rows_done(self, blk: _Block, count: int) -> None:

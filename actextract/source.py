@@ -79,8 +79,9 @@ class Preprocess:
 
     def over(self, base: Preprocess) -> Preprocess:
         """These settings, with ``base`` filling the ones left at None."""
-        return Preprocess(**{k: v if v is not None else getattr(base, k) for k, v in
-                             asdict(self).items()})
+        return Preprocess(
+            **{k: v if v is not None else getattr(base, k) for k, v in asdict(self).items()}
+        )
 
     def transform(self) -> Callable[[Any], torch.Tensor]:
         """A torchvision v2 pipeline: PIL image or (C, H, W) tensor → (C', H', W') float32."""
@@ -143,9 +144,16 @@ def collate(items: Sequence[Sample | BadSample]) -> Batch:
         common, _ = Counter(tuple(s.input.shape) for s in good).most_common(1)[0]
         for s in good:
             if tuple(s.input.shape) != common:
-                bad.append(BadSample(s.index, s.id, (
-                    f"input shape {tuple(s.input.shape)} differs from the batch's {common}; "
-                    "pass --resize and --crop to bring every input to one size")))
+                bad.append(
+                    BadSample(
+                        s.index,
+                        s.id,
+                        (
+                            f"input shape {tuple(s.input.shape)} differs from the batch's {common}; "
+                            "pass --resize and --crop to bring every input to one size"
+                        ),
+                    )
+                )
         good = [s for s in good if tuple(s.input.shape) == common]
     return Batch(
         inputs=torch.stack([s.input for s in good]) if good else None,
@@ -243,8 +251,10 @@ def open_source(spec: str, preprocess: Preprocess | None = None) -> Source:
         base = load_object(rest, what=f"--dataset {spec}", error=SourceError)
         dataset = base() if callable(base) and not isinstance(base, Dataset) else base
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            raise SourceError(f"--dataset {spec} gave {type(dataset).__name__}, not a map-style "
-                              "Dataset with __len__ and __getitem__.")
+            raise SourceError(
+                f"--dataset {spec} gave {type(dataset).__name__}, not a map-style "
+                "Dataset with __len__ and __getitem__."
+            )
         return wrap_dataset(dataset, spec=spec)
     if kind in TORCHVISION_DATASETS:
         return _torchvision(spec, kind, rest, preprocess)
@@ -275,12 +285,17 @@ def _digits(spec: str, preprocess: Preprocess) -> Source:
     # sees zero-mean, unit-std inputs.
     size = preprocess.over(Preprocess(resize=28, crop=0))
     sized = Preprocess(resize=size.resize, crop=size.crop).transform()(images)
-    own = Preprocess(channels=1, resize=28, crop=0, mean=(float(sized.mean()),),
-                     std=(float(sized.std()),))
+    own = Preprocess(
+        channels=1, resize=28, crop=0, mean=(float(sized.mean()),), std=(float(sized.std()),)
+    )
     pre = preprocess.over(own)
     base = list(zip(images, digits.target.tolist(), strict=True))
-    return Source(spec, SampleDataset(base, transform=pre.transform(), ids=None),
-                  transform=_describe(pre), classes=tuple(str(c) for c in range(10)))
+    return Source(
+        spec,
+        SampleDataset(base, transform=pre.transform(), ids=None),
+        transform=_describe(pre),
+        classes=tuple(str(c) for c in range(10)),
+    )
 
 
 def _folder(spec: str, path: str, preprocess: Preprocess) -> Source:
@@ -289,15 +304,19 @@ def _folder(spec: str, path: str, preprocess: Preprocess) -> Source:
 
     root = Path(path).expanduser()
     if not path or not root.is_dir():
-        raise SourceError(f"--dataset {spec}: folder '{root}' does not exist or is not a "
-                          "directory.")
+        raise SourceError(
+            f"--dataset {spec}: folder '{root}' does not exist or is not a directory."
+        )
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
     pre = preprocess.over(Preprocess(channels=3))
     transform = pre.transform()
     if files:
         ids = [p.relative_to(root).as_posix() for p in files]
-        return Source(spec, SampleDataset(_ImageFiles(files), transform=transform, ids=ids),
-                      transform=_describe(pre))
+        return Source(
+            spec,
+            SampleDataset(_ImageFiles(files), transform=transform, ids=ids),
+            transform=_describe(pre),
+        )
     try:
         folder = ImageFolder(str(root), loader=_load_pil)
     except (FileNotFoundError, RuntimeError) as e:
@@ -306,8 +325,12 @@ def _folder(spec: str, path: str, preprocess: Preprocess) -> Source:
             f"files ({', '.join(IMG_EXTENSIONS)}) directly, or in one subfolder per class."
         ) from None
     ids = [Path(p).relative_to(root).as_posix() for p, _ in folder.samples]
-    return Source(spec, SampleDataset(folder, transform=transform, ids=ids),
-                  transform=_describe(pre), classes=tuple(folder.classes))
+    return Source(
+        spec,
+        SampleDataset(folder, transform=transform, ids=ids),
+        transform=_describe(pre),
+        classes=tuple(folder.classes),
+    )
 
 
 def _load_pil(path: str):
@@ -327,8 +350,10 @@ def _torchvision(spec: str, kind: str, rest: str, preprocess: Preprocess) -> Sou
     cls_name, split_arg = TORCHVISION_DATASETS[kind]
     root = Path(root_str).expanduser()
     if not root_str or not root.is_dir():
-        raise SourceError(f"--dataset {spec}: root folder '{root}' does not exist. Give the "
-                          f"folder that holds the {cls_name} files, e.g. {kind}:./data.")
+        raise SourceError(
+            f"--dataset {spec}: root folder '{root}' does not exist. Give the "
+            f"folder that holds the {cls_name} files, e.g. {kind}:./data."
+        )
     if split_arg == "train":
         if split not in ("train", "test"):
             raise SourceError(f"--dataset {spec}: split '{split}' is not 'train' or 'test'.")
@@ -348,9 +373,12 @@ def _torchvision(spec: str, kind: str, rest: str, preprocess: Preprocess) -> Sou
         ) from None
     pre = preprocess.over(Preprocess(channels=3))
     classes = getattr(base, "classes", None)
-    return Source(spec, SampleDataset(base, transform=pre.transform(), ids=None),
-                  transform=_describe(pre),
-                  classes=tuple(map(str, classes)) if classes is not None else None)
+    return Source(
+        spec,
+        SampleDataset(base, transform=pre.transform(), ids=None),
+        transform=_describe(pre),
+        classes=tuple(map(str, classes)) if classes is not None else None,
+    )
 
 
 def _synthetic(spec: str, rest: str) -> Source:
@@ -359,11 +387,16 @@ def _synthetic(spec: str, rest: str) -> Source:
     except ValueError:
         n, shape = 0, []
     if n <= 0 or not shape or any(d <= 0 for d in shape):
-        raise SourceError(f"--dataset {spec}: expected synthetic:N:C:H:W with positive "
-                          "integers, e.g. synthetic:1024:3:224:224.")
-    return Source(spec, SampleDataset(_Synthetic(n, tuple(shape)), transform=None, ids=None),
-                  transform="seeded standard normal, fed as is (label = index % 10)",
-                  classes=tuple(str(c) for c in range(10)))
+        raise SourceError(
+            f"--dataset {spec}: expected synthetic:N:C:H:W with positive "
+            "integers, e.g. synthetic:1024:3:224:224."
+        )
+    return Source(
+        spec,
+        SampleDataset(_Synthetic(n, tuple(shape)), transform=None, ids=None),
+        transform="seeded standard normal, fed as is (label = index % 10)",
+        classes=tuple(str(c) for c in range(10)),
+    )
 
 
 def _describe(pre: Preprocess) -> str:
@@ -381,8 +414,15 @@ def _describe(pre: Preprocess) -> str:
     return " → ".join(["to_float[0,1]", *parts])
 
 
-def make_loader(source: Source, rows: Sequence[int], *, batch_size: int, num_workers: int = 0,
-                pin_memory: bool = False, prefetch_factor: int = 4) -> DataLoader:
+def make_loader(
+    source: Source,
+    rows: Sequence[int],
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    prefetch_factor: int = 4,
+) -> DataLoader:
     """A DataLoader over ``rows`` of the source, in order, yielding :class:`Batch`.
 
     Workers are persistent (no re-fork per epoch) and each keeps ``prefetch_factor`` batches
@@ -391,6 +431,13 @@ def make_loader(source: Source, rows: Sequence[int], *, batch_size: int, num_wor
     extra: dict[str, Any] = {}
     if num_workers > 0:
         extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor}
-    return DataLoader(Subset(source.dataset, rows), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
-                      drop_last=False, **extra)
+    return DataLoader(
+        Subset(source.dataset, rows),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        drop_last=False,
+        **extra,
+    )

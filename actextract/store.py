@@ -31,8 +31,14 @@ import zarr
 from actextract.errors import OutputExistsError, StoreError
 
 __all__ = [
-    "FORMAT_VERSION", "ArraySpec", "Store", "StoreOptions", "check_output", "choose_chunk_rows",
-    "create_store", "open_store",
+    "FORMAT_VERSION",
+    "ArraySpec",
+    "Store",
+    "StoreOptions",
+    "check_output",
+    "choose_chunk_rows",
+    "create_store",
+    "open_store",
 ]
 
 FORMAT_VERSION = 1
@@ -53,8 +59,10 @@ class StoreOptions:
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float16", "float32"):
-            raise StoreError(f"--dtype '{self.dtype}' is not float16 or float32 (Zarr has no "
-                             "bfloat16; compute in bf16 with --precision bf16 instead).")
+            raise StoreError(
+                f"--dtype '{self.dtype}' is not float16 or float32 (Zarr has no "
+                "bfloat16; compute in bf16 with --precision bf16 instead)."
+            )
         if self.codec not in CODECS:
             raise StoreError(f"--codec '{self.codec}' is not one of {', '.join(CODECS)}.")
         if self.level is not None and self.codec in ("lz4", "none"):
@@ -75,8 +83,13 @@ class StoreOptions:
                 return (LZ4(),)
         if self.codec.startswith("blosc-"):
             # byte shuffle groups the high and low bytes of float16/32 values: better ratios
-            return (BloscCodec(cname=self.codec.removeprefix("blosc-"), clevel=level,
-                               shuffle=BloscShuffle.shuffle),)
+            return (
+                BloscCodec(
+                    cname=self.codec.removeprefix("blosc-"),
+                    clevel=level,
+                    shuffle=BloscShuffle.shuffle,
+                ),
+            )
         return None
 
 
@@ -93,8 +106,13 @@ class ArraySpec:
     def dimension_names(self) -> tuple[str, ...]:
         if self.reduce != "none":
             return ("sample", "channel")
-        rest = {0: (), 1: ("feature",), 2: ("channel", "x"), 3: ("channel", "y", "x"),
-                4: ("channel", "z", "y", "x")}.get(len(self.shape))
+        rest = {
+            0: (),
+            1: ("feature",),
+            2: ("channel", "x"),
+            3: ("channel", "y", "x"),
+            4: ("channel", "z", "y", "x"),
+        }.get(len(self.shape))
         return ("sample", *(rest or tuple(f"dim{i}" for i in range(1, len(self.shape) + 1))))
 
 
@@ -105,8 +123,11 @@ def choose_chunk_rows(batch_size: int, max_bytes_per_sample: int, n: int) -> int
     if batch_size * per_sample <= MAX_CHUNK_BYTES:
         rows = batch_size * max(1, TARGET_CHUNK_BYTES // (batch_size * per_sample))
         return max(1, min(rows, math.ceil(n / batch_size) * batch_size))
-    fits = [d for d in range(1, batch_size + 1)
-            if batch_size % d == 0 and d * per_sample <= MAX_CHUNK_BYTES]
+    fits = [
+        d
+        for d in range(1, batch_size + 1)
+        if batch_size % d == 0 and d * per_sample <= MAX_CHUNK_BYTES
+    ]
     return max(fits, default=1)
 
 
@@ -144,8 +165,9 @@ class Store:
 
     def __getitem__(self, layer: str) -> zarr.Array:
         if layer not in self.layers:
-            raise StoreError(f"layer '{layer}' is not in {self.path}; it holds: "
-                             f"{', '.join(self.layers)}.")
+            raise StoreError(
+                f"layer '{layer}' is not in {self.path}; it holds: {', '.join(self.layers)}."
+            )
         with _quiet():
             return self.group[f"acts/{layer}"]  # type: ignore[return-value]
 
@@ -194,8 +216,9 @@ class Store:
         return f"Store('{self.path}', layers={self.layers}, n={self.n}, status={self.status})"
 
     # -- writing ---------------------------------------------------------------------------
-    def write_block(self, block: int, acts: Mapping[str, np.ndarray], labels: np.ndarray,
-                    ids: Sequence[str]) -> None:
+    def write_block(
+        self, block: int, acts: Mapping[str, np.ndarray], labels: np.ndarray, ids: Sequence[str]
+    ) -> None:
         """Write one row block (arrays of len(block_range(block)) rows), then mark it done."""
         rows = self.block_range(block)
         sl = slice(rows.start, rows.stop)
@@ -229,20 +252,36 @@ class Store:
             arr = self[spec["name"]]
             raw = arr.nbytes
             disk = self.disk_bytes(f"acts/{spec['name']}")
-            arrays.append({"name": spec["name"], "shape": tuple(arr.shape), "dtype": str(arr.dtype),
-                           "chunks": tuple(arr.chunks), "reduce": spec.get("reduce", "none"),
-                           "raw_bytes": raw, "disk_bytes": disk})
+            arrays.append(
+                {
+                    "name": spec["name"],
+                    "shape": tuple(arr.shape),
+                    "dtype": str(arr.dtype),
+                    "chunks": tuple(arr.chunks),
+                    "reduce": spec.get("reduce", "none"),
+                    "raw_bytes": raw,
+                    "disk_bytes": disk,
+                }
+            )
         labels = self.labels[:]
         values, counts = np.unique(labels, return_counts=True)
         return {
-            "path": str(self.path), "status": attrs.get("status"),
-            "blocks_done": int(done.sum()), "n_blocks": len(done),
-            "n_samples": self.n, "chunk_rows": self.chunk_rows, "dtype": attrs.get("dtype"),
-            "codec": attrs.get("codec"), "model": attrs.get("model"),
-            "dataset": attrs.get("dataset"), "precision": attrs.get("precision"),
-            "arrays": arrays, "disk_bytes": self.disk_bytes(),
+            "path": str(self.path),
+            "status": attrs.get("status"),
+            "blocks_done": int(done.sum()),
+            "n_blocks": len(done),
+            "n_samples": self.n,
+            "chunk_rows": self.chunk_rows,
+            "dtype": attrs.get("dtype"),
+            "codec": attrs.get("codec"),
+            "model": attrs.get("model"),
+            "dataset": attrs.get("dataset"),
+            "precision": attrs.get("precision"),
+            "arrays": arrays,
+            "disk_bytes": self.disk_bytes(),
             "labels": {int(v): int(c) for v, c in zip(values, counts, strict=True)},
-            "skipped": attrs.get("skipped", []), "error": attrs.get("error"),
+            "skipped": attrs.get("skipped", []),
+            "error": attrs.get("error"),
             "summary": attrs.get("summary"),
         }
 
@@ -253,17 +292,28 @@ def check_output(path: Path, overwrite: bool) -> None:
     if not path.exists():
         return
     if not overwrite:
-        raise OutputExistsError(f"output '{path}' already exists; pass --overwrite to replace it, "
-                                "or choose another --out.")
+        raise OutputExistsError(
+            f"output '{path}' already exists; pass --overwrite to replace it, "
+            "or choose another --out."
+        )
     is_store = path.is_dir() and (path / "zarr.json").is_file()
     if not (path.is_dir() and (is_store or not any(path.iterdir()))):
-        raise OutputExistsError(f"output '{path}' exists and is not a Zarr store; --overwrite "
-                                "only replaces stores. Remove it yourself or choose another --out.")
+        raise OutputExistsError(
+            f"output '{path}' exists and is not a Zarr store; --overwrite "
+            "only replaces stores. Remove it yourself or choose another --out."
+        )
 
 
-def create_store(path: str | Path, *, n: int, arrays: Sequence[ArraySpec],
-                 options: StoreOptions, chunk_rows: int, attrs: Mapping[str, Any],
-                 overwrite: bool = False) -> Store:
+def create_store(
+    path: str | Path,
+    *,
+    n: int,
+    arrays: Sequence[ArraySpec],
+    options: StoreOptions,
+    chunk_rows: int,
+    attrs: Mapping[str, Any],
+    overwrite: bool = False,
+) -> Store:
     """Create an empty store for ``n`` samples; ``status`` is 'incomplete' until finish()."""
     path = Path(path)
     if n <= 0:
@@ -277,33 +327,63 @@ def create_store(path: str | Path, *, n: int, arrays: Sequence[ArraySpec],
     with _quiet():
         for spec in arrays:
             group.create_array(
-                f"acts/{spec.name}", shape=(n, *spec.shape), chunks=(chunk_rows, *spec.shape),
-                dtype=options.dtype, fill_value=fill, compressors=compressors,
+                f"acts/{spec.name}",
+                shape=(n, *spec.shape),
+                chunks=(chunk_rows, *spec.shape),
+                dtype=options.dtype,
+                fill_value=fill,
+                compressors=compressors,
                 dimension_names=spec.dimension_names(),
             )
-    group.create_array("labels", shape=(n,), chunks=(chunk_rows,), dtype="int64", fill_value=-1,
-                       dimension_names=("sample",))
-    group.create_array("ids", shape=(n,), chunks=(chunk_rows,), dtype=str,
-                       dimension_names=("sample",))
+    group.create_array(
+        "labels",
+        shape=(n,),
+        chunks=(chunk_rows,),
+        dtype="int64",
+        fill_value=-1,
+        dimension_names=("sample",),
+    )
+    group.create_array(
+        "ids", shape=(n,), chunks=(chunk_rows,), dtype=str, dimension_names=("sample",)
+    )
     n_blocks = math.ceil(n / chunk_rows)
     # one chunk per block: processes writing different blocks never touch the same file
-    group.create_array("progress/done", shape=(n_blocks,), chunks=(1,), dtype="uint8",
-                       fill_value=0, dimension_names=("block",))
-    group.attrs.update({
-        **attrs,
-        "format_version": FORMAT_VERSION,
-        "n_samples": n,
-        "chunk_rows": chunk_rows,
-        "dtype": options.dtype,
-        "codec": {"name": options.codec,
-                  "level": options.level if options.level is not None
-                  else DEFAULT_LEVEL.get(options.codec)},
-        "layers": [{"name": s.name, "kind": s.kind, "shape": list(s.shape),
-                    "output_shape": list(s.output_shape or s.shape), "reduce": s.reduce,
-                    "array": f"acts/{s.name}"} for s in arrays],
-        "status": "incomplete",
-        "created": _now(),
-    })
+    group.create_array(
+        "progress/done",
+        shape=(n_blocks,),
+        chunks=(1,),
+        dtype="uint8",
+        fill_value=0,
+        dimension_names=("block",),
+    )
+    group.attrs.update(
+        {
+            **attrs,
+            "format_version": FORMAT_VERSION,
+            "n_samples": n,
+            "chunk_rows": chunk_rows,
+            "dtype": options.dtype,
+            "codec": {
+                "name": options.codec,
+                "level": options.level
+                if options.level is not None
+                else DEFAULT_LEVEL.get(options.codec),
+            },
+            "layers": [
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "shape": list(s.shape),
+                    "output_shape": list(s.output_shape or s.shape),
+                    "reduce": s.reduce,
+                    "array": f"acts/{s.name}",
+                }
+                for s in arrays
+            ],
+            "status": "incomplete",
+            "created": _now(),
+        }
+    )
     return Store(path, group)
 
 
@@ -311,17 +391,22 @@ def open_store(path: str | Path, *, mode: str = "r") -> Store:
     """Open a store written by actextract. ``mode='r'`` reads; ``'r+'`` lets a run write."""
     path = Path(path)
     if not (path / "zarr.json").is_file():
-        raise StoreError(f"'{path}' is not a Zarr store (no zarr.json); give the --out of an "
-                         "actextract run.")
+        raise StoreError(
+            f"'{path}' is not a Zarr store (no zarr.json); give the --out of an actextract run."
+        )
     try:
         group = zarr.open_group(zarr.storage.LocalStore(path, read_only=mode == "r"), mode=mode)
     except Exception as e:
         raise StoreError(f"'{path}' cannot be opened as a Zarr v3 group: {e}") from None
     version = group.attrs.get("format_version")
     if version is None or "layers" not in group.attrs:
-        raise StoreError(f"'{path}' is a Zarr group but not an actextract store (no "
-                         "format_version/layers attributes).")
+        raise StoreError(
+            f"'{path}' is a Zarr group but not an actextract store (no "
+            "format_version/layers attributes)."
+        )
     if int(version) > FORMAT_VERSION:  # type: ignore[arg-type]
-        raise StoreError(f"'{path}' has store format {version}; this actextract reads up to "
-                         f"{FORMAT_VERSION}. Upgrade actextract.")
+        raise StoreError(
+            f"'{path}' has store format {version}; this actextract reads up to "
+            f"{FORMAT_VERSION}. Upgrade actextract."
+        )
     return Store(path, group)

@@ -30,8 +30,9 @@ class TrainResult:
     test_accuracy: float
 
 
-def train_digits_cnn(out: str | Path, *, epochs: int = 10, seed: int = 0,
-                     batch_size: int = 64, lr: float = 2e-3) -> TrainResult:
+def train_digits_cnn(
+    out: str | Path, *, epochs: int = 10, seed: int = 0, batch_size: int = 64, lr: float = 2e-3
+) -> TrainResult:
     """Train digits-cnn on ``digits`` and save its state_dict to ``out``."""
     torch.manual_seed(seed)
     loaded = load_model("digits-cnn")
@@ -49,7 +50,7 @@ def train_digits_cnn(out: str | Path, *, epochs: int = 10, seed: int = 0,
         model.train()
         perm = train[torch.randperm(len(train))]
         for i in range(0, len(perm), batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             opt.zero_grad()
             loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()

@@ -33,7 +33,11 @@ def test_hooks_names_are_modules_in_the_same_order():
 def test_globs_expand_in_graph_order_without_duplicates():
     cands = candidates(tiny_cnn())
     assert select_layers(["fc", "block.*", "conv?", "fc"], cands, model_name="tiny") == [
-        "conv1", "block.0", "block.1", "fc"]
+        "conv1",
+        "block.0",
+        "block.1",
+        "fc",
+    ]
 
 
 def test_unknown_and_empty_selections():
@@ -47,7 +51,7 @@ def test_unknown_and_empty_selections():
 
 
 def test_forcing_fx_on_an_untraceable_model_is_an_error():
-    with pytest.raises(CaptureError, match="cannot trace Untraceable.*--capture hooks"):
+    with pytest.raises(CaptureError, match=r"cannot trace Untraceable.*--capture hooks"):
         candidates(untraceable(), "fx")
     assert not untraceable().training
 

@@ -37,10 +37,30 @@ def test_layers_bad_input_shape_exits_2(runner):
 
 def test_extract_then_info(runner, tmp_path):
     out = tmp_path / "d.zarr"
-    res = runner.invoke(main, ["extract", "--model", "digits-cnn", "--dataset", "digits",
-                               "--layers", "conv*,fc1", "--out", str(out), "--limit", "100",
-                               "--batch-size", "32", "--reduce", "conv1=mean", "--device",
-                               "cpu", "--codec", "blosc-lz4"])
+    res = runner.invoke(
+        main,
+        [
+            "extract",
+            "--model",
+            "digits-cnn",
+            "--dataset",
+            "digits",
+            "--layers",
+            "conv*,fc1",
+            "--out",
+            str(out),
+            "--limit",
+            "100",
+            "--batch-size",
+            "32",
+            "--reduce",
+            "conv1=mean",
+            "--device",
+            "cpu",
+            "--codec",
+            "blosc-lz4",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "100 images in" in res.output and "waiting for data" in res.output
     store = actextract.open_store(out)
@@ -56,14 +76,34 @@ def test_extract_then_info(runner, tmp_path):
     assert data["n_samples"] == 100 and data["status"] == "complete"
 
 
-def test_extract_with_a_python_model_and_a_folder(runner, tmp_path, fixtures_file,
-                                                  image_folder):
+def test_extract_with_a_python_model_and_a_folder(runner, tmp_path, fixtures_file, image_folder):
     out = tmp_path / "f.zarr"
-    res = runner.invoke(main, ["extract", "--model", f"python:{fixtures_file}:tiny_cnn",
-                               "--dataset", f"folder:{image_folder}", "--layers", "block",
-                               "--out", str(out), "--resize", "8", "--crop", "8",
-                               "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
-                               "--batch-size", "4", "--device", "cpu"])
+    res = runner.invoke(
+        main,
+        [
+            "extract",
+            "--model",
+            f"python:{fixtures_file}:tiny_cnn",
+            "--dataset",
+            f"folder:{image_folder}",
+            "--layers",
+            "block",
+            "--out",
+            str(out),
+            "--resize",
+            "8",
+            "--crop",
+            "8",
+            "--mean",
+            "0.5,0.5,0.5",
+            "--std",
+            "0.25,0.25,0.25",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     store = actextract.open_store(out)
     assert store.ids[:].tolist() == [f"{c}/{i}.png" for c in ("cat", "dog") for i in range(3)]
@@ -74,8 +114,20 @@ def test_extract_with_a_python_model_and_a_folder(runner, tmp_path, fixtures_fil
 
 def test_unknown_layer_exits_2_names_close_matches_and_writes_nothing(runner, tmp_path):
     out = tmp_path / "x.zarr"
-    res = runner.invoke(main, ["extract", "--model", "resnet18", "--dataset",
-                               "synthetic:4:3:32:32", "--layers", "layer5", "--out", str(out)])
+    res = runner.invoke(
+        main,
+        [
+            "extract",
+            "--model",
+            "resnet18",
+            "--dataset",
+            "synthetic:4:3:32:32",
+            "--layers",
+            "layer5",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 2
     assert "layer 'layer5' is not in resnet18; close matches: layer4" in res.output
     assert "actextract layers resnet18" in res.output
@@ -84,8 +136,19 @@ def test_unknown_layer_exits_2_names_close_matches_and_writes_nothing(runner, tm
 
 def test_existing_output_is_refused_and_untouched(runner, tmp_path):
     out = tmp_path / "d.zarr"
-    args = ["extract", "--model", "digits-cnn", "--dataset", "digits", "--layers", "fc1",
-            "--out", str(out), "--limit", "8"]
+    args = [
+        "extract",
+        "--model",
+        "digits-cnn",
+        "--dataset",
+        "digits",
+        "--layers",
+        "fc1",
+        "--out",
+        str(out),
+        "--limit",
+        "8",
+    ]
     assert runner.invoke(main, args).exit_code == 0
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     res = runner.invoke(main, args)
@@ -98,8 +161,21 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_store(runner, tmp_path):
     precious = tmp_path / "home"
     precious.mkdir()
     (precious / "thesis.tex").write_text("years of work")
-    res = runner.invoke(main, ["extract", "--model", "digits-cnn", "--dataset", "digits",
-                               "--layers", "fc1", "--out", str(precious), "--overwrite"])
+    res = runner.invoke(
+        main,
+        [
+            "extract",
+            "--model",
+            "digits-cnn",
+            "--dataset",
+            "digits",
+            "--layers",
+            "fc1",
+            "--out",
+            str(precious),
+            "--overwrite",
+        ],
+    )
     assert res.exit_code == 2 and "is not a Zarr store" in res.output
     assert (precious / "thesis.tex").read_text() == "years of work"
 
@@ -107,8 +183,20 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_store(runner, tmp_path):
 def test_missing_dataset_root_names_the_path(runner, tmp_path):
     missing = tmp_path / "nowhere"
     for spec in (f"folder:{missing}", f"mnist:{missing}", f"cifar10:{missing}"):
-        res = runner.invoke(main, ["extract", "--model", "digits-cnn", "--dataset", spec,
-                                   "--layers", "fc1", "--out", str(tmp_path / "o.zarr")])
+        res = runner.invoke(
+            main,
+            [
+                "extract",
+                "--model",
+                "digits-cnn",
+                "--dataset",
+                spec,
+                "--layers",
+                "fc1",
+                "--out",
+                str(tmp_path / "o.zarr"),
+            ],
+        )
         assert res.exit_code == 2, spec
         assert str(missing) in res.output and "does not exist" in res.output
 
@@ -116,19 +204,43 @@ def test_missing_dataset_root_names_the_path(runner, tmp_path):
 def test_empty_folder_names_the_path(runner, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    res = runner.invoke(main, ["extract", "--model", "digits-cnn", "--dataset",
-                               f"folder:{empty}", "--layers", "fc1", "--out",
-                               str(tmp_path / "o.zarr")])
+    res = runner.invoke(
+        main,
+        [
+            "extract",
+            "--model",
+            "digits-cnn",
+            "--dataset",
+            f"folder:{empty}",
+            "--layers",
+            "fc1",
+            "--out",
+            str(tmp_path / "o.zarr"),
+        ],
+    )
     assert res.exit_code == 2 and f"no images found in '{empty}'" in res.output
 
 
-def test_corrupt_image_errors_by_default_and_is_skipped_on_request(runner, tmp_path,
-                                                                   image_folder):
+def test_corrupt_image_errors_by_default_and_is_skipped_on_request(runner, tmp_path, image_folder):
     (image_folder / "dog" / "1.png").write_bytes(b"not a png at all")
     out = tmp_path / "c.zarr"
-    args = ["extract", "--model", "resnet18", "--dataset", f"folder:{image_folder}",
-            "--layers", "avgpool", "--resize", "32", "--crop", "32", "--out", str(out),
-            "--batch-size", "2"]
+    args = [
+        "extract",
+        "--model",
+        "resnet18",
+        "--dataset",
+        f"folder:{image_folder}",
+        "--layers",
+        "avgpool",
+        "--resize",
+        "32",
+        "--crop",
+        "32",
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+    ]
     res = runner.invoke(main, args)
     assert res.exit_code == 2
     assert "'dog/1.png'" in res.output and "--on-bad-sample skip" in res.output
@@ -147,9 +259,22 @@ def test_corrupt_image_errors_by_default_and_is_skipped_on_request(runner, tmp_p
 def test_checkpoint_that_does_not_fit_names_the_keys(runner, tmp_path):
     ckpt = tmp_path / "wrong.pt"
     torch.save(tiny_cnn().state_dict(), ckpt)
-    res = runner.invoke(main, ["extract", "--model", "digits-cnn", "--weights", str(ckpt),
-                               "--dataset", "digits", "--layers", "fc1", "--out",
-                               str(tmp_path / "o.zarr")])
+    res = runner.invoke(
+        main,
+        [
+            "extract",
+            "--model",
+            "digits-cnn",
+            "--weights",
+            str(ckpt),
+            "--dataset",
+            "digits",
+            "--layers",
+            "fc1",
+            "--out",
+            str(tmp_path / "o.zarr"),
+        ],
+    )
     assert res.exit_code == 2
     assert "missing keys: conv2.weight" in res.output.replace("\n", " ")
     assert "unexpected keys: bn1.weight" in res.output.replace("\n", " ")
@@ -168,8 +293,22 @@ def test_train_demo_reaches_a_high_accuracy(runner, tmp_path):
     accuracy = float(res.output.split("test accuracy ")[1].split("%")[0])
     assert accuracy > 90.0
     out = tmp_path / "d.zarr"
-    res = runner.invoke(main, ["extract", "--model", "digits-cnn", "--weights", str(ckpt),
-                               "--dataset", "digits", "--layers", "fc1", "--out", str(out)])
+    res = runner.invoke(
+        main,
+        [
+            "extract",
+            "--model",
+            "digits-cnn",
+            "--weights",
+            str(ckpt),
+            "--dataset",
+            "digits",
+            "--layers",
+            "fc1",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     store = actextract.open_store(out)
     predicted = store["fc1"][:].argmax(1)

@@ -19,8 +19,15 @@ FP16 = {"rtol": 2e-3, "atol": 2e-3}
 def test_tiny_cnn_matches_forward(tmp_path, capture):
     model, data = tiny_cnn(), SeededImages()
     layers = ALL if capture == "fx" else [n for n in ALL if n not in ("flatten",)]
-    store = actextract.extract(model, data, layers=layers, out=tmp_path / "run.zarr",
-                               batch_size=4, device="cpu", capture=capture)
+    store = actextract.extract(
+        model,
+        data,
+        layers=layers,
+        out=tmp_path / "run.zarr",
+        batch_size=4,
+        device="cpu",
+        capture=capture,
+    )
     ref = reference(tiny_cnn(), data.x)
     assert store.attrs["model"]["capture"] == capture
     assert store.layers == layers
@@ -32,22 +39,35 @@ def test_tiny_cnn_matches_forward(tmp_path, capture):
 
 
 def test_in_place_relu_does_not_overwrite_the_captured_batchnorm(tmp_path):
-    store = actextract.extract(tiny_cnn(), SeededImages(), layers=["bn1"],
-                               out=tmp_path / "r.zarr", dtype="float32", device="cpu")
+    store = actextract.extract(
+        tiny_cnn(),
+        SeededImages(),
+        layers=["bn1"],
+        out=tmp_path / "r.zarr",
+        dtype="float32",
+        device="cpu",
+    )
     assert (store["bn1"][:] < 0).any(), "bn1 was read after the in-place ReLU"
 
 
 @pytest.mark.parametrize("capture", ["fx", "hooks"])
 def test_reductions_and_float32(tmp_path, capture):
     data = SeededImages()
-    store = actextract.extract(tiny_cnn(), data, layers="conv1,block.1,fc",
-                               reduce="conv1=mean,block.*=max", dtype="float32",
-                               out=tmp_path / "r.zarr", batch_size=5, chunk_rows=7,
-                               device="cpu", capture=capture)
+    store = actextract.extract(
+        tiny_cnn(),
+        data,
+        layers="conv1,block.1,fc",
+        reduce="conv1=mean,block.*=max",
+        dtype="float32",
+        out=tmp_path / "r.zarr",
+        batch_size=5,
+        chunk_rows=7,
+        device="cpu",
+        capture=capture,
+    )
     ref = reference(tiny_cnn(), data.x)
     np.testing.assert_allclose(store["conv1"][:], ref["conv1"].mean((2, 3)).numpy(), atol=1e-5)
-    np.testing.assert_allclose(store["block.1"][:], ref["block.1"].amax((2, 3)).numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(store["block.1"][:], ref["block.1"].amax((2, 3)).numpy(), atol=1e-5)
     np.testing.assert_allclose(store["fc"][:], ref["fc"].numpy(), atol=1e-5)
     assert store["conv1"].shape == (N_SAMPLES, 4)
     assert store["conv1"].metadata.dimension_names == ("sample", "channel")
@@ -68,21 +88,36 @@ def test_resnet18_matches_forward(tmp_path, capture):
     model = torchvision.models.resnet18().eval()
     data = SeededImages(n=6, shape=(3, 32, 32))
     ref = _resnet_reference(model, data.x)
-    store = actextract.extract(model, data, layers=["layer3", "avgpool"], device="cpu",
-                               out=tmp_path / "plain.zarr", batch_size=4, capture=capture)
+    store = actextract.extract(
+        model,
+        data,
+        layers=["layer3", "avgpool"],
+        device="cpu",
+        out=tmp_path / "plain.zarr",
+        batch_size=4,
+        capture=capture,
+    )
     assert store["layer3"].shape == (6, 256, 2, 2)
     for name in ("layer3", "avgpool"):
         np.testing.assert_allclose(store[name][:], ref[name].numpy(), **FP16, err_msg=name)
-    pooled = actextract.extract(model, data, layers=["layer3"], reduce="layer3=mean",
-                                device="cpu", out=tmp_path / "mean.zarr", capture=capture)
+    pooled = actextract.extract(
+        model,
+        data,
+        layers=["layer3"],
+        reduce="layer3=mean",
+        device="cpu",
+        out=tmp_path / "mean.zarr",
+        capture=capture,
+    )
     np.testing.assert_allclose(pooled["layer3"][:], ref["layer3"].mean((2, 3)).numpy(), **FP16)
     assert pooled.labels[:].tolist() == data.labels
 
 
 def test_untraceable_model_falls_back_to_hooks(tmp_path, caplog):
     data = SeededImages()
-    store = actextract.extract(untraceable(), data, layers=["bn1", "block"], device="cpu",
-                               out=tmp_path / "r.zarr")
+    store = actextract.extract(
+        untraceable(), data, layers=["bn1", "block"], device="cpu", out=tmp_path / "r.zarr"
+    )
     assert "capturing with forward hooks" in caplog.text
     assert store.attrs["model"]["capture"] == "hooks"
     ref = reference(untraceable(), data.x)
@@ -91,32 +126,56 @@ def test_untraceable_model_falls_back_to_hooks(tmp_path, caplog):
 
 def test_fx_only_name_on_untraceable_model_says_why(tmp_path):
     with pytest.raises(actextract.LayerNotFoundError, match="fx could not trace"):
-        actextract.extract(untraceable(), SeededImages(), layers=["flatten"], device="cpu",
-                           out=tmp_path / "r.zarr")
+        actextract.extract(
+            untraceable(), SeededImages(), layers=["flatten"], device="cpu", out=tmp_path / "r.zarr"
+        )
     assert not (tmp_path / "r.zarr").exists()
 
 
 def test_bf16_autocast_on_cpu_stays_close(tmp_path):
     data = SeededImages()
-    store = actextract.extract(tiny_cnn(), data, layers=["fc"], precision="bf16", device="cpu",
-                               out=tmp_path / "r.zarr", channels_last=True)
+    store = actextract.extract(
+        tiny_cnn(),
+        data,
+        layers=["fc"],
+        precision="bf16",
+        device="cpu",
+        out=tmp_path / "r.zarr",
+        channels_last=True,
+    )
     ref = reference(tiny_cnn(), data.x)["fc"].numpy()
     np.testing.assert_allclose(store["fc"][:], ref, rtol=5e-2, atol=5e-2)
     assert store.attrs["precision"] == "bf16"
 
 
 def test_limit_takes_the_first_rows(tmp_path):
-    store = actextract.extract(tiny_cnn(), SeededImages(), layers=["fc"], limit=5,
-                               device="cpu", out=tmp_path / "r.zarr")
+    store = actextract.extract(
+        tiny_cnn(), SeededImages(), layers=["fc"], limit=5, device="cpu", out=tmp_path / "r.zarr"
+    )
     assert store["fc"].shape == (5, 5) and store.ids[:].tolist() == ["0", "1", "2", "3", "4"]
 
 
 def test_workers_give_the_same_store(tmp_path):
-    a = actextract.extract("digits-cnn", "digits", layers=["pool2"], limit=96, batch_size=32,
-                           device="cpu", out=tmp_path / "a.zarr")
+    a = actextract.extract(
+        "digits-cnn",
+        "digits",
+        layers=["pool2"],
+        limit=96,
+        batch_size=32,
+        device="cpu",
+        out=tmp_path / "a.zarr",
+    )
     torch.manual_seed(0)
-    b = actextract.extract(a.attrs["model"]["spec"], "digits", layers=["pool2"], limit=96,
-                           batch_size=32, num_workers=2, device="cpu", out=tmp_path / "b.zarr")
+    b = actextract.extract(
+        a.attrs["model"]["spec"],
+        "digits",
+        layers=["pool2"],
+        limit=96,
+        batch_size=32,
+        num_workers=2,
+        device="cpu",
+        out=tmp_path / "b.zarr",
+    )
     assert a.ids[:].tolist() == b.ids[:].tolist()
     assert a.labels[:].tolist() == b.labels[:].tolist()
     assert b.complete
@@ -124,8 +183,15 @@ def test_workers_give_the_same_store(tmp_path):
 
 def test_a_bad_sample_stops_the_run_and_the_store_is_not_complete(tmp_path):
     with pytest.raises(BadSampleError, match=r"sample 9 \('9'\).*corrupt record 9.*--on-bad"):
-        actextract.extract(tiny_cnn(), FailsAt(9), layers=["fc"], batch_size=4, chunk_rows=4,
-                           device="cpu", out=tmp_path / "r.zarr")
+        actextract.extract(
+            tiny_cnn(),
+            FailsAt(9),
+            layers=["fc"],
+            batch_size=4,
+            chunk_rows=4,
+            device="cpu",
+            out=tmp_path / "r.zarr",
+        )
     store = actextract.open_store(tmp_path / "r.zarr")
     assert store.status == "failed" and not store.complete
     assert "corrupt record 9" in store.attrs["error"]
@@ -134,8 +200,15 @@ def test_a_bad_sample_stops_the_run_and_the_store_is_not_complete(tmp_path):
 
 def test_skip_leaves_the_row_empty_and_lists_it(tmp_path):
     data = FailsAt(9)
-    store = actextract.extract(tiny_cnn(), data, layers=["fc"], on_bad_sample="skip",
-                               batch_size=4, device="cpu", out=tmp_path / "r.zarr")
+    store = actextract.extract(
+        tiny_cnn(),
+        data,
+        layers=["fc"],
+        on_bad_sample="skip",
+        batch_size=4,
+        device="cpu",
+        out=tmp_path / "r.zarr",
+    )
     assert store.complete
     fc = store["fc"][:]
     assert np.isnan(fc[9]).all() and not np.isnan(np.delete(fc, 9, axis=0)).any()

@@ -15,9 +15,18 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_cuda_store_matches_cpu_forward(tmp_path, precision):
     data = SeededImages(n=64)
-    store = actextract.extract(tiny_cnn(), data, layers=["bn1", "block", "fc"], device="cuda",
-                               precision=precision, batch_size=8, chunk_rows=16,
-                               num_workers=2, out=tmp_path / "r.zarr", channels_last=True)
+    store = actextract.extract(
+        tiny_cnn(),
+        data,
+        layers=["bn1", "block", "fc"],
+        device="cuda",
+        precision=precision,
+        batch_size=8,
+        chunk_rows=16,
+        num_workers=2,
+        out=tmp_path / "r.zarr",
+        channels_last=True,
+    )
     assert store.attrs["device"].startswith("cuda") and store.complete
     ref = reference(tiny_cnn(), data.x)
     tol = 2e-3 if precision == "fp32" else 5e-2
@@ -27,7 +36,13 @@ def test_cuda_store_matches_cpu_forward(tmp_path, precision):
 
 def test_cuda_resnet_reduced_on_the_device(tmp_path):
     torch.manual_seed(0)
-    store = actextract.extract("resnet18", "synthetic:256:3:64:64", layers="layer3,avgpool",
-                               reduce="layer3=mean", device="cuda", batch_size=64,
-                               out=tmp_path / "r.zarr")
+    store = actextract.extract(
+        "resnet18",
+        "synthetic:256:3:64:64",
+        layers="layer3,avgpool",
+        reduce="layer3=mean",
+        device="cuda",
+        batch_size=64,
+        out=tmp_path / "r.zarr",
+    )
     assert store["layer3"].shape == (256, 256) and np.isfinite(store["layer3"][:]).all()

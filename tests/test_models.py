@@ -17,7 +17,7 @@ def test_torchvision_model_by_name_is_random_and_in_eval_mode():
 
 
 def test_unknown_model_suggests_close_names():
-    with pytest.raises(ModelSpecError, match="unknown model 'resnet19'.*resnet18"):
+    with pytest.raises(ModelSpecError, match=r"unknown model 'resnet19'.*resnet18"):
         load_model("resnet19")
 
 
@@ -29,8 +29,9 @@ def test_digits_cnn_shapes():
 def test_state_dict_in_a_wrapper_with_prefixes(tmp_path):
     model = tiny_cnn()
     ckpt = tmp_path / "c.pt"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
-                "epoch": 3}, ckpt)
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}, ckpt
+    )
     loaded = load_model(f"python:{_fixtures_path()}:TinyCNN", weights=ckpt)
     assert torch.equal(loaded.module.conv1.weight, model.conv1.weight)
     assert loaded.weights_sha256 == file_sha256(ckpt)

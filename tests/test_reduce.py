@@ -12,7 +12,11 @@ LAYERS = ["layer1", "layer2.0", "layer2.1", "fc"]
 
 def test_parse_names_globs_and_a_bare_reduction():
     assert parse_reductions("layer1=mean,layer2.*=max", LAYERS) == {
-        "layer1": "mean", "layer2.0": "max", "layer2.1": "max", "fc": "none"}
+        "layer1": "mean",
+        "layer2.0": "max",
+        "layer2.1": "max",
+        "fc": "none",
+    }
     assert parse_reductions("mean", ["a", "b"]) == {"a": "mean", "b": "mean"}
     assert parse_reductions(None, ["a"]) == {"a": "none"}
 
@@ -28,8 +32,7 @@ def test_bad_reductions():
 
 def test_reducer_pools_in_float32_and_casts():
     x = torch.randn(2, 3, 4, 4, dtype=torch.bfloat16)
-    out = Reducer({"a": "mean", "b": "max", "c": "none"}, torch.float16)(
-        {"a": x, "b": x, "c": x})
+    out = Reducer({"a": "mean", "b": "max", "c": "none"}, torch.float16)({"a": x, "b": x, "c": x})
     assert out["a"].dtype == torch.float16 and out["a"].shape == (2, 3)
     torch.testing.assert_close(out["a"], x.float().mean((2, 3)).half())
     assert torch.equal(out["b"], x.amax((2, 3)).half())

@@ -46,7 +46,7 @@ def test_malformed_synthetic(spec):
 
 
 def test_unknown_kind_lists_the_known_ones():
-    with pytest.raises(SourceError, match="unknown dataset 'imgnet:/x'.*folder:PATH"):
+    with pytest.raises(SourceError, match=r"unknown dataset 'imgnet:/x'.*folder:PATH"):
         open_source("imgnet:/x")
 
 
@@ -82,8 +82,12 @@ def test_a_corrupt_file_becomes_a_bad_sample(image_folder):
 
 
 def test_collate_turns_odd_shapes_into_bad_samples():
-    items = [Sample(torch.zeros(3, 4, 4), 0, 0, "a"), Sample(torch.zeros(3, 5, 5), 1, 1, "b"),
-             Sample(torch.zeros(3, 4, 4), 2, 2, "c"), BadSample(3, "d", "broken")]
+    items = [
+        Sample(torch.zeros(3, 4, 4), 0, 0, "a"),
+        Sample(torch.zeros(3, 5, 5), 1, 1, "b"),
+        Sample(torch.zeros(3, 4, 4), 2, 2, "c"),
+        BadSample(3, "d", "broken"),
+    ]
     batch = collate(items)
     assert batch.inputs.shape == (2, 3, 4, 4) and batch.ids == ["a", "c"]
     assert [b.id for b in batch.bad] == ["b", "d"]
@@ -94,8 +98,7 @@ def test_loader_yields_rows_in_order_with_workers():
     src = open_source("synthetic:20:1:2:2")
     loader = make_loader(src, range(3, 20), batch_size=8, num_workers=2)
     batches = list(loader)
-    assert [b.indices.tolist() for b in batches] == [list(range(3, 11)), list(range(11, 19)),
-                                                    [19]]
+    assert [b.indices.tolist() for b in batches] == [list(range(3, 11)), list(range(11, 19)), [19]]
     assert torch.equal(batches[0].inputs[0], src.dataset[3].input)
 
 

@@ -22,17 +22,43 @@ GOLDEN_ATTRS = {
     "device": "cpu",
     "batch_size": 4,
     "status": "complete",
-    "model": {"spec": "python-object:TinyCNN", "weights": None, "weights_sha256": None,
-              "capture": "fx"},
-    "dataset": {"spec": "python-object:_fixtures.SeededImages",
-                "transform": "as given by the dataset", "n": 16, "classes": None},
+    "model": {
+        "spec": "python-object:TinyCNN",
+        "weights": None,
+        "weights_sha256": None,
+        "capture": "fx",
+    },
+    "dataset": {
+        "spec": "python-object:_fixtures.SeededImages",
+        "transform": "as given by the dataset",
+        "n": 16,
+        "classes": None,
+    },
     "layers": [
-        {"name": "conv1", "kind": "Conv2d", "shape": [4, 8, 8], "output_shape": [4, 8, 8],
-         "reduce": "none", "array": "acts/conv1"},
-        {"name": "block", "kind": "Sequential", "shape": [8], "output_shape": [8, 8, 8],
-         "reduce": "mean", "array": "acts/block"},
-        {"name": "fc", "kind": "Linear", "shape": [5], "output_shape": [5], "reduce": "none",
-         "array": "acts/fc"},
+        {
+            "name": "conv1",
+            "kind": "Conv2d",
+            "shape": [4, 8, 8],
+            "output_shape": [4, 8, 8],
+            "reduce": "none",
+            "array": "acts/conv1",
+        },
+        {
+            "name": "block",
+            "kind": "Sequential",
+            "shape": [8],
+            "output_shape": [8, 8, 8],
+            "reduce": "mean",
+            "array": "acts/block",
+        },
+        {
+            "name": "fc",
+            "kind": "Linear",
+            "shape": [5],
+            "output_shape": [5],
+            "reduce": "none",
+            "array": "acts/fc",
+        },
     ],
     "skipped": [],
     "skipped_count": 0,
@@ -42,20 +68,40 @@ GOLDEN_ATTRS = {
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     out = tmp_path_factory.mktemp("golden") / "run.zarr"
-    return actextract.extract(tiny_cnn(), SeededImages(), layers=["fc", "conv1", "block"],
-                              reduce={"block": "mean"}, out=out, batch_size=4, chunk_rows=8,
-                              device="cpu")
+    return actextract.extract(
+        tiny_cnn(),
+        SeededImages(),
+        layers=["fc", "conv1", "block"],
+        reduce={"block": "mean"},
+        out=out,
+        batch_size=4,
+        chunk_rows=8,
+        device="cpu",
+    )
 
 
 def test_root_attributes(store):
     attrs = store.attrs
     volatile = {"created", "finished", "software", "summary"}
     assert {k: v for k, v in attrs.items() if k not in volatile} == GOLDEN_ATTRS
-    assert set(attrs["software"]) == {"actextract", "torch", "torchvision", "zarr", "numpy",
-                                      "python"}
-    assert set(attrs["summary"]) == {"images", "skipped", "seconds", "images_per_s",
-                                     "bytes_written", "data_wait_s", "compute_s",
-                                     "write_wait_s"}
+    assert set(attrs["software"]) == {
+        "actextract",
+        "torch",
+        "torchvision",
+        "zarr",
+        "numpy",
+        "python",
+    }
+    assert set(attrs["summary"]) == {
+        "images",
+        "skipped",
+        "seconds",
+        "images_per_s",
+        "bytes_written",
+        "data_wait_s",
+        "compute_s",
+        "write_wait_s",
+    }
     assert attrs["summary"]["images"] == 16
     assert attrs["summary"]["bytes_written"] == 16 * (4 * 8 * 8 + 8 + 5) * 2
 
@@ -65,17 +111,21 @@ def test_arrays_chunks_and_dimension_names(store):
     assert sorted(root.group_keys()) == ["acts", "progress"]
     assert sorted(root.array_keys()) == ["ids", "labels"]
     assert sorted(root["acts"].array_keys()) == ["block", "conv1", "fc"]
-    expect = {"conv1": ((16, 4, 8, 8), ("sample", "channel", "y", "x")),
-              "block": ((16, 8), ("sample", "channel")),
-              "fc": ((16, 5), ("sample", "feature"))}
+    expect = {
+        "conv1": ((16, 4, 8, 8), ("sample", "channel", "y", "x")),
+        "block": ((16, 8), ("sample", "channel")),
+        "fc": ((16, 5), ("sample", "feature")),
+    }
     for name, (shape, dims) in expect.items():
         arr = root[f"acts/{name}"]
         assert arr.shape == shape and arr.chunks == (8, *shape[1:])
         assert arr.dtype == np.float16 and arr.metadata.dimension_names == dims
         assert np.isnan(arr.metadata.fill_value)
         meta = json.loads((store.path / "acts" / name / "zarr.json").read_text())
-        assert meta["codecs"][-1] == {"name": "zstd", "configuration": {"level": 3,
-                                                                        "checksum": False}}
+        assert meta["codecs"][-1] == {
+            "name": "zstd",
+            "configuration": {"level": 3, "checksum": False},
+        }
     assert root["labels"].dtype == np.int64 and root["labels"].chunks == (8,)
     assert root["ids"].shape == (16,)
     done = root["progress/done"]
@@ -95,7 +145,7 @@ def test_reader_is_lazy_and_chunk_wise(store):
 
 
 def test_open_store_refuses_what_is_not_a_store(tmp_path):
-    with pytest.raises(actextract.StoreError, match="no zarr.json"):
+    with pytest.raises(actextract.StoreError, match=r"no zarr\.json"):
         actextract.open_store(tmp_path)
     zarr.open_group(tmp_path / "plain.zarr", mode="w")
     with pytest.raises(actextract.StoreError, match="not an actextract store"):
@@ -103,8 +153,14 @@ def test_open_store_refuses_what_is_not_a_store(tmp_path):
 
 
 def test_a_block_is_done_only_after_its_data(tmp_path):
-    store = create_store(tmp_path / "s.zarr", n=10, arrays=[ArraySpec("a", (3,))],
-                         options=StoreOptions(), chunk_rows=4, attrs={})
+    store = create_store(
+        tmp_path / "s.zarr",
+        n=10,
+        arrays=[ArraySpec("a", (3,))],
+        options=StoreOptions(),
+        chunk_rows=4,
+        attrs={},
+    )
     assert store.n_blocks == 3 and store.status == "incomplete"
     store.write_block(2, {"a": np.ones((2, 3), np.float16)}, np.array([1, 2]), ["x", "y"])
     assert store.done().tolist() == [False, False, True]
@@ -115,8 +171,14 @@ def test_a_block_is_done_only_after_its_data(tmp_path):
 
 @pytest.mark.parametrize("codec", ["zstd", "lz4", "blosc-zstd", "blosc-lz4", "none"])
 def test_every_codec_round_trips(tmp_path, codec):
-    store = actextract.extract(tiny_cnn(), SeededImages(), layers=["conv1"], codec=codec,
-                               out=tmp_path / f"{codec}.zarr", device="cpu")
+    store = actextract.extract(
+        tiny_cnn(),
+        SeededImages(),
+        layers=["conv1"],
+        codec=codec,
+        out=tmp_path / f"{codec}.zarr",
+        device="cpu",
+    )
     again = actextract.open_store(store.path)
     assert again.attrs["codec"]["name"] == codec
     assert np.isfinite(again["conv1"][:]).all()
