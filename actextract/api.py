@@ -24,7 +24,6 @@ from actextract.engine import (
     RunOptions,
     autocast,
     check_bad,
-    format_summary,
     resolve_device,
     run,
 )
@@ -41,6 +40,7 @@ from actextract.store import (
     create_store,
     open_store,
 )
+from actextract.text import format_summary
 
 __all__ = ["LayerTable", "extract", "list_layers", "open_store"]
 

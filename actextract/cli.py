@@ -15,6 +15,7 @@ import click
 
 from actextract import __version__
 from actextract.errors import ActextractError
+from actextract.text import format_info, format_layer_table, format_summary
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -50,14 +51,6 @@ def _floats(ctx, param, value: str | None) -> tuple[float, ...] | None:
         raise click.BadParameter(
             f"'{value}' is not comma-separated numbers, e.g. 0.485,0.456,0.406.", ctx, param
         ) from None
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 @click.group(context_settings=CONTEXT)
@@ -107,31 +100,11 @@ def main(verbose: int) -> None:
 @click.pass_context
 def layers(ctx, model, input_shape, weights, dtype, n_samples, capture) -> None:
     """Every capturable layer of MODEL: name, kind, output shape and bytes per sample."""
-    import torch
-
     from actextract.api import list_layers
 
     with _user_errors(ctx):
         table = list_layers(model, input_shape=input_shape, weights=weights, capture=capture)
-    torch_dtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
-    click.echo(
-        f"{table.model}: input {tuple(table.input_shape)}, captured with "
-        f"{'torch.fx' if table.method == 'fx' else 'forward hooks (module names only)'}"
-    )
-    width = max(len(r.name) for r in table.rows)
-    kind_w = max(len(r.kind) for r in table.rows)
-    click.echo(f"{'name':<{width}}  {'kind':<{kind_w}}  {'shape':<18}  bytes/sample ({dtype})")
-    for r in table.rows:
-        shape = str(r.shape) if r.shape is not None else "(not a tensor)"
-        size = _size(r.bytes_per_sample(torch_dtype)) if r.shape is not None else "-"
-        click.echo(f"{r.name:<{width}}  {r.kind:<{kind_w}}  {shape:<18}  {size}")
-    if n_samples:
-        per = {r.name: r.bytes_per_sample(torch_dtype) for r in table.rows if r.shape}
-        click.echo(
-            f"\nfor {n_samples:,} samples: {_size(max(per.values()) * n_samples)} for the "
-            f"largest layer; {_size(sum(per.values()) * n_samples)} for all of them "
-            "(uncompressed)"
-        )
+    click.echo(format_layer_table(table, dtype, n_samples))
 
 
 @main.command(context_settings=CONTEXT)
@@ -283,7 +256,6 @@ def extract(
 ) -> None:
     """Run MODEL over DATASET and store the outputs of the chosen layers."""
     from actextract.api import extract as run_extract
-    from actextract.engine import format_summary
     from actextract.source import Preprocess
 
     with _user_errors(ctx):
@@ -335,61 +307,7 @@ def info(ctx, path, as_json) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
-    click.echo(_format_info(data))
-
-
-def _format_info(d: dict) -> str:
-    status = d["status"]
-    if status != "complete":
-        status = (
-            f"{str(status).upper()}: {d['blocks_done']}/{d['n_blocks']} row blocks written"
-            f"{' — ' + d['error'] if d.get('error') else ''}; the run did not finish"
-        )
-    else:
-        status = f"complete ({d['blocks_done']}/{d['n_blocks']} row blocks)"
-    model = d.get("model") or {}
-    weights = (
-        f", weights {model['weights']} (sha256 {model['weights_sha256'][:12]}…)"
-        if model.get("weights")
-        else ", random weights"
-    )
-    dataset = d.get("dataset") or {}
-    codec = d.get("codec") or {}
-    level = f" level {codec['level']}" if codec.get("level") is not None else ""
-    lines = [
-        f"{d['path']}: {status}",
-        f"  model    {model.get('spec')}{weights}; captured with {model.get('capture')}",
-        f"  dataset  {dataset.get('spec')}: {d['n_samples']:,} samples; {dataset.get('transform')}",
-        f"  storage  {d['dtype']}, {codec.get('name')}{level}, {d['chunk_rows']} rows per "
-        f"chunk; forward in {d.get('precision')}",
-        f"  on disk  {_size(d['disk_bytes'])}",
-        "  arrays",
-    ]
-    name_w = max([len(a["name"]) for a in d["arrays"]] + [4])
-    lines.append(
-        f"    {'name':<{name_w}}  {'shape':<22}  {'reduce':<6}  {'raw':>10}  {'on disk':>10}  ratio"
-    )
-    for a in d["arrays"]:
-        ratio = a["raw_bytes"] / a["disk_bytes"] if a["disk_bytes"] else float("nan")
-        lines.append(
-            f"    {a['name']:<{name_w}}  {a['shape']!s:<22}  {a['reduce']:<6}  "
-            f"{_size(a['raw_bytes']):>10}  {_size(a['disk_bytes']):>10}  {ratio:.1f}x"
-        )
-    labels = d["labels"]
-    classes = dataset.get("classes")
-    shown = ", ".join(
-        f"{classes[k] if classes and 0 <= k < len(classes) else k}: {v}" for k, v in labels.items()
-    )
-    lines.append(f"  labels   {shown}")
-    if d.get("skipped"):
-        lines.append(f"  skipped  {', '.join(str(s['id']) for s in d['skipped'][:10])}")
-    summary = d.get("summary")
-    if summary:
-        lines.append(
-            f"  run      {summary['images']:,} images in {summary['seconds']:.2f} s "
-            f"({summary['images_per_s']:,.1f} images/s)"
-        )
-    return "\n".join(lines)
+    click.echo(format_info(data))
 
 
 @main.command("train-demo", context_settings=CONTEXT)

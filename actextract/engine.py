@@ -17,8 +17,8 @@ import torch
 from tqdm import tqdm
 
 from actextract.errors import ActextractError, BadSampleError
+from actextract.samples import BadSample, Batch
 from actextract.sink import HostBatch, Sink
-from actextract.source import BadSample, Batch
 
 __all__ = [
     "PRECISIONS",
@@ -26,7 +26,6 @@ __all__ = [
     "Summary",
     "autocast",
     "check_bad",
-    "format_summary",
     "resolve_device",
     "run",
 ]
@@ -192,27 +191,3 @@ def check_bad(bad: list[BadSample], policy: str) -> None:
         f"sample {first.index} ('{first.id}') could not be used: {first.error}. Fix or remove "
         "it, or pass --on-bad-sample skip to leave its row empty (NaN, label -1) and go on."
     )
-
-
-def format_summary(attrs: dict) -> str:
-    """The end-of-run text, from a store's attributes (``summary``, ``skipped``)."""
-    s = attrs.get("summary") or {}
-    total = max(s.get("seconds", 0.0), 1e-9)
-
-    def part(key: str) -> str:
-        return f"{s.get(key, 0.0):.2f} s ({100 * s.get(key, 0.0) / total:.0f}%)"
-
-    lines = [
-        f"{s.get('images', 0)} images in {s.get('seconds', 0.0):.2f} s "
-        f"({s.get('images_per_s', 0.0):,.1f} images/s), "
-        f"{s.get('bytes_written', 0) / 1e6:,.1f} MB of activations written",
-        f"time: waiting for data {part('data_wait_s')}, compute {part('compute_s')}, "
-        f"waiting for the writer {part('write_wait_s')}",
-    ]
-    skipped = attrs.get("skipped") or []
-    count = attrs.get("skipped_count", len(skipped))
-    if count:
-        ids = ", ".join(str(b["id"]) for b in skipped[:10])
-        more = f" (+{count - 10} more)" if count > 10 else ""
-        lines.append(f"skipped {count} bad samples: {ids}{more}")
-    return "\n".join(lines)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from actextract.source import BadSample
+from actextract.samples import BadSample
 from actextract.store import Store
 
 __all__ = ["HostBatch", "Sink"]

@@ -12,24 +12,30 @@ Specs (``open_source``):
 - ``python:module:callable``: a user Dataset (or a callable returning one); items are an input
   tensor or ``(input, label, ...)``, fed as they are.
 
-Every item of the dataset is a :class:`Sample` or, when loading it failed, a :class:`BadSample`;
-the engine decides whether a bad sample stops the run.
+Items and batches are described in :mod:`actextract.samples`; this module resolves specs.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from actextract._imports import load_object
 from actextract.errors import SourceError
+from actextract.samples import (  # re-exported: the source stage's public names
+    BadSample,
+    Batch,
+    Preprocess,
+    Sample,
+    SampleDataset,
+    Source,
+    make_loader,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -64,146 +70,6 @@ TORCHVISION_DATASETS: dict[str, tuple[str, str]] = {
     "dtd": ("DTD", "split"),
     "imagenet": ("ImageNet", "split"),
 }
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How images become input tensors. ``None`` leaves a step to the next default; ``0`` for
-    ``resize`` or ``crop`` turns the step off."""
-
-    channels: int | None = None  # 1 (grayscale) or 3 (RGB)
-    resize: int | None = None  # shorter side, in pixels
-    crop: int | None = None  # centre crop, square
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-
-    def over(self, base: Preprocess) -> Preprocess:
-        """These settings, with ``base`` filling the ones left at None."""
-        return Preprocess(
-            **{k: v if v is not None else getattr(base, k) for k, v in asdict(self).items()}
-        )
-
-    def transform(self) -> Callable[[Any], torch.Tensor]:
-        """A torchvision v2 pipeline: PIL image or (C, H, W) tensor → (C', H', W') float32."""
-        from torchvision.transforms import v2
-
-        steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-        if self.channels == 3:
-            steps.append(v2.RGB())
-        elif self.channels == 1:
-            steps.append(v2.Grayscale(num_output_channels=1))
-        if self.resize:
-            steps.append(v2.Resize(self.resize, antialias=True))
-        if self.crop:
-            steps.append(v2.CenterCrop(self.crop))
-        if self.mean is not None and self.std is not None:
-            steps.append(v2.Normalize(list(self.mean), list(self.std)))
-        steps.append(v2.ToPureTensor())
-        return v2.Compose(steps)
-
-
-class Sample(NamedTuple):
-    """One loaded sample. ``input``: (C, H, W) or any per-sample shape, float."""
-
-    input: torch.Tensor
-    label: int
-    index: int
-    id: str
-
-
-class BadSample(NamedTuple):
-    """A sample that could not be loaded; ``error`` says why."""
-
-    index: int
-    id: str
-    error: str
-
-
-@dataclass
-class Batch:
-    """What the loader yields. ``inputs``: (B, ...) for the B good samples, or None."""
-
-    inputs: torch.Tensor | None
-    labels: torch.Tensor  # (B,) int64
-    indices: torch.Tensor  # (B,) int64, dataset rows
-    ids: list[str]
-    bad: list[BadSample] = field(default_factory=list)
-
-    def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
-        if self.inputs is None:
-            return self
-        return replace(self, inputs=self.inputs.pin_memory())
-
-
-def collate(items: Sequence[Sample | BadSample]) -> Batch:
-    """Stack the good samples; a sample whose shape differs from the batch's most common one
-    becomes a BadSample (its message says how to make inputs one size)."""
-    good = [s for s in items if isinstance(s, Sample)]
-    bad = [s for s in items if isinstance(s, BadSample)]
-    if good:
-        common, _ = Counter(tuple(s.input.shape) for s in good).most_common(1)[0]
-        for s in good:
-            if tuple(s.input.shape) != common:
-                bad.append(
-                    BadSample(
-                        s.index,
-                        s.id,
-                        (
-                            f"input shape {tuple(s.input.shape)} differs from the batch's {common}; "
-                            "pass --resize and --crop to bring every input to one size"
-                        ),
-                    )
-                )
-        good = [s for s in good if tuple(s.input.shape) == common]
-    return Batch(
-        inputs=torch.stack([s.input for s in good]) if good else None,
-        labels=torch.tensor([s.label for s in good], dtype=torch.int64),
-        indices=torch.tensor([s.index for s in good], dtype=torch.int64),
-        ids=[s.id for s in good],
-        bad=sorted(bad, key=lambda b: b.index),
-    )
-
-
-class SampleDataset(Dataset):
-    """Wraps a base dataset: item ``i`` becomes ``Sample(input, label, i, id)``, or a BadSample
-    when reading or transforming it raised."""
-
-    def __init__(self, base: Any, *, transform: Callable | None, ids: Sequence[str] | None):
-        self.base = base
-        self.transform = transform
-        self.ids = ids
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def sample_id(self, index: int) -> str:
-        return self.ids[index] if self.ids is not None else str(index)
-
-    def __getitem__(self, index: int) -> Sample | BadSample:
-        try:
-            item = self.base[index]
-            x, label = (item[0], item[1]) if isinstance(item, tuple | list) else (item, -1)
-            if self.transform is not None:
-                x = self.transform(x)
-            x = torch.as_tensor(x)
-            label = int(label) if label is not None else -1
-        except Exception as e:  # any failure of user data becomes a reported bad sample
-            log.debug("sample %d (%s) failed", index, self.sample_id(index), exc_info=True)
-            return BadSample(index, self.sample_id(index), f"{type(e).__name__}: {e}")
-        return Sample(x, label, index, self.sample_id(index))
-
-
-@dataclass(frozen=True)
-class Source:
-    """A resolved dataset spec: the dataset, how it was made, what its labels mean."""
-
-    spec: str
-    dataset: SampleDataset
-    transform: str  # human-readable, for the store's provenance
-    classes: tuple[str, ...] | None = None
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
 
 class _ImageFiles(Dataset):
@@ -412,32 +278,3 @@ def _describe(pre: Preprocess) -> str:
         std = ", ".join(f"{s:.4g}" for s in pre.std)
         parts.append(f"normalize(mean=[{mean}], std=[{std}])")
     return " → ".join(["to_float[0,1]", *parts])
-
-
-def make_loader(
-    source: Source,
-    rows: Sequence[int],
-    *,
-    batch_size: int,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-    prefetch_factor: int = 4,
-) -> DataLoader:
-    """A DataLoader over ``rows`` of the source, in order, yielding :class:`Batch`.
-
-    Workers are persistent (no re-fork per epoch) and each keeps ``prefetch_factor`` batches
-    ready; ``pin_memory`` (CUDA only) lets the host→device copy run asynchronously.
-    """
-    extra: dict[str, Any] = {}
-    if num_workers > 0:
-        extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor}
-    return DataLoader(
-        Subset(source.dataset, rows),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate,
-        pin_memory=pin_memory,
-        drop_last=False,
-        **extra,
-    )

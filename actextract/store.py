@@ -18,10 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import shutil
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,14 @@ import numpy as np
 import zarr
 
 from actextract.errors import OutputExistsError, StoreError
+from actextract.layout import (
+    DEFAULT_LEVEL,
+    FORMAT_VERSION,
+    ArraySpec,
+    StoreOptions,
+    choose_chunk_rows,
+    quiet_numcodecs,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -40,103 +45,6 @@ __all__ = [
     "create_store",
     "open_store",
 ]
-
-FORMAT_VERSION = 1
-CODECS = ("zstd", "lz4", "blosc-zstd", "blosc-lz4", "none")
-DEFAULT_LEVEL = {"zstd": 3, "blosc-zstd": 5, "blosc-lz4": 5}
-TARGET_CHUNK_BYTES = 32 << 20  # rows per chunk aim at 16-64 MB for the largest layer
-MAX_CHUNK_BYTES = 64 << 20
-
-
-@dataclass(frozen=True)
-class StoreOptions:
-    """How arrays are laid out and compressed."""
-
-    dtype: str = "float16"  # float16 | float32
-    codec: str = "zstd"
-    level: int | None = None  # None: the codec's default
-    chunk_rows: int | None = None  # None: chosen from the batch size and the largest layer
-
-    def __post_init__(self) -> None:
-        if self.dtype not in ("float16", "float32"):
-            raise StoreError(
-                f"--dtype '{self.dtype}' is not float16 or float32 (Zarr has no "
-                "bfloat16; compute in bf16 with --precision bf16 instead)."
-            )
-        if self.codec not in CODECS:
-            raise StoreError(f"--codec '{self.codec}' is not one of {', '.join(CODECS)}.")
-        if self.level is not None and self.codec in ("lz4", "none"):
-            raise StoreError(f"--level has no meaning for --codec {self.codec}; leave it out.")
-        if self.chunk_rows is not None and self.chunk_rows <= 0:
-            raise StoreError(f"--chunk-rows {self.chunk_rows} must be a positive integer.")
-
-    def compressors(self) -> tuple[Any, ...] | None:
-        from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
-
-        level = self.level if self.level is not None else DEFAULT_LEVEL.get(self.codec)
-        if self.codec == "zstd":
-            return (ZstdCodec(level=level),)
-        if self.codec == "lz4":
-            from zarr.codecs.numcodecs import LZ4
-
-            with _quiet():
-                return (LZ4(),)
-        if self.codec.startswith("blosc-"):
-            # byte shuffle groups the high and low bytes of float16/32 values: better ratios
-            return (
-                BloscCodec(
-                    cname=self.codec.removeprefix("blosc-"),
-                    clevel=level,
-                    shuffle=BloscShuffle.shuffle,
-                ),
-            )
-        return None
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """One layer's array: ``shape`` per sample, as stored (after reduction)."""
-
-    name: str
-    shape: tuple[int, ...]
-    kind: str = ""
-    reduce: str = "none"
-    output_shape: tuple[int, ...] | None = None  # before reduction
-
-    def dimension_names(self) -> tuple[str, ...]:
-        if self.reduce != "none":
-            return ("sample", "channel")
-        rest = {
-            0: (),
-            1: ("feature",),
-            2: ("channel", "x"),
-            3: ("channel", "y", "x"),
-            4: ("channel", "z", "y", "x"),
-        }.get(len(self.shape))
-        return ("sample", *(rest or tuple(f"dim{i}" for i in range(1, len(self.shape) + 1))))
-
-
-def choose_chunk_rows(batch_size: int, max_bytes_per_sample: int, n: int) -> int:
-    """Rows per chunk: a multiple of the batch size (or a divisor of it, for very large layers)
-    that keeps the largest layer's chunk near 32 MB, and no more than the dataset needs."""
-    per_sample = max(1, max_bytes_per_sample)
-    if batch_size * per_sample <= MAX_CHUNK_BYTES:
-        rows = batch_size * max(1, TARGET_CHUNK_BYTES // (batch_size * per_sample))
-        return max(1, min(rows, math.ceil(n / batch_size) * batch_size))
-    fits = [
-        d
-        for d in range(1, batch_size + 1)
-        if batch_size % d == 0 and d * per_sample <= MAX_CHUNK_BYTES
-    ]
-    return max(fits, default=1)
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """numcodecs' LZ4 is outside the Zarr v3 spec; zarr warns on every use. We document it."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr")
-        yield
 
 
 def _now() -> str:
@@ -168,7 +76,7 @@ class Store:
             raise StoreError(
                 f"layer '{layer}' is not in {self.path}; it holds: {', '.join(self.layers)}."
             )
-        with _quiet():
+        with quiet_numcodecs():
             return self.group[f"acts/{layer}"]  # type: ignore[return-value]
 
     def __contains__(self, layer: object) -> bool:
@@ -222,7 +130,7 @@ class Store:
         """Write one row block (arrays of len(block_range(block)) rows), then mark it done."""
         rows = self.block_range(block)
         sl = slice(rows.start, rows.stop)
-        with _quiet():
+        with quiet_numcodecs():
             for name, data in acts.items():
                 self.group[f"acts/{name}"][sl] = data
         self.group["labels"][sl] = labels
@@ -324,7 +232,7 @@ def create_store(
     group = zarr.open_group(zarr.storage.LocalStore(path), mode="w-")
     fill = np.nan  # an unwritten or skipped row reads as NaN, never as real zeros
     compressors = options.compressors()
-    with _quiet():
+    with quiet_numcodecs():
         for spec in arrays:
             group.create_array(
                 f"acts/{spec.name}",

@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from actextract.errors import SourceError
-from actextract.source import (
-    BadSample,
-    Preprocess,
-    Sample,
-    collate,
-    make_loader,
-    open_source,
-)
+from actextract.samples import BadSample, Preprocess, Sample, collate, make_loader
+from actextract.source import open_source
 
 
 def test_digits_is_the_embedded_default():

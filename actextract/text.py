@@ -1,0 +1,123 @@
+"""Plain-text views for the terminal: a layer table, a store's info, a run's summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["format_info", "format_layer_table", "format_summary", "human_bytes"]
+
+
+def human_bytes(n: float) -> str:
+    """1234567 → '1.2 MB' (decimal units, as disks are sold)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def format_layer_table(table: Any, dtype: str, n_samples: int | None = None) -> str:
+    """``actextract layers``: name, kind, shape and bytes per sample at ``dtype``; with
+    ``n_samples``, the projected uncompressed store size."""
+    out: list[str] = []
+    torch_dtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
+    out.append(
+        f"{table.model}: input {tuple(table.input_shape)}, captured with "
+        f"{'torch.fx' if table.method == 'fx' else 'forward hooks (module names only)'}"
+    )
+    width = max(len(r.name) for r in table.rows)
+    kind_w = max(len(r.kind) for r in table.rows)
+    out.append(f"{'name':<{width}}  {'kind':<{kind_w}}  {'shape':<18}  bytes/sample ({dtype})")
+    for r in table.rows:
+        shape = str(r.shape) if r.shape is not None else "(not a tensor)"
+        size = human_bytes(r.bytes_per_sample(torch_dtype)) if r.shape is not None else "-"
+        out.append(f"{r.name:<{width}}  {r.kind:<{kind_w}}  {shape:<18}  {size}")
+    if n_samples:
+        per = {r.name: r.bytes_per_sample(torch_dtype) for r in table.rows if r.shape}
+        out.append(
+            f"\nfor {n_samples:,} samples: {human_bytes(max(per.values()) * n_samples)} for the "
+            f"largest layer; {human_bytes(sum(per.values()) * n_samples)} for all of them "
+            "(uncompressed)"
+        )
+    return "\n".join(out)
+
+
+def format_info(d: dict) -> str:
+    """``actextract info``, from :meth:`actextract.store.Store.info`."""
+    status = d["status"]
+    if status != "complete":
+        status = (
+            f"{str(status).upper()}: {d['blocks_done']}/{d['n_blocks']} row blocks written"
+            f"{' — ' + d['error'] if d.get('error') else ''}; the run did not finish"
+        )
+    else:
+        status = f"complete ({d['blocks_done']}/{d['n_blocks']} row blocks)"
+    model = d.get("model") or {}
+    weights = (
+        f", weights {model['weights']} (sha256 {model['weights_sha256'][:12]}…)"
+        if model.get("weights")
+        else ", weights as built (no checkpoint)"
+    )
+    dataset = d.get("dataset") or {}
+    codec = d.get("codec") or {}
+    level = f" level {codec['level']}" if codec.get("level") is not None else ""
+    lines = [
+        f"{d['path']}: {status}",
+        f"  model    {model.get('spec')}{weights}; captured with {model.get('capture')}",
+        f"  dataset  {dataset.get('spec')}: {d['n_samples']:,} samples; {dataset.get('transform')}",
+        f"  storage  {d['dtype']}, {codec.get('name')}{level}, {d['chunk_rows']} rows per "
+        f"chunk; forward in {d.get('precision')}",
+        f"  on disk  {human_bytes(d['disk_bytes'])}",
+        "  arrays",
+    ]
+    name_w = max([len(a["name"]) for a in d["arrays"]] + [4])
+    lines.append(
+        f"    {'name':<{name_w}}  {'shape':<22}  {'reduce':<6}  {'raw':>10}  {'on disk':>10}  ratio"
+    )
+    for a in d["arrays"]:
+        ratio = a["raw_bytes"] / a["disk_bytes"] if a["disk_bytes"] else float("nan")
+        lines.append(
+            f"    {a['name']:<{name_w}}  {a['shape']!s:<22}  {a['reduce']:<6}  "
+            f"{human_bytes(a['raw_bytes']):>10}  {human_bytes(a['disk_bytes']):>10}  {ratio:.1f}x"
+        )
+    labels = d["labels"]
+    classes = dataset.get("classes")
+    shown = ", ".join(
+        f"{classes[k] if classes and 0 <= k < len(classes) else k}: {v}" for k, v in labels.items()
+    )
+    lines.append(f"  labels   {shown}")
+    if d.get("skipped"):
+        lines.append(f"  skipped  {', '.join(str(s['id']) for s in d['skipped'][:10])}")
+    summary = d.get("summary")
+    if summary:
+        lines.append(
+            f"  run      {summary['images']:,} images in {summary['seconds']:.2f} s "
+            f"({summary['images_per_s']:,.1f} images/s)"
+        )
+    return "\n".join(lines)
+
+
+def format_summary(attrs: dict) -> str:
+    """The end-of-run text, from a store's attributes (``summary``, ``skipped``)."""
+    s = attrs.get("summary") or {}
+    total = max(s.get("seconds", 0.0), 1e-9)
+
+    def part(key: str) -> str:
+        return f"{s.get(key, 0.0):.2f} s ({100 * s.get(key, 0.0) / total:.0f}%)"
+
+    lines = [
+        f"{s.get('images', 0)} images in {s.get('seconds', 0.0):.2f} s "
+        f"({s.get('images_per_s', 0.0):,.1f} images/s), "
+        f"{s.get('bytes_written', 0) / 1e6:,.1f} MB of activations written",
+        f"time: waiting for data {part('data_wait_s')}, compute {part('compute_s')}, "
+        f"waiting for the writer {part('write_wait_s')}",
+    ]
+    skipped = attrs.get("skipped") or []
+    count = attrs.get("skipped_count", len(skipped))
+    if count:
+        ids = ", ".join(str(b["id"]) for b in skipped[:10])
+        more = f" (+{count - 10} more)" if count > 10 else ""
+        lines.append(f"skipped {count} bad samples: {ids}{more}")
+    return "\n".join(lines)
