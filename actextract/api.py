@@ -26,6 +26,7 @@ from actextract.engine import (
     check_bad,
     resolve_device,
     run,
+    to_device,
 )
 from actextract.models import LoadedModel, load_model
 from actextract.reduce import STORAGE_DTYPES, Reducer, parse_reductions, reduced_shape
@@ -167,9 +168,7 @@ def _plan(
 ) -> tuple[list[ArraySpec], Reducer]:
     """Probe one real sample through the capture: per-layer shapes, reductions, array specs."""
     example = _first_sample(source, rows, options.on_bad_sample)
-    x = example.input.unsqueeze(0).to(options.device)
-    if options.channels_last and x.ndim == 4:
-        x = x.to(memory_format=torch.channels_last)
+    x = to_device(example.input.unsqueeze(0), options)
     with autocast(options.device, options.precision):
         shapes = probe(cap, x)
     plan = parse_reductions(reduce, cap.names)

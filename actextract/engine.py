@@ -28,6 +28,7 @@ __all__ = [
     "check_bad",
     "resolve_device",
     "run",
+    "to_device",
 ]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -144,7 +145,6 @@ def run(
     """Push every batch of ``loader`` through ``forward`` (capture + reduce) into ``sink``."""
     summary = Summary()
     to_host = _ToHost(options.device)
-    memory_format = torch.channels_last if options.channels_last else torch.preserve_format
     bar = tqdm(
         total=total,
         unit="img",
@@ -163,7 +163,7 @@ def run(
                 summary.skipped.extend(batch.bad)
             acts, ready = {}, None
             if batch.inputs is not None:
-                x = batch.inputs.to(options.device, non_blocking=True, memory_format=memory_format)
+                x = to_device(batch.inputs, options)
                 with autocast(options.device, options.precision):
                     acts = forward(x)
                 acts, ready = to_host(acts)
@@ -181,6 +181,14 @@ def run(
     summary.seconds = time.perf_counter() - start
     summary.bytes_written = sink.bytes_written
     return summary
+
+
+def to_device(inputs: torch.Tensor, options: RunOptions) -> torch.Tensor:
+    """(B, ...) host batch → device; non-blocking from pinned memory; NHWC when asked (4-d)."""
+    x = inputs.to(options.device, non_blocking=True)
+    if options.channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def check_bad(bad: list[BadSample], policy: str) -> None:
