@@ -59,6 +59,8 @@ def format_info(d: dict) -> str:
         f", weights {model['weights']} (sha256 {model['weights_sha256'][:12]}…)"
         if model.get("weights")
         else ", weights as built (no checkpoint)"
+        if str(model.get("spec", "")).startswith("python")
+        else ", random weights (no checkpoint)"
     )
     dataset = d.get("dataset") or {}
     codec = d.get("codec") or {}
