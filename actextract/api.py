@@ -19,8 +19,6 @@ from torch import nn
 from actextract import __version__
 from actextract.capture import LayerInfo, Method, build_capture, layer_table, probe
 from actextract.engine import (
-    PRECISIONS,
-    ResolveError,
     RunOptions,
     autocast,
     check_bad,
@@ -28,6 +26,7 @@ from actextract.engine import (
     run,
     to_device,
 )
+from actextract.errors import OptionError
 from actextract.models import LoadedModel, load_model
 from actextract.reduce import STORAGE_DTYPES, Reducer, parse_reductions, reduced_shape
 from actextract.sink import Sink
@@ -84,22 +83,18 @@ def extract(
     Returns the opened store; ``store[layer]`` is (N, *shape) in ``dtype``.
     """
     if batch_size <= 0:
-        raise ResolveError(f"--batch-size {batch_size} must be a positive integer.")
-    if on_bad_sample not in ("error", "skip"):
-        raise ResolveError(f"--on-bad-sample '{on_bad_sample}' is not 'error' or 'skip'.")
-    if precision not in PRECISIONS:
-        raise ResolveError(f"--precision '{precision}' is not one of {', '.join(PRECISIONS)}.")
+        raise OptionError(f"--batch-size {batch_size} must be a positive integer.")
     if limit is not None and limit <= 0:
-        raise ResolveError(f"--limit {limit} must be a positive integer.")
+        raise OptionError(f"--limit {limit} must be a positive integer.")
     store_options = StoreOptions(dtype=dtype, codec=codec, level=level, chunk_rows=chunk_rows)
-    check_output(Path(out), overwrite)  # before any slow work: refuse early, touch nothing
     options = RunOptions(resolve_device(device), precision, channels_last, on_bad_sample, progress)
+    check_output(Path(out), overwrite)  # before any slow work: refuse early, touch nothing
 
     loaded = load_model(model, weights=weights)
     source = _open(dataset, (preprocess or Preprocess()).over(loaded.preprocess))
     rows = range(min(len(source), limit) if limit else len(source))
     if len(rows) == 0:
-        raise ResolveError(f"dataset '{source.spec}' has no samples.")
+        raise OptionError(f"dataset '{source.spec}' has no samples.")
     module = loaded.module.to(options.device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
@@ -187,7 +182,7 @@ def _first_sample(source: Source, rows: range, policy: str) -> Sample:
         if isinstance(item, Sample):
             return item
         check_bad([item], policy)
-    raise ResolveError(
+    raise OptionError(
         f"none of the first {min(100, len(rows))} samples of '{source.spec}' "
         "could be loaded; check the dataset."
     )
@@ -254,7 +249,7 @@ def list_layers(
     loaded = load_model(model, weights=weights)
     shape = tuple(input_shape) if input_shape else loaded.input_shape
     if not shape:
-        raise ResolveError(
+        raise OptionError(
             f"model '{loaded.spec}' implies no input shape; pass --input-shape, e.g. 3,224,224."
         )
     rows, method = layer_table(loaded.module, shape, method=capture)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from actextract.errors import ActextractError, BadSampleError
+from actextract.errors import BadSampleError, OptionError
 from actextract.samples import BadSample, Batch
 from actextract.sink import HostBatch, Sink
 
@@ -43,6 +43,14 @@ class RunOptions:
     channels_last: bool = False
     on_bad_sample: str = "error"  # error | skip
     progress: bool | None = None  # None: a bar only on a terminal (tqdm's disable=None)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise OptionError(
+                f"--precision '{self.precision}' is not one of {', '.join(PRECISIONS)}."
+            )
+        if self.on_bad_sample not in ("error", "skip"):
+            raise OptionError(f"--on-bad-sample '{self.on_bad_sample}' is not 'error' or 'skip'.")
 
 
 @dataclass
@@ -74,10 +82,6 @@ class Summary:
         }
 
 
-class ResolveError(ActextractError, ValueError):
-    """A run option that does not fit this machine."""
-
-
 def resolve_device(spec: str | torch.device) -> torch.device:
     """``auto`` → cuda when available, else cpu; ``cuda:1`` is checked against the GPUs."""
     if str(spec) == "auto":
@@ -85,26 +89,24 @@ def resolve_device(spec: str | torch.device) -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise ResolveError(f"--device '{spec}' is not auto, cpu, cuda or cuda:N.") from None
+        raise OptionError(f"--device '{spec}' is not auto, cpu, cuda or cuda:N.") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ResolveError(
+            raise OptionError(
                 f"--device {spec}: CUDA is not available on this machine; use "
                 "--device cpu (or auto)."
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ResolveError(
+            raise OptionError(
                 f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)."
             )
     elif device.type != "cpu":
-        raise ResolveError(f"--device '{spec}' is not supported; use auto, cpu or cuda[:N].")
+        raise OptionError(f"--device '{spec}' is not supported; use auto, cpu or cuda[:N].")
     return device
 
 
 def autocast(device: torch.device, precision: str):
-    """The forward's autocast context: ``nullcontext`` for fp32."""
-    if precision not in PRECISIONS:
-        raise ResolveError(f"--precision '{precision}' is not one of {', '.join(PRECISIONS)}.")
+    """The forward's autocast context: ``nullcontext`` for fp32 (see RunOptions' check)."""
     dtype = PRECISIONS[precision]
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 

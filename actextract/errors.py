@@ -14,6 +14,7 @@ __all__ = [
     "CheckpointError",
     "LayerNotFoundError",
     "ModelSpecError",
+    "OptionError",
     "OutputExistsError",
     "SourceError",
     "StoreError",
@@ -22,6 +23,11 @@ __all__ = [
 
 class ActextractError(Exception):
     """Base class: a problem with the user's input or environment, reported without traceback."""
+
+
+class OptionError(ActextractError, ValueError):
+    """A run option that does not parse or does not fit: device, precision, batch size,
+    reduction, ..."""
 
 
 class SourceError(ActextractError, ValueError):

@@ -14,17 +14,13 @@ from typing import Literal
 
 import torch
 
-from actextract.errors import ActextractError
+from actextract.errors import OptionError
 
 __all__ = ["STORAGE_DTYPES", "Reducer", "parse_reductions", "reduced_shape"]
 
 Reduction = Literal["none", "mean", "max"]
 REDUCTIONS = ("none", "mean", "max")
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-
-
-class ReduceError(ActextractError, ValueError):
-    """A reduction that does not parse or does not fit its layer."""
 
 
 def parse_reductions(
@@ -42,12 +38,12 @@ def parse_reductions(
     plan: dict[str, Reduction] = dict.fromkeys(layers, "none")
     for pat, how in items:
         if how not in REDUCTIONS:
-            raise ReduceError(
+            raise OptionError(
                 f"--reduce '{pat}={how}': '{how}' is not one of {', '.join(REDUCTIONS)}."
             )
         hits = fnmatch.filter(layers, pat)
         if not hits:
-            raise ReduceError(
+            raise OptionError(
                 f"--reduce '{pat}={how}' matches none of the captured layers ({', '.join(layers)})."
             )
         for name in hits:
@@ -60,7 +56,7 @@ def reduced_shape(name: str, shape: tuple[int, ...], how: Reduction) -> tuple[in
     if how == "none":
         return shape
     if len(shape) < 2:
-        raise ReduceError(
+        raise OptionError(
             f"--reduce {name}={how}: layer '{name}' has shape {shape}, with no "
             "spatial dims to pool over; leave it at none."
         )

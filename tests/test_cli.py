@@ -314,3 +314,19 @@ def test_train_demo_reaches_a_high_accuracy(runner, tmp_path):
     predicted = store["fc1"][:].argmax(1)
     assert (predicted == store.labels[:]).mean() > 0.9  # the stored logits classify the digits
     assert len(store.attrs["model"]["weights_sha256"]) == 64
+
+
+def test_bad_run_options_exit_2_before_anything_is_written(runner, tmp_path):
+    out = tmp_path / "o.zarr"
+    base = ["extract", "--model", "digits-cnn", "--dataset", "digits", "--out", str(out)]
+    cases = [
+        (["--layers", "fc1", "--device", "tpu"], "--device 'tpu'"),
+        (["--layers", "fc1", "--reduce", "fc1=mean"], "no spatial dims"),
+        (["--layers", "fc1", "--codec", "lz4", "--level", "3"], "--level has no meaning"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--layers", "fc1", "--device", "cuda"], "CUDA is not available"))
+    for extra, message in cases:
+        res = runner.invoke(main, [*base, *extra])
+        assert res.exit_code == 2 and message in res.output, (extra, res.output)
+        assert not out.exists()

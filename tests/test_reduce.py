@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actextract.reduce import ReduceError, Reducer, parse_reductions, reduced_shape
+from actextract.errors import OptionError
+from actextract.reduce import Reducer, parse_reductions, reduced_shape
 
 LAYERS = ["layer1", "layer2.0", "layer2.1", "fc"]
 
@@ -22,11 +23,11 @@ def test_parse_names_globs_and_a_bare_reduction():
 
 
 def test_bad_reductions():
-    with pytest.raises(ReduceError, match="'median' is not one of none, mean, max"):
+    with pytest.raises(OptionError, match="'median' is not one of none, mean, max"):
         parse_reductions("layer1=median", LAYERS)
-    with pytest.raises(ReduceError, match="matches none of the captured layers"):
+    with pytest.raises(OptionError, match="matches none of the captured layers"):
         parse_reductions("layer9=mean", LAYERS)
-    with pytest.raises(ReduceError, match="no spatial dims"):
+    with pytest.raises(OptionError, match="no spatial dims"):
         reduced_shape("fc", (1000,), "mean")
 
 
