@@ -53,6 +53,25 @@ def _floats(ctx, param, value: str | None) -> tuple[float, ...] | None:
         ) from None
 
 
+def _dtype_option(help_text: str):
+    return click.option(
+        "--dtype",
+        type=click.Choice(["float16", "float32"]),
+        default="float16",
+        show_default=True,
+        help=help_text,
+    )
+
+
+_capture_option = click.option(
+    "--capture",
+    type=click.Choice(["auto", "fx", "hooks"]),
+    default="auto",
+    show_default=True,
+    help="torch.fx, forward hooks (module names only), or fx with hooks as fallback.",
+)
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="actextract")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -76,13 +95,7 @@ def main(verbose: int) -> None:
     "(default: the model's own, 1,28,28 for digits-cnn).",
 )
 @click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint to load first.")
-@click.option(
-    "--dtype",
-    type=click.Choice(["float16", "float32"]),
-    default="float16",
-    show_default=True,
-    help="Storage dtype the byte counts assume.",
-)
+@_dtype_option("Storage dtype the byte counts assume.")
 @click.option(
     "--n",
     "n_samples",
@@ -90,13 +103,7 @@ def main(verbose: int) -> None:
     default=None,
     help="Show the projected store size for N samples (uncompressed).",
 )
-@click.option(
-    "--capture",
-    type=click.Choice(["auto", "fx", "hooks"]),
-    default="auto",
-    show_default=True,
-    help="How layers are captured.",
-)
+@_capture_option
 @click.pass_context
 def layers(ctx, model, input_shape, weights, dtype, n_samples, capture) -> None:
     """Every capturable layer of MODEL: name, kind, output shape and bytes per sample."""
@@ -147,13 +154,7 @@ def layers(ctx, model, input_shape, weights, dtype, n_samples, capture) -> None:
     show_default=True,
     help="Autocast precision of the forward pass.",
 )
-@click.option(
-    "--dtype",
-    type=click.Choice(["float16", "float32"]),
-    default="float16",
-    show_default=True,
-    help="Storage dtype (cast on the device).",
-)
+@_dtype_option("Storage dtype (cast on the device).")
 @click.option(
     "--reduce",
     "reduce_spec",
@@ -183,13 +184,7 @@ def layers(ctx, model, input_shape, weights, dtype, n_samples, capture) -> None:
     help="skip: leave an unreadable sample's row empty (NaN, label -1) and go on.",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples.")
-@click.option(
-    "--capture",
-    type=click.Choice(["auto", "fx", "hooks"]),
-    default="auto",
-    show_default=True,
-    help="torch.fx, forward hooks, or fx with hooks as fallback.",
-)
+@_capture_option
 @click.option(
     "--channels-last",
     is_flag=True,

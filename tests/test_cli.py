@@ -13,6 +13,22 @@ import actextract
 from actextract.cli import main
 
 
+def extract_args(out, *extra, model="digits-cnn", dataset="digits", layers="fc1"):
+    """``actextract extract`` arguments: the demo model and data unless told otherwise."""
+    return [
+        "extract",
+        "--model",
+        model,
+        "--dataset",
+        dataset,
+        "--layers",
+        layers,
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 def test_layers_lists_names_shapes_and_bytes(runner):
     res = runner.invoke(main, ["layers", "digits-cnn", "--n", "1000"])
     assert res.exit_code == 0, res.output
@@ -39,15 +55,7 @@ def test_extract_then_info(runner, tmp_path):
     out = tmp_path / "d.zarr"
     res = runner.invoke(
         main,
-        [
-            "extract",
-            "--model",
-            "digits-cnn",
-            "--dataset",
-            "digits",
-            "--layers",
-            "conv*,fc1",
-            "--out",
+        extract_args(
             str(out),
             "--limit",
             "100",
@@ -59,7 +67,8 @@ def test_extract_then_info(runner, tmp_path):
             "cpu",
             "--codec",
             "blosc-lz4",
-        ],
+            layers="conv*,fc1",
+        ),
     )
     assert res.exit_code == 0, res.output
     assert "100 images in" in res.output and "waiting for data" in res.output
@@ -80,15 +89,7 @@ def test_extract_with_a_python_model_and_a_folder(runner, tmp_path, fixtures_fil
     out = tmp_path / "f.zarr"
     res = runner.invoke(
         main,
-        [
-            "extract",
-            "--model",
-            f"python:{fixtures_file}:tiny_cnn",
-            "--dataset",
-            f"folder:{image_folder}",
-            "--layers",
-            "block",
-            "--out",
+        extract_args(
             str(out),
             "--resize",
             "8",
@@ -102,7 +103,10 @@ def test_extract_with_a_python_model_and_a_folder(runner, tmp_path, fixtures_fil
             "4",
             "--device",
             "cpu",
-        ],
+            model=f"python:{fixtures_file}:tiny_cnn",
+            dataset=f"folder:{image_folder}",
+            layers="block",
+        ),
     )
     assert res.exit_code == 0, res.output
     store = actextract.open_store(out)
@@ -116,17 +120,7 @@ def test_unknown_layer_exits_2_names_close_matches_and_writes_nothing(runner, tm
     out = tmp_path / "x.zarr"
     res = runner.invoke(
         main,
-        [
-            "extract",
-            "--model",
-            "resnet18",
-            "--dataset",
-            "synthetic:4:3:32:32",
-            "--layers",
-            "layer5",
-            "--out",
-            str(out),
-        ],
+        extract_args(out, model="resnet18", dataset="synthetic:4:3:32:32", layers="layer5"),
     )
     assert res.exit_code == 2
     assert "layer 'layer5' is not in resnet18; close matches: layer4" in res.output
@@ -136,19 +130,7 @@ def test_unknown_layer_exits_2_names_close_matches_and_writes_nothing(runner, tm
 
 def test_existing_output_is_refused_and_untouched(runner, tmp_path):
     out = tmp_path / "d.zarr"
-    args = [
-        "extract",
-        "--model",
-        "digits-cnn",
-        "--dataset",
-        "digits",
-        "--layers",
-        "fc1",
-        "--out",
-        str(out),
-        "--limit",
-        "8",
-    ]
+    args = extract_args(out, "--limit", "8")
     assert runner.invoke(main, args).exit_code == 0
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     res = runner.invoke(main, args)
@@ -163,18 +145,7 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_store(runner, tmp_path):
     (precious / "thesis.tex").write_text("years of work")
     res = runner.invoke(
         main,
-        [
-            "extract",
-            "--model",
-            "digits-cnn",
-            "--dataset",
-            "digits",
-            "--layers",
-            "fc1",
-            "--out",
-            str(precious),
-            "--overwrite",
-        ],
+        extract_args(precious, "--overwrite"),
     )
     assert res.exit_code == 2 and "is not a Zarr store" in res.output
     assert (precious / "thesis.tex").read_text() == "years of work"
@@ -185,17 +156,7 @@ def test_missing_dataset_root_names_the_path(runner, tmp_path):
     for spec in (f"folder:{missing}", f"mnist:{missing}", f"cifar10:{missing}"):
         res = runner.invoke(
             main,
-            [
-                "extract",
-                "--model",
-                "digits-cnn",
-                "--dataset",
-                spec,
-                "--layers",
-                "fc1",
-                "--out",
-                str(tmp_path / "o.zarr"),
-            ],
+            extract_args(tmp_path / "o.zarr", dataset=spec),
         )
         assert res.exit_code == 2, spec
         assert str(missing) in res.output and "does not exist" in res.output
@@ -206,17 +167,7 @@ def test_empty_folder_names_the_path(runner, tmp_path):
     empty.mkdir()
     res = runner.invoke(
         main,
-        [
-            "extract",
-            "--model",
-            "digits-cnn",
-            "--dataset",
-            f"folder:{empty}",
-            "--layers",
-            "fc1",
-            "--out",
-            str(tmp_path / "o.zarr"),
-        ],
+        extract_args(tmp_path / "o.zarr", dataset=f"folder:{empty}"),
     )
     assert res.exit_code == 2 and f"no images found in '{empty}'" in res.output
 
@@ -224,23 +175,18 @@ def test_empty_folder_names_the_path(runner, tmp_path):
 def test_corrupt_image_errors_by_default_and_is_skipped_on_request(runner, tmp_path, image_folder):
     (image_folder / "dog" / "1.png").write_bytes(b"not a png at all")
     out = tmp_path / "c.zarr"
-    args = [
-        "extract",
-        "--model",
-        "resnet18",
-        "--dataset",
-        f"folder:{image_folder}",
-        "--layers",
-        "avgpool",
+    args = extract_args(
+        str(out),
         "--resize",
         "32",
         "--crop",
         "32",
-        "--out",
-        str(out),
         "--batch-size",
         "2",
-    ]
+        model="resnet18",
+        dataset=f"folder:{image_folder}",
+        layers="avgpool",
+    )
     res = runner.invoke(main, args)
     assert res.exit_code == 2
     assert "'dog/1.png'" in res.output and "--on-bad-sample skip" in res.output
@@ -261,19 +207,7 @@ def test_checkpoint_that_does_not_fit_names_the_keys(runner, tmp_path):
     torch.save(tiny_cnn().state_dict(), ckpt)
     res = runner.invoke(
         main,
-        [
-            "extract",
-            "--model",
-            "digits-cnn",
-            "--weights",
-            str(ckpt),
-            "--dataset",
-            "digits",
-            "--layers",
-            "fc1",
-            "--out",
-            str(tmp_path / "o.zarr"),
-        ],
+        extract_args(tmp_path / "o.zarr", "--weights", str(ckpt)),
     )
     assert res.exit_code == 2
     assert "missing keys: conv2.weight" in res.output.replace("\n", " ")
@@ -295,19 +229,7 @@ def test_train_demo_reaches_a_high_accuracy(runner, tmp_path):
     out = tmp_path / "d.zarr"
     res = runner.invoke(
         main,
-        [
-            "extract",
-            "--model",
-            "digits-cnn",
-            "--weights",
-            str(ckpt),
-            "--dataset",
-            "digits",
-            "--layers",
-            "fc1",
-            "--out",
-            str(out),
-        ],
+        extract_args(out, "--weights", str(ckpt)),
     )
     assert res.exit_code == 0, res.output
     store = actextract.open_store(out)
@@ -318,14 +240,14 @@ def test_train_demo_reaches_a_high_accuracy(runner, tmp_path):
 
 def test_bad_run_options_exit_2_before_anything_is_written(runner, tmp_path):
     out = tmp_path / "o.zarr"
-    base = ["extract", "--model", "digits-cnn", "--dataset", "digits", "--out", str(out)]
+    base = extract_args(out)
     cases = [
-        (["--layers", "fc1", "--device", "tpu"], "--device 'tpu'"),
-        (["--layers", "fc1", "--reduce", "fc1=mean"], "no spatial dims"),
-        (["--layers", "fc1", "--codec", "lz4", "--level", "3"], "--level has no meaning"),
+        (["--device", "tpu"], "--device 'tpu'"),
+        (["--reduce", "fc1=mean"], "no spatial dims"),
+        (["--codec", "lz4", "--level", "3"], "--level has no meaning"),
     ]
     if not torch.cuda.is_available():
-        cases.append((["--layers", "fc1", "--device", "cuda"], "CUDA is not available"))
+        cases.append((["--device", "cuda"], "CUDA is not available"))
     for extra, message in cases:
         res = runner.invoke(main, [*base, *extra])
         assert res.exit_code == 2 and message in res.output, (extra, res.output)
