@@ -7,6 +7,7 @@ input before anything is written, then hands the stages to :func:`actextract.eng
 from __future__ import annotations
 
 import logging
+import math
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -104,7 +105,9 @@ def extract(
     try:
         arrays, reducer = _plan(cap, source, rows, options, reduce, store_options)
         rows_per_chunk = store_options.chunk_rows or choose_chunk_rows(
-            batch_size, max(_nbytes(a.shape, dtype) for a in arrays), len(rows)
+            batch_size,
+            max(math.prod(a.shape) * STORAGE_DTYPES[dtype].itemsize for a in arrays),
+            len(rows),
         )
         store = create_store(
             out,
@@ -144,13 +147,6 @@ def _open(dataset: str | Source | Any, preprocess: Preprocess) -> Source:
     if isinstance(dataset, str):
         return open_source(dataset, preprocess)
     return wrap_dataset(dataset)
-
-
-def _nbytes(shape: Sequence[int], dtype: str) -> int:
-    n = STORAGE_DTYPES[dtype].itemsize
-    for d in shape:
-        n *= d
-    return n
 
 
 def _plan(
