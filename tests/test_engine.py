@@ -217,3 +217,26 @@ def test_skip_leaves_the_row_empty_and_lists_it(tmp_path):
     assert store.attrs["summary"]["skipped"] == 1
     ref = reference(tiny_cnn(), data.x)["fc"].numpy()
     np.testing.assert_allclose(np.delete(fc, 9, axis=0), np.delete(ref, 9, axis=0), **FP16)
+
+
+def test_a_writer_error_stops_the_run_and_marks_the_store_failed(tmp_path, monkeypatch):
+    from actextract.store import Store
+
+    def disk_full(self, block, *args, **kwargs):
+        raise OSError(f"No space left on device (block {block})")
+
+    monkeypatch.setattr(Store, "write_block", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        actextract.extract(
+            tiny_cnn(),
+            SeededImages(),
+            layers=["fc"],
+            batch_size=4,
+            chunk_rows=4,
+            device="cpu",
+            out=tmp_path / "r.zarr",
+        )
+    monkeypatch.undo()
+    store = actextract.open_store(tmp_path / "r.zarr")
+    assert store.status == "failed" and "No space left" in store.attrs["error"]
+    assert not store.done().any() and not store.complete
