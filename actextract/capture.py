@@ -16,6 +16,7 @@ import difflib
 import fnmatch
 import inspect
 import logging
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,10 +44,7 @@ class LayerInfo:
     shape: tuple[int, ...] | None = None
 
     def bytes_per_sample(self, dtype: torch.dtype) -> int:
-        n = 1
-        for d in self.shape or ():
-            n *= d
-        return n * torch.empty((), dtype=dtype).element_size()
+        return math.prod(self.shape or ()) * dtype.itemsize
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ class Store:
     def __init__(self, path: str | Path, group: zarr.Group):
         self.path = Path(path)
         self.group = group
+        self._nodes: dict[str, zarr.Array] = {}
 
     # -- reading ---------------------------------------------------------------------------
     @property
@@ -76,8 +77,15 @@ class Store:
             raise StoreError(
                 f"layer '{layer}' is not in {self.path}; it holds: {', '.join(self.layers)}."
             )
-        with quiet_numcodecs():
-            return self.group[f"acts/{layer}"]  # type: ignore[return-value]
+        return self._node(f"acts/{layer}")
+
+    def _node(self, path: str) -> zarr.Array:
+        """An array of the store, opened once: its metadata never changes after creation, and
+        block writes would otherwise re-read it from disk every time."""
+        if path not in self._nodes:
+            with quiet_numcodecs():
+                self._nodes[path] = self.group[path]  # type: ignore[assignment]
+        return self._nodes[path]
 
     def __contains__(self, layer: object) -> bool:
         return layer in self.layers
@@ -87,11 +95,11 @@ class Store:
 
     @property
     def labels(self) -> zarr.Array:
-        return self.group["labels"]  # type: ignore[return-value]
+        return self._node("labels")
 
     @property
     def ids(self) -> zarr.Array:
-        return self.group["ids"]  # type: ignore[return-value]
+        return self._node("ids")
 
     @property
     def n(self) -> int:
@@ -110,7 +118,7 @@ class Store:
 
     def done(self) -> np.ndarray:
         """(n_blocks,) bool: which row blocks are completely written."""
-        return self.group["progress/done"][:].astype(bool)
+        return self._node("progress/done")[:].astype(bool)  # chunks are read afresh
 
     @property
     def status(self) -> str:
@@ -132,10 +140,10 @@ class Store:
         sl = slice(rows.start, rows.stop)
         with quiet_numcodecs():
             for name, data in acts.items():
-                self.group[f"acts/{name}"][sl] = data
-        self.group["labels"][sl] = labels
-        self.group["ids"][sl] = np.asarray(ids, dtype=str)
-        self.group["progress/done"][block] = 1  # only now is the block trusted
+                self._node(f"acts/{name}")[sl] = data
+        self._node("labels")[sl] = labels
+        self._node("ids")[sl] = np.asarray(ids, dtype=str)
+        self._node("progress/done")[block] = 1  # only now is the block trusted
 
     def update_attrs(self, **values: Any) -> None:
         self.group.attrs.update(values)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
+from actextract.reduce import STORAGE_DTYPES
 
 __all__ = ["format_info", "format_layer_table", "format_summary", "human_bytes"]
 
@@ -22,7 +22,7 @@ def format_layer_table(table: Any, dtype: str, n_samples: int | None = None) -> 
     """``actextract layers``: name, kind, shape and bytes per sample at ``dtype``; with
     ``n_samples``, the projected uncompressed store size."""
     out: list[str] = []
-    torch_dtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
+    torch_dtype = STORAGE_DTYPES[dtype]
     out.append(
         f"{table.model}: input {tuple(table.input_shape)}, captured with "
         f"{'torch.fx' if table.method == 'fx' else 'forward hooks (module names only)'}"
