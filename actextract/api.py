@@ -10,7 +10,7 @@ import logging
 import math
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from actextract import __version__
-from actextract.capture import LayerInfo, Method, build_capture, layer_table, probe
+from actextract.capture import (
+    LayerInfo,
+    Method,
+    build_capture,
+    layer_table,
+    model_output_layers,
+    probe,
+)
 from actextract.engine import (
     RunOptions,
     autocast,
@@ -161,14 +168,22 @@ def _plan(
     example = _first_sample(source, rows, options.on_bad_sample)
     x = to_device(example.input.unsqueeze(0), options)
     with autocast(options.device, options.precision):
-        shapes = probe(cap, x)
+        outputs = probe(cap, x)
+        final = model_output_layers(cap, outputs, x)
     plan = parse_reductions(reduce, cap.names)
-    arrays = [
-        ArraySpec(
-            name, reduced_shape(name, shape, plan[name]), cap.kinds.get(name, ""), plan[name], shape
+    arrays = []
+    for name, out in outputs.items():
+        shape = tuple(out.shape[1:])
+        arrays.append(
+            ArraySpec(
+                name,
+                reduced_shape(name, shape, plan[name]),
+                cap.kinds.get(name, ""),
+                plan[name],
+                shape,
+                model_output=name in final and plan[name] == "none",
+            )
         )
-        for name, shape in shapes.items()
-    ]
     return arrays, Reducer(plan, STORAGE_DTYPES[store_options.dtype])
 
 
@@ -216,11 +231,18 @@ def _provenance(
             "transform": source.transform,
             "n": len(source),
             "classes": list(source.classes) if source.classes else None,
+            "preprocess": _preprocess_attrs(source.preprocess),
         },
         "precision": precision,
         "device": str(options.device),
         "batch_size": batch_size,
     }
+
+
+def _preprocess_attrs(pre: Preprocess | None) -> dict[str, Any] | None:
+    if pre is None:
+        return None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(pre).items()}
 
 
 @dataclass(frozen=True)

@@ -231,6 +231,13 @@ class Capture:
             )
         return {n: outputs[n] for n in self.names}  # type: ignore[misc]
 
+    def model_output(self, x: torch.Tensor) -> object:
+        """The model's own output for ``x``; hooks, if any, keep nothing of this call."""
+        try:
+            return self.module(x)
+        finally:
+            self._outputs = {}
+
     def close(self) -> None:
         """Remove the hooks this capture put on the module."""
         for h in self._handles:
@@ -256,9 +263,9 @@ def build_capture(
 
 
 @torch.inference_mode()
-def probe(capture: Capture, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """Per-sample output shapes of the captured layers, from one forward of ``example``
-    (1, *input_shape) on the module's device."""
+def probe(capture: Capture, example: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The captured layers' outputs for one forward of ``example`` (1, *input_shape) on the
+    module's device; a failed forward becomes a CaptureError that says what to check."""
     try:
         outputs = capture(example)
     except CaptureError:
@@ -269,7 +276,22 @@ def probe(capture: Capture, example: torch.Tensor) -> dict[str, tuple[int, ...]]
             f"failed: {type(e).__name__}: {e}. Check the input shape "
             "(--input-shape, or the dataset's transform)."
         ) from e
-    return {n: tuple(t.shape[1:]) for n, t in outputs.items()}
+    return outputs
+
+
+@torch.inference_mode()
+def model_output_layers(
+    capture: Capture, outputs: dict[str, torch.Tensor], example: torch.Tensor
+) -> set[str]:
+    """The layers among ``outputs`` (from :func:`probe` of ``example``) whose output is the
+    model's own output: its logits, which the renderer turns into a confusion matrix."""
+    try:
+        final = capture.model_output(example)
+    except Exception:  # the capture worked; not knowing the model output is no error
+        return set()
+    if not isinstance(final, torch.Tensor):
+        return set()
+    return {n for n, t in outputs.items() if t.shape == final.shape and torch.equal(t, final)}
 
 
 def layer_table(

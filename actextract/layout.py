@@ -86,6 +86,7 @@ class ArraySpec:
     kind: str = ""
     reduce: str = "none"
     output_shape: tuple[int, ...] | None = None  # before reduction
+    model_output: bool = False  # the layer's output is the model's own output (its logits)
 
     def dimension_names(self) -> tuple[str, ...]:
         if self.reduce != "none":

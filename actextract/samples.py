@@ -165,6 +165,9 @@ class Source:
     dataset: SampleDataset
     transform: str  # human-readable, for the store's provenance
     classes: tuple[str, ...] | None = None
+    # the settings behind ``transform`` for image sources (None: fed as given), kept in the
+    # store so that a reader can rebuild the model's inputs (the renderer shows them)
+    preprocess: Preprocess | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)

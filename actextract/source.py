@@ -161,6 +161,7 @@ def _digits(spec: str, preprocess: Preprocess) -> Source:
         SampleDataset(base, transform=pre.transform(), ids=None),
         transform=_describe(pre),
         classes=tuple(str(c) for c in range(10)),
+        preprocess=pre,
     )
 
 
@@ -182,6 +183,7 @@ def _folder(spec: str, path: str, preprocess: Preprocess) -> Source:
             spec,
             SampleDataset(_ImageFiles(files), transform=transform, ids=ids),
             transform=_describe(pre),
+            preprocess=pre,
         )
     try:
         folder = ImageFolder(str(root), loader=_load_pil)
@@ -196,6 +198,7 @@ def _folder(spec: str, path: str, preprocess: Preprocess) -> Source:
         SampleDataset(folder, transform=transform, ids=ids),
         transform=_describe(pre),
         classes=tuple(folder.classes),
+        preprocess=pre,
     )
 
 
@@ -244,6 +247,7 @@ def _torchvision(spec: str, kind: str, rest: str, preprocess: Preprocess) -> Sou
         SampleDataset(base, transform=pre.transform(), ids=None),
         transform=_describe(pre),
         classes=tuple(map(str, classes)) if classes is not None else None,
+        preprocess=pre,
     )
 
 

@@ -292,6 +292,7 @@ def create_store(
                     "shape": list(s.shape),
                     "output_shape": list(s.output_shape or s.shape),
                     "reduce": s.reduce,
+                    "model_output": s.model_output,
                     "array": f"acts/{s.name}",
                 }
                 for s in arrays

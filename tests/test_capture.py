@@ -11,6 +11,7 @@ from actextract.capture import (
     build_capture,
     candidates,
     layer_table,
+    model_output_layers,
     probe,
     select_layers,
 )
@@ -64,9 +65,19 @@ def test_container_and_its_last_node_together_on_fx():
 
 def test_probe_shapes_and_a_wrong_input_shape():
     cap = build_capture(tiny_cnn(), ["pool", "fc"], model_name="tiny")
-    assert probe(cap, torch.zeros(1, 3, 8, 8)) == {"pool": (8, 4, 4), "fc": (5,)}
+    outputs = probe(cap, torch.zeros(1, 3, 8, 8))
+    assert {n: tuple(t.shape[1:]) for n, t in outputs.items()} == {"pool": (8, 4, 4), "fc": (5,)}
     with pytest.raises(CaptureError, match=r"one sample of shape \(3, 12, 12\) failed"):
         probe(cap, torch.zeros(1, 3, 12, 12))
+
+
+@pytest.mark.parametrize("method", ["fx", "hooks"])
+def test_model_output_layers_finds_the_logits(method):
+    model = tiny_cnn()
+    cap = Capture(model, ["pool", "block", "fc"], candidates(model, method))
+    x = torch.randn(1, 3, 8, 8)
+    assert model_output_layers(cap, probe(cap, x), x) == {"fc"}
+    cap.close()
 
 
 def test_hooks_are_removed_on_close():

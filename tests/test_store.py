@@ -33,6 +33,7 @@ GOLDEN_ATTRS = {
         "transform": "as given by the dataset",
         "n": 16,
         "classes": None,
+        "preprocess": None,
     },
     "layers": [
         {
@@ -41,6 +42,7 @@ GOLDEN_ATTRS = {
             "shape": [4, 8, 8],
             "output_shape": [4, 8, 8],
             "reduce": "none",
+            "model_output": False,
             "array": "acts/conv1",
         },
         {
@@ -49,6 +51,7 @@ GOLDEN_ATTRS = {
             "shape": [8],
             "output_shape": [8, 8, 8],
             "reduce": "mean",
+            "model_output": False,
             "array": "acts/block",
         },
         {
@@ -57,6 +60,7 @@ GOLDEN_ATTRS = {
             "shape": [5],
             "output_shape": [5],
             "reduce": "none",
+            "model_output": True,
             "array": "acts/fc",
         },
     ],
