@@ -3,6 +3,7 @@
 store = actextract.extract("resnet18", "folder:./imgs", layers=["layer3", "avgpool"],
                            out="run.zarr", batch_size=128)
 store = actextract.open_store("run.zarr"); store["layer3"][:8]
+report = actextract.render("run.zarr", "report/")   # PNGs and report/index.html
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from actextract.errors import (
     SourceError,
     StoreError,
 )
+from actextract.report import Report, render
 from actextract.source import Preprocess
 from actextract.store import Store, open_store
 
@@ -36,6 +38,7 @@ __all__ = [
     "OptionError",
     "OutputExistsError",
     "Preprocess",
+    "Report",
     "SourceError",
     "Store",
     "StoreError",
@@ -43,4 +46,5 @@ __all__ = [
     "extract",
     "list_layers",
     "open_store",
+    "render",
 ]

@@ -15,7 +15,7 @@ import click
 
 from actextract import __version__
 from actextract.errors import ActextractError
-from actextract.text import format_info, format_layer_table, format_summary
+from actextract.text import format_info, format_layer_table, format_report, format_summary
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -303,6 +303,68 @@ def info(ctx, path, as_json) -> None:
         click.echo(json.dumps(data, indent=2, default=str))
         return
     click.echo(format_info(data))
+
+
+def _samples(ctx, param, value: str) -> str | tuple[int, ...]:
+    if value == "per-class":
+        return value
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"'{value}' is neither 'per-class' nor row indices such as 0,17,42.", ctx, param
+        ) from None
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("path", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Report folder (new or a report).")
+@click.option("--layers", "layer_names", help="Comma-separated names or globs (default: all).")
+@click.option(
+    "--samples",
+    default="per-class",
+    show_default=True,
+    callback=_samples,
+    help="'per-class' (the first stored sample of each label) or row indices, e.g. 0,17,42.",
+)
+@click.option("--max-channels", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--only",
+    help="Comma-separated picture kinds: grids, averages, histograms, filters, confusion.",
+)
+@click.option("--same-scale", is_flag=True, help="All maps of a grid on one colour scale.")
+@click.option("--cmap", default="viridis", show_default=True, help="A matplotlib colour map.")
+@click.option("--bins", type=click.IntRange(min=1), default=30, show_default=True)
+@click.pass_context
+def render(ctx, path, out, layer_names, samples, max_channels, only, same_scale, cmap, bins):
+    """Pictures of a store: feature-map grids, per-class averages, histograms, filters, a
+    confusion matrix, and OUT/index.html to browse them."""
+    from tqdm import tqdm
+
+    from actextract.report import render as render_report
+    from actextract.store import open_store
+
+    with _user_errors(ctx):
+        store = open_store(path)
+        with tqdm(total=len(store.layers), unit="layer", disable=None) as bar:
+
+            def progress(layer: str) -> None:
+                bar.set_postfix_str(layer)
+                bar.update(1)
+
+            report = render_report(
+                store,
+                out,
+                layers=layer_names,
+                samples=samples,
+                max_channels=max_channels,
+                only=only,
+                same_scale=same_scale,
+                cmap=cmap,
+                bins=bins,
+                progress=progress,
+            )
+    click.echo(format_report(report))
 
 
 @main.command("train-demo", context_settings=CONTEXT)

@@ -123,3 +123,14 @@ def format_summary(attrs: dict) -> str:
         more = f" (+{count - 10} more)" if count > 10 else ""
         lines.append(f"skipped {count} bad samples: {ids}{more}")
     return "\n".join(lines)
+
+
+def format_report(report) -> str:
+    """What ``actextract render`` prints: counts, accuracy, notes, and the page to open."""
+    lines = [f"drew {len(report.pictures)} pictures in {report.seconds:.1f} s into {report.out}"]
+    for layer, acc in report.accuracy.items():
+        lines.append(f"accuracy of {layer}: {acc:.2%}")
+    for layer, notes in report.notes.items():
+        lines += [f"note: {layer + ': ' if layer else ''}{line}" for line in notes]
+    lines.append(f"open {report.index.resolve()}")
+    return "\n".join(lines)
