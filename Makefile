@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/actextract
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(CLI) extract --model digits-cnn --weights demo/digits-cnn.pt --dataset digits \
 		--layers '*' --out demo/digits.zarr --overwrite
 	$(CLI) info demo/digits.zarr
+	$(CLI) render demo/digits.zarr --out demo/report
 
 # pytest exits 5 when it collected no test: that is a broken suite, not a pass.
 test: $(STAMP)
@@ -26,6 +27,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check actextract tests benchmarks scripts
 	$(VENV)/bin/ruff format --check actextract tests benchmarks scripts
+
+# The README's pictures: the demo report in headless Chromium (needs Debian's chromium).
+docs: demo
+	$(PY) scripts/report_browser.py demo/report/index.html --screenshot docs/report-top.png
+	$(PY) scripts/report_browser.py demo/report/index.html --screenshot docs/report-conv1.png \
+		--at layer-conv1
+	$(PY) scripts/docs_pictures.py demo/report docs
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extract.py

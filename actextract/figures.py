@@ -36,6 +36,7 @@ __all__ = [
 
 DEFAULT_CMAP = "viridis"  # perceptually uniform
 SEPARATOR = (255, 255, 255)
+FILTER_SEPARATOR = (70, 120, 190)  # filters are drawn in gray: white would read as a weight
 
 
 def grid_shape(n: int, cols: int | None = None) -> tuple[int, int]:
@@ -85,9 +86,11 @@ def tile(cells: np.ndarray, *, cols: int | None = None, pad: int = 1) -> np.ndar
     return out
 
 
-def colorize(image: np.ndarray, cmap: str = DEFAULT_CMAP) -> np.ndarray:
+def colorize(
+    image: np.ndarray, cmap: str = DEFAULT_CMAP, separator: tuple[int, int, int] = SEPARATOR
+) -> np.ndarray:
     """A [0, 1] image (H, W) through a colour map, or an (H, W, 3) image as RGB, → uint8 RGB;
-    NaN pixels (separators, empty cells) become white."""
+    NaN pixels (separators, empty cells) take the ``separator`` colour (white)."""
     import matplotlib
 
     nan = np.isnan(image)
@@ -97,14 +100,15 @@ def colorize(image: np.ndarray, cmap: str = DEFAULT_CMAP) -> np.ndarray:
         rgb = np.nan_to_num(image)
         nan = nan.any(axis=-1)
     out = (np.clip(rgb, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-    out[nan] = SEPARATOR
+    out[nan] = separator
     return out
 
 
-def upscale(image: np.ndarray, min_size: int) -> np.ndarray:
+def upscale(image: np.ndarray, min_size: int, max_size: int = 1600) -> np.ndarray:
     """Nearest-neighbour upscaling by a whole factor until the shorter side is ≥ ``min_size``
-    (small maps stay crisp)."""
-    factor = max(1, math.ceil(min_size / max(1, min(image.shape[:2]))))
+    (small maps stay crisp), without the longer side passing ``max_size``."""
+    short, long = max(1, min(image.shape[:2])), max(1, max(image.shape[:2]))
+    factor = max(1, min(math.ceil(min_size / short), max_size // long))
     return image.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else image
 
 
@@ -325,15 +329,18 @@ def filters_image(
     weights: np.ndarray, *, max_channels: int = 64, max_inputs: int = 8, cmap: str = "gray"
 ) -> np.ndarray:
     """Conv filters (O, I, kh, kw) → uint8 RGB. With three input channels each filter is one
-    colour tile (seed 002); otherwise one row per input channel (the first ``max_inputs``) and
-    one column per filter (the first ``max_channels``). Each filter is scaled to its own range."""
+    colour tile (seed 002), with one a gray tile, both on a near-square grid; otherwise one row
+    per input channel (the first ``max_inputs``) and one column per filter (the first
+    ``max_channels``). Each filter is scaled to its own range."""
     w = np.asarray(weights, dtype=np.float64)[:max_channels]
     if w.ndim != 4:
         raise ValueError(f"filters_image needs (O, I, kh, kw) weights, got shape {w.shape}")
     o, i, kh, kw = w.shape
     per_filter = normalize_maps(w.reshape(o, i * kh, kw)).reshape(o, i, kh, kw)
     if i == 3:
-        return colorize(tile(per_filter.transpose(0, 2, 3, 1)))
+        return colorize(tile(per_filter.transpose(0, 2, 3, 1)), separator=FILTER_SEPARATOR)
+    if i == 1:
+        return colorize(tile(per_filter[:, 0]), cmap, FILTER_SEPARATOR)
     i = min(i, max_inputs)
     cells = per_filter[:, :i].transpose(1, 0, 2, 3).reshape(i * o, kh, kw)
-    return colorize(tile(cells, cols=o), cmap)
+    return colorize(tile(cells, cols=o), cmap, FILTER_SEPARATOR)

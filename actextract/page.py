@@ -11,7 +11,7 @@ from actextract import __version__
 from actextract.text import human_bytes
 
 if TYPE_CHECKING:
-    from actextract.report import Picture, Report
+    from actextract.pictures import Picture, Report
     from actextract.store import Store
 
 __all__ = ["index_html"]

@@ -1,104 +1,35 @@
 """The renderer's one writer: a store in, a folder of PNGs and ``index.html`` out.
 
-``render`` decides what fits each layer (feature-map grids for (C, H, W) layers, strips for
-1-D ones, filters for convolutions, a confusion matrix for the model's output), computes the
-dataset-wide aggregates with :mod:`actextract.aggregate`, draws with the pure functions of
-:mod:`actextract.figures`, and writes the files and the page (:mod:`actextract.page`).
+``render`` checks the options and the output folder, lets :class:`actextract.pictures.Drawer`
+pick and draw what fits each layer (feature-map grids for (C, H, W) layers, strips for 1-D
+ones, filters for convolutions, a confusion matrix for the model's output), writes each
+picture as it comes, then the page (:mod:`actextract.page`) and a manifest of the files.
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
 from actextract import figures
-from actextract.aggregate import LayerStats, layer_stats, predictions
-from actextract.errors import LayerNotFoundError, OptionError, OutputExistsError
-from actextract.rebuild import Inputs, RebuildError, conv_weights, open_inputs, rebuild_model
+from actextract.errors import LayerNotFoundError, OutputExistsError
+from actextract.pictures import KINDS, Drawer, Picture, RenderOptions, Report
 from actextract.store import Store, open_store
 
-__all__ = ["KINDS", "Picture", "RenderOptions", "Report", "render"]
+__all__ = ["KINDS", "Picture", "RenderOptions", "Report", "pick_layers", "render"]
 
 log = logging.getLogger(__name__)
 
-KINDS = ("grids", "averages", "histograms", "filters", "confusion")
-MAX_SAMPLE_ROWS = 32  # rows in a samples or averages figure
-MAX_STRIP_FEATURES = 4096
 MANIFEST = "report.json"
-MIN_PIXELS = 384  # small maps are upscaled (nearest) to at least this many pixels a side
-
-
-@dataclass(frozen=True)
-class RenderOptions:
-    """What to draw. ``samples``: 'per-class' (the first stored row of each label) or row
-    indices; ``only``: a subset of :data:`KINDS`."""
-
-    layers: Sequence[str] | None = None
-    samples: str | Sequence[int] = "per-class"
-    max_channels: int = 64
-    only: Sequence[str] | None = None
-    same_scale: bool = False
-    cmap: str = figures.DEFAULT_CMAP
-    bins: int = 30
-
-    def __post_init__(self) -> None:
-        if self.max_channels <= 0:
-            raise OptionError(f"--max-channels {self.max_channels} must be a positive integer.")
-        if self.bins <= 0:
-            raise OptionError(f"--bins {self.bins} must be a positive integer.")
-        unknown = sorted(set(self.only or ()) - set(KINDS))
-        if unknown:
-            raise OptionError(
-                f"--only {','.join(unknown)}: unknown picture kind; choose from {', '.join(KINDS)}."
-            )
-        if isinstance(self.samples, str) and self.samples != "per-class":
-            raise OptionError(
-                f"--samples {self.samples}: give 'per-class' or row indices such as 0,17,42."
-            )
-        if self.cmap not in matplotlib.colormaps:
-            raise OptionError(
-                f"--cmap {self.cmap} is not a matplotlib colour map; try viridis, magma, gray."
-            )
-
-    def wants(self, kind: str) -> bool:
-        return not self.only or kind in self.only
-
-
-@dataclass
-class Picture:
-    """One PNG of the report. ``path`` is relative to the report folder."""
-
-    kind: str
-    layer: str | None
-    path: str
-    caption: str
-
-
-@dataclass
-class Report:
-    """What ``render`` wrote: the pictures, per-layer notes (what was skipped and why), the
-    accuracy when the store holds the model's output, and the page."""
-
-    out: Path
-    index: Path
-    pictures: list[Picture] = field(default_factory=list)
-    notes: dict[str, list[str]] = field(default_factory=dict)  # layer ('' = run) -> lines
-    accuracy: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def note(self, layer: str | None, line: str) -> None:
-        log.info("%s%s", f"{layer}: " if layer else "", line)
-        self.notes.setdefault(layer or "", []).append(line)
+DPI = 90
 
 
 def render(
@@ -143,7 +74,7 @@ def render(
             "written; the pictures show those rows only.",
         )
         log.warning("%s", report.notes[""][-1])
-    drawer = _Drawer(store, out, options, report)
+    drawer = Drawer(store, options, report, lambda p, content: _write(out, report, p, content))
     rows = drawer.sample_rows()
     for layer in names:
         if progress:
@@ -158,8 +89,6 @@ def render(
 def pick_layers(store: Store, patterns: Sequence[str] | None) -> list[str]:
     """Names and globs → the store's layers, in the store's order; unknown names get the
     closest ones in the error."""
-    import difflib
-
     names = store.layers
     if not patterns:
         return names
@@ -198,6 +127,18 @@ def _prepare(out: Path) -> Path:
     return out
 
 
+def _write(out: Path, report: Report, picture: Picture, content: Figure | np.ndarray) -> None:
+    """The one place a picture becomes a file: a figure through Agg, an image array as PNG."""
+    path = out / picture.path
+    if isinstance(content, Figure):
+        content.savefig(path, dpi=DPI)
+    else:
+        from PIL import Image
+
+        Image.fromarray(content).save(path, compress_level=6)
+    report.pictures.append(picture)
+
+
 def _write_manifest(report: Report) -> None:
     files = [p.path for p in report.pictures] + ["index.html", MANIFEST]
     data = {
@@ -208,265 +149,3 @@ def _write_manifest(report: Report) -> None:
         "seconds": round(report.seconds, 3),
     }
     (report.out / MANIFEST).write_text(json.dumps(data, indent=1), encoding="utf-8")
-
-
-def file_stem(layer: str) -> str:
-    """A layer name as a safe file name (dots kept: ``layer1.0.conv1``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", layer)
-
-
-class _Drawer:
-    """Draws one layer at a time; holds what is shared across layers (inputs, the model)."""
-
-    def __init__(self, store: Store, out: Path, options: RenderOptions, report: Report):
-        self.store, self.out, self.options, self.report = store, out, options, report
-        self.attrs = store.attrs
-        self.specs = {s["name"]: s for s in self.attrs["layers"]}
-        classes = (self.attrs.get("dataset") or {}).get("classes") or []
-        self.class_names = list(map(str, classes))
-        self.labels = np.asarray(store.labels[:])
-        self._inputs: Inputs | str | None = None  # str: why there are none
-        self._model: Any = None
-
-    # -- what is shared ----------------------------------------------------------------------
-    def name_of(self, label: int) -> str:
-        if label < 0:
-            return "unlabelled"
-        return self.class_names[label] if label < len(self.class_names) else str(label)
-
-    def sample_rows(self) -> list[int]:
-        """The rows the grids and strips show (stored rows only)."""
-        rows_done = np.repeat(self.store.done(), self.store.chunk_rows)[: self.store.n]
-        skipped = {int(s["index"]) for s in self.attrs.get("skipped", [])}
-        stored = rows_done & ~np.isin(np.arange(self.store.n), list(skipped))
-        samples = self.options.samples
-        if isinstance(samples, str):  # per-class: the first stored row of each label
-            labels = np.where(stored, self.labels, -2)
-            values = [v for v in np.unique(labels) if v >= 0]
-            rows = [int(np.argmax(labels == v)) for v in values]
-            if not rows:
-                rows = [int(i) for i in np.flatnonzero(stored)[:10]]
-        else:
-            bad = [i for i in samples if not 0 <= i < self.store.n]
-            if bad:
-                raise OptionError(
-                    f"--samples {','.join(map(str, bad))}: the store has rows 0 to "
-                    f"{self.store.n - 1}."
-                )
-            rows = [i for i in samples if stored[i]]
-            missing = [i for i in samples if not stored[i]]
-            if missing:
-                self.report.note(None, f"rows {missing} are not stored (skipped or not written).")
-        if len(rows) > MAX_SAMPLE_ROWS:
-            self.report.note(
-                None, f"showing the first {MAX_SAMPLE_ROWS} of {len(rows)} chosen samples."
-            )
-            rows = rows[:MAX_SAMPLE_ROWS]
-        return rows
-
-    def inputs(self) -> Inputs | None:
-        if self._inputs is None:
-            try:
-                self._inputs = open_inputs(self.attrs, self.store.ids)
-            except RebuildError as e:
-                self._inputs = str(e)
-                self.report.note(None, f"inputs not shown: {e}")
-        return self._inputs if isinstance(self._inputs, Inputs) else None
-
-    def input_image(self, row: int) -> np.ndarray | None:
-        inputs = self.inputs()
-        if inputs is None:
-            return None
-        try:
-            return inputs.image(row)
-        except RebuildError as e:
-            self.report.note(None, f"input of row {row} not shown: {e}")
-            return None
-
-    def model(self):
-        if self._model is None:
-            try:
-                self._model = rebuild_model(self.attrs)
-            except RebuildError as e:
-                self._model = str(e)
-        return self._model
-
-    # -- one layer ---------------------------------------------------------------------------
-    def layer(self, layer: str, rows: list[int]) -> None:
-        shape = tuple(self.store[layer].shape[1:])
-        spec = self.specs[layer]
-        opts = self.options
-        drawable = len(shape) in (1, 2, 3)
-        if not drawable:
-            self.report.note(layer, f"shape {shape} has no picture (1, 2 or 3 axes are drawn).")
-        if opts.wants("grids") and drawable and rows:
-            self.samples(layer, shape, rows)
-        if opts.wants("filters") and spec.get("kind") == "Conv2d":
-            self.filters(layer)
-        needs_stats = opts.wants("averages") or opts.wants("histograms")
-        stats = None
-        if needs_stats and drawable:
-            stats = layer_stats(self.store, layer, max_channels=opts.max_channels)
-            if opts.wants("averages"):
-                self.averages(layer, shape, stats)
-            if opts.wants("histograms"):
-                self.histograms(layer, shape, stats)
-        if opts.wants("confusion") and spec.get("model_output") and len(shape) == 1:
-            self.confusion(layer, shape[0])
-
-    def _save_figure(self, fig, name: str, kind: str, layer: str | None, caption: str) -> None:
-        fig.savefig(self.out / name, dpi=90)
-        self.report.pictures.append(Picture(kind, layer, name, caption))
-
-    def _save_image(self, image: np.ndarray, name: str, kind: str, layer: str, caption: str):
-        from PIL import Image
-
-        Image.fromarray(image).save(self.out / name, compress_level=6)
-        self.report.pictures.append(Picture(kind, layer, name, caption))
-
-    def _grid(self, maps: np.ndarray, value_range=None) -> np.ndarray:
-        return figures.feature_grid(
-            maps,
-            max_channels=self.options.max_channels,
-            same_scale=self.options.same_scale,
-            cmap=self.options.cmap,
-            value_range=value_range,
-        )
-
-    def samples(self, layer: str, shape: tuple[int, ...], rows: list[int]) -> None:
-        data = np.asarray(self.store[layer].get_orthogonal_selection((np.array(rows),)))
-        stem = file_stem(layer)
-        labels = [f"{self.name_of(int(self.labels[r]))}\nrow {r}" for r in rows]
-        if len(shape) == 1:
-            values = data[:, :MAX_STRIP_FEATURES]
-            if shape[0] > MAX_STRIP_FEATURES:
-                self.report.note(layer, f"strips show the first {MAX_STRIP_FEATURES} features.")
-            fig = figures.strip_figure(
-                values, labels, title=f"{layer} per sample", cmap=self.options.cmap
-            )
-            self._save_figure(
-                fig,
-                f"{stem}.strip.png",
-                "grids",
-                layer,
-                f"{layer}: each sample's {shape[0]} values, one row per sample",
-            )
-            return
-        lines = []
-        for r, label, maps in zip(rows, labels, data, strict=True):
-            grid = self._grid(maps)
-            image = self.input_image(r)
-            lines.append((label, image, grid))
-            parts = [figures.input_rgb(image)] if image is not None else []
-            picture = figures.side_by_side([figures.upscale(p, MIN_PIXELS) for p in [*parts, grid]])
-            self._save_image(picture, f"{stem}.grid.{r}.png", "grid", layer, label)
-        count = min(shape[0], self.options.max_channels) if len(shape) == 3 else 1
-        scale = "one scale for all maps" if self.options.same_scale else "each map on its own scale"
-        fig = figures.maps_figure(
-            lines, title=f"{layer}: {count} of {shape[0] if len(shape) == 3 else 1} maps ({scale})"
-        )
-        self._save_figure(
-            fig,
-            f"{stem}.samples.png",
-            "grids",
-            layer,
-            f"{layer}: the chosen samples, input then feature maps ({scale})",
-        )
-
-    def averages(self, layer: str, shape: tuple[int, ...], stats: LayerStats) -> None:
-        if not len(stats.classes):
-            self.report.note(layer, "no stored rows: no averages.")
-            return
-        keep = slice(0, MAX_SAMPLE_ROWS)
-        means = stats.means[keep]
-        labels = [
-            f"{self.name_of(int(c))} (n={n})"
-            for c, n in zip(stats.classes[keep], stats.counts[keep], strict=True)
-        ]
-        stem = file_stem(layer)
-        if len(shape) == 1:
-            fig = figures.strip_figure(
-                means, labels, title=f"{layer}: per-class average", cmap=self.options.cmap
-            )
-        else:
-            maps = means if len(shape) == 3 else means[:, None]
-            maps = maps[:, : self.options.max_channels]
-            value_range = (float(np.nanmin(maps)), float(np.nanmax(maps)))
-            fig = figures.maps_figure(
-                [
-                    (label, None, self._grid(m, value_range))
-                    for label, m in zip(labels, maps, strict=True)
-                ],
-                title=f"{layer}: per-class average maps (one scale for all classes)",
-            )
-        self._save_figure(
-            fig,
-            f"{stem}.averages.png",
-            "averages",
-            layer,
-            f"{layer}: per-class averages, {stats.source}",
-        )
-
-    def histograms(self, layer: str, shape: tuple[int, ...], stats: LayerStats) -> None:
-        if not len(stats.labels):
-            return
-        edges, counts = figures.histogram_counts(
-            stats.channel_means, stats.labels, stats.classes, bins=self.options.bins
-        )
-        what = "feature" if len(shape) == 1 else "channel"
-        fig = figures.histogram_figure(
-            edges,
-            counts,
-            [self.name_of(int(c)) for c in stats.classes],
-            title=f"{layer}: each sample's mean per {what}, by class",
-            channel_names=[f"{what} {j}" for j in range(counts.shape[0])],
-        )
-        self._save_figure(
-            fig,
-            f"{file_stem(layer)}.histograms.png",
-            "histograms",
-            layer,
-            f"{layer}: mean activation per {what} ({counts.shape[0]} shown), {stats.source}",
-        )
-
-    def filters(self, layer: str) -> None:
-        model = self.model()
-        try:
-            if isinstance(model, str):
-                raise RebuildError(model)
-            weights = conv_weights(model, layer)
-        except RebuildError as e:
-            self.report.note(layer, f"filters not drawn: {e}")
-            return
-        image = figures.filters_image(weights, max_channels=self.options.max_channels)
-        o, i, kh, kw = weights.shape
-        how = "colour tiles (RGB)" if i == 3 else "one row per input channel"
-        self._save_image(
-            figures.upscale(image, MIN_PIXELS // 2),
-            f"{file_stem(layer)}.filters.png",
-            "filters",
-            layer,
-            f"{layer}: {min(o, self.options.max_channels)} of {o} filters {kh}×{kw}, {how}",
-        )
-
-    def confusion(self, layer: str, width: int) -> None:
-        true, pred = predictions(self.store, layer)
-        if not len(true):
-            self.report.note(layer, "no labelled rows: no confusion matrix.")
-            return
-        k = max(width, int(true.max()) + 1)
-        matrix = figures.confusion_counts(true, pred, k)
-        accuracy = float(np.trace(matrix) / matrix.sum())
-        self.report.accuracy[layer] = accuracy
-        fig = figures.confusion_figure(
-            matrix,
-            [self.name_of(c) for c in range(k)],
-            title=f"{layer}: accuracy {accuracy:.2%} on {matrix.sum()} labelled samples",
-        )
-        self._save_figure(
-            fig,
-            f"{file_stem(layer)}.confusion.png",
-            "confusion",
-            layer,
-            f"confusion matrix of {layer} (argmax of the model's output): accuracy {accuracy:.2%}",
-        )

@@ -35,9 +35,12 @@ def chromium_path() -> str | None:
     return None
 
 
-def check_page(index: Path, screenshot: Path | None = None, width: int = 1280) -> dict:
+def check_page(
+    index: Path, screenshot: Path | None = None, *, at: str | None = None, width: int = 1280
+) -> dict:
     """Load ``index`` from disk; return the images that failed to load, console errors,
-    failed requests, and any request that left the report folder (there must be none)."""
+    failed requests, and any request that left the report folder (there must be none).
+    ``screenshot``: save the window there, scrolled to the element with id ``at``."""
     from playwright.sync_api import sync_playwright
 
     index = Path(index).resolve()
@@ -66,6 +69,9 @@ def check_page(index: Path, screenshot: Path | None = None, width: int = 1280) -
                     src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0}))"""
             )
             if screenshot is not None:
+                if at:
+                    page.locator(f"[id='{at}']").scroll_into_view_if_needed()
+                    page.evaluate(f"document.getElementById('{at}').scrollIntoView()")
                 page.screenshot(path=str(screenshot), full_page=False)
         finally:
             browser.close()
@@ -82,11 +88,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("index", type=Path)
     parser.add_argument("--screenshot", type=Path)
+    parser.add_argument("--at", help="id of the element to scroll to before the screenshot")
     args = parser.parse_args()
     if chromium_path() is None:
         print("no chromium on PATH (Debian: apt-get install chromium)", file=sys.stderr)
         return 2
-    result = check_page(args.index, args.screenshot)
+    result = check_page(args.index, args.screenshot, at=args.at)
     print(result)
     bad = any(
         result[k] for k in ("broken", "console_errors", "failed_requests", "outside_requests")

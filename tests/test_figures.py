@@ -86,6 +86,8 @@ def test_filters_rgb_tiles_and_per_input_rows():
     rgb = figures.filters_image(rng.normal(size=(6, 3, 3, 3)))
     rows, cols = figures.grid_shape(6)
     assert rgb.shape == (rows * 4 - 1, cols * 4 - 1, 3)
+    single = figures.filters_image(rng.normal(size=(6, 1, 3, 3)))
+    assert single.shape == rgb.shape  # one input channel: a near-square grid too
     w = rng.normal(size=(5, 2, 3, 3))
     gray = figures.filters_image(w, cmap="gray")
     assert gray.shape == (2 * 4 - 1, 5 * 4 - 1, 3)  # a row per input channel, a column per filter
@@ -101,3 +103,4 @@ def test_side_by_side_and_upscale():
     out = figures.side_by_side([a, b], gap=1)
     assert out.shape == (8, 8 + 1 + 2, 3)  # a scaled 2x to b's height
     assert figures.upscale(a, 10).shape == (12, 12, 3)
+    assert figures.upscale(np.zeros((2, 100, 3)), 50, max_size=400).shape == (8, 400, 3)
