@@ -30,7 +30,6 @@ lint: $(STAMP)
 
 # The README's pictures: the demo report in headless Chromium (needs Debian's chromium).
 docs: demo
-	$(PY) scripts/report_browser.py demo/report/index.html --screenshot docs/report-top.png
 	$(PY) scripts/report_browser.py demo/report/index.html --screenshot docs/report-conv1.png \
 		--at layer-conv1
 	$(PY) scripts/docs_pictures.py demo/report docs

@@ -73,7 +73,7 @@ def cell_slice(k: int, cell: tuple[int, int], cols: int, pad: int = 1) -> tuple[
 
 def tile(cells: np.ndarray, *, cols: int | None = None, pad: int = 1) -> np.ndarray:
     """Cells (K, h, w[, 3]) on a grid, row-major, ``pad`` pixels of NaN between them (drawn as
-    separators by :func:`colorize`); empty cells are NaN too."""
+    separators by :func:`colorize`); empty cells at the end are +inf (drawn white)."""
     k, h, w = cells.shape[:3]
     rows, cols = grid_shape(k, cols)
     out = np.full(
@@ -81,8 +81,8 @@ def tile(cells: np.ndarray, *, cols: int | None = None, pad: int = 1) -> np.ndar
         np.nan,
         dtype=np.float64,
     )
-    for i in range(k):
-        out[cell_slice(i, (h, w), cols, pad)] = cells[i]
+    for i in range(rows * cols):
+        out[cell_slice(i, (h, w), cols, pad)] = cells[i] if i < k else np.inf
     return out
 
 
@@ -90,17 +90,18 @@ def colorize(
     image: np.ndarray, cmap: str = DEFAULT_CMAP, separator: tuple[int, int, int] = SEPARATOR
 ) -> np.ndarray:
     """A [0, 1] image (H, W) through a colour map, or an (H, W, 3) image as RGB, → uint8 RGB;
-    NaN pixels (separators, empty cells) take the ``separator`` colour (white)."""
+    NaN pixels (separators) take the ``separator`` colour (white), +inf ones (empty cells)
+    white."""
     import matplotlib
 
-    nan = np.isnan(image)
-    if image.ndim == 2:
-        rgb = matplotlib.colormaps[cmap](np.nan_to_num(image))[..., :3]
-    else:
-        rgb = np.nan_to_num(image)
-        nan = nan.any(axis=-1)
+    nan, empty = np.isnan(image), np.isposinf(image)
+    if image.ndim == 3:
+        nan, empty = nan.any(axis=-1), empty.any(axis=-1)
+    clean = np.nan_to_num(image, posinf=0.0)
+    rgb = matplotlib.colormaps[cmap](clean)[..., :3] if image.ndim == 2 else clean
     out = (np.clip(rgb, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
     out[nan] = separator
+    out[empty] = SEPARATOR
     return out
 
 
@@ -185,7 +186,8 @@ def maps_figure(
         centers.append(y + line.shape[0] / 2)
         y += line.shape[0] + gap
     scale = min(14.0 / width, 2.0 / max(line.shape[0] for line in lines))  # inches per pixel
-    fig = Figure(figsize=(width * scale + 2.0, canvas.shape[0] * scale + 0.7))
+    fig_width = max(width * scale + 2.0, 0.09 * len(title) + 0.4)  # room for the title
+    fig = Figure(figsize=(fig_width, canvas.shape[0] * scale + 0.7))
     ax = fig.add_axes(
         (
             1.8 / fig.get_figwidth(),

@@ -265,6 +265,10 @@ class Drawer:
             self.report.note(layer, "no stored rows: no averages.")
             return
         keep = slice(0, MAX_SAMPLE_ROWS)
+        if len(stats.classes) > MAX_SAMPLE_ROWS:
+            self.report.note(
+                layer, f"averages show the first {MAX_SAMPLE_ROWS} of {len(stats.classes)} classes."
+            )
         means = stats.means[keep]
         labels = [
             f"{self.name_of(int(c))} (n={n})"
@@ -327,7 +331,7 @@ class Drawer:
             return
         image = figures.filters_image(weights, max_channels=self.options.max_channels)
         o, i, kh, kw = weights.shape
-        how = "colour tiles (RGB)" if i == 3 else "one row per input channel"
+        how = {3: "colour tiles (RGB)", 1: "one gray tile each"}.get(i, "a row per input channel")
         self._save_image(
             figures.upscale(image, MIN_PIXELS // 2),
             f"{file_stem(layer)}.filters.png",
@@ -337,6 +341,13 @@ class Drawer:
         )
 
     def confusion(self, layer: str, width: int) -> None:
+        if self.class_names and len(self.class_names) != width:
+            self.report.note(
+                layer,
+                f"no confusion matrix: the model's output has {width} classes and the dataset "
+                f"{len(self.class_names)}, so the labels do not name its outputs.",
+            )
+            return
         true, pred = predictions(self.store, layer)
         if not len(true):
             self.report.note(layer, "no labelled rows: no confusion matrix.")

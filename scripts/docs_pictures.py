@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 PICTURES = {
-    "conv1.samples.png": 520,
+    "conv1.samples.png": 400,
     "conv2.averages.png": 520,
     "conv2.histograms.png": 1000,
     "conv1.filters.png": 400,
