@@ -41,6 +41,7 @@ footer { margin-top: 3em; color: #777; font-size: 0.85em; }
 def index_html(store: Store, report: Report, layers: list[str]) -> str:
     """The page, from the store's provenance and what ``render`` drew."""
     attrs = store.attrs
+    model, dataset = attrs.get("model") or {}, attrs.get("dataset") or {}
     by_layer: dict[str | None, list[Picture]] = {}
     for p in report.pictures:
         by_layer.setdefault(p.layer if p.kind != "confusion" else None, []).append(p)
@@ -52,8 +53,8 @@ def index_html(store: Store, report: Report, layers: list[str]) -> str:
         '<link rel="icon" href="data:,">',
         f"<title>actextract report: {escape(store.path.name)}</title>",
         f"<style>{STYLE}</style></head><body>",
-        f"<h1>Activations of <code>{escape(str(attrs['model']['spec']))}</code> on "
-        f"<code>{escape(str(attrs['dataset']['spec']))}</code></h1>",
+        f"<h1>Activations of <code>{escape(str(model.get('spec', '?')))}</code> on "
+        f"<code>{escape(str(dataset.get('spec', '?')))}</code></h1>",
         f"<p>Store <code>{escape(str(store.path))}</code></p>",
         _banner(store),
         _notes(report.notes.get("", [])),

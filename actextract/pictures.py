@@ -93,6 +93,7 @@ class Report:
     pictures: list[Picture] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=dict)  # layer ('' = run) -> lines
     accuracy: dict[str, float] = field(default_factory=dict)
+    confusion: dict[str, list[list[int]]] = field(default_factory=dict)  # true x predicted
     seconds: float = 0.0
 
     def note(self, layer: str | None, line: str) -> None:
@@ -356,6 +357,7 @@ class Drawer:
         matrix = figures.confusion_counts(true, pred, k)
         accuracy = float(np.trace(matrix) / matrix.sum())
         self.report.accuracy[layer] = accuracy
+        self.report.confusion[layer] = matrix.tolist()
         fig = figures.confusion_figure(
             matrix,
             [self.name_of(c) for c in range(k)],

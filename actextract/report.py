@@ -146,6 +146,7 @@ def _write_manifest(report: Report) -> None:
         "pictures": [vars(p) for p in report.pictures],
         "notes": report.notes,
         "accuracy": report.accuracy,
+        "confusion": report.confusion,
         "seconds": round(report.seconds, 3),
     }
     (report.out / MANIFEST).write_text(json.dumps(data, indent=1), encoding="utf-8")

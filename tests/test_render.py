@@ -165,6 +165,10 @@ def test_confusion_matrix_and_accuracy(digits_report, digits_store):
     labels = digits_store.labels[:]
     expected = float((logits.argmax(axis=1) == labels).mean())
     assert digits_report.accuracy["fc1"] == pytest.approx(expected)
+    matrix = np.array(digits_report.confusion["fc1"])
+    assert matrix.shape == (10, 10) and matrix.sum() == (labels >= 0).sum()
+    for t, p in [(labels[i], logits[i].argmax()) for i in (0, 7, 33)]:
+        assert matrix[t, p] >= 1
     assert f"{expected:.2%}" in digits_report.index.read_text()
 
 
@@ -211,6 +215,22 @@ def test_incomplete_store_renders_the_done_rows_and_says_so(tiny_store, tmp_path
 def test_a_layer_without_spatial_axes_asked_for_grids_is_a_strip(tiny_store, tmp_path):
     report = actextract.render(tiny_store, tmp_path / "r", layers="fc", only="grids")
     assert [p.path for p in report.pictures] == ["fc.strip.png"]
+
+
+def test_a_store_without_provenance_still_renders(tmp_path):
+    store = create_store(
+        tmp_path / "bare.zarr",
+        n=8,
+        arrays=[ArraySpec("maps", (2, 3, 3))],
+        options=StoreOptions(dtype="float32", codec="zstd"),
+        chunk_rows=4,
+        attrs={},
+    )
+    for block in range(2):
+        store.write_block(block, {"maps": np.ones((4, 2, 3, 3), np.float32)}, np.zeros(4), "abcd")
+    report = actextract.render(store, tmp_path / "r")
+    assert {p.kind for p in report.pictures} >= {"grids", "averages", "histograms"}
+    assert "inputs not shown" in report.notes[""][-1]
 
 
 def test_bad_input(tiny_store, tmp_path):
