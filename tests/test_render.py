@@ -18,6 +18,7 @@ from actextract.cli import main
 from actextract.errors import LayerNotFoundError, OptionError, OutputExistsError, StoreError
 from actextract.layout import ArraySpec, StoreOptions
 from actextract.models import DigitsCNN
+from actextract.rebuild import RebuildError, open_inputs
 from actextract.store import create_store, open_store
 
 
@@ -265,3 +266,28 @@ def test_cli_render(runner, tiny_store, tmp_path):
         main, ["render", str(tiny_store.path), "--out", str(out), "--samples", "x"]
     )
     assert result.exit_code == 2 and "per-class" in result.output
+
+
+def test_rgb_inputs_and_filters_from_a_folder_and_a_python_model(
+    image_folder, fixtures_file, tmp_path
+):
+    store = actextract.extract(
+        f"python:{fixtures_file}:tiny_cnn",
+        f"folder:{image_folder}",
+        layers="conv1,fc",
+        out=tmp_path / "run.zarr",
+        preprocess=actextract.Preprocess(resize=8, crop=8),
+        batch_size=2,
+        device="cpu",
+    )
+    report = actextract.render(store, tmp_path / "r")
+    assert report.notes.get("", []) == []  # inputs reopened, ids matched
+    assert ("conv1", "filters") in {(p.layer, p.kind) for p in report.pictures}
+    assert "colour tiles" in next(p.caption for p in report.pictures if p.kind == "filters")
+    image = open_inputs(store.attrs, store.ids).image(0)
+    assert image.shape == (8, 8, 3) and image.min() >= 0.0 and image.max() <= 1.0
+    assert sorted(report.confusion) == []  # tiny_cnn has 5 outputs, the folder 2 classes
+    assert "2" in report.notes["fc"][0] and "5" in report.notes["fc"][0]
+    (image_folder / "cat" / "0.png").rename(image_folder / "cat" / "9.png")
+    with pytest.raises(RebuildError, match=r"no longer matches the store: row 0 is 'cat/1\.png'"):
+        open_inputs(store.attrs, store.ids).image(0)
