@@ -28,6 +28,7 @@ def test_cuda_store_matches_cpu_forward(tmp_path, precision):
         channels_last=True,
     )
     assert store.attrs["device"].startswith("cuda") and store.complete
+    assert [s["name"] for s in store.attrs["layers"] if s["model_output"]] == ["fc"]
     ref = reference(tiny_cnn(), data.x)
     tol = 2e-3 if precision == "fp32" else 5e-2
     for name in ("bn1", "block", "fc"):
