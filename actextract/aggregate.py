@@ -11,7 +11,7 @@ not yet written read as NaN (the store's fill value) and are left out.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,9 +41,7 @@ class LayerStats:
         return self.sums / np.maximum(self.counts, 1).reshape(shape)
 
 
-def stored_blocks(
-    store: Store, layer: str, *, progress: Callable[[int], None] | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def stored_blocks(store: Store, layer: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """For each done block of ``layer``: (rows, labels, data) of the rows that hold data."""
     arr = store[layer]
     done = store.done()
@@ -53,8 +51,6 @@ def stored_blocks(
         labels = store.labels[span.start : span.stop]
         keep = ~_empty_rows(data)
         rows = np.arange(span.start, span.stop)
-        if progress is not None:
-            progress(len(rows))
         if keep.all():
             yield rows, labels, data
         elif keep.any():
@@ -85,7 +81,6 @@ def layer_stats(
     layer: str,
     *,
     max_channels: int = 64,
-    progress: Callable[[int], None] | None = None,
 ) -> LayerStats:
     """Per-class sums and counts, and per-row channel means, of ``layer`` in one streaming
     pass. Exact: float64 accumulation of the stored values."""
@@ -95,7 +90,7 @@ def layer_stats(
     means: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     used = 0
-    for _rows, block_labels, data in stored_blocks(store, layer, progress=progress):
+    for _rows, block_labels, data in stored_blocks(store, layer):
         used += len(data)
         for cls in np.unique(block_labels):
             mask = block_labels == cls

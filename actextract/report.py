@@ -63,9 +63,12 @@ def render(
         bins=bins,
     )
     store = store if isinstance(store, Store) else open_store(store)
-    out = _prepare(Path(out))
     names = pick_layers(store, options.layers)
+    out = Path(out)
     report = Report(out=out, index=out / "index.html")
+    drawer = Drawer(store, options, report, lambda p, content: _write(out, report, p, content))
+    rows = drawer.sample_rows()
+    _prepare(out)  # only now, when the input is known to be good, is anything touched
     done = store.done()
     if not done.all() or store.status != "complete":
         report.note(
@@ -74,8 +77,6 @@ def render(
             "written; the pictures show those rows only.",
         )
         log.warning("%s", report.notes[""][-1])
-    drawer = Drawer(store, options, report, lambda p, content: _write(out, report, p, content))
-    rows = drawer.sample_rows()
     for layer in names:
         if progress:
             progress(layer)
@@ -108,7 +109,7 @@ def pick_layers(store: Store, patterns: Sequence[str] | None) -> list[str]:
     return [n for n in names if n in chosen]
 
 
-def _prepare(out: Path) -> Path:
+def _prepare(out: Path) -> None:
     """An empty folder, or an earlier report whose files (listed in its manifest) go."""
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out '{out}' is a file; give a folder for the report.")
@@ -124,7 +125,6 @@ def _prepare(out: Path) -> Path:
             if path.parent == out and path.is_file():
                 path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def _write(out: Path, report: Report, picture: Picture, content: Figure | np.ndarray) -> None:

@@ -239,6 +239,7 @@ def test_bad_input(tiny_store, tmp_path):
         actextract.render(tmp_path, tmp_path / "r")
     with pytest.raises(LayerNotFoundError, match="Close matches: conv1"):
         actextract.render(tiny_store, tmp_path / "r", layers="conv2")
+    assert not (tmp_path / "r").exists()  # refused before anything is written
     with pytest.raises(OptionError, match="unknown picture kind"):
         actextract.render(tiny_store, tmp_path / "r", only="pictures")
     with pytest.raises(OptionError, match="rows 0 to 15"):
