@@ -80,6 +80,7 @@ def extract(
     channels_last: bool = False,
     preprocess: Preprocess | None = None,
     writers: int = 2,
+    host_buffers: int = 6,
     progress: bool | None = None,
 ) -> Store:
     """Run ``model`` over ``dataset`` and store the outputs of ``layers`` in a Zarr store.
@@ -88,6 +89,8 @@ def extract(
     ``dataset``: a spec (``digits``, ``folder:PATH``, ``mnist:ROOT``, ``synthetic:N:C:H:W``,
     ``python:mod:fn``) or a Dataset whose items are a tensor or ``(tensor, label, ...)``.
     ``layers``: names or globs (``['layer3', 'avgpool']`` or ``'conv*,fc1'``).
+    ``writers``: compress-and-write threads; ``host_buffers``: batches in the device→host ring
+    (memory on the host is bounded by it; at least 1).
     Returns the opened store; ``store[layer]`` is (N, *shape) in ``dtype``.
     """
     if batch_size <= 0:
@@ -95,7 +98,14 @@ def extract(
     if limit is not None and limit <= 0:
         raise OptionError(f"--limit {limit} must be a positive integer.")
     store_options = StoreOptions(dtype=dtype, codec=codec, level=level, chunk_rows=chunk_rows)
-    options = RunOptions(resolve_device(device), precision, channels_last, on_bad_sample, progress)
+    options = RunOptions(
+        resolve_device(device),
+        precision,
+        channels_last,
+        on_bad_sample,
+        progress,
+        host_buffers=host_buffers,
+    )
     check_output(Path(out), overwrite)  # before any slow work: refuse early, touch nothing
 
     loaded = load_model(model, weights=weights)

@@ -1,8 +1,9 @@
 """Engine: the loop. Batches in, activations to the sink, timings and progress out.
 
 Per batch: host→device (``non_blocking`` from pinned memory), autocast forward through the
-capture, reduce and cast on the device, device→host into pinned buffers on a side stream, and
-hand-off to the sink, whose threads write while the next batch computes. The loop knows
+capture, reduce and cast on the device, device→host into a ring of host buffers (pinned, on a
+side stream: :mod:`actextract.transfer`), and hand-off to the sink, whose threads write while
+the next batch computes. The loop knows
 nothing of the Zarr layout.
 """
 
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from actextract.errors import BadSampleError, OptionError
 from actextract.samples import BadSample, Batch
 from actextract.sink import HostBatch, Sink
+from actextract.transfer import ToHost
 
 __all__ = [
     "PRECISIONS",
@@ -43,12 +45,15 @@ class RunOptions:
     channels_last: bool = False
     on_bad_sample: str = "error"  # error | skip
     progress: bool | None = None  # None: a bar only on a terminal (tqdm's disable=None)
+    host_buffers: int = 6  # batches in the device→host ring (the sink's queue holds 4)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise OptionError(
                 f"--precision '{self.precision}' is not one of {', '.join(PRECISIONS)}."
             )
+        if self.host_buffers < 1:
+            raise OptionError(f"host_buffers={self.host_buffers}: the ring needs at least 1.")
         if self.on_bad_sample not in ("error", "skip"):
             raise OptionError(f"--on-bad-sample '{self.on_bad_sample}' is not 'error' or 'skip'.")
 
@@ -111,31 +116,6 @@ def autocast(device: torch.device, precision: str):
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
-class _ToHost:
-    """Device→host copies into pinned memory on a side stream (CUDA), so the copy of batch k
-    overlaps the forward of batch k+1. On the CPU the tensors are already on the host."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.stream = torch.cuda.Stream(device) if self.cuda else None
-
-    def __call__(self, acts: dict[str, torch.Tensor]):
-        if not self.cuda:
-            return acts, None
-        acts = {k: v.contiguous() for k, v in acts.items()}
-        self.stream.wait_stream(torch.cuda.current_stream())  # outputs are computed
-        with torch.cuda.stream(self.stream):
-            host = {
-                k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v, non_blocking=True)
-                for k, v in acts.items()
-            }
-            for v in acts.values():
-                v.record_stream(self.stream)  # keep the device memory until the copy is done
-            ready = torch.cuda.Event()
-            ready.record(self.stream)
-        return host, ready
-
-
 def run(
     loader: Iterable[Batch],
     forward: Callable[[torch.Tensor], dict[str, torch.Tensor]],
@@ -146,7 +126,7 @@ def run(
 ) -> Summary:
     """Push every batch of ``loader`` through ``forward`` (capture + reduce) into ``sink``."""
     summary = Summary()
-    to_host = _ToHost(options.device)
+    to_host = ToHost(options.device, options.host_buffers, sink.check)
     bar = tqdm(
         total=total,
         unit="img",
@@ -163,17 +143,24 @@ def run(
             if batch.bad:
                 check_bad(batch.bad, options.on_bad_sample)
                 summary.skipped.extend(batch.bad)
-            acts, ready = {}, None
+            acts, ready, release, waited = {}, None, None, 0.0
             if batch.inputs is not None:
                 x = to_device(batch.inputs, options)
                 with autocast(options.device, options.precision):
                     acts = forward(x)
-                acts, ready = to_host(acts)
+                acts, ready, release, waited = to_host(acts)
             tick = time.perf_counter()
-            summary.compute += tick - now
+            summary.compute += tick - now - waited
+            summary.write_wait += waited  # every host buffer still held by the sink
             summary.write_wait += sink.put(
                 HostBatch(
-                    batch.indices.numpy(), batch.labels.numpy(), batch.ids, acts, batch.bad, ready
+                    batch.indices.numpy(),
+                    batch.labels.numpy(),
+                    batch.ids,
+                    acts,
+                    batch.bad,
+                    ready,
+                    on_consumed=release,
                 )
             )
             summary.images += len(batch.ids)

@@ -37,7 +37,7 @@ class HostBatch:
     acts: dict[str, torch.Tensor]
     bad: list[BadSample] = field(default_factory=list)
     ready: Any = None  # torch.cuda.Event | None
-    on_consumed: Callable[[], None] | None = None  # release pinned buffers
+    on_consumed: Callable[[], None] | None = None  # hands the host buffers back to the ring
 
 
 @dataclass
@@ -113,6 +113,10 @@ class Sink:
                 )
         return time.perf_counter() - t0
 
+    def check(self) -> None:
+        """Raise the writers' first error, if any (the engine calls it while it waits)."""
+        self._raise_if_failed()
+
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             raise self._error
@@ -120,12 +124,14 @@ class Sink:
     # -- writer side -------------------------------------------------------------------------
     def _run(self) -> None:
         while (batch := self._queue.get()) is not None:
-            if self._error is not None or self._abort.is_set():
-                continue  # drain without work, so put() never blocks forever
             try:
-                self._assemble(batch)
+                if self._error is None and not self._abort.is_set():
+                    self._assemble(batch)  # else drain without work: put() never blocks forever
             except BaseException as e:
                 self._error = e
+            finally:
+                if batch.on_consumed is not None:
+                    batch.on_consumed()  # the batch's host buffers may be reused
 
     def _assemble(self, batch: HostBatch) -> None:
         if batch.ready is not None:
@@ -149,8 +155,6 @@ class Sink:
             blk = self._block(bad.index // rows)
             blk.ids[bad.index - blk.start] = bad.id
             self._rows_done(blk, 1)
-        if batch.on_consumed is not None:
-            batch.on_consumed()
 
     def _block(self, block: int) -> _Block:
         if block not in self._open:
