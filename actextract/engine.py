@@ -60,19 +60,27 @@ class RunOptions:
 
 @dataclass
 class Summary:
-    """End-of-run numbers; the three waits add up to about ``seconds``."""
+    """End-of-run numbers. On the CPU data wait, compute, device→host and write wait add up to
+    about ``seconds``; on CUDA the copies run on a side stream beside the forward, and
+    ``d2h`` is their GPU time, which overlaps ``compute``."""
 
     images: int = 0
     seconds: float = 0.0
     bytes_written: int = 0  # uncompressed activation bytes
     data_wait: float = 0.0  # waiting for the loader
     compute: float = 0.0  # forward, reduce, copy launch
-    write_wait: float = 0.0  # waiting for room in the sink, and its final flush
+    d2h: float = 0.0  # copies into the host ring (CUDA: GPU time of the side-stream copies)
+    write_wait: float = 0.0  # waiting for a host buffer or room in the sink, and the flush
     skipped: list[BadSample] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        """Uncompressed activation megabytes written per second of the run."""
+        return self.bytes_written / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict:
         return {
@@ -81,8 +89,10 @@ class Summary:
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.images_per_s, 1),
             "bytes_written": self.bytes_written,
+            "mb_per_s": round(self.mb_per_s, 1),
             "data_wait_s": round(self.data_wait, 3),
             "compute_s": round(self.compute, 3),
+            "d2h_s": round(self.d2h, 3),
             "write_wait_s": round(self.write_wait, 3),
         }
 
@@ -143,15 +153,16 @@ def run(
             if batch.bad:
                 check_bad(batch.bad, options.on_bad_sample)
                 summary.skipped.extend(batch.bad)
-            acts, ready, release, waited = {}, None, None, 0.0
+            acts, ready, release, waited, copied = {}, None, None, 0.0, 0.0
             if batch.inputs is not None:
                 x = to_device(batch.inputs, options)
                 with autocast(options.device, options.precision):
                     acts = forward(x)
-                acts, ready, release, waited = to_host(acts)
+                acts, ready, release, waited, copied = to_host(acts)
             tick = time.perf_counter()
-            summary.compute += tick - now - waited
+            summary.compute += tick - now - waited - copied
             summary.write_wait += waited  # every host buffer still held by the sink
+            summary.d2h += copied
             summary.write_wait += sink.put(
                 HostBatch(
                     batch.indices.numpy(),
@@ -167,6 +178,7 @@ def run(
             bar.update(len(batch.ids) + len(batch.bad))
             tick = time.perf_counter()
         summary.write_wait += sink.close()
+    summary.d2h += to_host.gpu_seconds()
     summary.seconds = time.perf_counter() - start
     summary.bytes_written = sink.bytes_written
     return summary

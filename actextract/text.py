@@ -114,7 +114,8 @@ def format_summary(attrs: dict) -> str:
         f"({s.get('images_per_s', 0.0):,.1f} images/s), "
         f"{s.get('bytes_written', 0) / 1e6:,.1f} MB of activations written",
         f"time: waiting for data {part('data_wait_s')}, compute {part('compute_s')}, "
-        f"waiting for the writer {part('write_wait_s')}",
+        f"device→host {part('d2h_s')}, waiting for the writer {part('write_wait_s')}; "
+        f"{s.get('mb_per_s', 0.0):,.1f} MB/s written (uncompressed)",
     ]
     skipped = attrs.get("skipped") or []
     count = attrs.get("skipped_count", len(skipped))

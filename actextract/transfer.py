@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import time
+from collections import deque
 from collections.abc import Callable
 
 import torch
@@ -70,29 +71,48 @@ class HostRing:
 
 class ToHost:
     """``to_host(acts)`` → (host tensors, CUDA event or None, release callback, seconds waited
-    for a free slot)."""
+    for a free slot, seconds spent copying on the host). On CUDA the copies' GPU time is read
+    from events without a per-batch sync, and :meth:`gpu_seconds` totals it."""
 
     def __init__(self, device: torch.device, slots: int, check: Callable[[], None]):
         self.cuda = device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if self.cuda else None
         self.ring = HostRing(slots, pin=self.cuda)
         self._check = check
+        self._timed: deque[tuple[torch.cuda.Event, torch.cuda.Event]] = deque()
+        self._gpu_ms = 0.0
 
     def __call__(self, acts: dict[str, torch.Tensor]):
         t0 = time.perf_counter()
         slot, host = self.ring.acquire(acts, self._check)
-        waited = time.perf_counter() - t0
+        t1 = time.perf_counter()
         ready = None
         if self.cuda:
             acts = {k: v.contiguous() for k, v in acts.items()}
             self.stream.wait_stream(torch.cuda.current_stream())  # outputs are computed
             with torch.cuda.stream(self.stream):
+                begin = torch.cuda.Event(enable_timing=True)
+                begin.record(self.stream)
                 for k, v in acts.items():
                     host[k].copy_(v, non_blocking=True)
                     v.record_stream(self.stream)  # keep the device memory until the copy is done
-                ready = torch.cuda.Event()
+                ready = torch.cuda.Event(enable_timing=True)
                 ready.record(self.stream)
+            self._timed.append((begin, ready))
+            self._collect(wait=False)
         else:
             for k, v in acts.items():
                 host[k].copy_(v)
-        return host, ready, lambda: self.ring.release(slot), waited
+        copied = 0.0 if self.cuda else time.perf_counter() - t1
+        return host, ready, lambda: self.ring.release(slot), t1 - t0, copied
+
+    def _collect(self, *, wait: bool) -> None:
+        while self._timed and (wait or self._timed[0][1].query()):
+            begin, end = self._timed.popleft()
+            end.synchronize()
+            self._gpu_ms += begin.elapsed_time(end)
+
+    def gpu_seconds(self) -> float:
+        """GPU time of every copy so far (0 on the CPU); waits for the last ones."""
+        self._collect(wait=True)
+        return self._gpu_ms / 1000

@@ -38,7 +38,7 @@ from actextract.models import load_model
 from actextract.source import Preprocess, Source, make_loader, open_source
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet18", help="model spec (default: resnet18)")
@@ -50,7 +50,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up")
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON result")
     p.add_argument("--tmp", help="scratch folder (default: a temp folder, deleted at the end)")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def build(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, Source]:
@@ -178,9 +178,9 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or "cpu"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run the three methods, print the table, write the JSON."""
-    args = parse_args()
+    args = parse_args(argv)
     if args.repeats < 1 or args.batch_size < 1:
         raise SystemExit("--repeats and --batch-size must be positive integers.")
     device = resolve_device(args.device)
@@ -216,7 +216,8 @@ def main() -> None:
     s = results["actextract"]["summary"]
     print(
         f"actextract stages (last run): loop {s['seconds']:.3f} s = data {s['data_wait_s']:.3f}"
-        f" + compute {s['compute_s']:.3f} + write wait {s['write_wait_s']:.3f}; model "
+        f" + compute {s['compute_s']:.3f} + device→host {s['d2h_s']:.3f}"
+        f" + write wait {s['write_wait_s']:.3f}; model "
         f"build {build_s:.3f} s (inside actextract's time, outside the others')"
     )
 

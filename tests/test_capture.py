@@ -93,3 +93,10 @@ def test_layer_table_shapes():
     shapes = {r.name: r.shape for r in rows}
     assert method == "fx" and shapes["block"] == (8, 8, 8) and shapes["flatten"] == (128,)
     assert rows[0].bytes_per_sample(torch.float16) == 4 * 8 * 8 * 2
+
+
+def test_fx_capture_computes_nothing_past_the_last_requested_layer():
+    cap = build_capture(tiny_cnn(), ["bn1"], model_name="tiny")
+    assert cap.method == "fx"
+    called = [n.target for n in cap._fn.graph.nodes if n.op == "call_module"]
+    assert called == ["conv1", "bn1"]  # block, pool and fc are pruned from the graph

@@ -102,8 +102,10 @@ def test_root_attributes(store):
         "seconds",
         "images_per_s",
         "bytes_written",
+        "mb_per_s",
         "data_wait_s",
         "compute_s",
+        "d2h_s",
         "write_wait_s",
     }
     assert attrs["summary"]["images"] == 16
