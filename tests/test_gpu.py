@@ -29,6 +29,8 @@ def test_cuda_store_matches_cpu_forward(tmp_path, precision):
     )
     assert store.attrs["device"].startswith("cuda") and store.complete
     assert [s["name"] for s in store.attrs["layers"] if s["model_output"]] == ["fc"]
+    assert not torch.backends.cudnn.benchmark  # on during the run only
+    assert store.attrs["summary"]["d2h_s"] > 0  # GPU time of the side-stream copies
     ref = reference(tiny_cnn(), data.x)
     tol = 2e-3 if precision == "fp32" else 5e-2
     for name in ("bn1", "block", "fc"):
