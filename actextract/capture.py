@@ -18,7 +18,7 @@ import inspect
 import logging
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -141,18 +141,26 @@ def select_layers(patterns: Iterable[str], cands: Candidates, *, model_name: str
         raise LayerNotFoundError(
             f"no layers given; run 'actextract layers {model_name}' to see the names."
         )
+    return match_names(
+        patterns,
+        cands.names,
+        lambda pat: LayerNotFoundError(_not_found(pat, cands, model_name)),
+    )
+
+
+def match_names(
+    patterns: Iterable[str], names: Sequence[str], not_found: Callable[[str], Exception]
+) -> list[str]:
+    """Names and globs → ``names`` they match, in the order of ``names``, without duplicates;
+    a pattern that matches nothing raises ``not_found(pattern)``."""
     chosen: set[str] = set()
-    names = cands.names
     for pat in patterns:
-        if pat in cands.kinds and pat in names:
-            chosen.add(pat)
-            continue
-        if any(c in pat for c in "*?["):
+        hits = [pat] if pat in names else []
+        if not hits and any(c in pat for c in "*?["):
             hits = fnmatch.filter(names, pat)
-            if hits:
-                chosen.update(hits)
-                continue
-        raise LayerNotFoundError(_not_found(pat, cands, model_name))
+        if not hits:
+            raise not_found(pat)
+        chosen.update(hits)
     return [n for n in names if n in chosen]
 
 

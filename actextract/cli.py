@@ -28,15 +28,17 @@ def _user_errors(ctx: click.Context) -> Iterator[None]:
         raise click.UsageError(str(e), ctx) from None
 
 
+def _numbers(ctx, param, value: str, convert, example: str) -> tuple:
+    try:
+        return tuple(convert(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not {example}.", ctx, param) from None
+
+
 def _ints(ctx, param, value: str | None) -> tuple[int, ...] | None:
     if value is None:
         return None
-    try:
-        out = tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(
-            f"'{value}' is not comma-separated integers, e.g. 3,224,224.", ctx, param
-        ) from None
+    out = _numbers(ctx, param, value, int, "comma-separated integers, e.g. 3,224,224")
     if any(v <= 0 for v in out):
         raise click.BadParameter(f"'{value}' has a dimension that is not positive.", ctx, param)
     return out
@@ -45,12 +47,7 @@ def _ints(ctx, param, value: str | None) -> tuple[int, ...] | None:
 def _floats(ctx, param, value: str | None) -> tuple[float, ...] | None:
     if value is None:
         return None
-    try:
-        return tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(
-            f"'{value}' is not comma-separated numbers, e.g. 0.485,0.456,0.406.", ctx, param
-        ) from None
+    return _numbers(ctx, param, value, float, "comma-separated numbers, e.g. 0.485,0.456,0.406")
 
 
 def _dtype_option(help_text: str):
@@ -308,12 +305,7 @@ def info(ctx, path, as_json) -> None:
 def _samples(ctx, param, value: str) -> str | tuple[int, ...]:
     if value == "per-class":
         return value
-    try:
-        return tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(
-            f"'{value}' is neither 'per-class' nor row indices such as 0,17,42.", ctx, param
-        ) from None
+    return _numbers(ctx, param, value, int, "'per-class' or row indices such as 0,17,42")
 
 
 @main.command(context_settings=CONTEXT)

@@ -96,8 +96,8 @@ class Report:
     confusion: dict[str, list[list[int]]] = field(default_factory=dict)  # true x predicted
     seconds: float = 0.0
 
-    def note(self, layer: str | None, line: str) -> None:
-        log.info("%s%s", f"{layer}: " if layer else "", line)
+    def note(self, layer: str | None, line: str, *, level: int = logging.INFO) -> None:
+        log.log(level, "%s%s", f"{layer}: " if layer else "", line)
         self.notes.setdefault(layer or "", []).append(line)
 
 
@@ -206,11 +206,8 @@ class Drawer:
         if opts.wants("confusion") and spec.get("model_output") and len(shape) == 1:
             self.confusion(layer, shape[0])
 
-    def _save_figure(self, fig: Figure, name: str, kind: str, layer: str, caption: str) -> None:
-        self._write(Picture(kind, layer, name, caption), fig)
-
-    def _save_image(self, image: np.ndarray, name: str, kind: str, layer: str, caption: str):
-        self._write(Picture(kind, layer, name, caption), image)
+    def _save(self, content: Figure | np.ndarray, name: str, kind: str, layer: str, caption: str):
+        self._write(Picture(kind, layer, name, caption), content)
 
     def _grid(self, maps: np.ndarray, value_range=None) -> np.ndarray:
         return figures.feature_grid(
@@ -232,7 +229,7 @@ class Drawer:
             fig = figures.strip_figure(
                 values, labels, title=f"{layer} per sample", cmap=self.options.cmap
             )
-            self._save_figure(
+            self._save(
                 fig,
                 f"{stem}.strip.png",
                 "grids",
@@ -247,13 +244,13 @@ class Drawer:
             lines.append((label, image, grid))
             parts = [figures.input_rgb(image)] if image is not None else []
             picture = figures.side_by_side([figures.upscale(p, MIN_PIXELS) for p in [*parts, grid]])
-            self._save_image(picture, f"{stem}.grid.{r}.png", "grid", layer, label)
+            self._save(picture, f"{stem}.grid.{r}.png", "grid", layer, label)
         count = min(shape[0], self.options.max_channels) if len(shape) == 3 else 1
         scale = "one scale for all maps" if self.options.same_scale else "each map on its own scale"
         fig = figures.maps_figure(
             lines, title=f"{layer}: {count} of {shape[0] if len(shape) == 3 else 1} maps ({scale})"
         )
-        self._save_figure(
+        self._save(
             fig,
             f"{stem}.samples.png",
             "grids",
@@ -291,7 +288,7 @@ class Drawer:
                 ],
                 title=f"{layer}: per-class average maps (one scale for all classes)",
             )
-        self._save_figure(
+        self._save(
             fig,
             f"{stem}.averages.png",
             "averages",
@@ -313,7 +310,7 @@ class Drawer:
             title=f"{layer}: each sample's mean per {what}, by class",
             channel_names=[f"{what} {j}" for j in range(counts.shape[0])],
         )
-        self._save_figure(
+        self._save(
             fig,
             f"{file_stem(layer)}.histograms.png",
             "histograms",
@@ -333,7 +330,7 @@ class Drawer:
         image = figures.filters_image(weights, max_channels=self.options.max_channels)
         o, i, kh, kw = weights.shape
         how = {3: "colour tiles (RGB)", 1: "one gray tile each"}.get(i, "a row per input channel")
-        self._save_image(
+        self._save(
             figures.upscale(image, MIN_PIXELS // 2),
             f"{file_stem(layer)}.filters.png",
             "filters",
@@ -363,7 +360,7 @@ class Drawer:
             [self.name_of(c) for c in range(k)],
             title=f"{layer}: accuracy {accuracy:.2%} on {matrix.sum()} labelled samples",
         )
-        self._save_figure(
+        self._save(
             fig,
             f"{file_stem(layer)}.confusion.png",
             "confusion",

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from actextract.errors import ActextractError
+from actextract.figures import normalize_maps
 from actextract.models import file_sha256, load_model
 from actextract.samples import BadSample, Preprocess, Source
 from actextract.source import open_source
@@ -57,8 +58,7 @@ class Inputs:
             x = x * self._std[:, None, None] + self._mean[:, None, None]
             x = np.clip(x, 0.0, 1.0)
         else:
-            lo, hi = float(x.min()), float(x.max())
-            x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+            x = normalize_maps(x, same_scale=True)
         return x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0)
 
 

@@ -9,7 +9,6 @@ picture as it comes, then the page (:mod:`actextract.page`) and a manifest of th
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import json
 import logging
 import time
@@ -20,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from actextract import figures
+from actextract.capture import match_names
 from actextract.errors import LayerNotFoundError, OutputExistsError
 from actextract.pictures import KINDS, Drawer, Picture, RenderOptions, Report
 from actextract.store import Store, open_store
@@ -75,8 +75,8 @@ def render(
             None,
             f"the store is {store.status}: {int(done.sum())} of {len(done)} row blocks are "
             "written; the pictures show those rows only.",
+            level=logging.WARNING,
         )
-        log.warning("%s", report.notes[""][-1])
     for layer in names:
         if progress:
             progress(layer)
@@ -91,22 +91,18 @@ def pick_layers(store: Store, patterns: Sequence[str] | None) -> list[str]:
     """Names and globs → the store's layers, in the store's order; unknown names get the
     closest ones in the error."""
     names = store.layers
+    patterns = [p.strip() for p in patterns or () if p.strip()]
     if not patterns:
         return names
-    chosen: set[str] = set()
-    for pat in (p.strip() for p in patterns):
-        hits = fnmatch.filter(names, pat) if any(c in pat for c in "*?[") else []
-        if pat in names:
-            chosen.add(pat)
-        elif hits:
-            chosen.update(hits)
-        elif pat:
-            close = difflib.get_close_matches(pat, names, n=4, cutoff=0.5)
-            hint = f" Close matches: {', '.join(close)}." if close else ""
-            raise LayerNotFoundError(
-                f"layer '{pat}' is not in {store.path}.{hint} It holds: {', '.join(names)}."
-            )
-    return [n for n in names if n in chosen]
+
+    def not_found(pat: str) -> LayerNotFoundError:
+        close = difflib.get_close_matches(pat, names, n=4, cutoff=0.5)
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        return LayerNotFoundError(
+            f"layer '{pat}' is not in {store.path}.{hint} It holds: {', '.join(names)}."
+        )
+
+    return match_names(patterns, names, not_found)
 
 
 def _prepare(out: Path) -> None:
