@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import shutil
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ class Store:
         self.path = Path(path)
         self.group = group
         self._nodes: dict[str, zarr.Array] = {}
+        self._lock = threading.Lock()
 
     # -- reading ---------------------------------------------------------------------------
     @property
@@ -81,11 +83,17 @@ class Store:
 
     def _node(self, path: str) -> zarr.Array:
         """An array of the store, opened once: its metadata never changes after creation, and
-        block writes would otherwise re-read it from disk every time."""
-        if path not in self._nodes:
-            with quiet_numcodecs():
-                self._nodes[path] = self.group[path]  # type: ignore[assignment]
-        return self._nodes[path]
+        block writes would otherwise re-read it from disk every time.
+
+        Opened with ``write_empty_chunks``: every chunk is written as it is, so zarr does not
+        scan each one for being all fill value (a pass over the data that halved the speed of
+        uncompressed writes), and a written chunk is never deleted. The setting is read when
+        an array is opened, hence the lock (writer threads open arrays on first use)."""
+        with self._lock:
+            if path not in self._nodes:
+                with quiet_numcodecs(), zarr.config.set({"array.write_empty_chunks": True}):
+                    self._nodes[path] = self.group[path]  # type: ignore[assignment]
+            return self._nodes[path]
 
     def __contains__(self, layer: object) -> bool:
         return layer in self.layers
