@@ -26,13 +26,15 @@ from actextract.capture import (
     model_output_layers,
     probe,
 )
+from actextract.decode import DeviceDecoder
 from actextract.engine import (
     RunOptions,
     autocast,
     check_bad,
+    compiled,
+    device_inputs,
     resolve_device,
     run,
-    to_device,
 )
 from actextract.errors import OptionError
 from actextract.models import LoadedModel, load_model
@@ -49,6 +51,7 @@ from actextract.store import (
     open_store,
 )
 from actextract.text import format_summary
+from actextract.transfer import ring_slots
 
 __all__ = ["LayerTable", "extract", "list_layers", "open_store"]
 
@@ -80,7 +83,9 @@ def extract(
     channels_last: bool = False,
     preprocess: Preprocess | None = None,
     writers: int = 2,
-    host_buffers: int = 6,
+    host_buffers: int | None = None,
+    compile: bool = False,
+    decode: str = "cpu",
     progress: bool | None = None,
 ) -> Store:
     """Run ``model`` over ``dataset`` and store the outputs of ``layers`` in a Zarr store.
@@ -89,8 +94,12 @@ def extract(
     ``dataset``: a spec (``digits``, ``folder:PATH``, ``mnist:ROOT``, ``synthetic:N:C:H:W``,
     ``python:mod:fn``) or a Dataset whose items are a tensor or ``(tensor, label, ...)``.
     ``layers``: names or globs (``['layer3', 'avgpool']`` or ``'conv*,fc1'``).
-    ``writers``: compress-and-write threads; ``host_buffers``: batches in the device→host ring
-    (memory on the host is bounded by it; at least 1).
+    ``writers``: compress-and-write threads; ``host_buffers``: row blocks in the device→host
+    ring (host memory is bounded by it; default: what one batch touches plus one per writer).
+    ``compile``: ``torch.compile`` the capture and reductions (slow to start, faster per batch
+    on a GPU; batches are padded to ``batch_size`` so that the shorter last one reuses the
+    compiled code). ``decode="gpu"``: for ``folder:`` datasets on CUDA, the loader workers only
+    read the files and JPEGs are decoded (nvJPEG), resized and normalised on the GPU.
     Returns the opened store; ``store[layer]`` is (N, *shape) in ``dtype``.
     """
     if batch_size <= 0:
@@ -98,18 +107,18 @@ def extract(
     if limit is not None and limit <= 0:
         raise OptionError(f"--limit {limit} must be a positive integer.")
     store_options = StoreOptions(dtype=dtype, codec=codec, level=level, chunk_rows=chunk_rows)
-    options = RunOptions(
-        resolve_device(device),
-        precision,
-        channels_last,
-        on_bad_sample,
-        progress,
-        host_buffers=host_buffers,
-    )
+    options = RunOptions(resolve_device(device), precision, channels_last, on_bad_sample, progress)
+    if decode == "gpu" and options.device.type != "cuda":
+        raise OptionError(
+            f"--decode gpu decodes JPEGs on a CUDA device, and this run is on "
+            f"{options.device}; use --device cuda, or --decode cpu (decoding in the loader's "
+            "workers)."
+        )
     check_output(Path(out), overwrite)  # before any slow work: refuse early, touch nothing
 
     loaded = load_model(model, weights=weights)
-    source = _open(dataset, (preprocess or Preprocess()).over(loaded.preprocess))
+    source = _open(dataset, (preprocess or Preprocess()).over(loaded.preprocess), decode)
+    decoder = DeviceDecoder(source.preprocess, options.device) if source.encoded else None
     rows = range(min(len(source), limit) if limit else len(source))
     if len(rows) == 0:
         raise OptionError(f"dataset '{source.spec}' has no samples.")
@@ -120,11 +129,14 @@ def extract(
         layers = layers.split(",")
     cap = build_capture(module, layers, model_name=loaded.spec, method=capture)
     try:
-        arrays, reducer = _plan(cap, source, rows, options, reduce, store_options)
+        arrays, reducer = _plan(cap, source, rows, options, reduce, store_options, decoder)
         rows_per_chunk = store_options.chunk_rows or choose_chunk_rows(
             batch_size,
             max(math.prod(a.shape) * STORAGE_DTYPES[dtype].itemsize for a in arrays),
             len(rows),
+        )
+        slots = ring_slots(
+            host_buffers, batch_size=batch_size, chunk_rows=rows_per_chunk, writers=writers
         )
         store = create_store(
             out,
@@ -142,9 +154,17 @@ def extract(
             num_workers=num_workers,
             pin_memory=options.device.type == "cuda",
         )
+
+        def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return reducer(cap(x))
+
+        if compile:
+            forward = compiled(forward, batch_size, options)
         try:
-            with Sink(store, writers=writers) as sink:
-                summary = run(loader, lambda x: reducer(cap(x)), sink, options, total=len(rows))
+            with Sink(
+                store, slots=slots, writers=writers, pin=options.device.type == "cuda"
+            ) as sink:
+                summary = run(loader, forward, sink, options, total=len(rows), decode=decoder)
         except BaseException as e:
             store.update_attrs(status="failed", error=f"{type(e).__name__}: {e}")
             raise
@@ -160,10 +180,16 @@ def extract(
     return store
 
 
-def _open(dataset: str | Source | Any, preprocess: Preprocess) -> Source:
+def _open(dataset: str | Source | Any, preprocess: Preprocess, decode: str) -> Source:
     if isinstance(dataset, str):
-        return open_source(dataset, preprocess)
-    return wrap_dataset(dataset)
+        return open_source(dataset, preprocess, decode=decode)
+    source = wrap_dataset(dataset)
+    if decode != "cpu" and not source.encoded:
+        raise OptionError(
+            f"decode='{decode}' applies to 'folder:PATH' dataset specs; a {type(dataset).__name__}"
+            " object is fed as it is. Pass the folder spec, or leave decode at 'cpu'."
+        )
+    return source
 
 
 def _plan(
@@ -173,10 +199,11 @@ def _plan(
     options: RunOptions,
     reduce: str | Mapping[str, str] | None,
     store_options: StoreOptions,
+    decoder: DeviceDecoder | None,
 ) -> tuple[list[ArraySpec], Reducer]:
     """Probe one real sample through the capture: per-layer shapes, reductions, array specs."""
-    example = _first_sample(source, rows, options.on_bad_sample)
-    x = to_device(example.input.unsqueeze(0), options)
+    example = _first_sample(source, rows, options.on_bad_sample, decoder)
+    x = device_inputs(example.input.unsqueeze(0), options)
     with autocast(options.device, options.precision):
         outputs = probe(cap, x)
         final = model_output_layers(cap, outputs, x)
@@ -194,12 +221,19 @@ def _plan(
                 model_output=name in final and plan[name] == "none",
             )
         )
-    return arrays, Reducer(plan, STORAGE_DTYPES[store_options.dtype])
+    # On a GPU the cast to the storage dtype happens before the copy to the host (half the bytes
+    # over the bus for float16); on the CPU the copy into the host buffer casts, in one pass.
+    cast = STORAGE_DTYPES[store_options.dtype] if options.device.type != "cpu" else None
+    return arrays, Reducer(plan, cast)
 
 
-def _first_sample(source: Source, rows: range, policy: str) -> Sample:
+def _first_sample(
+    source: Source, rows: range, policy: str, decoder: DeviceDecoder | None = None
+) -> Sample:
     for i in rows[:100]:
         item = source.dataset[i]
+        if decoder is not None and isinstance(item, Sample):
+            item = decoder.decode_sample(item)
         if isinstance(item, Sample):
             return item
         check_bad([item], policy)
@@ -242,6 +276,7 @@ def _provenance(
             "n": len(source),
             "classes": list(source.classes) if source.classes else None,
             "preprocess": _preprocess_attrs(source.preprocess),
+            "decode": "gpu" if source.encoded else "cpu",
         },
         "precision": precision,
         "device": str(options.device),

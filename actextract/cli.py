@@ -214,6 +214,21 @@ def layers(ctx, model, input_shape, weights, dtype, n_samples, capture) -> None:
     help="Background threads that compress and write.",
 )
 @click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the capture and reductions (compiles for a while first; pays off on "
+    "long GPU runs).",
+)
+@click.option(
+    "--decode",
+    type=click.Choice(["cpu", "gpu"]),
+    default="cpu",
+    show_default=True,
+    help="Where folder: JPEGs are decoded: in the loader's workers (cpu), or batched on the "
+    "GPU with nvJPEG, resized and normalised there (gpu; needs --device cuda).",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
 )
 @click.pass_context
@@ -244,6 +259,8 @@ def extract(
     std,
     channels,
     writers,
+    compile_,
+    decode,
     progress,
 ) -> None:
     """Run MODEL over DATASET and store the outputs of the chosen layers."""
@@ -280,6 +297,8 @@ def extract(
             channels_last=channels_last,
             preprocess=preprocess,
             writers=writers,
+            compile=compile_,
+            decode=decode,
             progress=progress,
         )
     click.echo(f"wrote {store.path} ({store.status}): {', '.join(store.layers)}")

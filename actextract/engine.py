@@ -1,10 +1,10 @@
 """Engine: the loop. Batches in, activations to the sink, timings and progress out.
 
-Per batch: host→device (``non_blocking`` from pinned memory), autocast forward through the
-capture, reduce and cast on the device, device→host into a ring of host buffers (pinned, on a
-side stream: :mod:`actextract.transfer`), and hand-off to the sink, whose threads write while
-the next batch computes. The loop knows
-nothing of the Zarr layout.
+Per batch: host→device (``non_blocking`` from pinned memory, or the GPU decoder), autocast
+forward through the capture, reduce and cast on the device, then the sink says where the rows
+go and the copies land straight in its row-block buffers (pinned, on a side stream:
+:mod:`actextract.transfer`), whose writer threads compress and write while the next batch
+computes. The loop knows nothing of the Zarr layout.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm import tqdm
 
 from actextract.errors import BadSampleError, OptionError
 from actextract.samples import BadSample, Batch
-from actextract.sink import HostBatch, Sink
+from actextract.sink import Filled, Sink
 from actextract.transfer import ToHost
 
 __all__ = [
@@ -28,6 +28,8 @@ __all__ = [
     "Summary",
     "autocast",
     "check_bad",
+    "compiled",
+    "device_inputs",
     "resolve_device",
     "run",
     "to_device",
@@ -45,15 +47,12 @@ class RunOptions:
     channels_last: bool = False
     on_bad_sample: str = "error"  # error | skip
     progress: bool | None = None  # None: a bar only on a terminal (tqdm's disable=None)
-    host_buffers: int = 6  # batches in the device→host ring (the sink's queue holds 4)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise OptionError(
                 f"--precision '{self.precision}' is not one of {', '.join(PRECISIONS)}."
             )
-        if self.host_buffers < 1:
-            raise OptionError(f"host_buffers={self.host_buffers}: the ring needs at least 1.")
         if self.on_bad_sample not in ("error", "skip"):
             raise OptionError(f"--on-bad-sample '{self.on_bad_sample}' is not 'error' or 'skip'.")
 
@@ -133,10 +132,14 @@ def run(
     options: RunOptions,
     *,
     total: int,
+    decode: Callable[[Batch], Batch] | None = None,
 ) -> Summary:
-    """Push every batch of ``loader`` through ``forward`` (capture + reduce) into ``sink``."""
+    """Push every batch of ``loader`` through ``forward`` (capture + reduce) into ``sink``.
+
+    ``decode`` (:class:`actextract.decode.DeviceDecoder`) turns batches of undecoded images
+    into inputs on the device, and may find bad samples among them."""
     summary = Summary()
-    to_host = ToHost(options.device, options.host_buffers, sink.check)
+    to_host = ToHost(options.device)
     bar = tqdm(
         total=total,
         unit="img",
@@ -150,34 +153,27 @@ def run(
         for batch in loader:
             now = time.perf_counter()
             summary.data_wait += now - tick
+            batch = to_device(decode(batch) if decode else batch, options)
             if batch.bad:
                 check_bad(batch.bad, options.on_bad_sample)
                 summary.skipped.extend(batch.bad)
-            acts, ready, release, waited, copied = {}, None, None, 0.0, 0.0
+            acts = {}
             if batch.inputs is not None:
-                x = to_device(batch.inputs, options)
                 with autocast(options.device, options.precision):
-                    acts = forward(x)
-                acts, ready, release, waited, copied = to_host(acts)
-            tick = time.perf_counter()
-            summary.compute += tick - now - waited - copied
-            summary.write_wait += waited  # every host buffer still held by the sink
-            summary.d2h += copied
-            summary.write_wait += sink.put(
-                HostBatch(
-                    batch.indices.numpy(),
-                    batch.labels.numpy(),
-                    batch.ids,
-                    acts,
-                    batch.bad,
-                    ready,
-                    on_consumed=release,
-                )
-            )
-            summary.images += len(batch.ids)
+                    acts = forward(batch.inputs)
+            indices = batch.indices.numpy()
+            runs, waited = sink.place(indices, batch.bad)  # waits while every buffer is taken
+            ready, copied = to_host(acts, runs)
+            sink.filled(Filled(indices, batch.labels.numpy(), batch.ids, batch.bad, ready))
             bar.update(len(batch.ids) + len(batch.bad))
             tick = time.perf_counter()
-        summary.write_wait += sink.close()
+            summary.compute += tick - now - waited - copied  # forward, reduce, bookkeeping
+            summary.write_wait += waited
+            summary.d2h += copied
+            summary.images += len(batch.ids)
+        flush = time.perf_counter()
+        sink.close()
+        summary.write_wait += time.perf_counter() - flush
     summary.d2h += to_host.gpu_seconds()
     summary.seconds = time.perf_counter() - start
     summary.bytes_written = sink.bytes_written
@@ -196,8 +192,38 @@ def _cudnn_autotune(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
-def to_device(inputs: torch.Tensor, options: RunOptions) -> torch.Tensor:
-    """(B, ...) host batch → device; non-blocking from pinned memory; NHWC when asked (4-d)."""
+def compiled(
+    forward: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    batch_size: int,
+    options: RunOptions,
+) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """``torch.compile`` of capture + reduce (default mode: no CUDA graphs, whose output
+    buffers the next batch would overwrite while the side stream still copies them). A batch
+    shorter than ``batch_size`` (the last one, or one with bad samples removed) is padded with
+    zeros and its outputs cut back, so it runs the compiled code instead of compiling again;
+    in eval mode no sample sees another, so padding changes no output."""
+    fn = torch.compile(forward)
+
+    def call(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = len(x)
+        if n == batch_size:
+            return fn(x)
+        pad = x.new_zeros((batch_size - n, *x.shape[1:]))
+        return {k: v[:n] for k, v in fn(device_inputs(torch.cat([x, pad]), options)).items()}
+
+    return call
+
+
+def to_device(batch: Batch, options: RunOptions) -> Batch:
+    """The batch with its (B, ...) inputs on the device: non-blocking from pinned memory."""
+    if batch.inputs is None:
+        return batch
+    return replace(batch, inputs=device_inputs(batch.inputs, options))
+
+
+def device_inputs(inputs: torch.Tensor, options: RunOptions) -> torch.Tensor:
+    """(B, ...) inputs → the device (non-blocking from pinned memory); NHWC when asked
+    (4-d inputs only)."""
     x = inputs.to(options.device, non_blocking=True)
     if options.channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)

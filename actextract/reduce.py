@@ -2,7 +2,8 @@
 
 A layer's output (B, C, *spatial) is kept whole (``none``), or pooled over its spatial dims
 (``mean`` or ``max``) to (B, C); then cast to the storage dtype (float16 or float32: Zarr has
-no bfloat16). Doing both on the device shrinks what crosses to the host.
+no bfloat16). Doing both on the device shrinks what crosses to the host. On the CPU there is no
+bus to cross: the copy into the host buffer casts, in the same pass (``dtype=None`` here).
 """
 
 from __future__ import annotations
@@ -65,13 +66,14 @@ def reduced_shape(name: str, shape: tuple[int, ...], how: Reduction) -> tuple[in
 
 @dataclass(frozen=True)
 class Reducer:
-    """``reducer(outputs) -> outputs``: pool the layers that ask for it, cast all to ``dtype``.
+    """``reducer(outputs) -> outputs``: pool the layers that ask for it, cast all to ``dtype``
+    (None: leave the dtype to the copy into the host buffer).
 
     ``outputs``: {name: (B, C, *spatial)}; result: {name: (B, C) or (B, C, *spatial)} in dtype.
     """
 
     plan: Mapping[str, Reduction]
-    dtype: torch.dtype
+    dtype: torch.dtype | None
 
     def __call__(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
@@ -81,5 +83,5 @@ class Reducer:
                 dims = tuple(range(2, t.ndim))
                 # accumulate in float32 so a mean over many fp16/bf16 values keeps its digits
                 t = t.mean(dims, dtype=torch.float32) if how == "mean" else t.amax(dims)
-            out[name] = t.to(self.dtype)
+            out[name] = t if self.dtype is None else t.to(self.dtype)
         return out

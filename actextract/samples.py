@@ -3,11 +3,17 @@
 Every item of a source's dataset is a :class:`Sample` or, when loading it failed, a
 :class:`BadSample`; ``collate`` stacks the good ones into a :class:`Batch` and passes the bad
 ones along, and the engine decides whether a bad sample stops the run.
+
+A source whose images are decoded on the run's device (``Source.encoded``) batches with
+``collate_encoded`` instead: its batches carry the undecoded samples packed in one
+:class:`Encoded` buffer and ``inputs=None`` until :class:`actextract.decode.DeviceDecoder`
+decodes them.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -19,11 +25,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 __all__ = [
     "BadSample",
     "Batch",
+    "Encoded",
     "Preprocess",
     "Sample",
     "SampleDataset",
     "Source",
     "collate",
+    "collate_encoded",
     "make_loader",
 ]
 
@@ -83,17 +91,61 @@ class BadSample(NamedTuple):
     error: str
 
 
+# Every item of an Encoded buffer starts at a multiple of this many bytes, so that a view of
+# it can be reinterpreted as any dtype (a view's offset must be a multiple of its item size).
+_ALIGN = 16
+
+
+@dataclass
+class Encoded:
+    """The B undecoded samples of a batch, packed in one byte buffer so that one tensor, not B,
+    crosses from a loader worker (each tensor costs a shared-memory segment and a file
+    descriptor). Item i is a JPEG file's bytes, (N,) uint8, or pixels decoded in the worker,
+    (C, H, W) (uint8 for 8-bit images)."""
+
+    data: torch.Tensor  # (nbytes,) uint8
+    items: list[tuple[int, torch.dtype, tuple[int, ...]]]  # (byte offset, dtype, shape) each
+
+    @classmethod
+    def pack(cls, tensors: Sequence[torch.Tensor]) -> Encoded:
+        flat = [t.contiguous().reshape(-1).view(torch.uint8) for t in tensors]
+        items, offset = [], 0
+        for t, b in zip(tensors, flat, strict=True):
+            items.append((offset, t.dtype, tuple(t.shape)))
+            offset += -(-b.numel() // _ALIGN) * _ALIGN
+        data = torch.empty(offset, dtype=torch.uint8)
+        for (start, _, _), b in zip(items, flat, strict=True):
+            data[start : start + b.numel()] = b
+        return cls(data, items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def unpack(self) -> list[torch.Tensor]:
+        """The items, as views of ``data`` (no copy)."""
+        out = []
+        for start, dtype, shape in self.items:
+            nbytes = math.prod(shape) * dtype.itemsize
+            out.append(self.data[start : start + nbytes].view(dtype).view(shape))
+        return out
+
+
 @dataclass
 class Batch:
-    """What the loader yields. ``inputs``: (B, ...) for the B good samples, or None."""
+    """What the loader yields. ``inputs``: (B, ...) for the B good samples, or None. A batch of
+    a source decoded on the device has ``encoded`` (its B samples, undecoded) and
+    ``inputs=None`` until :class:`actextract.decode.DeviceDecoder` has run."""
 
     inputs: torch.Tensor | None
     labels: torch.Tensor  # (B,) int64
     indices: torch.Tensor  # (B,) int64, dataset rows
     ids: list[str]
     bad: list[BadSample] = field(default_factory=list)
+    encoded: Encoded | None = None
 
     def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
+        # ``encoded`` stays pageable: nvJPEG reads JPEG bytes from host memory itself, outside
+        # the stream bookkeeping of torch's pinned-memory cache, and pixels are rare.
         if self.inputs is None:
             return self
         return replace(self, inputs=self.inputs.pin_memory())
@@ -125,6 +177,20 @@ def collate(items: Sequence[Sample | BadSample]) -> Batch:
         indices=torch.tensor([s.index for s in good], dtype=torch.int64),
         ids=[s.id for s in good],
         bad=sorted(bad, key=lambda b: b.index),
+    )
+
+
+def collate_encoded(items: Sequence[Sample | BadSample]) -> Batch:
+    """Pack the good samples' undecoded inputs into ``Batch.encoded`` (shapes may differ);
+    ``inputs`` stays None until the device decoder has run."""
+    good = [s for s in items if isinstance(s, Sample)]
+    return Batch(
+        inputs=None,
+        labels=torch.tensor([s.label for s in good], dtype=torch.int64),
+        indices=torch.tensor([s.index for s in good], dtype=torch.int64),
+        ids=[s.id for s in good],
+        bad=sorted((s for s in items if isinstance(s, BadSample)), key=lambda b: b.index),
+        encoded=Encoded.pack([s.input for s in good]),
     )
 
 
@@ -168,6 +234,9 @@ class Source:
     # the settings behind ``transform`` for image sources (None: fed as given), kept in the
     # store so that a reader can rebuild the model's inputs (the renderer shows them)
     preprocess: Preprocess | None = None
+    # items are undecoded (folder sources opened with decode="gpu"): the loader packs them
+    # with ``collate_encoded`` and actextract.decode.DeviceDecoder makes the inputs
+    encoded: bool = False
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -185,7 +254,8 @@ def make_loader(
     """A DataLoader over ``rows`` of the source, in order, yielding :class:`Batch`.
 
     Workers are persistent (no re-fork per epoch) and each keeps ``prefetch_factor`` batches
-    ready; ``pin_memory`` (CUDA only) lets the host→device copy run asynchronously.
+    ready; ``pin_memory`` (CUDA only) lets the host→device copy run asynchronously. Batches of
+    an encoded source carry ``encoded`` and no ``inputs`` (see ``collate_encoded``).
     """
     extra: dict[str, Any] = {}
     if num_workers > 0:
@@ -195,7 +265,7 @@ def make_loader(
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=collate,
+        collate_fn=collate_encoded if source.encoded else collate,
         pin_memory=pin_memory,
         drop_last=False,
         **extra,

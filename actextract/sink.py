@@ -1,76 +1,80 @@
-"""Sink: background writer threads between the engine and the store.
+"""Sink: where each batch's rows land, and the background threads that write full row blocks.
 
-The engine ``put``s each batch's host copies (with the CUDA event that says when the copy has
-landed); an assembler thread fills per-block buffers row by row, and each full block goes to a
-small pool of writer threads that compress and write it (numcodecs releases the GIL), then
-mark it done. The queue and the number of blocks in flight are bounded, so memory is bounded
-by ``queue_depth`` batches plus ``writers + 1`` row blocks of every layer, whatever N.
+The engine asks :meth:`Sink.place` where a batch's rows go: the sink opens the row blocks they
+fall in, each on a buffer of the :class:`~actextract.transfer.BlockRing` (waiting for one when
+all are taken: back-pressure), and answers with the views to copy into. Once the copies are
+issued the engine calls :meth:`Sink.filled` with the batch's labels, ids and bad samples; a
+block whose rows are all accounted for goes to a small pool of writer threads, which wait for
+its copies to land, compress and write it as whole chunks (numcodecs releases the GIL), mark
+it done, and give its buffer back. Memory is the ring's row blocks, whatever N.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
+from actextract.reduce import STORAGE_DTYPES
 from actextract.samples import BadSample
 from actextract.store import Store
+from actextract.transfer import BlockRing, Run
 
-__all__ = ["HostBatch", "Sink"]
+__all__ = ["Filled", "Sink"]
 
 
 @dataclass
-class HostBatch:
-    """One batch on its way to disk. ``acts``: {layer: (B, *shape)} CPU tensors, possibly
-    still being filled by an async device→host copy until ``ready`` (a CUDA event) fires."""
+class Filled:
+    """A batch whose copies into its row blocks are issued. ``ready``: the CUDA event that
+    fires when they have landed (None on the CPU, where they are done)."""
 
-    indices: np.ndarray  # (B,) int64 dataset rows
+    indices: np.ndarray  # (B,) int64 dataset rows of the good samples
     labels: np.ndarray  # (B,) int64
     ids: list[str]
-    acts: dict[str, torch.Tensor]
     bad: list[BadSample] = field(default_factory=list)
     ready: Any = None  # torch.cuda.Event | None
-    on_consumed: Callable[[], None] | None = None  # hands the host buffers back to the ring
 
 
 @dataclass
 class _Block:
-    """A row block being assembled: buffers pre-filled with the store's fill values."""
+    """A row block being filled on ring slot ``slot``."""
 
     block: int
     start: int
-    acts: dict[str, np.ndarray]
+    slot: int
     labels: np.ndarray
     ids: list[str]
     missing: int  # rows still to come
+    bad_rows: list[int] = field(default_factory=list)  # left at the fill value (NaN)
+    ready: Any = None  # the last copy into it (copies run in order on one stream)
 
 
 class Sink:
-    """``put(batch)`` returns the seconds spent waiting for room; ``close()`` flushes and
-    re-raises any writer error. Use as a context manager."""
+    """Use as a context manager; ``close()`` writes what is left and re-raises any writer
+    error. ``slots``: row blocks in the ring (see :func:`~actextract.transfer.ring_slots`);
+    ``pin``: page-locked buffers, for asynchronous copies from a GPU."""
 
-    def __init__(self, store: Store, *, writers: int = 2, queue_depth: int = 4):
+    def __init__(self, store: Store, *, slots: int, writers: int = 2, pin: bool = False):
         self.store = store
         self.bytes_written = 0  # uncompressed bytes of activations handed to the store
-        self._shapes = {name: tuple(store[name].shape[1:]) for name in store.layers}
-        self._dtypes = {name: store[name].dtype for name in store.layers}
-        self._queue: queue.Queue[HostBatch | None] = queue.Queue(maxsize=queue_depth)
+        self.ring = BlockRing(
+            {name: tuple(store[name].shape[1:]) for name in store.layers},
+            STORAGE_DTYPES[store.attrs["dtype"]],
+            rows=store.chunk_rows,
+            slots=slots,
+            pin=pin,
+        )
         self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="actextract-write")
-        self._slots = threading.BoundedSemaphore(writers + 1)  # blocks being written at once
         self._lock = threading.Lock()
         self._open: dict[int, _Block] = {}
         self._error: BaseException | None = None
         self._abort = threading.Event()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="actextract-sink", daemon=True)
-        self._thread.start()
 
     def __enter__(self) -> Sink:
         return self
@@ -80,28 +84,58 @@ class Sink:
             self.close(abort=True)
 
     # -- engine side -------------------------------------------------------------------------
-    def put(self, batch: HostBatch) -> float:
-        """Queue a batch; blocks while the queue is full. Returns the seconds waited."""
-        t0 = time.perf_counter()
-        while True:
-            self._raise_if_failed()
-            try:
-                self._queue.put(batch, timeout=0.1)
-                return time.perf_counter() - t0
-            except queue.Full:
-                continue
+    def place(self, indices: np.ndarray, bad: Sequence[BadSample] = ()) -> tuple[list[Run], float]:
+        """Open the blocks of these rows (good ``indices`` and ``bad`` samples), waiting for
+        free buffers; return where each run of consecutive good rows goes, and the seconds
+        waited."""
+        waited = 0.0
+        rows = self.store.chunk_rows
+        for b in sorted({*(indices // rows).tolist(), *(s.index // rows for s in bad)}):
+            waited += self._open_block(b)
+        runs = []
+        if len(indices):
+            blocks = indices // rows
+            cuts = np.flatnonzero((np.diff(indices) != 1) | (np.diff(blocks) != 0)) + 1
+            for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(indices)], strict=True):
+                blk = self._open[int(blocks[lo])]
+                local = int(indices[lo]) - blk.start
+                bufs = self.ring.buffers(blk.slot)
+                dest = {name: buf[local : local + hi - lo] for name, buf in bufs.items()}
+                runs.append(Run(slice(lo, hi), dest))
+        return runs, waited
 
-    def close(self, *, abort: bool = False) -> float:
-        """Write every block and stop the threads (``abort``: drop what is not written yet).
-        Returns the seconds spent waiting; raises the first writer error."""
-        t0 = time.perf_counter()
+    def filled(self, batch: Filled) -> None:
+        """The batch's rows are (being) copied: record labels and ids, and hand every block
+        that is now complete to a writer."""
+        rows = self.store.chunk_rows
+        touched: dict[int, _Block] = {}
+        for row, label, sample_id in zip(
+            batch.indices.tolist(), batch.labels.tolist(), batch.ids, strict=True
+        ):
+            blk = touched.setdefault(row // rows, self._open[row // rows])
+            local = row - blk.start
+            blk.labels[local], blk.ids[local] = label, sample_id
+            blk.missing -= 1
+        for s in batch.bad:  # a skipped row keeps the fill value and label -1, with its id
+            blk = touched.setdefault(s.index // rows, self._open[s.index // rows])
+            blk.ids[s.index - blk.start] = s.id
+            blk.bad_rows.append(s.index - blk.start)
+            blk.missing -= 1
+        for b, blk in touched.items():
+            if len(batch.indices):
+                blk.ready = batch.ready
+            if blk.missing == 0:
+                del self._open[b]
+                self._pool.submit(self._write, blk)
+
+    def close(self, *, abort: bool = False) -> None:
+        """Write every complete block and stop the threads (``abort``: drop what is not
+        written yet). Raises the first writer error."""
         if abort:
             self._abort.set()
         if self._closed:
-            return 0.0
+            return
         self._closed = True
-        self._queue.put(None)
-        self._thread.join()
         self._pool.shutdown(wait=True)
         if not abort:
             self._raise_if_failed()
@@ -111,7 +145,6 @@ class Sink:
                     f"row blocks {blocks} were left incomplete: "
                     f"{[self._open[b].missing for b in blocks]} rows never came"
                 )
-        return time.perf_counter() - t0
 
     def check(self) -> None:
         """Raise the writers' first error, if any (the engine calls it while it waits)."""
@@ -121,72 +154,33 @@ class Sink:
         if self._error is not None:
             raise self._error
 
+    def _open_block(self, block: int) -> float:
+        if block in self._open:
+            return 0.0
+        start = time.perf_counter()
+        slot = self.ring.acquire(self.check)
+        waited = time.perf_counter() - start
+        rows = self.store.block_range(block)
+        self._open[block] = _Block(
+            block, rows.start, slot, np.full(len(rows), -1, np.int64), [""] * len(rows), len(rows)
+        )
+        return waited
+
     # -- writer side -------------------------------------------------------------------------
-    def _run(self) -> None:
-        while (batch := self._queue.get()) is not None:
-            try:
-                if self._error is None and not self._abort.is_set():
-                    self._assemble(batch)  # else drain without work: put() never blocks forever
-            except BaseException as e:
-                self._error = e
-            finally:
-                if batch.on_consumed is not None:
-                    batch.on_consumed()  # the batch's host buffers may be reused
-
-    def _assemble(self, batch: HostBatch) -> None:
-        if batch.ready is not None:
-            batch.ready.synchronize()
-        acts = {name: t.numpy() for name, t in batch.acts.items()}
-        rows = self.store.chunk_rows
-        blocks = batch.indices // rows
-        for b in np.unique(blocks).tolist():
-            mask = blocks == b
-            blk = self._block(b)
-            local = batch.indices[mask] - blk.start
-            for name, arr in acts.items():
-                blk.acts[name][local] = arr[mask]
-            blk.labels[local] = batch.labels[mask]
-            for r, sample_id in zip(
-                local.tolist(), np.asarray(batch.ids)[mask].tolist(), strict=True
-            ):
-                blk.ids[r] = sample_id
-            self._rows_done(blk, len(local))
-        for bad in batch.bad:  # a skipped row keeps the fill value and label -1, with its id
-            blk = self._block(bad.index // rows)
-            blk.ids[bad.index - blk.start] = bad.id
-            self._rows_done(blk, 1)
-
-    def _block(self, block: int) -> _Block:
-        if block not in self._open:
-            rows = self.store.block_range(block)
-            n = len(rows)
-            self._open[block] = _Block(
-                block,
-                rows.start,
-                {
-                    name: np.full((n, *shape), np.nan, dtype=self._dtypes[name])
-                    for name, shape in self._shapes.items()
-                },
-                np.full(n, -1, dtype=np.int64),
-                [""] * n,
-                n,
-            )
-        return self._open[block]
-
-    def _rows_done(self, blk: _Block, count: int) -> None:
-        blk.missing -= count
-        if blk.missing == 0:
-            del self._open[blk.block]
-            self._slots.acquire()  # bounded: wait while writers+1 blocks are being written
-            self._pool.submit(self._write, blk)
-
     def _write(self, blk: _Block) -> None:
         try:
             if self._error is None and not self._abort.is_set():
-                self.store.write_block(blk.block, blk.acts, blk.labels, blk.ids)
+                if blk.ready is not None:
+                    blk.ready.synchronize()  # the block's device→host copies have landed
+                n = len(blk.labels)
+                bufs = self.ring.buffers(blk.slot)
+                arrays = {name: buf[:n].numpy() for name, buf in bufs.items()}
+                for a in arrays.values():
+                    a[blk.bad_rows] = np.nan  # skipped rows: the fill value, as if unwritten
+                self.store.write_block(blk.block, arrays, blk.labels, blk.ids)
                 with self._lock:
-                    self.bytes_written += sum(a.nbytes for a in blk.acts.values())
+                    self.bytes_written += sum(a.nbytes for a in arrays.values())
         except BaseException as e:
             self._error = self._error or e
         finally:
-            self._slots.release()
+            self.ring.release(blk.slot)  # the buffer may be filled again

@@ -5,7 +5,9 @@ Specs (``open_source``):
 - ``digits``: scikit-learn's 1,797 handwritten 8×8 digits (shipped inside the package),
   upsampled to 1×28×28 and normalised; labels 0-9. The embedded default: nothing downloaded.
 - ``folder:PATH``: class subfolders (ImageFolder: labels from folder names) or a flat folder of
-  images (label -1); the id is the path relative to PATH.
+  images (label -1); the id is the path relative to PATH. With ``decode="gpu"`` the loader
+  workers only read the files (JPEGs travel as bytes, other formats as pixels) and
+  :class:`actextract.decode.DeviceDecoder` decodes and preprocesses them on the run's device.
 - ``mnist:ROOT[:split]``, ``cifar10:ROOT``, ...: torchvision datasets already on disk
   (``download=False``); split ``train`` (default) or ``test``.
 - ``synthetic:N:C:H:W``: N seeded random inputs, fed to the model as they are (benchmarks).
@@ -17,8 +19,9 @@ Items and batches are described in :mod:`actextract.samples`; this module resolv
 
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from actextract._imports import load_object
-from actextract.errors import SourceError
+from actextract.errors import OptionError, SourceError
 from actextract.samples import (  # re-exported: the source stage's public names
     BadSample,
     Batch,
@@ -52,6 +55,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+DECODE_MODES = ("cpu", "gpu")
+JPEG_MAGIC = b"\xff\xd8\xff"  # SOI marker and the first byte of the next marker
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -73,16 +79,17 @@ TORCHVISION_DATASETS: dict[str, tuple[str, str]] = {
 
 
 class _ImageFiles(Dataset):
-    """A flat folder of images: items are (PIL image, -1)."""
+    """A flat folder of images: items are (``loader(path)``, -1), a PIL image by default."""
 
-    def __init__(self, paths: Sequence[Path]):
+    def __init__(self, paths: Sequence[Path], loader: Callable[[str], Any] | None = None):
         self.paths = list(paths)
+        self.loader = loader or _load_pil
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        return _load_pil(str(self.paths[index])), -1
+        return self.loader(str(self.paths[index])), -1
 
 
 class _Synthetic(Dataset):
@@ -101,16 +108,27 @@ class _Synthetic(Dataset):
         return torch.randn(self.shape, generator=g), index % 10
 
 
-def open_source(spec: str, preprocess: Preprocess | None = None) -> Source:
+def open_source(spec: str, preprocess: Preprocess | None = None, *, decode: str = "cpu") -> Source:
     """Resolve a dataset spec (see the module docstring). ``preprocess`` overrides the source's
-    own defaults for image sources; synthetic and python sources are fed as they are."""
+    own defaults for image sources; synthetic and python sources are fed as they are.
+
+    ``decode="gpu"`` (``folder:`` sources only) leaves decoding to the run's device: the
+    source's items are undecoded and ``Source.encoded`` is True (see
+    :class:`actextract.decode.DeviceDecoder`)."""
     preprocess = preprocess or Preprocess()
     kind, _, rest = spec.partition(":")
     kind = kind.lower()
+    if decode not in DECODE_MODES:
+        raise OptionError(f"--decode '{decode}' is not one of {', '.join(DECODE_MODES)}.")
+    if decode == "gpu" and kind != "folder":
+        raise SourceError(
+            f"--dataset {spec}: --decode gpu only applies to folder: image datasets (JPEG files "
+            "decoded on the device); drop --decode gpu (or pass --decode cpu) for this dataset."
+        )
     if kind == "digits":
         return _digits(spec, preprocess)
     if kind == "folder":
-        return _folder(spec, rest, preprocess)
+        return _folder(spec, rest, preprocess, on_device=decode == "gpu")
     if kind == "synthetic":
         return _synthetic(spec, rest)
     if kind == "python":
@@ -165,7 +183,7 @@ def _digits(spec: str, preprocess: Preprocess) -> Source:
     )
 
 
-def _folder(spec: str, path: str, preprocess: Preprocess) -> Source:
+def _folder(spec: str, path: str, preprocess: Preprocess, *, on_device: bool = False) -> Source:
     from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -176,17 +194,26 @@ def _folder(spec: str, path: str, preprocess: Preprocess) -> Source:
         )
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
     pre = preprocess.over(Preprocess(channels=3))
-    transform = pre.transform()
+    # decoded on the device: the workers only read (and, for non-JPEGs, decode) the files
+    transform = None if on_device else pre.transform()
+    loader = _load_encoded if on_device else _load_pil
+    described = _describe(pre)
+    if on_device:
+        described = (
+            "decode on the run's device (JPEG: torchvision.io.decode_jpeg; other formats: PIL "
+            f"in the loader) → {described}"
+        )
     if files:
         ids = [p.relative_to(root).as_posix() for p in files]
         return Source(
             spec,
-            SampleDataset(_ImageFiles(files), transform=transform, ids=ids),
-            transform=_describe(pre),
+            SampleDataset(_ImageFiles(files, loader), transform=transform, ids=ids),
+            transform=described,
             preprocess=pre,
+            encoded=on_device,
         )
     try:
-        folder = ImageFolder(str(root), loader=_load_pil)
+        folder = ImageFolder(str(root), loader=loader)
     except (FileNotFoundError, RuntimeError) as e:
         raise SourceError(
             f"--dataset {spec}: no images found in '{root}' ({e}). A folder source holds image "
@@ -196,9 +223,10 @@ def _folder(spec: str, path: str, preprocess: Preprocess) -> Source:
     return Source(
         spec,
         SampleDataset(folder, transform=transform, ids=ids),
-        transform=_describe(pre),
+        transform=described,
         classes=tuple(folder.classes),
         preprocess=pre,
+        encoded=on_device,
     )
 
 
@@ -209,6 +237,21 @@ def _load_pil(path: str):
     with Image.open(path) as img:
         img.load()
         return img.copy()
+
+
+def _load_encoded(path: str) -> torch.Tensor:
+    """For decoding on the device: a JPEG file's bytes, (N,) uint8; any other format decoded
+    here with PIL, (C, H, W) as the CPU path's ToImage would make it (uint8 for 8-bit images)."""
+    from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    if data[: len(JPEG_MAGIC)] == JPEG_MAGIC:
+        return torch.frombuffer(data, dtype=torch.uint8)
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return pil_to_tensor(img)
 
 
 def _torchvision(spec: str, kind: str, rest: str, preprocess: Preprocess) -> Source:

@@ -1,65 +1,107 @@
-"""Device→host: a ring of preallocated host buffers, and the copy into them.
+"""Device→host: a ring of preallocated row-block buffers, and the copy of each batch into them.
 
-On CUDA the buffers are pinned and the copy runs on a side stream after an event on the compute
-stream, so the copy of batch k overlaps the forward of batch k+1; on the CPU the same ring
-without streams. A slot is handed back by the sink once it has copied the batch's rows into its
-row blocks (``HostBatch.on_consumed``), so a buffer is never overwritten before its rows are
-safe; when every slot is taken the engine waits (back-pressure), and host memory stays at
-``slots`` batches whatever the dataset size.
+A batch's activations are copied straight into the host buffers of the row blocks its rows
+belong to (``Run``: which rows of the batch land where), so no byte is copied twice on the
+host: on CUDA the buffers are pinned and the copies run on a side stream after the compute
+stream's work, so the copy of batch k overlaps the forward of batch k+1; on the CPU the copy
+is also the cast to the storage dtype (one pass over the data). A buffer goes back to the ring
+only once its writer is done with it, and when none is free the engine waits (back-pressure):
+host memory is ``slots`` row blocks whatever the dataset size.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from actextract.errors import OptionError
 
-__all__ = ["HostRing", "ToHost"]
+__all__ = ["BlockRing", "Run", "ToHost", "blocks_open_at_once", "ring_slots"]
 
 
-class HostRing:
-    """``slots`` sets of host buffers, one per layer each, allocated on first use and reused
-    (the last, shorter batch uses a view of them)."""
+@dataclass(frozen=True)
+class Run:
+    """Consecutive rows of a batch that land in one row block: ``rows`` of the batch's
+    tensors go to ``dest`` ({layer: (len, *shape)} views of that block's host buffers)."""
 
-    def __init__(self, slots: int, *, pin: bool = False):
+    rows: slice
+    dest: Mapping[str, torch.Tensor]
+
+
+def blocks_open_at_once(batch_size: int, chunk_rows: int) -> int:
+    """How many row blocks one batch of consecutive rows can touch: the ring's minimum."""
+    if chunk_rows % batch_size == 0:
+        return 1  # batches tile blocks exactly
+    straddle = 0 if batch_size % chunk_rows == 0 else 1
+    return math.ceil(batch_size / chunk_rows) + straddle
+
+
+def ring_slots(host_buffers: int | None, *, batch_size: int, chunk_rows: int, writers: int) -> int:
+    """Row blocks in the ring: ``host_buffers`` when given (at least what one batch touches,
+    or the engine would wait for itself), else that minimum plus one per writer, so that the
+    engine fills a block while every writer writes one."""
+    need = blocks_open_at_once(batch_size, chunk_rows)
+    if host_buffers is None:
+        return need + writers
+    if host_buffers < need:
+        raise OptionError(
+            f"host_buffers={host_buffers}: a batch of {batch_size} rows touches up to {need} "
+            f"row blocks of {chunk_rows} rows; give at least {need} (or leave it unset)."
+        )
+    return host_buffers
+
+
+class BlockRing:
+    """``slots`` row-block buffers, each {layer: (rows, *shape)} in the storage dtype (pinned
+    when ``pin``), allocated on first use and reused."""
+
+    def __init__(
+        self,
+        shapes: Mapping[str, tuple[int, ...]],
+        dtype: torch.dtype,
+        *,
+        rows: int,
+        slots: int,
+        pin: bool = False,
+    ):
         if slots < 1:
-            raise OptionError(f"host buffers: {slots} slots; the ring needs at least 1.")
-        self.slots, self.pin = slots, pin
+            raise OptionError(f"host buffers: {slots} row blocks; the ring needs at least 1.")
+        self.shapes, self.dtype, self.rows, self.slots, self.pin = shapes, dtype, rows, slots, pin
         self._free: queue.Queue[int] = queue.Queue()
         for slot in range(slots):
             self._free.put(slot)
-        self._buffers: list[dict[str, torch.Tensor]] = [{} for _ in range(slots)]
+        self._buffers: list[dict[str, torch.Tensor] | None] = [None] * slots
 
-    def acquire(
-        self, like: dict[str, torch.Tensor], check: Callable[[], None] = lambda: None
-    ) -> tuple[int, dict[str, torch.Tensor]]:
-        """Wait for a free slot (calling ``check`` while waiting, which raises when the consumer
-        failed); return it with buffers shaped like ``like``."""
+    @property
+    def slot_bytes(self) -> int:
+        """Host bytes of one row block of every layer."""
+        return self.rows * sum(math.prod(s) for s in self.shapes.values()) * self.dtype.itemsize
+
+    def acquire(self, check: Callable[[], None] = lambda: None) -> int:
+        """Wait for a free slot, calling ``check`` while waiting (it raises when the writers
+        failed, so a dead writer never hangs the engine)."""
         while True:
             check()
             try:
-                slot = self._free.get(timeout=0.1)
-                break
+                return self._free.get(timeout=0.1)
             except queue.Empty:
                 continue
-        buffers = self._buffers[slot]
-        out = {}
-        for name, t in like.items():
-            buf = buffers.get(name)
-            if (
-                buf is None
-                or buf.dtype != t.dtype
-                or buf.shape[1:] != t.shape[1:]
-                or (len(buf) < len(t))
-            ):
-                buf = buffers[name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=self.pin)
-            out[name] = buf[: len(t)]
-        return slot, out
+
+    def buffers(self, slot: int) -> dict[str, torch.Tensor]:
+        """The slot's {layer: (rows, *shape)} host tensors."""
+        bufs = self._buffers[slot]
+        if bufs is None:
+            bufs = self._buffers[slot] = {
+                name: torch.empty((self.rows, *shape), dtype=self.dtype, pin_memory=self.pin)
+                for name, shape in self.shapes.items()
+            }
+        return bufs
 
     def release(self, slot: int) -> None:
         self._free.put(slot)
@@ -70,41 +112,41 @@ class HostRing:
 
 
 class ToHost:
-    """``to_host(acts)`` → (host tensors, CUDA event or None, release callback, seconds waited
-    for a free slot, seconds spent copying on the host). On CUDA the copies' GPU time is read
+    """``to_host(acts, runs)`` copies each run's rows of ``acts`` ({layer: (B, *shape)} on the
+    device) into its host buffers and returns (CUDA event that fires when the copies have
+    landed or None, seconds the host spent copying). On CUDA the copies' GPU time is read
     from events without a per-batch sync, and :meth:`gpu_seconds` totals it."""
 
-    def __init__(self, device: torch.device, slots: int, check: Callable[[], None]):
+    def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if self.cuda else None
-        self.ring = HostRing(slots, pin=self.cuda)
-        self._check = check
         self._timed: deque[tuple[torch.cuda.Event, torch.cuda.Event]] = deque()
         self._gpu_ms = 0.0
 
-    def __call__(self, acts: dict[str, torch.Tensor]):
+    def __call__(self, acts: Mapping[str, torch.Tensor], runs: Sequence[Run]):
+        if not acts:
+            return None, 0.0
         t0 = time.perf_counter()
-        slot, host = self.ring.acquire(acts, self._check)
-        t1 = time.perf_counter()
-        ready = None
-        if self.cuda:
-            acts = {k: v.contiguous() for k, v in acts.items()}
-            self.stream.wait_stream(torch.cuda.current_stream())  # outputs are computed
-            with torch.cuda.stream(self.stream):
-                begin = torch.cuda.Event(enable_timing=True)
-                begin.record(self.stream)
-                for k, v in acts.items():
-                    host[k].copy_(v, non_blocking=True)
-                    v.record_stream(self.stream)  # keep the device memory until the copy is done
-                ready = torch.cuda.Event(enable_timing=True)
-                ready.record(self.stream)
-            self._timed.append((begin, ready))
-            self._collect(wait=False)
-        else:
-            for k, v in acts.items():
-                host[k].copy_(v)
-        copied = 0.0 if self.cuda else time.perf_counter() - t1
-        return host, ready, lambda: self.ring.release(slot), t1 - t0, copied
+        if not self.cuda:
+            for run in runs:
+                for name, dest in run.dest.items():
+                    dest.copy_(acts[name][run.rows])  # casts to the storage dtype on the way
+            return None, time.perf_counter() - t0
+        acts = {k: v.contiguous() for k, v in acts.items()}  # channels-last outputs, views
+        self.stream.wait_stream(torch.cuda.current_stream())  # the outputs are computed
+        with torch.cuda.stream(self.stream):
+            begin = torch.cuda.Event(enable_timing=True)
+            begin.record(self.stream)
+            for run in runs:
+                for name, dest in run.dest.items():
+                    dest.copy_(acts[name][run.rows], non_blocking=True)
+            for v in acts.values():
+                v.record_stream(self.stream)  # keep the device memory until the copy is done
+            ready = torch.cuda.Event(enable_timing=True)
+            ready.record(self.stream)
+        self._timed.append((begin, ready))
+        self._collect(wait=False)
+        return ready, 0.0
 
     def _collect(self, *, wait: bool) -> None:
         while self._timed and (wait or self._timed[0][1].query()):

@@ -245,6 +245,7 @@ def test_bad_run_options_exit_2_before_anything_is_written(runner, tmp_path):
         (["--device", "tpu"], "--device 'tpu'"),
         (["--reduce", "fc1=mean"], "no spatial dims"),
         (["--codec", "lz4", "--level", "3"], "--level has no meaning"),
+        (["--decode", "gpu", "--device", "cpu"], "--decode gpu decodes JPEGs on a CUDA device"),
     ]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "CUDA is not available"))

@@ -240,3 +240,52 @@ def test_a_writer_error_stops_the_run_and_marks_the_store_failed(tmp_path, monke
     store = actextract.open_store(tmp_path / "r.zarr")
     assert store.status == "failed" and "No space left" in store.attrs["error"]
     assert not store.done().any() and not store.complete
+
+
+def test_compile_runs_the_compiled_code_once_for_every_batch_size(tmp_path, monkeypatch):
+    """--compile: the short last batch is padded to the batch size, so dynamo compiles one
+    graph, and the store equals the plain forward (eager backend here: fast, same graph)."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter, real = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn: real(fn, backend=counter))
+    torch._dynamo.reset()
+    data = SeededImages(n=10)  # batches of 4, 4 and 2
+    store = actextract.extract(
+        tiny_cnn(),
+        data,
+        layers=["bn1", "block", "fc"],
+        reduce="bn1=mean",
+        batch_size=4,
+        compile=True,
+        dtype="float32",
+        device="cpu",
+        out=tmp_path / "r.zarr",
+    )
+    assert counter.frame_count == 1
+    ref = reference(tiny_cnn(), data.x)
+    np.testing.assert_allclose(store["bn1"][:], ref["bn1"].mean((2, 3)).numpy(), atol=1e-5)
+    for name in ("block", "fc"):
+        np.testing.assert_allclose(store[name][:], ref[name].numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compile_with_inductor_matches_forward(tmp_path, monkeypatch):
+    """The real torch.compile (inductor, C++ on the CPU; about half a minute); its cache goes
+    to tmp_path."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    data = SeededImages(n=10)
+    store = actextract.extract(
+        tiny_cnn(),
+        data,
+        layers=["relu", "fc"],
+        batch_size=4,
+        compile=True,
+        device="cpu",
+        out=tmp_path / "r.zarr",
+    )
+    ref = reference(tiny_cnn(), data.x)
+    for name in ("relu", "fc"):
+        np.testing.assert_allclose(store[name][:], ref[name].numpy(), **FP16, err_msg=name)
+    assert any((tmp_path / "inductor").iterdir())

@@ -34,6 +34,7 @@ GOLDEN_ATTRS = {
         "n": 16,
         "classes": None,
         "preprocess": None,
+        "decode": "cpu",
     },
     "layers": [
         {

@@ -1,5 +1,7 @@
-"""The device→host ring: a buffer is never handed out again before the sink gave it back, and
-the stored data stay exact when the writers are slower than compute."""
+"""The device→host ring of row-block buffers: a buffer is never handed out again before its
+writer is done with it, and the stored data stay exact when the writers are slower than
+compute, when the ring is as small as it can be, with several writers, and when batches
+straddle row blocks."""
 
 from __future__ import annotations
 
@@ -8,22 +10,25 @@ import threading
 import numpy as np
 import pytest
 import torch
-from _fixtures import SeededImages, reference, tiny_cnn
+from _fixtures import FailsAt, SeededImages, reference, tiny_cnn
 
 import actextract
 from actextract.errors import OptionError
 from actextract.store import Store
-from actextract.transfer import HostRing
+from actextract.transfer import BlockRing, blocks_open_at_once
 
 
-def test_a_slot_is_not_reused_before_it_is_released():
-    ring = HostRing(1)
-    like = {"a": torch.zeros(4, 3)}
-    slot, _ = ring.acquire(like)
+def _ring(slots: int = 1) -> BlockRing:
+    return BlockRing({"a": (3,), "b": (2, 2)}, torch.float16, rows=4, slots=slots)
+
+
+def test_a_slot_is_not_handed_out_again_before_it_is_released():
+    ring = _ring(1)
+    slot = ring.acquire()
     taken = threading.Event()
 
     def second():
-        ring.acquire(like)
+        ring.acquire()
         taken.set()
 
     t = threading.Thread(target=second, daemon=True)
@@ -34,57 +39,122 @@ def test_a_slot_is_not_reused_before_it_is_released():
     t.join()
 
 
-def test_buffers_are_reused_and_the_last_batch_is_a_view():
-    ring = HostRing(1)
-    slot, a = ring.acquire({"x": torch.zeros(8, 5)})
-    ring.release(slot)
-    again, b = ring.acquire({"x": torch.ones(3, 5)})  # a shorter last batch
-    assert again == slot and ring.free == 0
-    assert b["x"].shape == (3, 5) and b["x"].data_ptr() == a["x"].data_ptr()  # no new memory
-    ring.release(again)
-    _, c = ring.acquire({"x": torch.zeros(3, 6)})  # another shape: a buffer of its own
-    assert c["x"].shape == (3, 6)
+def test_buffers_are_allocated_once_per_slot_and_reused():
+    ring = _ring(2)
+    a, b = ring.acquire(), ring.acquire()
+    assert a != b and ring.free == 0
+    first = ring.buffers(a)
+    assert first["a"].shape == (4, 3) and first["b"].shape == (4, 2, 2)
+    assert first["a"].dtype == torch.float16
+    assert ring.slot_bytes == 4 * (3 + 4) * 2
+    ring.release(a)
+    again = ring.acquire()
+    assert again == a and ring.buffers(again)["a"].data_ptr() == first["a"].data_ptr()
 
 
-def test_waiting_for_a_slot_stops_when_the_consumer_failed():
-    ring = HostRing(1)
-    ring.acquire({"x": torch.zeros(1)})
+def test_waiting_for_a_slot_stops_when_the_writers_failed():
+    ring = _ring(1)
+    ring.acquire()
 
     def failed():
-        raise RuntimeError("disk full")
+        raise OSError("disk full")
 
-    with pytest.raises(RuntimeError, match="disk full"):
-        ring.acquire({"x": torch.zeros(1)}, check=failed)
+    with pytest.raises(OSError, match="disk full"):
+        ring.acquire(check=failed)
     with pytest.raises(OptionError, match="at least 1"):
-        HostRing(0)
+        _ring(0)
 
 
-@pytest.mark.parametrize(("host_buffers", "writers"), [(1, 1), (1, 3), (2, 4)])
-def test_slow_writers_and_a_small_ring_store_exact_data(
-    tmp_path, monkeypatch, host_buffers, writers
-):
+@pytest.mark.parametrize(
+    ("batch", "rows", "blocks"),
+    [(4, 8, 1), (4, 4, 1), (8, 4, 2), (8, 2, 4), (4, 6, 2), (6, 4, 3), (64, 768, 1)],
+)
+def test_blocks_one_batch_can_touch(batch, rows, blocks):
+    assert blocks_open_at_once(batch, rows) == blocks
+    # brute force over the batches of a long run
+    worst = max(len({r // rows for r in range(k, k + batch)}) for k in range(0, 100 * batch, batch))
+    assert worst <= blocks
+
+
+def _slow_and_checked(monkeypatch) -> list[str]:
+    """Store.write_block made slower than compute; it also checks that nothing overwrites the
+    block's buffers while it writes them (a buffer reused too early would change under it)."""
     write_block = Store.write_block
+    problems: list[str] = []
 
-    def slow(self, *args, **kwargs):
+    def slow(self, block, acts, labels, ids):
+        before = {name: a.copy() for name, a in acts.items()}
         threading.Event().wait(0.02)  # the disk is slower than compute
-        return write_block(self, *args, **kwargs)
+        write_block(self, block, acts, labels, ids)
+        for name, a in acts.items():
+            if not np.array_equal(a, before[name], equal_nan=True):
+                problems.append(f"block {block}, {name}: buffer changed while being written")
 
     monkeypatch.setattr(Store, "write_block", slow)
-    data = SeededImages(n=48)
+    return problems
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "chunk_rows", "host_buffers", "writers"),
+    [(4, 8, 1, 1), (4, 8, 1, 3), (4, 8, None, 4), (4, 6, 2, 2), (8, 4, 2, 1), (6, 4, None, 2)],
+)
+def test_slow_writers_small_rings_and_straddling_batches_store_exact_data(
+    tmp_path, monkeypatch, batch_size, chunk_rows, host_buffers, writers
+):
+    problems = _slow_and_checked(monkeypatch)
+    data = SeededImages(n=50)  # the last block and the last batch are short
     store = actextract.extract(
         tiny_cnn(),
         data,
         layers=["bn1", "fc"],
         out=tmp_path / "run.zarr",
-        batch_size=4,
-        chunk_rows=8,
+        batch_size=batch_size,
+        chunk_rows=chunk_rows,
         dtype="float32",
         device="cpu",
         writers=writers,
         host_buffers=host_buffers,
     )
     ref = reference(tiny_cnn(), data.x)
-    assert store.complete
+    assert store.complete and not problems
     for name in ("bn1", "fc"):
         np.testing.assert_allclose(store[name][:], ref[name].numpy(), rtol=1e-5, atol=1e-6)
+    assert store.labels[:].tolist() == data.labels
+    assert store.ids[:].tolist() == [str(i) for i in range(50)]
     assert store.attrs["summary"]["write_wait_s"] > 0
+
+
+def test_a_skipped_row_in_a_reused_buffer_reads_as_nan(tmp_path):
+    # one buffer for the whole run: block 2 reuses the buffer that held block 0's rows
+    data = FailsAt(9, n=16)
+    store = actextract.extract(
+        tiny_cnn(),
+        data,
+        layers=["fc"],
+        batch_size=4,
+        chunk_rows=4,
+        host_buffers=1,
+        writers=1,
+        on_bad_sample="skip",
+        dtype="float32",
+        device="cpu",
+        out=tmp_path / "r.zarr",
+    )
+    fc = store["fc"][:]
+    assert np.isnan(fc[9]).all()
+    ref = reference(tiny_cnn(), data.x)["fc"].numpy()
+    np.testing.assert_allclose(np.delete(fc, 9, 0), np.delete(ref, 9, 0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_ring_smaller_than_one_batch_needs_is_refused(tmp_path):
+    with pytest.raises(OptionError, match=r"touches up to 2 row blocks.*at least 2"):
+        actextract.extract(
+            tiny_cnn(),
+            SeededImages(),
+            layers=["fc"],
+            batch_size=8,
+            chunk_rows=4,
+            host_buffers=1,
+            device="cpu",
+            out=tmp_path / "r.zarr",
+        )
