@@ -73,7 +73,7 @@ def extract(
     precision: str = "fp32",
     dtype: str = "float16",
     reduce: str | Mapping[str, str] | None = None,
-    codec: str = "zstd",
+    codec: str = "none",
     level: int | None = None,
     chunk_rows: int | None = None,
     overwrite: bool = False,

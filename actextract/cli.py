@@ -161,9 +161,10 @@ def layers(ctx, model, input_shape, weights, dtype, n_samples, capture) -> None:
 )
 @click.option(
     "--codec",
-    type=click.Choice(["zstd", "lz4", "blosc-zstd", "blosc-lz4", "none"]),
-    default="zstd",
+    type=click.Choice(["none", "zstd", "lz4", "blosc-zstd", "blosc-lz4"]),
+    default="none",
     show_default=True,
+    help="none is fastest; zstd halves ReLU maps on disk at 75-480 MB/s per writer thread.",
 )
 @click.option("--level", type=int, default=None, help="Compression level (default: the codec's).")
 @click.option(

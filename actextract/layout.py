@@ -37,7 +37,7 @@ class StoreOptions:
     """How arrays are laid out and compressed."""
 
     dtype: str = "float16"  # float16 | float32
-    codec: str = "zstd"
+    codec: str = "none"  # measured: compressing costs more CPU than it saves (README)
     level: int | None = None  # None: the codec's default
     chunk_rows: int | None = None  # None: chosen from the batch size and the largest layer
 
