@@ -1,240 +1,420 @@
-"""Benchmark: actextract against a bare forward pass and hand-written hooks + ``np.save``.
+"""The benchmark suite: actextract against the forward pass alone and against hand-written hooks.
 
-Three ways of getting the chosen layers' activations for the whole dataset, in one run, on the
-same model (seeded random weights), inputs, batches and device:
+In one process and one run, on the same data, the same model object (seeded random weights,
+built once outside the clocks) and the same precision, each workload times three methods:
 
-- ``forward``: the forward pass alone, nothing captured or copied (the upper bound);
-- ``hooks_npsave``: the tutorials' way: forward hooks appending ``out.cpu().numpy()`` to lists,
-  then ``np.concatenate`` and ``np.save`` per layer (float32), saves included in the time;
-- ``actextract``: ``actextract.extract`` into a Zarr store. Model construction, probe and store
-  creation are inside its time, as a user pays them; the other two build the model before the
-  clock starts, and their ``setup_s`` says how long building takes.
+- ``ceiling``: the forward pass alone, fed as actextract feeds it (its loader and batch size,
+  pinned memory and ``non_blocking`` on CUDA, NHWC when the workload says so, autocast,
+  inference mode, cuDNN autotuning on CUDA); nothing captured;
+- ``hooks``: the tutorials' way: forward hooks appending ``out.detach().float().cpu().numpy()``
+  to lists, then ``np.concatenate`` + ``np.save`` per layer (float32), the saves timed;
+- ``actextract``: ``actextract.extract`` into a Zarr store with its defaults (float16, zstd)
+  but for what the workload names; its fx trace, probe, store creation and flush are timed,
+  and its loop-only figures and time split come from the store's ``summary``.
 
-Each method runs once to warm up, then ``--repeats`` times; the median wall time counts. Only
-the ratios within one run mean anything: absolute speed depends on the machine.
+Workloads (``--workloads compute,maps,scale``; sizes for CPU / CUDA, ``--tiny`` for seconds):
 
-    .venv/bin/python benchmarks/bench_extract.py --device cuda --repeats 5
+- ``compute``: resnet18 (CPU) / resnet50 bf16 NHWC (CUDA) at 224², storing avgpool and layer4;
+- ``maps``: digits-cnn storing every conv map; on CUDA also resnet50's layer1-4 maps; and the
+  scratch disk's sequential write speed, plain (page cache) and with fsync (the device);
+- ``scale``: RSS growth of hooks and actextract at N and 2N on the maps workload.
+
+Each method warms up once on two batches, then runs ``--repeats`` times, interleaved
+(ceiling, hooks, actextract, ceiling, ...) so that a machine's drift hits all; the median
+counts. Ratios are throughputs: ``actextract/ceiling`` = ceiling's time ÷ actextract's. A
+thread samples the RSS every 5 ms. Only ratios within one run compare; absolute speeds are
+the machine's.
+
+    .venv/bin/python benchmarks/bench_extract.py                       # all, CUDA if present
+    .venv/bin/python benchmarks/bench_extract.py --workloads compute --repeats 1
+    .venv/bin/python benchmarks/bench_extract.py --tiny --out /tmp/bench   # toy sizes
+
+Writes ``<out>/bench-<device>.jsonl`` (a header line, then one object per measurement, target
+and finding, appended as they come) and ``<out>/bench-<device>.md``; ``--tiny`` adds ``-tiny``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import platform
-import re
 import shutil
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import actextract
-from actextract.engine import autocast, resolve_device
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_tools, also when loaded by path
+from bench_tools import (
+    MB,
+    METHODS,
+    Bench,
+    Case,
+    PeakRSS,
+    disk_free,
+    disk_write_mb_per_s,
+    folder_bytes,
+    layer_elements,
+    machine_header,
+    markdown,
+    sync,
+)
+
 from actextract.models import load_model
-from actextract.source import Preprocess, Source, make_loader, open_source
+from actextract.source import Preprocess, open_source
+
+WORKLOADS = ("compute", "maps", "scale")
+DIGITS_MAPS = ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2")
+RESNET_MAPS = ("layer1", "layer2", "layer3", "layer4")
+GPU_WORKERS = 8  # loader processes on CUDA: synthetic 224² inputs cost ~3-10 ms each on a core
+STAGES = ("data_wait", "compute", "d2h", "write_wait")  # the summary's split, `<stage>_s`
+FLAT = (1.25, 32.0)  # RSS flat in N: growth(2N) ≤ 1.25 × growth(N), or at most 32 MB more
+# (workload, device type) -> [(ratio field of actextract's line, threshold)]
+TARGETS = {
+    ("compute", "cpu"): [("vs_ceiling", 0.95)],
+    ("compute", "cuda"): [("vs_ceiling", 0.90)],
+    ("maps", "cpu"): [("vs_ceiling", 0.85)],
+    ("maps", "cuda"): [("vs_hooks", 5.0), ("vs_disk_plain", 0.8)],
+}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def workload_cases(workload: str, device: str, tiny: bool) -> list[Case]:
+    """The rows of ``workload`` on ``device`` ('cpu' or 'cuda'), at full or toy size."""
+    return [case for case in all_cases(device, tiny) if case.workload == workload]
+
+
+def all_cases(device: str, tiny: bool) -> list[Case]:
+    """Every row: the issue's sizes for the CPU and for one CUDA GPU, or toy sizes."""
+    digits = dict(model="digits-cnn", shape=(1, 28, 28))
+    maps = dict(workload="maps", layers=DIGITS_MAPS, **digits)
+    scale = dict(workload="scale", layers=DIGITS_MAPS, methods=("hooks", "actextract"), **digits)
+    compute = dict(workload="compute", layers=("avgpool", "layer4"), shape=(3, 224, 224))
+    if tiny:
+        cases = [
+            Case("compute", "compute", layers=("pool2", "fc1"), n=64, batch_size=16, **digits),
+            Case("maps", n=64, batch_size=16, **maps),
+            *(Case(f"scale-{n}", n=n, batch_size=16, **scale) for n in (32, 64)),
+        ]
+        if device == "cuda":  # the full size's code path: bf16, NHWC, a resnet's block maps
+            resnet = dict(model="resnet18", shape=(3, 64, 64), precision="bf16", channels_last=True)
+            cases.insert(
+                2, Case("maps-resnet", "maps", layers=RESNET_MAPS, n=16, batch_size=8, **resnet)
+            )
+        return cases
+    if device == "cpu":
+        return [
+            Case("compute", model="resnet18", n=256, batch_size=32, **compute),
+            Case("maps", n=20_000, batch_size=64, **maps),
+            *(Case(f"scale-{n}", n=n, batch_size=64, **scale) for n in (5_000, 10_000)),
+        ]
+    gpu = dict(num_workers=GPU_WORKERS)
+    fast = dict(precision="bf16", channels_last=True, **gpu)
+    return [
+        Case("compute", model="resnet50", n=10_000, batch_size=256, **compute, **fast),
+        # 100,000 images: the hooks' float32 .npy files (26 GB) still fit the GPU machine's disk
+        Case("maps", n=100_000, batch_size=1024, **maps, **gpu),
+        # the GPU's codec default waits for this: CPU cores are idle there, the disk is not
+        Case("maps-lz4", n=100_000, batch_size=1024, codec="lz4", **maps, **gpu),
+        # ~3 MB per image in float16: 4,096 images are a 12 GB store, 25 GB of .npy
+        Case("maps-resnet50", "maps", "resnet50", 4_096, (3, 224, 224), RESNET_MAPS, 256, **fast),
+        *(Case(f"scale-{n}", n=n, batch_size=1024, **scale, **gpu) for n in (50_000, 100_000)),
+    ]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="resnet18", help="model spec (default: resnet18)")
-    p.add_argument("--dataset", default="synthetic:512:3:64:64", help="dataset spec")
-    p.add_argument("--layers", default="layer3,avgpool", help="comma-separated module names")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up")
-    p.add_argument("--out", default="benchmarks/results", help="folder for the JSON result")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--repeats", type=int, help="timed runs per method (default 3; --tiny 1)")
+    p.add_argument("--tiny", action="store_true", help="toy sizes: the whole suite in seconds")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="results folder")
     p.add_argument("--tmp", help="scratch folder (default: a temp folder, deleted at the end)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if unknown := [w for w in args.workloads if w not in WORKLOADS]:
+        p.error(f"--workloads: unknown {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+    if args.repeats is None:
+        args.repeats = 1 if args.tiny else 3
+    if args.repeats < 1:
+        p.error(f"--repeats {args.repeats} must be a positive integer")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available on this machine; use --device cpu")
+    return args
 
 
-def build(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, Source]:
-    """The seeded model in eval mode on ``device``, and the source preprocessed as extract
-    would (the model's defaults for image sources; synthetic inputs as they are)."""
+@dataclass(frozen=True)
+class Run:
+    """One timed call of one method."""
+
+    seconds: float
+    peak_rss: int  # bytes
+    rss_growth: int  # bytes above the RSS at the call's start
+    disk_bytes: int  # what the method left in its output folder
+    summary: dict | None  # actextract's store.attrs["summary"]
+
+
+def prepare(case: Case, device: torch.device) -> Bench:
+    """The model (seeded random weights, eval, on ``device``, NHWC if asked) and the source
+    preprocessed as extract would, built once for every method of the case."""
     torch.manual_seed(0)
-    loaded = load_model(args.model)
-    source = open_source(args.dataset, Preprocess().over(loaded.preprocess))
-    return loaded.module.to(device), source
+    loaded = load_model(case.model)
+    source = open_source(case.dataset, Preprocess().over(loaded.preprocess))
+    model = loaded.module.to(device)
+    if case.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    x = source.dataset[0].input.unsqueeze(0).to(device)
+    return Bench(case, device, model, source, layer_elements(model, case.layers, x))
 
 
-def batches(source: Source, args: argparse.Namespace, device: torch.device):
-    """The loader extract uses: same rows, order, batch size and pinning."""
-    return make_loader(
-        source, range(len(source)), batch_size=args.batch_size, pin_memory=device.type == "cuda"
-    )
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work, so the clock sees it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def setup_forward(args, device, scratch: Path) -> Callable[[], dict]:
-    """Forward pass only: (N, C, H, W) inputs through the model, outputs dropped."""
-    model, source = build(args, device)
-
-    def timed() -> dict:
-        with torch.inference_mode(), autocast(device, args.precision):
-            for batch in batches(source, args, device):
-                model(batch.inputs.to(device, non_blocking=True))
-        sync(device)
-        return {}
-
-    return timed
-
-
-def setup_hooks_npsave(args, device, scratch: Path) -> Callable[[], dict]:
-    """Forward hooks collecting float32 numpy arrays per layer, then one ``.npy`` per layer."""
-    model, source = build(args, device)
-    names = args.layers.split(",")
-
-    def timed() -> dict:
-        outputs: dict[str, list[np.ndarray]] = {name: [] for name in names}
-
-        def hook_for(name: str) -> Callable:
-            def hook(module, inputs, out):
-                outputs[name].append(out.detach().float().cpu().numpy())  # fp32: no-op float()
-
-            return hook
-
-        handles = [model.get_submodule(n).register_forward_hook(hook_for(n)) for n in names]
-        try:
-            with torch.inference_mode(), autocast(device, args.precision):
-                for batch in batches(source, args, device):
-                    model(batch.inputs.to(device, non_blocking=True))
-        finally:
-            for h in handles:
-                h.remove()
-        held = sum(a.nbytes for arrays in outputs.values() for a in arrays)  # the lists' peak
-        paths = [scratch / f"{name}.npy" for name in names]
-        for name, path in zip(names, paths, strict=True):
-            np.save(path, np.concatenate(outputs.pop(name)))
-        return {"host_bytes_held": held, "disk_bytes": sum(p.stat().st_size for p in paths)}
-
-    return timed
-
-
-def setup_actextract(args, device, scratch: Path) -> Callable[[], dict]:
-    """``actextract.extract`` into ``scratch/run.zarr`` (float16 store, the default). The
-    model is built inside the clock here, as a user pays it (the others' ``setup_s`` says how
-    long building takes); the store's ``summary`` times the loop alone."""
-
-    def timed() -> dict:
-        torch.manual_seed(0)
-        store = actextract.extract(
-            args.model,
-            args.dataset,
-            layers=args.layers,
-            out=scratch / "run.zarr",
-            batch_size=args.batch_size,
-            device=device,
-            precision=args.precision,
-            overwrite=True,
-            progress=False,
-        )
-        sync(device)
-        return {"disk_bytes": store.disk_bytes(), "summary": store.attrs["summary"]}
-
-    return timed
-
-
-METHODS = {"forward": setup_forward, "hooks_npsave": setup_hooks_npsave}
-METHODS["actextract"] = setup_actextract
-
-
-def measure(setup: Callable, args, device, scratch: Path) -> dict:
-    """Set up (timed apart as ``setup_s``), one warm-up, then ``args.repeats`` timed calls;
-    the last call's extras are kept."""
-    start = time.perf_counter()
-    timed = setup(args, device, scratch)
-    setup_s = time.perf_counter() - start
-    timed()
-    times, extra = [], {}
-    for _ in range(args.repeats):
+def measure(b: Bench, method: str, rows: Sequence[int], scratch: Path) -> Run:
+    """One call of ``method`` over ``rows``, timed, its peak RSS sampled; its output deleted."""
+    out = scratch / method
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    with PeakRSS() as rss:
         start = time.perf_counter()
-        extra = timed()
-        times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    median = statistics.median(times)
-    return {
-        "seconds": [round(t, 4) for t in times],
-        "median_s": round(median, 4),
-        "setup_s": round(setup_s, 4),
-        **extra,
+        extra = METHODS[method](b, rows, out)
+        sync(b.device)
+        seconds = time.perf_counter() - start
+    disk = folder_bytes(out)
+    shutil.rmtree(out)
+    return Run(seconds, rss.peak, rss.peak - rss.start, disk, extra.get("summary"))
+
+
+def warmup_rows(case: Case, method: str) -> Sequence[int]:
+    """Two batches; for ceiling and hooks also the last, shorter batch, so that cuDNN has tuned
+    every batch shape before any clock starts (actextract's runs share the tuning)."""
+    head = range(min(case.n, 2 * case.batch_size))
+    if method == "actextract" or case.n % case.batch_size == 0:
+        return head
+    return [*head, *range(max(len(head), case.n - case.n % case.batch_size), case.n)]
+
+
+def wont_fit(b: Bench, method: str, scratch: Path) -> str | None:
+    """Why ``method`` cannot run the whole case in this machine's free RAM or scratch disk."""
+    import psutil
+
+    per_image = sum(b.layer_elems.values())
+    if method == "hooks":  # float32 lists, plus one layer concatenated; then all of it saved
+        ram = b.case.n * (per_image + max(b.layer_elems.values())) * 4
+        disk = b.case.n * per_image * 4
+    elif method == "actextract":  # memory bounded; the store at most its raw size
+        ram, disk = 0, b.case.n * per_image * np.dtype(b.case.dtype).itemsize
+    else:
+        return None
+    free_ram, free_disk = psutil.virtual_memory().available, disk_free(scratch)
+    spare = "+10 % and 1 GB spare"
+    if ram * 1.1 + 1e9 > free_ram:
+        return f"needs ~{ram / 1e9:.2f} GB of RAM ({spare}), {free_ram / 1e9:.1f} GB available"
+    if disk * 1.1 + 1e9 > free_disk:
+        return f"needs ~{disk / 1e9:.2f} GB ({spare}) in {scratch}, {free_disk / 1e9:.1f} GB free"
+    return None
+
+
+def run_case(b: Bench, repeats: int, scratch: Path) -> tuple[dict[str, list[Run]], dict]:
+    """Warm-ups, then ``repeats`` interleaved timed rounds of the case's methods; the methods
+    that would not fit are left out, with the reason."""
+    skipped = {m: why for m in b.case.methods if (why := wont_fit(b, m, scratch))}
+    methods = [m for m in b.case.methods if m not in skipped]
+    for method in methods:
+        log(f"{b.case.name}: {method} warm-up")
+        measure(b, method, warmup_rows(b.case, method), scratch)
+    runs: dict[str, list[Run]] = {m: [] for m in methods}
+    for r in range(repeats):
+        for method in methods:
+            runs[method].append(measure(b, method, range(b.case.n), scratch))
+            log(f"{b.case.name}: {method} {r + 1}/{repeats}: {runs[method][-1].seconds:.3f} s")
+    return runs, skipped
+
+
+def measurement_lines(
+    b: Bench, runs: dict[str, list[Run]], skipped: dict, device: str, disk: dict | None
+) -> list[dict]:
+    """One JSON object per method of the case: times, throughput, ratios, MB/s, disk, RSS,
+    and for actextract its loop-only figures and time split."""
+    c = b.case
+    median = {m: statistics.median(r.seconds for r in rs) for m, rs in runs.items()}
+    lines = []
+    for method in c.methods:
+        line = {
+            "kind": "measurement", "workload": c.workload, "case": c.name, "method": method,
+            "device": device, "model": c.model, "layers": list(c.layers), "dataset": c.dataset,
+            "n": c.n, "batch_size": c.batch_size, "precision": c.precision,
+            "channels_last": c.channels_last, "num_workers": c.num_workers, "codec": c.codec,
+        }  # fmt: skip
+        if method in skipped:
+            lines.append({**line, "skipped": skipped[method]})
+            continue
+        rs, s = runs[method], median[method]
+        mid = min(rs, key=lambda r: abs(r.seconds - s))  # the run the median stands for
+        line |= {
+            "repeats": len(rs),
+            "seconds": round(s, 4),
+            "seconds_all": [round(r.seconds, 4) for r in rs],
+            "images_per_s": round(c.n / s, 1),
+            "disk_bytes": mid.disk_bytes,
+            "peak_rss_mb": round(max(r.peak_rss for r in rs) / MB, 1),
+            "rss_growth_mb": round(max(r.rss_growth for r in rs) / MB, 1),
+        }
+        for other in ("ceiling", "hooks"):  # throughput ratios: other's time ÷ this one's
+            if other in median and other != method:
+                line[f"vs_{other}"] = round(median[other] / s, 3)
+        if method == "hooks":
+            line["mb_per_s"] = round(mid.disk_bytes / MB / s, 1)  # float32 .npy bytes
+        if method == "actextract":
+            line |= actextract_figures(mid.summary, c, median.get("ceiling"), disk)
+        lines.append(line)
+    return lines
+
+
+def actextract_figures(
+    summary: dict, case: Case, ceiling_s: float | None, disk: dict | None
+) -> dict:
+    """actextract's loop-only throughput, raw MB/s, split and its largest stage."""
+    loop = summary["seconds"]
+    figures = {
+        "dtype": case.dtype,
+        "bytes_written": summary["bytes_written"],  # raw (uncompressed) activation bytes
+        "mb_per_s": summary["mb_per_s"],  # of the loop, as the summary reports it
+        "loop_seconds": loop,
+        "loop_images_per_s": summary["images_per_s"],
+        "split": {
+            stage: {
+                "s": summary[f"{stage}_s"],
+                "pct": round(100 * summary[f"{stage}_s"] / loop, 1) if loop else 0.0,
+            }
+            for stage in STAGES
+        },
+        "bottleneck": max(STAGES, key=lambda stage: summary[f"{stage}_s"]),
+        "summary": summary,
     }
+    if ceiling_s is not None and loop:
+        figures["loop_vs_ceiling"] = round(ceiling_s / loop, 3)
+    if disk is not None:
+        for kind in ("plain", "fsync"):
+            figures[f"vs_disk_{kind}"] = round(summary["mb_per_s"] / disk[f"{kind}_mb_per_s"], 3)
+    return figures
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's name on CUDA, else the CPU's."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or "cpu"
+def target_lines(lines: list[dict], device: str) -> list[dict]:
+    """The case's targets, met or not, with actextract's dominant stage where not met."""
+    ax = next(line for line in lines if line["method"] == "actextract")
+    specs = TARGETS.get((ax["workload"], device), [])
+    out = []
+    for field, threshold in specs:
+        value = ax.get(field)
+        met = None if value is None else value >= threshold
+        what = {"vs_ceiling": "actextract/ceiling", "vs_hooks": "actextract/hooks"}.get(
+            field, "actextract MB/s ÷ disk MB/s (page cache)"
+        )
+        out.append(
+            {
+                "kind": "target", "workload": ax["workload"], "case": ax["case"],
+                "target": f"{what} ≥ {threshold:g}", "value": value, "threshold": threshold,
+                "met": met, "bottleneck": ax.get("bottleneck") if met is False else None,
+            }
+        )  # fmt: skip
+    return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the three methods, print the table, write the JSON."""
+def scale_lines(lines: list[dict]) -> list[dict]:
+    """RSS growth at N and 2N per method, its ratio, and the 'flat in N' target."""
+    runs = [line for line in lines if line.get("workload") == "scale" and "rss_growth_mb" in line]
+    ns = sorted({line["n"] for line in runs})
+    if len(ns) != 2:
+        return []
+    finding = {"kind": "scale", "workload": "scale", "n": ns}
+    for method in ("hooks", "actextract"):
+        growth = [
+            next((x["rss_growth_mb"] for x in runs if x["method"] == method and x["n"] == n), None)
+            for n in ns
+        ]
+        if None not in growth:
+            ratio = round(growth[1] / max(growth[0], 1.0), 2)  # 1 MB floor: no division by ~0
+            finding[method] = {"rss_growth_mb": growth, "ratio": ratio}
+    out = [finding]
+    if "actextract" in finding:
+        g1, g2 = finding["actextract"]["rss_growth_mb"]
+        met = g2 <= FLAT[0] * g1 or g2 - g1 <= FLAT[1]
+        out.append(
+            {
+                "kind": "target", "workload": "scale", "case": "scale",
+                "target": f"actextract RSS growth 2N/N ≤ {FLAT[0]:g} (or ≤ {FLAT[1]:g} MB more)",
+                "value": finding["actextract"]["ratio"], "threshold": FLAT[0], "met": met,
+                "bottleneck": None,
+            }
+        )  # fmt: skip
+    return out
+
+
+class Results:
+    """The run's JSON lines, appended to the .jsonl as they come (a run cut short keeps what
+    it measured); the .md table is rewritten from them after every case."""
+
+    def __init__(self, out: Path, stem: str, header: dict):
+        out.mkdir(parents=True, exist_ok=True)
+        self.jsonl, self.md = out / f"{stem}.jsonl", out / f"{stem}.md"
+        self.lines: list[dict] = []
+        self.jsonl.write_text("")
+        self.add([header])
+
+    def add(self, lines: list[dict]) -> None:
+        self.lines += lines
+        with self.jsonl.open("a") as f:
+            f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+        self.md.write_text(markdown(self.lines))
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the chosen workloads; write the .jsonl and the .md; print the table."""
     args = parse_args(argv)
-    if args.repeats < 1 or args.batch_size < 1:
-        raise SystemExit("--repeats and --batch-size must be positive integers.")
-    device = resolve_device(args.device)
-    n = len(open_source(args.dataset))
-    scratch = Path(args.tmp) if args.tmp else Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    device = torch.device(args.device)
+    scratch = Path(args.tmp or tempfile.mkdtemp(prefix="bench-extract-"))
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        results = {name: measure(fn, args, device, scratch) for name, fn in METHODS.items()}
+        header = machine_header(device, scratch)
+        header |= {"workloads": args.workloads, "repeats": args.repeats, "tiny": args.tiny}
+        # Imported modules live on: out of the collector's sight, the gc.collect() before each
+        # RSS baseline takes microseconds instead of a third of a second.
+        gc.collect()
+        gc.freeze()
+        stem = f"bench-{device.type}" + ("-tiny" if args.tiny else "")
+        results = Results(Path(args.out), stem, header)
+        for workload in args.workloads:
+            disk = None
+            if workload == "maps":
+                disk = disk_write_mb_per_s(scratch, (8 << 20) if args.tiny else (1 << 30))
+                results.add([{"kind": "disk", "workload": "maps", **disk}])
+            for case in workload_cases(workload, device.type, args.tiny):
+                b = prepare(case, device)
+                repeats = 1 if workload == "scale" else args.repeats  # RSS, not time
+                runs, skipped = run_case(b, repeats, scratch)
+                lines = measurement_lines(b, runs, skipped, device.type, disk)
+                results.add(lines + target_lines(lines, device.type))
+                del b
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            if workload == "scale":
+                results.add(scale_lines(results.lines))
     finally:
+        gc.unfreeze()
         if not args.tmp:
             shutil.rmtree(scratch, ignore_errors=True)
-
-    base, hooks = results["forward"]["median_s"], results["hooks_npsave"]["median_s"]
-    # model + source build, inside actextract's clock only; forward's setup also pays imports
-    build_s = min(results["forward"]["setup_s"], results["hooks_npsave"]["setup_s"])
-    print(
-        f"{args.model} on {args.dataset}, layers {args.layers}, batch {args.batch_size}, "
-        f"{device} ({device_name(device)}), {args.precision}, median of {args.repeats}"
-    )
-    print(
-        f"{'method':<14}{'median s':>10}{'images/s':>11}{'t/forward':>11}{'t/hooks':>9}"
-        f"{'disk MB':>9}"
-    )
-    for name, r in results.items():
-        r["images_per_s"] = round(n / r["median_s"], 1)
-        r["time_over_forward"] = round(r["median_s"] / base, 3)
-        r["time_over_hooks_npsave"] = round(r["median_s"] / hooks, 3)
-        disk = f"{r['disk_bytes'] / 1e6:.1f}" if "disk_bytes" in r else "-"
-        print(
-            f"{name:<14}{r['median_s']:>10.3f}{r['images_per_s']:>11,.1f}"
-            f"{r['time_over_forward']:>11.2f}{r['time_over_hooks_npsave']:>9.2f}{disk:>9}"
-        )
-    s = results["actextract"]["summary"]
-    print(
-        f"actextract stages (last run): loop {s['seconds']:.3f} s = data {s['data_wait_s']:.3f}"
-        f" + compute {s['compute_s']:.3f} + device→host {s['d2h_s']:.3f}"
-        f" + write wait {s['write_wait_s']:.3f}; model "
-        f"build {build_s:.3f} s (inside actextract's time, outside the others')"
-    )
-
-    report = {
-        "params": {k: v for k, v in vars(args).items() if k not in ("out", "tmp")},
-        "images": n,
-        "torch": torch.__version__,
-        "actextract": actextract.__version__,
-        "device": str(device),
-        "device_name": device_name(device),
-        "methods": results,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench-{device.type}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.model)}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {path}")
+    print(results.md.read_text())
+    log(f"wrote {results.jsonl} and {results.md}")
 
 
 if __name__ == "__main__":

@@ -4,29 +4,70 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+METHODS = ("ceiling", "hooks", "actextract")
 
 
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import does: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
 def test_benchmark_runs_end_to_end_in_tiny_mode(tmp_path, capsys):
+    out, scratch = tmp_path / "results", tmp_path / "scratch"
     _load("bench_extract").main(
-        [
-            "--model", "digits-cnn", "--dataset", "synthetic:32:1:28:28", "--layers", "conv1,fc1",
-            "--batch-size", "8", "--device", "cpu", "--repeats", "1", "--out", str(tmp_path),
-        ]
-    )  # fmt: skip
-    result = json.loads(next(tmp_path.glob("bench-*.json")).read_text())
-    assert set(result["methods"]) == {"forward", "hooks_npsave", "actextract"}
-    assert result["images"] == 32
-    assert "device→host" in capsys.readouterr().out
+        ["--tiny", "--device", "cpu", "--out", str(out), "--tmp", str(scratch)]
+    )
+    lines = [json.loads(line) for line in (out / "bench-cpu-tiny.jsonl").read_text().splitlines()]
+    header = lines[0]
+    assert header["kind"] == "header" and header["device"] == "cpu" and header["tiny"]
+    assert {"torch", "torchvision", "zarr", "actextract"} <= set(header["versions"])
+    assert header["torch_threads"] >= 1 and header["date"]
+
+    measured = [x for x in lines if x["kind"] == "measurement"]
+    assert {(x["case"], x["method"]) for x in measured} == {
+        *((case, method) for case in ("compute", "maps") for method in METHODS),
+        *(
+            (case, method)
+            for case in ("scale-32", "scale-64")
+            for method in ("hooks", "actextract")
+        ),
+    }
+    for x in measured:
+        assert "skipped" not in x
+        assert x["images_per_s"] > 0 and x["seconds"] > 0 and x["n"] in (32, 64)
+        assert x["peak_rss_mb"] > 0 and "rss_growth_mb" in x
+        if x["method"] == "actextract":
+            assert {"vs_hooks", "mb_per_s", "disk_bytes", "loop_images_per_s"} <= set(x)
+            assert set(x["split"]) == {"data_wait", "compute", "d2h", "write_wait"}
+            assert x["bottleneck"] in x["split"]
+            assert x["bytes_written"] > 0 and x["disk_bytes"] > 0
+        if x["workload"] != "scale" and x["method"] != "ceiling":
+            assert x["vs_ceiling"] > 0
+
+    maps = next(x for x in measured if x["case"] == "maps" and x["method"] == "actextract")
+    assert maps["vs_disk_plain"] > 0 and maps["vs_disk_fsync"] > 0
+    disk = next(x for x in lines if x["kind"] == "disk")
+    assert disk["plain_mb_per_s"] > 0 and disk["fsync_mb_per_s"] > 0
+    scale = next(x for x in lines if x["kind"] == "scale")
+    assert scale["n"] == [32, 64]
+    assert "ratio" in scale["hooks"] and "ratio" in scale["actextract"]
+    targets = {x["case"]: x for x in lines if x["kind"] == "target"}
+    assert set(targets) == {"compute", "maps", "scale"}
+    assert all(t["met"] in (True, False) for t in targets.values())
+
+    table = (out / "bench-cpu-tiny.md").read_text()
+    for case in ("compute", "maps", "scale-32", "scale-64"):
+        assert f"\n| {case} | digits-cnn" in table
+    assert "page cache" in table and "RSS growth" in table
+    assert list(scratch.iterdir()) == []  # every store and .npy deleted after its run
+    assert "bench-cpu-tiny.md" in capsys.readouterr().out
 
 
 def test_codec_benchmark_runs_in_tiny_mode(tmp_path, capsys):

@@ -1,0 +1,520 @@
+"""The pieces bench_extract.py measures with: the three methods, the peak-RSS sampler, the disk
+and device→host bandwidth probes, what the header records about the machine, and the Markdown
+tables made from the run's JSON lines.
+
+Each method gets a prepared :class:`Bench` (model, source, device built once, outside the
+clocks), the rows to run over and an empty folder for its output, and returns its extras. The
+caller owns the clock, the RSS sampler and deleting the output.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import gc
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from torch import nn
+
+import actextract
+from actextract.source import Source, make_loader
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class Case:
+    """One configuration every method of a row runs on: same data, model and precision."""
+
+    name: str  # the row: compute, maps, maps-resnet50, scale-5000, ...
+    workload: str  # compute | maps | scale (what --workloads selects)
+    model: str  # an actextract model spec, built once with seeded random weights
+    n: int  # images
+    shape: tuple[int, int, int]  # (C, H, W) of each synthetic input
+    layers: tuple[str, ...]
+    batch_size: int
+    methods: tuple[str, ...] = ("ceiling", "hooks", "actextract")
+    precision: str = "fp32"  # autocast of the forward, for every method
+    channels_last: bool = False  # model and inputs NHWC, for every method
+    dtype: str = "float16"  # actextract's storage dtype (its default); hooks save float32
+    codec: str = "none"  # actextract's codec (its default)
+    num_workers: int = 0  # loader processes, for every method
+
+    @property
+    def dataset(self) -> str:
+        return "synthetic:{}:{}:{}:{}".format(self.n, *self.shape)
+
+
+@dataclass(frozen=True)
+class Bench:
+    """A case made ready: the one model object and source that every method is handed."""
+
+    case: Case
+    device: torch.device
+    model: nn.Module  # eval mode, on ``device``, NHWC when the case says so
+    source: Source
+    layer_elems: dict[str, int]  # per-image element count of each captured layer
+
+
+# ---------------------------------------------------------------------------------- methods
+
+
+def run_ceiling(b: Bench, rows: Sequence[int], out: Path) -> dict:
+    """The forward pass alone: actextract's loader and input path, nothing captured."""
+    _forward_all(b, rows)
+    return {}
+
+
+def run_hooks(b: Bench, rows: Sequence[int], out: Path) -> dict:
+    """The tutorials' way: forward hooks append ``out.detach().float().cpu().numpy()`` to a
+    list per layer; then ``np.concatenate`` and ``np.save`` per layer, (N, *shape) float32."""
+    held: dict[str, list[np.ndarray]] = {name: [] for name in b.case.layers}
+
+    def keep(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            held[name].append(output.detach().float().cpu().numpy())
+
+        return hook
+
+    handles = [
+        b.model.get_submodule(name).register_forward_hook(keep(name)) for name in b.case.layers
+    ]
+    try:
+        _forward_all(b, rows)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name in b.case.layers:
+        np.save(out / f"{name}.npy", np.concatenate(held.pop(name)))
+    return {}
+
+
+def run_actextract(b: Bench, rows: Sequence[int], out: Path) -> dict:
+    """``actextract.extract`` with its defaults but for what the case names; its fx trace,
+    probe, store creation and flush are inside the caller's clock. ``rows``: range(k)."""
+    if not (isinstance(rows, range) and rows.start == 0 and rows.step == 1):
+        raise ValueError(f"actextract runs over the first rows, range(k), not {rows!r}")
+    c = b.case
+    store = actextract.extract(
+        b.model,
+        b.source,
+        layers=list(c.layers),
+        out=out / "run.zarr",
+        batch_size=c.batch_size,
+        num_workers=c.num_workers,
+        device=b.device,
+        precision=c.precision,
+        dtype=c.dtype,
+        codec=c.codec,
+        channels_last=c.channels_last,
+        limit=None if len(rows) == len(b.source) else len(rows),
+        progress=False,
+    )
+    sync(b.device)  # extract returns after its flush; nothing should be queued, but be sure
+    return {"summary": dict(store.attrs["summary"])}
+
+
+METHODS: dict[str, Callable[[Bench, Sequence[int], Path], dict]] = {
+    "ceiling": run_ceiling,
+    "hooks": run_hooks,
+    "actextract": run_actextract,
+}
+
+
+def _forward_all(b: Bench, rows: Sequence[int]) -> None:
+    """Every batch of ``rows`` through the model as actextract feeds it: same loader and batch
+    size, pinned memory and ``non_blocking`` on CUDA, NHWC inputs when the case says so,
+    autocast, inference mode, cuDNN autotuning on CUDA. Outputs are dropped (hooks see them)."""
+    c = b.case
+    loader = make_loader(
+        b.source,
+        rows,
+        batch_size=c.batch_size,
+        num_workers=c.num_workers,
+        pin_memory=b.device.type == "cuda",
+    )
+    with torch.inference_mode(), cudnn_autotune(b.device), autocast(b.device, c.precision):
+        for batch in loader:
+            x = batch.inputs.to(b.device, non_blocking=True)
+            if c.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            b.model(x)
+    sync(b.device)
+
+
+def autocast(device: torch.device, precision: str):
+    """The forward's autocast: none for fp32, else bf16 or fp16 on ``device``'s type."""
+    dtype = PRECISIONS[precision]
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+@contextmanager
+def cudnn_autotune(device: torch.device) -> Iterator[None]:
+    """``cudnn.benchmark`` on during the block on CUDA, as actextract sets it for its run."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a clock stopped next sees all of it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def layer_elements(model: nn.Module, layers: Sequence[str], x: torch.Tensor) -> dict[str, int]:
+    """Per-image element count of each layer's output, from one forward of ``x`` (1, C, H, W)."""
+    elems: dict[str, int] = {}
+    handles = [
+        model.get_submodule(name).register_forward_hook(
+            lambda m, i, o, name=name: elems.__setitem__(name, o[0].numel())
+        )
+        for name in layers
+    ]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return elems
+
+
+# ------------------------------------------------------------------------------ peak memory
+
+
+class PeakRSS:
+    """The largest resident set size of this process while the block runs, sampled by a
+    thread every ``interval`` seconds (psutil). ``start`` is taken after ``gc.collect()`` and
+    giving freed heap back to the system, so that ``peak - start`` is what the block added.
+    The loader's worker processes are not counted."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+        self.process = psutil.Process()
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+
+    def __enter__(self) -> PeakRSS:
+        release_free_memory()
+        self.start = self.peak = self.process.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def release_free_memory() -> None:
+    """Collect garbage and hand glibc's free heap back to the system: without it the next
+    method reuses memory the last one freed and its RSS growth reads too low."""
+    gc.collect()
+    if platform.system() == "Linux":
+        with suppress(OSError, AttributeError):  # not glibc (musl): growth may read low
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+# ------------------------------------------------------------------------------- bandwidths
+
+
+def disk_write_mb_per_s(folder: Path, total: int, block: int = 32 << 20) -> dict:
+    """Sequential write speed of ``folder``'s disk: ``total`` random bytes in ``block``-byte
+    writes, once with ``fsync`` at the end (what the device takes) and once without (what the
+    page cache takes, as the store's un-fsynced writes). MB/s of each; the files are deleted."""
+    data = memoryview(np.random.default_rng(0).bytes(min(block, total)))
+    result = {}
+    for name, flush in (("fsync", True), ("plain", False)):  # fsync first: a clean cache
+        path = folder / f"disk-bandwidth-{name}.bin"
+        start = time.perf_counter()
+        with open(path, "wb", buffering=0) as f:
+            written = 0
+            while written < total:
+                written += f.write(data[: total - written])
+            if flush:
+                os.fsync(f.fileno())
+        result[f"{name}_mb_per_s"] = round(total / MB / (time.perf_counter() - start), 1)
+        path.unlink()
+    result |= {"bytes": total, "block_bytes": len(data)}
+    return result
+
+
+def pinned_d2h_gb_per_s(device: torch.device, nbytes: int = 256 << 20, repeats: int = 5) -> float:
+    """Device→host copy speed of a ``nbytes`` CUDA tensor into pinned host memory, GB/s (the
+    median of ``repeats`` copies after one warm-up, timed with CUDA events)."""
+    src = torch.ones(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dst.copy_(src, non_blocking=True)
+    torch.cuda.synchronize(device)
+    seconds = []
+    for _ in range(repeats):
+        begin = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        begin.record()
+        dst.copy_(src, non_blocking=True)
+        end.record()
+        end.synchronize()
+        seconds.append(begin.elapsed_time(end) / 1e3)  # elapsed_time is in milliseconds
+    del src, dst
+    torch.cuda.empty_cache()
+    return round(nbytes / 1e9 / statistics.median(seconds), 2)
+
+
+# ---------------------------------------------------------------------------------- machine
+
+
+def machine_header(device: torch.device, scratch: Path) -> dict:
+    """What a result depends on: device, software versions, threads, date, scratch disk."""
+    import torchvision
+    import zarr
+
+    header = {
+        "kind": "header",
+        "device": device.type,
+        "device_name": device_name(device),
+        "cpu": cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_cores_usable": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "zarr": zarr.__version__,
+            "numpy": np.__version__,
+            "actextract": actextract.__version__,
+        },
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "scratch": str(scratch),
+        "scratch_fs": filesystem_type(scratch),
+        "scratch_free_gb": round(disk_free(scratch) / 1e9, 1),
+    }
+    if device.type == "cuda":
+        header["cuda"] = torch.version.cuda
+        header["d2h_pinned_gb_per_s"] = pinned_d2h_gb_per_s(device)
+    return header
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name on CUDA; on the CPU its model name and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()} ({os.cpu_count()} cores)"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (ext4, xfs, tmpfs, ...), or '?'."""
+    path = path.resolve()
+    best = None
+    for part in psutil.disk_partitions(all=True):
+        mount = Path(part.mountpoint)
+        if path.is_relative_to(mount) and (best is None or len(mount.parts) > len(best[0].parts)):
+            best = (mount, part.fstype)
+    return best[1] if best else "?"
+
+
+def disk_free(path: Path) -> int:
+    return psutil.disk_usage(str(path)).free
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under ``path``."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------------- markdown
+
+SPLIT = {"data_wait": "data wait", "compute": "compute", "d2h": "device→host"}
+SPLIT["write_wait"] = "write wait"
+NOT_MET = {True: "met", False: "**not met**", None: "not measured"}
+
+
+def markdown(lines: list[dict]) -> str:
+    """The run's tables, from its JSON lines: one row per workload (case), actextract's time
+    split, the targets, RSS growth in N, the disk's write speed, and what was skipped."""
+    cases: dict[str, dict[str, dict]] = {}  # case -> method -> measurement
+    for line in lines:
+        if line["kind"] == "measurement":
+            cases.setdefault(line["case"], {})[line["method"]] = line
+    parts = [
+        _title(lines[0]),
+        _main_table(cases),
+        _split_table(cases),
+        _targets_table([x for x in lines if x["kind"] == "target"]),
+        *(_scale_table(x) for x in lines if x["kind"] == "scale"),
+        *(_disk_notes(x, cases) for x in lines if x["kind"] == "disk"),
+        "\n".join(
+            f"Skipped: {x['case']} {x['method']}: {x['skipped']}."
+            for x in lines
+            if x["kind"] == "measurement" and "skipped" in x
+        ),
+    ]
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def _title(head: dict) -> str:
+    v = head["versions"]
+    facts = [
+        head["date"],
+        f"torch {v['torch']}",
+        f"torchvision {v['torchvision']}",
+        f"zarr {v['zarr']}",
+        f"actextract {v['actextract']}",
+        f"{head['torch_threads']} torch threads",
+        f"median of {head['repeats']} (scale: 1 run)",
+        f"scratch on {head['scratch_fs']}",
+    ]
+    if "d2h_pinned_gb_per_s" in head:
+        facts.append(f"pinned device→host {head['d2h_pinned_gb_per_s']} GB/s")
+    if head.get("tiny"):
+        facts.append("**tiny sizes: the numbers mean nothing**")
+    return (
+        f"# actextract benchmark: {head['device']} ({head['device_name']})\n\n"
+        + " · ".join(facts)
+        + "\n\nRatios are throughputs (the other's time ÷ actextract's, whole calls: "
+        "actextract's trace, probe, store creation and flush included). MB/s: actextract's raw "
+        "activation bytes per second of its loop; hooks' float32 .npy bytes per second. RSS: "
+        "peak, and growth over the RSS at the method's start, for ceiling / hooks / actextract."
+    )
+
+
+def _main_table(cases: dict[str, dict[str, dict]]) -> str:
+    rows = [
+        "| workload | model · layers | N | batch | precision, codec | ceiling img/s | hooks img/s "
+        "| actextract img/s | actextract/ceiling | actextract/hooks | MB/s (hooks / actextract) "
+        "| on disk MB (hooks / actextract) | peak RSS MB | RSS growth MB |",
+        "|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for case, m in cases.items():
+        first, ax = next(iter(m.values())), m.get("actextract", {})
+
+        def each(field: str, fmt: str, methods=("ceiling", "hooks", "actextract"), m=m) -> str:
+            return " / ".join(_fmt(m[k].get(field), fmt) for k in methods if k in m)
+
+        precision = first["precision"] + (" NHWC" if first["channels_last"] else "")
+        precision += f", {first['codec']}"
+        cells = [
+            case,
+            f"{first['model']} · {','.join(first['layers'])}",
+            f"{first['n']:,}",
+            str(first["batch_size"]),
+            precision,
+            *(_fmt(m.get(k, {}).get("images_per_s"), ",.1f") for k in METHODS),
+            _fmt(ax.get("vs_ceiling"), ".3f"),
+            _fmt(ax.get("vs_hooks"), ".2f"),
+            each("mb_per_s", ",.1f", ("hooks", "actextract")),
+            each("disk_bytes", "mb", ("hooks", "actextract")),
+            each("peak_rss_mb", ",.0f"),
+            each("rss_growth_mb", ",.0f"),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _split_table(cases: dict[str, dict[str, dict]]) -> str:
+    measured = {
+        case: m["actextract"] for case, m in cases.items() if "split" in m.get("actextract", {})
+    }
+    if not measured:
+        return ""
+    rows = [
+        "actextract's loop (store.attrs['summary']); on CUDA device→host is the side stream's "
+        "GPU time, which overlaps compute.",
+        "",
+        "| workload | loop s | loop img/s | loop/ceiling | "
+        + " | ".join(SPLIT.values())
+        + " | largest |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for case, ax in measured.items():
+        split = [f"{ax['split'][k]['s']:.3f} s ({ax['split'][k]['pct']:.0f} %)" for k in SPLIT]
+        rows.append(
+            f"| {case} | {ax['loop_seconds']:.3f} | {ax['loop_images_per_s']:,.1f} "
+            f"| {_fmt(ax.get('loop_vs_ceiling'), '.3f')} | {' | '.join(split)} "
+            f"| {SPLIT[ax['bottleneck']]} |"
+        )
+    return "\n".join(rows)
+
+
+def _targets_table(targets: list[dict]) -> str:
+    if not targets:
+        return ""
+    rows = ["| workload | target | value | result | bottleneck |", "|---|---|--:|---|---|"]
+    rows += [
+        f"| {t['case']} | {t['target']} | {_fmt(t['value'], '.3f')} | {NOT_MET[t['met']]} "
+        f"| {SPLIT.get(t['bottleneck'], '')} |"
+        for t in targets
+    ]
+    return "\n".join(rows)
+
+
+def _scale_table(scale: dict) -> str:
+    n1, n2 = scale["n"]
+    rows = [
+        f"| RSS growth | at N = {n1:,} (MB) | at 2N = {n2:,} (MB) | 2N / N |",
+        "|---|--:|--:|--:|",
+    ]
+    for method in ("hooks", "actextract"):
+        if method in scale:
+            g = scale[method]["rss_growth_mb"]
+            rows.append(f"| {method} | {g[0]:,.0f} | {g[1]:,.0f} | {scale[method]['ratio']:.2f} |")
+    return "\n".join(rows)
+
+
+def _disk_notes(disk: dict, cases: dict[str, dict[str, dict]]) -> str:
+    notes = [
+        f"Scratch disk, {disk['bytes'] / MB:,.0f} MB written in {disk['block_bytes'] / MB:,.0f} "
+        f"MB blocks: {disk['plain_mb_per_s']:,.0f} MB/s into the page cache, "
+        f"{disk['fsync_mb_per_s']:,.0f} MB/s with fsync (the device)."
+    ]
+    for case, m in cases.items():
+        ax = m.get("actextract", {})
+        if "vs_disk_plain" in ax:
+            notes.append(
+                f"{case}: actextract writes {ax['mb_per_s']:,.1f} MB/s raw = "
+                f"{ax['vs_disk_plain']:.2f} × page cache, {ax['vs_disk_fsync']:.2f} × device."
+            )
+    return "\n".join(notes)
+
+
+def _fmt(value: float | None, fmt: str) -> str:
+    """A table cell: '–' for nothing; 'mb' formats bytes as MB."""
+    if value is None:
+        return "–"
+    if fmt == "mb":
+        return f"{value / MB:,.1f}"
+    return format(value, fmt)
