@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import click
 
 from actextract import __version__
+from actextract.cli_params import capture_option, dtype_option, float_list, int_list, sample_rows
 from actextract.errors import ActextractError
 from actextract.text import format_info, format_layer_table, format_report, format_summary
 
@@ -26,47 +27,6 @@ def _user_errors(ctx: click.Context) -> Iterator[None]:
         yield
     except ActextractError as e:
         raise click.UsageError(str(e), ctx) from None
-
-
-def _numbers(ctx, param, value: str, convert, example: str) -> tuple:
-    try:
-        return tuple(convert(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"'{value}' is not {example}.", ctx, param) from None
-
-
-def _ints(ctx, param, value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    out = _numbers(ctx, param, value, int, "comma-separated integers, e.g. 3,224,224")
-    if any(v <= 0 for v in out):
-        raise click.BadParameter(f"'{value}' has a dimension that is not positive.", ctx, param)
-    return out
-
-
-def _floats(ctx, param, value: str | None) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    return _numbers(ctx, param, value, float, "comma-separated numbers, e.g. 0.485,0.456,0.406")
-
-
-def _dtype_option(help_text: str):
-    return click.option(
-        "--dtype",
-        type=click.Choice(["float16", "float32"]),
-        default="float16",
-        show_default=True,
-        help=help_text,
-    )
-
-
-_capture_option = click.option(
-    "--capture",
-    type=click.Choice(["auto", "fx", "hooks"]),
-    default="auto",
-    show_default=True,
-    help="torch.fx, forward hooks (module names only), or fx with hooks as fallback.",
-)
 
 
 @click.group(context_settings=CONTEXT)
@@ -87,12 +47,12 @@ def main(verbose: int) -> None:
 @click.argument("model")
 @click.option(
     "--input-shape",
-    callback=_ints,
+    callback=int_list,
     help="Per-sample input shape, e.g. 3,224,224 "
     "(default: the model's own, 1,28,28 for digits-cnn).",
 )
 @click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint to load first.")
-@_dtype_option("Storage dtype the byte counts assume.")
+@dtype_option("Storage dtype the byte counts assume.")
 @click.option(
     "--n",
     "n_samples",
@@ -100,7 +60,7 @@ def main(verbose: int) -> None:
     default=None,
     help="Show the projected store size for N samples (uncompressed).",
 )
-@_capture_option
+@capture_option
 @click.pass_context
 def layers(ctx, model, input_shape, weights, dtype, n_samples, capture) -> None:
     """Every capturable layer of MODEL: name, kind, output shape and bytes per sample."""
@@ -151,7 +111,7 @@ def layers(ctx, model, input_shape, weights, dtype, n_samples, capture) -> None:
     show_default=True,
     help="Autocast precision of the forward pass.",
 )
-@_dtype_option("Storage dtype (cast on the device).")
+@dtype_option("Storage dtype (cast on the device).")
 @click.option(
     "--reduce",
     "reduce_spec",
@@ -182,7 +142,7 @@ def layers(ctx, model, input_shape, weights, dtype, n_samples, capture) -> None:
     help="skip: leave an unreadable sample's row empty (NaN, label -1) and go on.",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples.")
-@_capture_option
+@capture_option
 @click.option(
     "--channels-last",
     is_flag=True,
@@ -198,9 +158,9 @@ def layers(ctx, model, input_shape, weights, dtype, n_samples, capture) -> None:
     "--crop", type=click.IntRange(min=0), default=None, help="Centre crop to NxN (0: off)."
 )
 @click.option(
-    "--mean", callback=_floats, help="Normalisation mean per channel, e.g. 0.485,0.456,0.406."
+    "--mean", callback=float_list, help="Normalisation mean per channel, e.g. 0.485,0.456,0.406."
 )
-@click.option("--std", callback=_floats, help="Normalisation std per channel.")
+@click.option("--std", callback=float_list, help="Normalisation std per channel.")
 @click.option(
     "--channels",
     type=click.Choice(["1", "3"]),
@@ -322,12 +282,6 @@ def info(ctx, path, as_json) -> None:
     click.echo(format_info(data))
 
 
-def _samples(ctx, param, value: str) -> str | tuple[int, ...]:
-    if value == "per-class":
-        return value
-    return _numbers(ctx, param, value, int, "'per-class' or row indices such as 0,17,42")
-
-
 @main.command(context_settings=CONTEXT)
 @click.argument("path", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Report folder (new or a report).")
@@ -336,7 +290,7 @@ def _samples(ctx, param, value: str) -> str | tuple[int, ...]:
     "--samples",
     default="per-class",
     show_default=True,
-    callback=_samples,
+    callback=sample_rows,
     help="'per-class' (the first stored sample of each label) or row indices, e.g. 0,17,42.",
 )
 @click.option("--max-channels", type=click.IntRange(min=1), default=64, show_default=True)
