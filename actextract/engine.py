@@ -29,6 +29,7 @@ __all__ = [
     "autocast",
     "check_bad",
     "compiled",
+    "cudnn_autotune",
     "device_inputs",
     "resolve_device",
     "run",
@@ -149,7 +150,7 @@ def run(
         dynamic_ncols=True,
     )
     start = tick = time.perf_counter()
-    with bar, torch.inference_mode(), _cudnn_autotune(options.device):
+    with bar, torch.inference_mode(), cudnn_autotune(options.device):
         for batch in loader:
             now = time.perf_counter()
             summary.data_wait += now - tick
@@ -181,7 +182,7 @@ def run(
 
 
 @contextmanager
-def _cudnn_autotune(device: torch.device) -> Iterator[None]:
+def cudnn_autotune(device: torch.device) -> Iterator[None]:
     """cuDNN picks the fastest kernels for the run's fixed shapes (CUDA only); the caller's
     setting is restored afterwards."""
     before = torch.backends.cudnn.benchmark

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import resource
 import shutil
 import statistics
 import sys
@@ -51,6 +52,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_tools, also when loaded by path
+from bench_report import markdown
 from bench_tools import (
     MB,
     METHODS,
@@ -62,7 +64,6 @@ from bench_tools import (
     folder_bytes,
     layer_elements,
     machine_header,
-    markdown,
     sync,
 )
 
@@ -160,6 +161,7 @@ class Run:
     rss_growth: int  # bytes above the RSS at the call's start
     disk_bytes: int  # what the method left in its output folder
     summary: dict | None  # actextract's store.attrs["summary"]
+    cpu: tuple[float, float]  # user and system CPU seconds of this process (every thread)
 
 
 def prepare(case: Case, device: torch.device) -> Bench:
@@ -181,13 +183,16 @@ def measure(b: Bench, method: str, rows: Sequence[int], scratch: Path) -> Run:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     with PeakRSS() as rss:
+        before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         extra = METHODS[method](b, rows, out)
         sync(b.device)
         seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
     disk = folder_bytes(out)
     shutil.rmtree(out)
-    return Run(seconds, rss.peak, rss.peak - rss.start, disk, extra.get("summary"))
+    cpu = (after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
+    return Run(seconds, rss.peak, rss.peak - rss.start, disk, extra.get("summary"), cpu)
 
 
 def warmup_rows(case: Case, method: str) -> Sequence[int]:
@@ -264,6 +269,10 @@ def measurement_lines(
             "disk_bytes": mid.disk_bytes,
             "peak_rss_mb": round(max(r.peak_rss for r in rs) / MB, 1),
             "rss_growth_mb": round(max(r.rss_growth for r in rs) / MB, 1),
+            # the profile of where CPU time went: user (forward, casts, codecs) and system
+            # (the kernel: page-cache copies of the writes, page faults of fresh memory)
+            "cpu_user_s": round(mid.cpu[0], 2),
+            "cpu_sys_s": round(mid.cpu[1], 2),
         }
         for other in ("ceiling", "hooks"):  # throughput ratios: other's time ÷ this one's
             if other in median and other != method:

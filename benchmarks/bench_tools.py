@@ -1,6 +1,6 @@
 """The pieces bench_extract.py measures with: the three methods, the peak-RSS sampler, the disk
-and device→host bandwidth probes, what the header records about the machine, and the Markdown
-tables made from the run's JSON lines.
+and device→host bandwidth probes, and what the header records about the machine (the Markdown
+tables are in bench_report.py).
 
 Each method gets a prepared :class:`Bench` (model, source, device built once, outside the
 clocks), the rows to run over and an empty folder for its output, and returns its extras. The
@@ -17,8 +17,8 @@ import platform
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 import actextract
+from actextract.engine import RunOptions, autocast, cudnn_autotune, device_inputs
 from actextract.source import Source, make_loader
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MB = 1e6
 
 
@@ -138,6 +138,7 @@ def _forward_all(b: Bench, rows: Sequence[int]) -> None:
     size, pinned memory and ``non_blocking`` on CUDA, NHWC inputs when the case says so,
     autocast, inference mode, cuDNN autotuning on CUDA. Outputs are dropped (hooks see them)."""
     c = b.case
+    options = RunOptions(b.device, c.precision, c.channels_last)
     loader = make_loader(
         b.source,
         rows,
@@ -147,28 +148,8 @@ def _forward_all(b: Bench, rows: Sequence[int]) -> None:
     )
     with torch.inference_mode(), cudnn_autotune(b.device), autocast(b.device, c.precision):
         for batch in loader:
-            x = batch.inputs.to(b.device, non_blocking=True)
-            if c.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            b.model(x)
+            b.model(device_inputs(batch.inputs, options))
     sync(b.device)
-
-
-def autocast(device: torch.device, precision: str):
-    """The forward's autocast: none for fp32, else bf16 or fp16 on ``device``'s type."""
-    dtype = PRECISIONS[precision]
-    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
-@contextmanager
-def cudnn_autotune(device: torch.device) -> Iterator[None]:
-    """``cudnn.benchmark`` on during the block on CUDA, as actextract sets it for its run."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = before or device.type == "cuda"
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
 
 
 def sync(device: torch.device) -> None:
@@ -354,167 +335,3 @@ def disk_free(path: Path) -> int:
 def folder_bytes(path: Path) -> int:
     """Bytes of the files under ``path``."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-# --------------------------------------------------------------------------------- markdown
-
-SPLIT = {"data_wait": "data wait", "compute": "compute", "d2h": "device→host"}
-SPLIT["write_wait"] = "write wait"
-NOT_MET = {True: "met", False: "**not met**", None: "not measured"}
-
-
-def markdown(lines: list[dict]) -> str:
-    """The run's tables, from its JSON lines: one row per workload (case), actextract's time
-    split, the targets, RSS growth in N, the disk's write speed, and what was skipped."""
-    cases: dict[str, dict[str, dict]] = {}  # case -> method -> measurement
-    for line in lines:
-        if line["kind"] == "measurement":
-            cases.setdefault(line["case"], {})[line["method"]] = line
-    parts = [
-        _title(lines[0]),
-        _main_table(cases),
-        _split_table(cases),
-        _targets_table([x for x in lines if x["kind"] == "target"]),
-        *(_scale_table(x) for x in lines if x["kind"] == "scale"),
-        *(_disk_notes(x, cases) for x in lines if x["kind"] == "disk"),
-        "\n".join(
-            f"Skipped: {x['case']} {x['method']}: {x['skipped']}."
-            for x in lines
-            if x["kind"] == "measurement" and "skipped" in x
-        ),
-    ]
-    return "\n\n".join(part for part in parts if part) + "\n"
-
-
-def _title(head: dict) -> str:
-    v = head["versions"]
-    facts = [
-        head["date"],
-        f"torch {v['torch']}",
-        f"torchvision {v['torchvision']}",
-        f"zarr {v['zarr']}",
-        f"actextract {v['actextract']}",
-        f"{head['torch_threads']} torch threads",
-        f"median of {head['repeats']} (scale: 1 run)",
-        f"scratch on {head['scratch_fs']}",
-    ]
-    if "d2h_pinned_gb_per_s" in head:
-        facts.append(f"pinned device→host {head['d2h_pinned_gb_per_s']} GB/s")
-    if head.get("tiny"):
-        facts.append("**tiny sizes: the numbers mean nothing**")
-    return (
-        f"# actextract benchmark: {head['device']} ({head['device_name']})\n\n"
-        + " · ".join(facts)
-        + "\n\nRatios are throughputs (the other's time ÷ actextract's, whole calls: "
-        "actextract's trace, probe, store creation and flush included). MB/s: actextract's raw "
-        "activation bytes per second of its loop; hooks' float32 .npy bytes per second. RSS: "
-        "peak, and growth over the RSS at the method's start, for ceiling / hooks / actextract."
-    )
-
-
-def _main_table(cases: dict[str, dict[str, dict]]) -> str:
-    rows = [
-        "| workload | model · layers | N | batch | precision, codec | ceiling img/s | hooks img/s "
-        "| actextract img/s | actextract/ceiling | actextract/hooks | MB/s (hooks / actextract) "
-        "| on disk MB (hooks / actextract) | peak RSS MB | RSS growth MB |",
-        "|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    for case, m in cases.items():
-        first, ax = next(iter(m.values())), m.get("actextract", {})
-
-        def each(field: str, fmt: str, methods=("ceiling", "hooks", "actextract"), m=m) -> str:
-            return " / ".join(_fmt(m[k].get(field), fmt) for k in methods if k in m)
-
-        precision = first["precision"] + (" NHWC" if first["channels_last"] else "")
-        precision += f", {first['codec']}"
-        cells = [
-            case,
-            f"{first['model']} · {','.join(first['layers'])}",
-            f"{first['n']:,}",
-            str(first["batch_size"]),
-            precision,
-            *(_fmt(m.get(k, {}).get("images_per_s"), ",.1f") for k in METHODS),
-            _fmt(ax.get("vs_ceiling"), ".3f"),
-            _fmt(ax.get("vs_hooks"), ".2f"),
-            each("mb_per_s", ",.1f", ("hooks", "actextract")),
-            each("disk_bytes", "mb", ("hooks", "actextract")),
-            each("peak_rss_mb", ",.0f"),
-            each("rss_growth_mb", ",.0f"),
-        ]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
-def _split_table(cases: dict[str, dict[str, dict]]) -> str:
-    measured = {
-        case: m["actextract"] for case, m in cases.items() if "split" in m.get("actextract", {})
-    }
-    if not measured:
-        return ""
-    rows = [
-        "actextract's loop (store.attrs['summary']); on CUDA device→host is the side stream's "
-        "GPU time, which overlaps compute.",
-        "",
-        "| workload | loop s | loop img/s | loop/ceiling | "
-        + " | ".join(SPLIT.values())
-        + " | largest |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
-    ]
-    for case, ax in measured.items():
-        split = [f"{ax['split'][k]['s']:.3f} s ({ax['split'][k]['pct']:.0f} %)" for k in SPLIT]
-        rows.append(
-            f"| {case} | {ax['loop_seconds']:.3f} | {ax['loop_images_per_s']:,.1f} "
-            f"| {_fmt(ax.get('loop_vs_ceiling'), '.3f')} | {' | '.join(split)} "
-            f"| {SPLIT[ax['bottleneck']]} |"
-        )
-    return "\n".join(rows)
-
-
-def _targets_table(targets: list[dict]) -> str:
-    if not targets:
-        return ""
-    rows = ["| workload | target | value | result | bottleneck |", "|---|---|--:|---|---|"]
-    rows += [
-        f"| {t['case']} | {t['target']} | {_fmt(t['value'], '.3f')} | {NOT_MET[t['met']]} "
-        f"| {SPLIT.get(t['bottleneck'], '')} |"
-        for t in targets
-    ]
-    return "\n".join(rows)
-
-
-def _scale_table(scale: dict) -> str:
-    n1, n2 = scale["n"]
-    rows = [
-        f"| RSS growth | at N = {n1:,} (MB) | at 2N = {n2:,} (MB) | 2N / N |",
-        "|---|--:|--:|--:|",
-    ]
-    for method in ("hooks", "actextract"):
-        if method in scale:
-            g = scale[method]["rss_growth_mb"]
-            rows.append(f"| {method} | {g[0]:,.0f} | {g[1]:,.0f} | {scale[method]['ratio']:.2f} |")
-    return "\n".join(rows)
-
-
-def _disk_notes(disk: dict, cases: dict[str, dict[str, dict]]) -> str:
-    notes = [
-        f"Scratch disk, {disk['bytes'] / MB:,.0f} MB written in {disk['block_bytes'] / MB:,.0f} "
-        f"MB blocks: {disk['plain_mb_per_s']:,.0f} MB/s into the page cache, "
-        f"{disk['fsync_mb_per_s']:,.0f} MB/s with fsync (the device)."
-    ]
-    for case, m in cases.items():
-        ax = m.get("actextract", {})
-        if "vs_disk_plain" in ax:
-            notes.append(
-                f"{case}: actextract writes {ax['mb_per_s']:,.1f} MB/s raw = "
-                f"{ax['vs_disk_plain']:.2f} × page cache, {ax['vs_disk_fsync']:.2f} × device."
-            )
-    return "\n".join(notes)
-
-
-def _fmt(value: float | None, fmt: str) -> str:
-    """A table cell: '–' for nothing; 'mb' formats bytes as MB."""
-    if value is None:
-        return "–"
-    if fmt == "mb":
-        return f"{value / MB:,.1f}"
-    return format(value, fmt)

@@ -43,6 +43,7 @@ def test_benchmark_runs_end_to_end_in_tiny_mode(tmp_path, capsys):
         assert "skipped" not in x
         assert x["images_per_s"] > 0 and x["seconds"] > 0 and x["n"] in (32, 64)
         assert x["peak_rss_mb"] > 0 and "rss_growth_mb" in x
+        assert x["cpu_user_s"] > 0 and x["cpu_sys_s"] >= 0
         if x["method"] == "actextract":
             assert {"vs_hooks", "mb_per_s", "disk_bytes", "loop_images_per_s"} <= set(x)
             assert set(x["split"]) == {"data_wait", "compute", "d2h", "write_wait"}
