@@ -103,11 +103,15 @@ class ArraySpec:
 
 def choose_chunk_rows(batch_size: int, max_bytes_per_sample: int, n: int) -> int:
     """Rows per chunk: a multiple of the batch size (or a divisor of it, for very large layers)
-    that keeps the largest layer's chunk near 32 MB, and no more than the dataset needs."""
+    that keeps the largest layer's chunk near 32 MB (at most), with the blocks as even as the
+    batch size allows, so that the last one is not mostly padding."""
     per_sample = max(1, max_bytes_per_sample)
     if batch_size * per_sample <= MAX_CHUNK_BYTES:
         rows = batch_size * max(1, TARGET_CHUNK_BYTES // (batch_size * per_sample))
-        return max(1, min(rows, math.ceil(n / batch_size) * batch_size))
+        # as many blocks as that needs, made even: the last chunk is stored whole (NaN past
+        # the end), so 1,797 rows in blocks of 768 would store 2,304; in blocks of 640, 1,920
+        blocks = math.ceil(n / rows)
+        return batch_size * math.ceil(math.ceil(n / blocks) / batch_size)
     fits = [
         d
         for d in range(1, batch_size + 1)

@@ -199,8 +199,14 @@ def test_bad_store_options_are_refused():
 
 
 def test_chunk_rows_are_a_multiple_of_the_batch_and_near_32_mb():
-    assert choose_chunk_rows(64, 1024, 10**6) == 64 * 512  # 32 MiB of 1 KiB samples
+    assert choose_chunk_rows(64, 1024, 64 * 512 * 4) == 64 * 512  # 32 MiB of 1 KiB samples
     assert choose_chunk_rows(64, 1024, 100) == 128  # no larger than the dataset needs
+    # the digits demo: 768 rows would leave the third block 2/3 padding; 640 splits evenly
+    assert choose_chunk_rows(64, 43_264, 1797) == 640
+    for n in (10**6, 12_345, 1_000_001):
+        rows = choose_chunk_rows(64, 1024, n)
+        blocks = -(-n // rows)
+        assert rows % 64 == 0 and rows <= 64 * 512 and blocks * rows - n < 64 * blocks
     assert choose_chunk_rows(128, 1_605_632, 10**6) == 32  # a batch of conv1 maps is too big
     rows = choose_chunk_rows(100, 200_000, 10**6)
     assert rows % 100 == 0 and 16e6 <= rows * 200_000 <= 64e6

@@ -158,3 +158,4 @@ def test_a_ring_smaller_than_one_batch_needs_is_refused(tmp_path):
             device="cpu",
             out=tmp_path / "r.zarr",
         )
+    assert not (tmp_path / "r.zarr").exists()  # refused before the store was created
