@@ -40,7 +40,15 @@ from actextract.errors import OptionError
 from actextract.models import LoadedModel, load_model
 from actextract.reduce import STORAGE_DTYPES, Reducer, parse_reductions, reduced_shape
 from actextract.sink import Sink
-from actextract.source import Preprocess, Sample, Source, make_loader, open_source, wrap_dataset
+from actextract.source import (
+    Preprocess,
+    Sample,
+    Source,
+    check_decode,
+    make_loader,
+    open_source,
+    wrap_dataset,
+)
 from actextract.store import (
     ArraySpec,
     Store,
@@ -108,6 +116,7 @@ def extract(
         raise OptionError(f"--limit {limit} must be a positive integer.")
     store_options = StoreOptions(dtype=dtype, codec=codec, level=level, chunk_rows=chunk_rows)
     options = RunOptions(resolve_device(device), precision, channels_last, on_bad_sample, progress)
+    check_decode(decode)
     if decode == "gpu" and options.device.type != "cuda":
         raise OptionError(
             f"--decode gpu decodes JPEGs on a CUDA device, and this run is on "
@@ -184,9 +193,9 @@ def _open(dataset: str | Source | Any, preprocess: Preprocess, decode: str) -> S
     if isinstance(dataset, str):
         return open_source(dataset, preprocess, decode=decode)
     source = wrap_dataset(dataset)
-    if decode != "cpu" and not source.encoded:
+    if decode == "gpu" and not source.encoded:
         raise OptionError(
-            f"decode='{decode}' applies to 'folder:PATH' dataset specs; a {type(dataset).__name__}"
+            f"decode='gpu' applies to 'folder:PATH' dataset specs; a {type(dataset).__name__}"
             " object is fed as it is. Pass the folder spec, or leave decode at 'cpu'."
         )
     return source

@@ -112,12 +112,11 @@ class Sink:
         for row, label, sample_id in zip(
             batch.indices.tolist(), batch.labels.tolist(), batch.ids, strict=True
         ):
-            blk = touched.setdefault(row // rows, self._open[row // rows])
-            local = row - blk.start
-            blk.labels[local], blk.ids[local] = label, sample_id
+            blk = touched[row // rows] = self._open[row // rows]
+            blk.labels[row - blk.start], blk.ids[row - blk.start] = label, sample_id
             blk.missing -= 1
         for s in batch.bad:  # a skipped row keeps the fill value and label -1, with its id
-            blk = touched.setdefault(s.index // rows, self._open[s.index // rows])
+            blk = touched[s.index // rows] = self._open[s.index // rows]
             blk.ids[s.index - blk.start] = s.id
             blk.bad_rows.append(s.index - blk.start)
             blk.missing -= 1

@@ -48,6 +48,7 @@ __all__ = [
     "Preprocess",
     "Sample",
     "Source",
+    "check_decode",
     "make_loader",
     "open_source",
     "wrap_dataset",
@@ -118,8 +119,7 @@ def open_source(spec: str, preprocess: Preprocess | None = None, *, decode: str 
     preprocess = preprocess or Preprocess()
     kind, _, rest = spec.partition(":")
     kind = kind.lower()
-    if decode not in DECODE_MODES:
-        raise OptionError(f"--decode '{decode}' is not one of {', '.join(DECODE_MODES)}.")
+    check_decode(decode)
     if decode == "gpu" and kind != "folder":
         raise SourceError(
             f"--dataset {spec}: --decode gpu only applies to folder: image datasets (JPEG files "
@@ -145,6 +145,12 @@ def open_source(spec: str, preprocess: Preprocess | None = None, *, decode: str 
     known = ["digits", "folder:PATH", "synthetic:N:C:H:W", "python:module:callable"]
     known += [f"{k}:ROOT" for k in TORCHVISION_DATASETS]
     raise SourceError(f"unknown dataset '{spec}'; use one of: {', '.join(known)}.")
+
+
+def check_decode(decode: str) -> None:
+    """``decode`` names where images are decoded: ``cpu`` (the loader's workers) or ``gpu``."""
+    if decode not in DECODE_MODES:
+        raise OptionError(f"--decode '{decode}' is not one of {', '.join(DECODE_MODES)}.")
 
 
 def wrap_dataset(dataset: Any, *, spec: str | None = None) -> Source:

@@ -181,9 +181,17 @@ def test_decode_gpu_is_only_for_folders(spec):
         open_source(spec, decode="gpu")
 
 
-def test_unknown_decode_mode(jpegs):
+def test_unknown_decode_mode(jpegs, tmp_path):
+    from _fixtures import SeededImages, tiny_cnn
+
+    import actextract
+
     with pytest.raises(OptionError, match="--decode 'tpu' is not one of cpu, gpu"):
         open_source(f"folder:{jpegs}", decode="tpu")
+    with pytest.raises(OptionError, match="--decode 'tpu' is not one of cpu, gpu"):
+        actextract.extract(
+            tiny_cnn(), SeededImages(), layers=["fc"], decode="tpu", out=tmp_path / "r.zarr"
+        )
 
 
 def test_encoded_packs_mixed_items_in_one_buffer():
