@@ -443,7 +443,8 @@ def kill_mid_write(
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, where there is one."""
+    """The CPU's model name from /proc/cpuinfo, where there is one. (bench_tools.cpu_name does
+    the same, but importing it would load torch into every child process: 4x the run time.)"""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
