@@ -11,6 +11,7 @@ it done, and give its buffer back. Memory is the ring's row blocks, whatever N.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ from actextract.store import Store
 from actextract.transfer import BlockRing, Run
 
 __all__ = ["Filled", "Sink"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,6 +71,12 @@ class Sink:
             rows=store.chunk_rows,
             slots=slots,
             pin=pin,
+        )
+        log.info(
+            "device→host ring: %d row blocks of %.1f MB (%s)",
+            slots,
+            self.ring.slot_bytes / 1e6,
+            "pinned" if pin else "pageable",
         )
         self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="actextract-write")
         self._lock = threading.Lock()
