@@ -130,7 +130,7 @@ class Sink:
             blk.bad_rows.append(s.index - blk.start)
             blk.missing -= 1
         for b, blk in touched.items():
-            if len(batch.indices):
+            if batch.ready is not None:  # the latest copy into the block (one stream, in order)
                 blk.ready = batch.ready
             if blk.missing == 0:
                 del self._open[b]
