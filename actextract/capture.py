@@ -172,7 +172,11 @@ def _not_found(pat: str, cands: Candidates, model_name: str) -> str:
             f" (fx could not trace it: {cands.fx_error}; only module names can be "
             "captured, with hooks)"
         )
-    hint = f"; close matches: {', '.join(close)}" if close else ""
+    if close:
+        hint = f"; close matches: {', '.join(close)}"
+    else:  # nothing alike: show what names look like in this model
+        n, first = len(cands.names), ", ".join(cands.names[:6])
+        hint = f"; its layers: {first}" + (f" (and {n - 6} more)" if n > 6 else "")
     return f"{where}{hint}. Run 'actextract layers {model_name}' to list the names."
 
 

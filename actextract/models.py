@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from actextract._imports import load_object
+from actextract._imports import call_object, load_object
 from actextract.errors import CheckpointError, ModelSpecError
 from actextract.source import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
@@ -93,10 +93,13 @@ def load_model(model: str | nn.Module, *, weights: str | Path | None = None) -> 
         module, spec, shape = DigitsCNN(), model, (1, 28, 28)
         pre = Preprocess(channels=1, resize=28, crop=28)
     elif model.startswith("python:"):
-        factory = load_object(
-            model.removeprefix("python:"), what=f"--model {model}", error=ModelSpecError
+        what = f"--model {model}"
+        factory = load_object(model.removeprefix("python:"), what=what, error=ModelSpecError)
+        module = (
+            factory
+            if isinstance(factory, nn.Module)
+            else call_object(factory, what=what, error=ModelSpecError, returns="an nn.Module")
         )
-        module = factory() if not isinstance(factory, nn.Module) else factory
         if not isinstance(module, nn.Module):
             raise ModelSpecError(
                 f"--model {model} returned {type(module).__name__}, not an nn.Module."

@@ -32,6 +32,7 @@ __all__ = [
     "Source",
     "collate",
     "collate_encoded",
+    "convert_image",
     "make_loader",
 ]
 
@@ -72,6 +73,75 @@ class Preprocess:
             steps.append(v2.Normalize(list(self.mean), list(self.std)))
         steps.append(v2.ToPureTensor())
         return v2.Compose(steps)
+
+
+# PIL image modes, by how they reach the tensor steps (ToImage, then RGB or Grayscale to the
+# model's channel count). 8-bit RGB and grayscale go as they are, and 16-bit grayscale too:
+# ToDtype scales it by 1/65535, where PIL's convert would clip it at 255. Any other mode is
+# converted by PIL first, so that a palette image arrives as colours, not indices, and an RGBA
+# or CMYK one as three channels.
+_TO_L = frozenset({"1", "L", "LA", "I", "F"})
+_TO_I16 = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_MODE_NAMES = {
+    "1": "1-bit",
+    "L": "grayscale",
+    "LA": "grayscale+alpha",
+    "P": "palette",
+    "PA": "palette+alpha",
+    "I": "32-bit integer",
+    "F": "32-bit float",
+    **dict.fromkeys(_TO_I16, "16-bit grayscale"),
+}
+CONVERSIONS = {  # what convert_image does, as the source's transform describes it
+    3: "to_rgb(PIL: palette looked up, CMYK/YCbCr/LAB to RGB, alpha dropped; gray repeated)",
+    1: "to_grayscale(PIL: palette looked up, alpha dropped; colour to luma)",
+}
+_noted: set[tuple[str, int]] = set()  # (mode, channels) noted by this process
+
+
+def convert_image(image: Any, channels: int | None, name: str = "") -> Any:
+    """A PIL image in the mode the tensor steps read right: RGB, L or I;16 (16-bit grayscale).
+
+    A palette image becomes its colours; RGBA, CMYK, YCbCr, ... become RGB (alpha dropped);
+    LA, 1-bit, 32-bit integer and float ones become L (PIL clips 32-bit values at 0-255).
+    The first image of each mode that is not the model's (``channels``: 3 for RGB, 1 for
+    grayscale) is noted in the log, once per process; ``name`` (its file) goes in the note.
+    """
+    mode = image.mode
+    alpha = mode in _ALPHA or (mode == "P" and "transparency" in image.info)
+    if channels in CONVERSIONS and mode not in ({"RGB"} if channels == 3 else {"L", *_TO_I16}):
+        _note(mode, channels, name, alpha)
+    target = "I;16" if mode in _TO_I16 else "L" if mode in _TO_L else "RGB"
+    if mode == target:
+        return image
+    if mode == "P" and alpha:  # PIL warns when it drops a palette's transparency by itself
+        image = image.convert("RGBA")
+    return image.convert(target)
+
+
+def _note(mode: str, channels: int, name: str, alpha: bool) -> None:
+    key = f"{mode}+transparency" if mode == "P" and alpha else mode
+    if (key, channels) in _noted:
+        return
+    _noted.add((key, channels))
+    what = f"{mode} ({_MODE_NAMES[mode]})" if mode in _MODE_NAMES else mode
+    if key != mode:
+        what = f"{mode} (palette with transparency)"
+    lossy = "; their alpha channel is dropped" if alpha else ""
+    if mode in ("I", "F"):
+        lossy = "; PIL clips their values to 0-255"
+    log.log(
+        logging.WARNING if lossy else logging.INFO,
+        "%s images are converted to %s for the model's %d input channel%s%s (first: %s); the "
+        "store's dataset.transform records the conversion",
+        what,
+        "RGB" if channels == 3 else "grayscale",
+        channels,
+        "s" if channels > 1 else "",
+        lossy,
+        name or "?",
+    )
 
 
 class Sample(NamedTuple):

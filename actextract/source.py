@@ -5,8 +5,11 @@ Specs (``open_source``):
 - ``digits``: scikit-learn's 1,797 handwritten 8×8 digits (shipped inside the package),
   upsampled to 1×28×28 and normalised; labels 0-9. The embedded default: nothing downloaded.
 - ``folder:PATH``: class subfolders (ImageFolder: labels from folder names) or a flat folder of
-  images (label -1); the id is the path relative to PATH. With ``decode="gpu"`` the loader
-  workers only read the files (JPEGs travel as bytes, other formats as pixels) and
+  images (label -1); the id is the path relative to PATH. Images of any mode reach the model
+  with its channels (palette, RGBA, CMYK, ... converted by PIL: noted in the log and in the
+  transform the store records); a truncated or corrupt file is a :class:`BadSample`, whatever
+  PIL's ``LOAD_TRUNCATED_IMAGES`` says. With ``decode="gpu"`` the loader workers only read
+  the files (JPEGs travel as bytes, other formats as pixels) and
   :class:`actextract.decode.DeviceDecoder` decodes and preprocesses them on the run's device.
 - ``mnist:ROOT[:split]``, ``cifar10:ROOT``, ...: torchvision datasets already on disk
   (``download=False``); split ``train`` (default) or ``test``.
@@ -22,21 +25,24 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from actextract._imports import load_object
+from actextract._imports import call_object, load_object
 from actextract.errors import OptionError, SourceError
 from actextract.samples import (  # re-exported: the source stage's public names
+    CONVERSIONS,
     BadSample,
     Batch,
     Preprocess,
     Sample,
     SampleDataset,
     Source,
+    convert_image,
     make_loader,
 )
 
@@ -132,8 +138,11 @@ def open_source(spec: str, preprocess: Preprocess | None = None, *, decode: str 
     if kind == "synthetic":
         return _synthetic(spec, rest)
     if kind == "python":
-        base = load_object(rest, what=f"--dataset {spec}", error=SourceError)
-        dataset = base() if callable(base) and not isinstance(base, Dataset) else base
+        what = f"--dataset {spec}"
+        base = load_object(rest, what=what, error=SourceError)
+        dataset = base
+        if callable(base) and not isinstance(base, Dataset):
+            dataset = call_object(base, what=what, error=SourceError, returns="a Dataset")
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
             raise SourceError(
                 f"--dataset {spec} gave {type(dataset).__name__}, not a map-style "
@@ -202,8 +211,8 @@ def _folder(spec: str, path: str, preprocess: Preprocess, *, on_device: bool = F
     pre = preprocess.over(Preprocess(channels=3))
     # decoded on the device: the workers only read (and, for non-JPEGs, decode) the files
     transform = None if on_device else pre.transform()
-    loader = _load_encoded if on_device else _load_pil
-    described = _describe(pre)
+    loader = partial(_load_encoded if on_device else _load_pil, channels=pre.channels)
+    described = _describe(pre, pil=True)
     if on_device:
         described = (
             "decode on the run's device (JPEG: torchvision.io.decode_jpeg; other formats: PIL "
@@ -236,28 +245,53 @@ def _folder(spec: str, path: str, preprocess: Preprocess, *, on_device: bool = F
     )
 
 
-def _load_pil(path: str):
-    """ImageFolder's loader without its forced RGB conversion (Preprocess picks channels)."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.load()
-        return img.copy()
+def _load_pil(path: str, channels: int | None = None):
+    """A PIL image in RGB, L or I;16, whatever the file's mode (see ``convert_image``: a
+    palette image as colours, RGBA and CMYK as RGB); Preprocess then picks the channels. A
+    truncated or corrupt file raises."""
+    return _read_image(path, partial(_image, channels=channels, name=path), path)
 
 
-def _load_encoded(path: str) -> torch.Tensor:
+def _load_encoded(path: str, channels: int | None = None) -> torch.Tensor:
     """For decoding on the device: a JPEG file's bytes, (N,) uint8; any other format decoded
-    here with PIL, (C, H, W) as the CPU path's ToImage would make it (uint8 for 8-bit images)."""
-    from PIL import Image
-    from torchvision.transforms.v2.functional import pil_to_tensor
-
+    here with PIL and converted as ``_load_pil`` does, (C, H, W) as the CPU path's ToImage would
+    make it (uint8 for 8-bit images)."""
     with open(path, "rb") as f:
         data = bytearray(f.read())
     if data[: len(JPEG_MAGIC)] == JPEG_MAGIC:
         return torch.frombuffer(data, dtype=torch.uint8)
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        return pil_to_tensor(img)
+    return _read_image(io.BytesIO(data), partial(_pixels, channels=channels, name=path), path)
+
+
+def _image(image: Any, channels: int | None, name: str) -> Any:
+    out = convert_image(image, channels, name)
+    return out.copy() if out is image else out  # the file's image is closed on return
+
+
+def _pixels(image: Any, channels: int | None, name: str) -> torch.Tensor:
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    return pil_to_tensor(convert_image(image, channels, name))
+
+
+def _read_image(file: str | io.BytesIO, use: Callable[[Any], Any], name: str) -> Any:
+    """``use(image)`` for the fully decoded image in ``file`` (the file ``name``). A truncated
+    file raises OSError ("image file is truncated") even where other code has set PIL's
+    LOAD_TRUNCATED_IMAGES, which would pass it on with its missing part grey or black."""
+    from PIL import Image, ImageFile, UnidentifiedImageError
+
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(file) as img:
+            img.load()
+            return use(img)
+    except UnidentifiedImageError:
+        raise UnidentifiedImageError(
+            f"cannot identify image file '{name}': not an image, or a format PIL cannot read"
+        ) from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
 
 
 def _torchvision(spec: str, kind: str, rest: str, preprocess: Preprocess) -> Source:
@@ -318,9 +352,11 @@ def _synthetic(spec: str, rest: str) -> Source:
     )
 
 
-def _describe(pre: Preprocess) -> str:
-    parts = []
-    if pre.channels:
+def _describe(pre: Preprocess, *, pil: bool = False) -> str:
+    """``pil``: the images are PIL images the loader converted (``convert_image``)."""
+    converted = pil and pre.channels in CONVERSIONS
+    parts = [CONVERSIONS[pre.channels], "to_float[0,1]"] if converted else ["to_float[0,1]"]
+    if pre.channels and not converted:
         parts.append("grayscale" if pre.channels == 1 else "rgb")
     if pre.resize:
         parts.append(f"resize({pre.resize})")
@@ -330,4 +366,4 @@ def _describe(pre: Preprocess) -> str:
         mean = ", ".join(f"{m:.4g}" for m in pre.mean)
         std = ", ".join(f"{s:.4g}" for s in pre.std)
         parts.append(f"normalize(mean=[{mean}], std=[{std}])")
-    return " → ".join(["to_float[0,1]", *parts])
+    return " → ".join(parts)
