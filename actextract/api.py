@@ -8,41 +8,39 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from actextract import __version__
+from actextract import distributed
 from actextract.capture import (
     LayerInfo,
     Method,
     build_capture,
     layer_table,
-    model_output_layers,
-    probe,
 )
 from actextract.decode import DeviceDecoder
 from actextract.engine import (
     RunOptions,
-    autocast,
-    check_bad,
+    Summary,
     compiled,
-    device_inputs,
+    merge_summaries,
     resolve_device,
     run,
 )
 from actextract.errors import OptionError
-from actextract.models import LoadedModel, load_model
-from actextract.reduce import STORAGE_DTYPES, Reducer, parse_reductions, reduced_shape
-from actextract.sink import Sink
+from actextract.location import Location
+from actextract.models import load_model
+from actextract.plan import plan_arrays, provenance
+from actextract.reduce import STORAGE_DTYPES
+from actextract.resume import NewStore, open_run
+from actextract.sink import NONFINITE_POLICIES, Sink
 from actextract.source import (
     Preprocess,
-    Sample,
     Source,
     check_decode,
     make_loader,
@@ -55,17 +53,15 @@ from actextract.store import (
     StoreOptions,
     check_output,
     choose_chunk_rows,
-    create_store,
     open_store,
 )
 from actextract.text import format_summary
 from actextract.transfer import ring_slots
+from actextract.work import Shard, Work
 
 __all__ = ["LayerTable", "extract", "list_layers", "open_store"]
 
 log = logging.getLogger(__name__)
-
-MAX_SKIPPED_IN_ATTRS = 10_000  # beyond this the store keeps the count; the ids array has all
 
 
 def extract(
@@ -85,7 +81,10 @@ def extract(
     level: int | None = None,
     chunk_rows: int | None = None,
     overwrite: bool = False,
+    resume: bool = False,
+    shard: str | Shard | None = None,
     on_bad_sample: str = "error",
+    on_nonfinite: str = "count",
     limit: int | None = None,
     capture: Method = "auto",
     channels_last: bool = False,
@@ -102,6 +101,11 @@ def extract(
     ``dataset``: a spec (``digits``, ``folder:PATH``, ``mnist:ROOT``, ``synthetic:N:C:H:W``,
     ``python:mod:fn``) or a Dataset whose items are a tensor or ``(tensor, label, ...)``.
     ``layers``: names or globs (``['layer3', 'avgpool']`` or ``'conv*,fc1'``).
+    ``out``: a folder, a ``file://`` URL or another fsspec URL zarr opens.
+    ``resume``: finish the store at ``out`` (same run: same model, data, layers, settings),
+    computing only the row blocks not recorded done; ``shard="i/n"``: write only shard i of
+    n (0-based), joining the store the first shard created; under ``torchrun`` every rank is
+    its own shard. ``on_nonfinite``: ``count`` rows with NaN/Inf per layer, or ``error``.
     ``writers``: compress-and-write threads; ``host_buffers``: row blocks in the device→host
     ring (host memory is bounded by it; default: what one batch touches plus one per writer).
     ``compile``: ``torch.compile`` the capture and reductions (slow to start, faster per batch
@@ -114,8 +118,75 @@ def extract(
         raise OptionError(f"--batch-size {batch_size} must be a positive integer.")
     if limit is not None and limit <= 0:
         raise OptionError(f"--limit {limit} must be a positive integer.")
+    if resume and overwrite:
+        raise OptionError(
+            "--resume finishes the store at --out and --overwrite replaces it; pass one of them."
+        )
+    if on_nonfinite not in NONFINITE_POLICIES:
+        raise OptionError(
+            f"--on-nonfinite '{on_nonfinite}' is not one of {', '.join(NONFINITE_POLICIES)}."
+        )
+    group = distributed.from_env()
+    try:
+        return _extract(**locals())
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _extract(
+    *,
+    model,
+    dataset,
+    layers,
+    out,
+    weights,
+    batch_size,
+    num_workers,
+    device,
+    precision,
+    dtype,
+    reduce,
+    codec,
+    level,
+    chunk_rows,
+    overwrite,
+    resume,
+    shard,
+    on_bad_sample,
+    on_nonfinite,
+    limit,
+    capture,
+    channels_last,
+    preprocess,
+    writers,
+    host_buffers,
+    compile,
+    decode,
+    progress,
+    group,
+) -> Store:
+    if group is not None and shard is not None:
+        raise OptionError(
+            f"--shard {shard} under torchrun: every rank is already shard RANK/WORLD_SIZE "
+            f"({group.rank}/{group.world}); drop --shard."
+        )
+    part = Shard(group.rank, group.world) if group else Shard.parse(shard)
+    join = group is None and part.count > 1  # independent shard processes share the store
+    if join and overwrite:
+        raise OptionError(
+            f"--overwrite with --shard {part}: each shard would delete the others' work. "
+            "Remove the old store first, or run one process with --overwrite."
+        )
+    lead = group.lead if group else (lambda fn: fn())
     store_options = StoreOptions(dtype=dtype, codec=codec, level=level, chunk_rows=chunk_rows)
-    options = RunOptions(resolve_device(device), precision, channels_last, on_bad_sample, progress)
+    options = RunOptions(
+        resolve_device(group.device(device) if group else device),
+        precision,
+        channels_last,
+        on_bad_sample,
+        progress if group is None or group.leader else False,
+    )
     check_decode(decode)
     if decode == "gpu" and options.device.type != "cuda":
         raise OptionError(
@@ -123,9 +194,15 @@ def extract(
             f"{options.device}; use --device cuda, or --decode cpu (decoding in the loader's "
             "workers)."
         )
-    check_output(Path(out), overwrite)  # before any slow work: refuse early, touch nothing
+    location = Location.parse(out)
+    if not (resume or join):  # before any slow work: refuse early, touch nothing
+        lead(lambda: check_output(location, overwrite))
 
-    loaded = load_model(model, weights=weights)
+    # random weights (no checkpoint) come from a fixed seed: the same model in every process
+    # of a sharded, torchrun or resumed run (the caller's RNG state is left as it was)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        loaded = load_model(model, weights=weights)
     source = _open(dataset, (preprocess or Preprocess()).over(loaded.preprocess), decode)
     decoder = DeviceDecoder(source.preprocess, options.device) if source.encoded else None
     rows = range(min(len(source), limit) if limit else len(source))
@@ -138,27 +215,39 @@ def extract(
         layers = layers.split(",")
     cap = build_capture(module, layers, model_name=loaded.spec, method=capture)
     try:
-        arrays, reducer = _plan(cap, source, rows, options, reduce, store_options, decoder)
-        rows_per_chunk = store_options.chunk_rows or choose_chunk_rows(
-            batch_size,
-            max(math.prod(a.shape) * STORAGE_DTYPES[dtype].itemsize for a in arrays),
+        arrays, reducer = plan_arrays(cap, source, rows, options, reduce, store_options, decoder)
+        new = NewStore(
             len(rows),
+            arrays,
+            store_options,
+            _chunk_rows(location, store_options, resume or join, batch_size, arrays, len(rows)),
+            provenance(loaded, source, cap.method, precision, options, batch_size),
+            chunk_rows_given=chunk_rows is not None,
         )
         slots = ring_slots(
-            host_buffers, batch_size=batch_size, chunk_rows=rows_per_chunk, writers=writers
+            host_buffers, batch_size=batch_size, chunk_rows=new.chunk_rows, writers=writers
         )
-        store = create_store(
-            out,
-            n=len(rows),
-            arrays=arrays,
-            options=store_options,
-            chunk_rows=rows_per_chunk,
-            overwrite=overwrite,
-            attrs=_provenance(loaded, source, cap.method, precision, options, batch_size),
-        )
+        work = Work(len(rows), batch_size, new.chunk_rows)
+        mine = work.blocks(part)
+        store = lead(
+            lambda: open_run(
+                location, new, resume=resume, overwrite=overwrite, join=join, blocks=mine
+            )
+        ) or open_store(location, mode="r+")
+        done = store.done()
+        todo = [b for b in mine if not done[b]]
+        if len(todo) < len(mine):
+            log.warning(
+                "%s: %d of this run's %d row blocks are already done; computing the other %d",
+                location,
+                len(mine) - len(todo),
+                len(mine),
+                len(todo),
+            )
+        batches = work.batches(todo)
         loader = make_loader(
             source,
-            rows,
+            [row for batch in batches for row in batch],  # full batches but the dataset's last
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=options.device.type == "cuda",
@@ -171,22 +260,64 @@ def extract(
             forward = compiled(forward, batch_size, options)
         try:
             with Sink(
-                store, slots=slots, writers=writers, pin=options.device.type == "cuda"
+                store,
+                slots=slots,
+                writers=writers,
+                pin=options.device.type == "cuda",
+                blocks=todo,
+                on_nonfinite=on_nonfinite,
             ) as sink:
-                summary = run(loader, forward, sink, options, total=len(rows), decode=decoder)
+                total = sum(len(b) for b in batches)
+                summary = run(loader, forward, sink, options, total=total, decode=decoder)
+        except KeyboardInterrupt:
+            _record_stop(store, "interrupted", "interrupted (SIGINT/Ctrl-C)")
+            raise
         except BaseException as e:
-            store.update_attrs(status="failed", error=f"{type(e).__name__}: {e}")
+            _record_stop(store, "failed", f"{type(e).__name__}: {e}")
             raise
     finally:
         cap.close()
-    skipped = [{"index": b.index, "id": b.id, "error": b.error} for b in summary.skipped]
-    store.finish(
-        summary=summary.as_dict(),
-        skipped=skipped[:MAX_SKIPPED_IN_ATTRS],
-        skipped_count=len(skipped),
-    )
-    log.info("%s\n%s", store.path, format_summary(store.attrs))
+    _seal(store, summary, part, group, join)
+    store = open_store(location)  # the sealed attributes, whichever process wrote them
+    log.info("%s\n%s", store.location, format_summary(store.attrs))
     return store
+
+
+def _chunk_rows(
+    location: Location,
+    options: StoreOptions,
+    reuse: bool,
+    batch_size: int,
+    arrays: Sequence[ArraySpec],
+    n: int,
+) -> int:
+    """Rows per chunk: as asked, else the existing store's (when resuming or joining it), else
+    chosen from the batch size and the largest layer."""
+    if options.chunk_rows:
+        return options.chunk_rows
+    if reuse and location.is_store():
+        return open_store(location).chunk_rows
+    per_sample = max(math.prod(a.shape) * STORAGE_DTYPES[options.dtype].itemsize for a in arrays)
+    return choose_chunk_rows(batch_size, per_sample, n)
+
+
+def _seal(store: Store, summary: Summary, part: Shard, group, join: bool) -> None:
+    """Seal the store once every block is done: under torchrun rank 0 does it with every
+    rank's summary; a shard only when it finds every block done (the last to finish)."""
+    mine = {**summary.as_dict(), "shard": str(part)}
+    if group is not None:
+        parts = group.gather(mine)
+        group.lead(lambda: store.seal("incomplete", summary=merge_summaries(parts)))
+    elif not join or store.done().all():
+        store.seal("incomplete", summary=mine)
+
+
+def _record_stop(store: Store, status: str, error: str) -> None:
+    """Record why the run stopped, without hiding the error itself (the disk may be full)."""
+    try:
+        store.update_attrs(status=status, error=error)
+    except Exception as e:  # the original error is what the user must see
+        log.warning("could not record status '%s' in %s: %s", status, store.location, e)
 
 
 def _open(dataset: str | Source | Any, preprocess: Preprocess, decode: str) -> Source:
@@ -199,104 +330,6 @@ def _open(dataset: str | Source | Any, preprocess: Preprocess, decode: str) -> S
             " object is fed as it is. Pass the folder spec, or leave decode at 'cpu'."
         )
     return source
-
-
-def _plan(
-    cap,
-    source: Source,
-    rows: range,
-    options: RunOptions,
-    reduce: str | Mapping[str, str] | None,
-    store_options: StoreOptions,
-    decoder: DeviceDecoder | None,
-) -> tuple[list[ArraySpec], Reducer]:
-    """Probe one real sample through the capture: per-layer shapes, reductions, array specs."""
-    example = _first_sample(source, rows, options.on_bad_sample, decoder)
-    x = device_inputs(example.input.unsqueeze(0), options)
-    with autocast(options.device, options.precision):
-        outputs = probe(cap, x)
-        final = model_output_layers(cap, outputs, x)
-    plan = parse_reductions(reduce, cap.names)
-    arrays = []
-    for name, out in outputs.items():
-        shape = tuple(out.shape[1:])
-        arrays.append(
-            ArraySpec(
-                name,
-                reduced_shape(name, shape, plan[name]),
-                cap.kinds.get(name, ""),
-                plan[name],
-                shape,
-                model_output=name in final and plan[name] == "none",
-            )
-        )
-    # On a GPU the cast to the storage dtype happens before the copy to the host (half the bytes
-    # over the bus for float16); on the CPU the copy into the host buffer casts, in one pass.
-    cast = STORAGE_DTYPES[store_options.dtype] if options.device.type != "cpu" else None
-    return arrays, Reducer(plan, cast)
-
-
-def _first_sample(
-    source: Source, rows: range, policy: str, decoder: DeviceDecoder | None = None
-) -> Sample:
-    for i in rows[:100]:
-        item = source.dataset[i]
-        if decoder is not None and isinstance(item, Sample):
-            item = decoder.decode_sample(item)
-        if isinstance(item, Sample):
-            return item
-        check_bad([item], policy)
-    raise OptionError(
-        f"none of the first {min(100, len(rows))} samples of '{source.spec}' "
-        "could be loaded; check the dataset."
-    )
-
-
-def _provenance(
-    loaded: LoadedModel,
-    source: Source,
-    method: str,
-    precision: str,
-    options: RunOptions,
-    batch_size: int,
-) -> dict[str, Any]:
-    import numpy
-    import torchvision
-    import zarr
-
-    return {
-        "software": {
-            "actextract": __version__,
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "zarr": zarr.__version__,
-            "numpy": numpy.__version__,
-            "python": platform.python_version(),
-        },
-        "model": {
-            "spec": loaded.spec,
-            "weights": loaded.weights,
-            "weights_sha256": loaded.weights_sha256,
-            "capture": method,
-        },
-        "dataset": {
-            "spec": source.spec,
-            "transform": source.transform,
-            "n": len(source),
-            "classes": list(source.classes) if source.classes else None,
-            "preprocess": _preprocess_attrs(source.preprocess),
-            "decode": "gpu" if source.encoded else "cpu",
-        },
-        "precision": precision,
-        "device": str(options.device),
-        "batch_size": batch_size,
-    }
-
-
-def _preprocess_attrs(pre: Preprocess | None) -> dict[str, Any] | None:
-    if pre is None:
-        return None
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(pre).items()}
 
 
 @dataclass(frozen=True)

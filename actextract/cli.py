@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import click
 
 from actextract import __version__
-from actextract.cli_params import capture_option, dtype_option, float_list, int_list, sample_rows
+from actextract.cli_params import (
+    capture_option,
+    dtype_option,
+    extract_options,
+    int_list,
+    sample_rows,
+)
 from actextract.errors import ActextractError
 from actextract.text import format_info, format_layer_table, format_report, format_summary
 
@@ -72,163 +80,16 @@ def layers(ctx, model, input_shape, weights, dtype, n_samples, capture) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option(
-    "--model",
-    required=True,
-    help="resnet18 (any torchvision classifier), digits-cnn, or python:module:callable.",
-)
-@click.option(
-    "--weights",
-    type=click.Path(dir_okay=False),
-    help="Local checkpoint: state_dict or whole module; its sha256 is recorded.",
-)
-@click.option(
-    "--dataset",
-    required=True,
-    help="digits, folder:PATH, mnist:ROOT[:split], "
-    "cifar10:ROOT, synthetic:N:C:H:W, or python:module:callable.",
-)
-@click.option(
-    "--layers",
-    "layer_names",
-    required=True,
-    help="Comma-separated names or globs, e.g. 'layer3,avgpool' or 'conv*,fc1'.",
-)
-@click.option("--out", required=True, type=click.Path(), help="Output store (a .zarr folder).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option(
-    "--num-workers",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="DataLoader worker processes.",
-)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16"]),
-    default="fp32",
-    show_default=True,
-    help="Autocast precision of the forward pass.",
-)
-@dtype_option("Storage dtype (cast on the device).")
-@click.option(
-    "--reduce",
-    "reduce_spec",
-    default=None,
-    help="Per-layer spatial pooling: 'layer3=mean,layer4=max' (globs allowed), or "
-    "'mean' for every layer. Default: none.",
-)
-@click.option(
-    "--codec",
-    type=click.Choice(["none", "zstd", "lz4", "blosc-zstd", "blosc-lz4"]),
-    default="none",
-    show_default=True,
-    help="none is fastest; zstd halves ReLU maps on disk at 75-480 MB/s per writer thread.",
-)
-@click.option("--level", type=int, default=None, help="Compression level (default: the codec's).")
-@click.option(
-    "--chunk-rows",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Samples per chunk (default: a multiple of the batch size, ~32 MB a chunk).",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
-@click.option(
-    "--on-bad-sample",
-    type=click.Choice(["error", "skip"]),
-    default="error",
-    show_default=True,
-    help="skip: leave an unreadable sample's row empty (NaN, label -1) and go on.",
-)
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples.")
-@capture_option
-@click.option(
-    "--channels-last",
-    is_flag=True,
-    help="channels_last memory format (faster convolutions on recent GPUs).",
-)
-@click.option(
-    "--resize",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Resize the shorter image side to N pixels (0: off).",
-)
-@click.option(
-    "--crop", type=click.IntRange(min=0), default=None, help="Centre crop to NxN (0: off)."
-)
-@click.option(
-    "--mean", callback=float_list, help="Normalisation mean per channel, e.g. 0.485,0.456,0.406."
-)
-@click.option("--std", callback=float_list, help="Normalisation std per channel.")
-@click.option(
-    "--channels",
-    type=click.Choice(["1", "3"]),
-    default=None,
-    help="Convert images to grayscale (1) or RGB (3).",
-)
-@click.option(
-    "--writers",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Background threads that compress and write.",
-)
-@click.option(
-    "--compile",
-    "compile_",
-    is_flag=True,
-    help="torch.compile the capture and reductions (compiles for a while first; pays off on "
-    "long GPU runs).",
-)
-@click.option(
-    "--decode",
-    type=click.Choice(["cpu", "gpu"]),
-    default="cpu",
-    show_default=True,
-    help="Where folder: JPEGs are decoded: in the loader's workers (cpu), or batched on the "
-    "GPU with nvJPEG, resized and normalised there (gpu; needs --device cuda).",
-)
-@click.option(
-    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
-)
+@extract_options
 @click.pass_context
 def extract(
-    ctx,
-    model,
-    weights,
-    dataset,
-    layer_names,
-    out,
-    batch_size,
-    num_workers,
-    device,
-    precision,
-    dtype,
-    reduce_spec,
-    codec,
-    level,
-    chunk_rows,
-    overwrite,
-    on_bad_sample,
-    limit,
-    capture,
-    channels_last,
-    resize,
-    crop,
-    mean,
-    std,
-    channels,
-    writers,
-    compile_,
-    decode,
-    progress,
+    ctx, layer_names, reduce_spec, compile_, resize, crop, mean, std, channels, **options
 ) -> None:
     """Run MODEL over DATASET and store the outputs of the chosen layers."""
     from actextract.api import extract as run_extract
     from actextract.source import Preprocess
 
-    with _user_errors(ctx):
+    with _user_errors(ctx), _interruptible(ctx, options["out"]):
         preprocess = Preprocess(
             channels=int(channels) if channels else None,
             resize=resize,
@@ -237,33 +98,43 @@ def extract(
             std=std,
         )
         store = run_extract(
-            model,
-            dataset,
+            options.pop("model"),
+            options.pop("dataset"),
             layers=layer_names,
-            out=out,
-            weights=weights,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            device=device,
-            precision=precision,
-            dtype=dtype,
             reduce=reduce_spec,
-            codec=codec,
-            level=level,
-            chunk_rows=chunk_rows,
-            overwrite=overwrite,
-            on_bad_sample=on_bad_sample,
-            limit=limit,
-            capture=capture,
-            channels_last=channels_last,
-            preprocess=preprocess,
-            writers=writers,
             compile=compile_,
-            decode=decode,
-            progress=progress,
+            preprocess=preprocess,
+            **options,
         )
-    click.echo(f"wrote {store.path} ({store.status}): {', '.join(store.layers)}")
+    click.echo(f"wrote {store.location} ({store.status}): {', '.join(store.layers)}")
     click.echo(format_summary(store.attrs))
+
+
+@contextmanager
+def _interruptible(ctx: click.Context, out: str) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM (what schedulers send before a kill) stop the run cleanly:
+    blocks being written finish or stay unrecorded, the store says 'interrupted', and the
+    exit code is 128 + the signal (130 for Ctrl-C)."""
+    stopped_by = [signal.SIGINT]
+
+    def on_term(signum, frame):
+        stopped_by[0] = signal.Signals(signum)
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ninterrupted ({stopped_by[0].name}): every row block recorded done in '{out}' "
+            "is kept; run the same command with --resume to finish it.",
+            err=True,
+        )
+        ctx.exit(128 + stopped_by[0])
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @main.command(context_settings=CONTEXT)
@@ -280,6 +151,36 @@ def info(ctx, path, as_json) -> None:
         click.echo(json.dumps(data, indent=2, default=str))
         return
     click.echo(format_info(data))
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("path", type=click.Path())
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Mark the row blocks with missing or damaged chunks not done, so that "
+    "'extract ... --resume' computes them again.",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Reader threads."
+)
+@click.pass_context
+def verify(ctx, path, repair, workers) -> None:
+    """Read every chunk of a store (checksums included) and report missing, damaged and
+    unfinished row blocks by layer and row range. Exits 1 unless the store is complete."""
+    from tqdm import tqdm
+
+    from actextract.store import open_store
+    from actextract.verify import count_chunks, format_verify
+    from actextract.verify import verify as verify_store
+
+    with _user_errors(ctx):
+        store = open_store(path, mode="r+" if repair else "r")
+        with tqdm(total=count_chunks(store), unit="chunk", disable=None) as bar:
+            report = verify_store(store, progress=bar.update, workers=workers, repair=repair)
+    click.echo(format_verify(report))
+    if not report.ok:
+        ctx.exit(1)
 
 
 @main.command(context_settings=CONTEXT)

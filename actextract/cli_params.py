@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["capture_option", "dtype_option", "float_list", "int_list", "numbers", "sample_rows"]
+__all__ = [
+    "capture_option",
+    "dtype_option",
+    "extract_options",
+    "float_list",
+    "int_list",
+    "numbers",
+    "sample_rows",
+]
 
 
 def numbers(ctx, param, value: str, convert, example: str) -> tuple:
@@ -53,3 +61,166 @@ def sample_rows(ctx, param, value: str) -> str | tuple[int, ...]:
     if value == "per-class":
         return value
     return numbers(ctx, param, value, int, "'per-class' or row indices such as 0,17,42")
+
+
+# every option of ``actextract extract``, in the order --help lists them
+_EXTRACT_OPTIONS = [
+    click.option(
+        "--model",
+        required=True,
+        help="resnet18 (any torchvision classifier), digits-cnn, or python:module:callable.",
+    ),
+    click.option(
+        "--weights",
+        type=click.Path(dir_okay=False),
+        help="Local checkpoint: state_dict or whole module; its sha256 is recorded.",
+    ),
+    click.option(
+        "--dataset",
+        required=True,
+        help="digits, folder:PATH, mnist:ROOT[:split], "
+        "cifar10:ROOT, synthetic:N:C:H:W, or python:module:callable.",
+    ),
+    click.option(
+        "--layers",
+        "layer_names",
+        required=True,
+        help="Comma-separated names or globs, e.g. 'layer3,avgpool' or 'conv*,fc1'.",
+    ),
+    click.option(
+        "--out",
+        required=True,
+        type=click.Path(),
+        help="Output store: a .zarr folder, a file:// URL or an fsspec URL zarr opens.",
+    ),
+    click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+    click.option(
+        "--num-workers",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="DataLoader worker processes.",
+    ),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    click.option(
+        "--precision",
+        type=click.Choice(["fp32", "bf16", "fp16"]),
+        default="fp32",
+        show_default=True,
+        help="Autocast precision of the forward pass.",
+    ),
+    dtype_option("Storage dtype (cast on the device)."),
+    click.option(
+        "--reduce",
+        "reduce_spec",
+        default=None,
+        help="Per-layer spatial pooling: 'layer3=mean,layer4=max' (globs allowed), or "
+        "'mean' for every layer. Default: none.",
+    ),
+    click.option(
+        "--codec",
+        type=click.Choice(["none", "zstd", "lz4", "blosc-zstd", "blosc-lz4"]),
+        default="none",
+        show_default=True,
+        help="none is fastest; zstd halves ReLU maps on disk at 75-480 MB/s per writer thread.",
+    ),
+    click.option(
+        "--level", type=int, default=None, help="Compression level (default: the codec's)."
+    ),
+    click.option(
+        "--chunk-rows",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Samples per chunk (default: a multiple of the batch size, ~32 MB a chunk).",
+    ),
+    click.option("--overwrite", is_flag=True, help="Replace an existing store at --out."),
+    click.option(
+        "--resume",
+        is_flag=True,
+        help="Finish the store at --out (made by this same command): only the row blocks not "
+        "recorded done are computed. Creates it when it is not there.",
+    ),
+    click.option(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="Write only shard I of N (from 0/N); N processes fill one store. Under torchrun "
+        "each rank is its shard without this option.",
+    ),
+    click.option(
+        "--on-bad-sample",
+        type=click.Choice(["error", "skip"]),
+        default="error",
+        show_default=True,
+        help="skip: leave an unreadable sample's row empty (NaN, label -1) and go on.",
+    ),
+    click.option(
+        "--on-nonfinite",
+        type=click.Choice(["count", "error"]),
+        default="count",
+        show_default=True,
+        help="NaN/Inf in an activation: count the rows per layer (summary and store), or stop.",
+    ),
+    click.option(
+        "--limit", type=click.IntRange(min=1), default=None, help="Only the first N samples."
+    ),
+    capture_option,
+    click.option(
+        "--channels-last",
+        is_flag=True,
+        help="channels_last memory format (faster convolutions on recent GPUs).",
+    ),
+    click.option(
+        "--resize",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Resize the shorter image side to N pixels (0: off).",
+    ),
+    click.option(
+        "--crop", type=click.IntRange(min=0), default=None, help="Centre crop to NxN (0: off)."
+    ),
+    click.option(
+        "--mean",
+        callback=float_list,
+        help="Normalisation mean per channel, e.g. 0.485,0.456,0.406.",
+    ),
+    click.option("--std", callback=float_list, help="Normalisation std per channel."),
+    click.option(
+        "--channels",
+        type=click.Choice(["1", "3"]),
+        default=None,
+        help="Convert images to grayscale (1) or RGB (3).",
+    ),
+    click.option(
+        "--writers",
+        type=click.IntRange(min=1),
+        default=2,
+        show_default=True,
+        help="Background threads that compress and write.",
+    ),
+    click.option(
+        "--compile",
+        "compile_",
+        is_flag=True,
+        help="torch.compile the capture and reductions (compiles for a while first; pays off on "
+        "long GPU runs).",
+    ),
+    click.option(
+        "--decode",
+        type=click.Choice(["cpu", "gpu"]),
+        default="cpu",
+        show_default=True,
+        help="Where folder: JPEGs are decoded: in the loader's workers (cpu), or batched on the "
+        "GPU with nvJPEG, resized and normalised there (gpu; needs --device cuda).",
+    ),
+    click.option(
+        "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
+    ),
+]
+
+
+def extract_options(fn):
+    """Decorate ``actextract extract`` with its options (they are most of its code)."""
+    for option in reversed(_EXTRACT_OPTIONS):
+        fn = option(fn)
+    return fn

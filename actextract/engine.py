@@ -31,6 +31,7 @@ __all__ = [
     "compiled",
     "cudnn_autotune",
     "device_inputs",
+    "merge_summaries",
     "resolve_device",
     "run",
     "to_device",
@@ -72,6 +73,7 @@ class Summary:
     d2h: float = 0.0  # copies into the host ring (CUDA: GPU time of the side-stream copies)
     write_wait: float = 0.0  # waiting for a host buffer or room in the sink, and the flush
     skipped: list[BadSample] = field(default_factory=list)
+    nonfinite: dict[str, int] = field(default_factory=dict)  # rows with NaN/Inf, per layer
 
     @property
     def images_per_s(self) -> float:
@@ -94,7 +96,29 @@ class Summary:
             "compute_s": round(self.compute, 3),
             "d2h_s": round(self.d2h, 3),
             "write_wait_s": round(self.write_wait, 3),
+            "nonfinite": dict(self.nonfinite),
         }
+
+
+def merge_summaries(parts: list[dict]) -> dict:
+    """One summary for the processes of a torchrun job (``Summary.as_dict`` each): counts and
+    times add up, the run lasts as long as its slowest process, the rates are the job's."""
+    seconds = max(p["seconds"] for p in parts)
+    out: dict = {k: sum(p[k] for p in parts) for k in ("images", "skipped", "bytes_written")}
+    for k in ("data_wait_s", "compute_s", "d2h_s", "write_wait_s"):
+        out[k] = round(sum(p[k] for p in parts) / len(parts), 3)  # per process, on average
+    nonfinite: dict[str, int] = {}
+    for p in parts:
+        for layer, n in p.get("nonfinite", {}).items():
+            nonfinite[layer] = nonfinite.get(layer, 0) + n
+    return {
+        **out,
+        "seconds": seconds,
+        "images_per_s": round(out["images"] / seconds, 1) if seconds > 0 else 0.0,
+        "mb_per_s": round(out["bytes_written"] / 1e6 / seconds, 1) if seconds > 0 else 0.0,
+        "nonfinite": nonfinite,
+        "processes": len(parts),
+    }
 
 
 def resolve_device(spec: str | torch.device) -> torch.device:
@@ -178,6 +202,7 @@ def run(
     summary.d2h += to_host.gpu_seconds()
     summary.seconds = time.perf_counter() - start
     summary.bytes_written = sink.bytes_written
+    summary.nonfinite = dict(sink.nonfinite)
     return summary
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "CheckpointError",
     "LayerNotFoundError",
     "ModelSpecError",
+    "NonFiniteError",
     "OptionError",
     "OutputExistsError",
     "SourceError",
@@ -55,6 +56,11 @@ class LayerNotFoundError(ActextractError, KeyError):
 
 class CaptureError(ActextractError, RuntimeError):
     """A layer that exists but cannot be captured (untraceable model, non-tensor output, ...)."""
+
+
+class NonFiniteError(ActextractError, ArithmeticError):
+    """An activation holds NaN or Inf and the run was asked to stop on it
+    (``on_nonfinite="error"``)."""
 
 
 class StoreError(ActextractError, ValueError):

@@ -1,17 +1,23 @@
 """Layout: how a run's arrays are shaped, chunked and compressed, decided before writing.
 
 ``StoreOptions`` (dtype, codec, level, chunk rows) and ``ArraySpec`` (one layer's array) are
-the store's schema decisions; ``choose_chunk_rows`` sizes a row block.
+the store's schema decisions; ``choose_chunk_rows`` sizes a row block; ``build_store`` lays a
+new store out (the schema is in :mod:`actextract.store`).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec
 
 from actextract.errors import StoreError
 
@@ -21,15 +27,22 @@ __all__ = [
     "FORMAT_VERSION",
     "ArraySpec",
     "StoreOptions",
+    "build_store",
     "choose_chunk_rows",
+    "now",
     "quiet_numcodecs",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-block records (progress/skipped, progress/nonfinite), crc32c
 CODECS = ("zstd", "lz4", "blosc-zstd", "blosc-lz4", "none")
 DEFAULT_LEVEL = {"zstd": 3, "blosc-zstd": 5, "blosc-lz4": 5}
 TARGET_CHUNK_BYTES = 32 << 20  # rows per chunk aim at 16-64 MB for the largest layer
 MAX_CHUNK_BYTES = 64 << 20
+
+
+def now() -> str:
+    """UTC time in ISO 8601, to the second (the store's timestamps)."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,12 @@ class StoreOptions:
         if self.chunk_rows is not None and self.chunk_rows <= 0:
             raise StoreError(f"--chunk-rows {self.chunk_rows} must be a positive integer.")
 
-    def compressors(self) -> tuple[Any, ...] | None:
+    def compressors(self) -> tuple[Any, ...]:
+        """The bytes-to-bytes codecs: the compressor (if any), then a crc32c checksum of what
+        it wrote, which catches a truncated or bit-flipped chunk when it is read."""
+        return (*self._compressor(), Crc32cCodec())
+
+    def _compressor(self) -> tuple[Any, ...]:
         from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
         level = self.level if self.level is not None else DEFAULT_LEVEL.get(self.codec)
@@ -74,7 +92,7 @@ class StoreOptions:
                     shuffle=BloscShuffle.shuffle,
                 ),
             )
-        return None
+        return ()
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,118 @@ def choose_chunk_rows(batch_size: int, max_bytes_per_sample: int, n: int) -> int
         if batch_size % d == 0 and d * per_sample <= MAX_CHUNK_BYTES
     ]
     return max(fits, default=1)
+
+
+def build_store(
+    n: int,
+    arrays: Sequence[ArraySpec],
+    options: StoreOptions,
+    chunk_rows: int,
+    attrs: Mapping[str, Any],
+) -> Callable[[zarr.abc.store.Store], None]:
+    """What :meth:`Location.create` runs to lay out a new store (see the module docstring)."""
+
+    def build(zstore: zarr.abc.store.Store) -> None:
+        group = zarr.open_group(zstore, mode="w-")
+        fill = np.nan  # an unwritten or skipped row reads as NaN, never as real zeros
+        compressors = options.compressors()
+        with quiet_numcodecs():
+            for spec in arrays:
+                group.create_array(
+                    f"acts/{spec.name}",
+                    shape=(n, *spec.shape),
+                    chunks=(chunk_rows, *spec.shape),
+                    dtype=options.dtype,
+                    fill_value=fill,
+                    compressors=compressors,
+                    dimension_names=spec.dimension_names(),
+                )
+        crc = (Crc32cCodec(),)
+        group.create_array(
+            "labels",
+            shape=(n,),
+            chunks=(chunk_rows,),
+            dtype="int64",
+            fill_value=-1,
+            compressors=crc,
+            dimension_names=("sample",),
+        )
+        group.create_array(
+            "ids",
+            shape=(n,),
+            chunks=(chunk_rows,),
+            dtype=str,
+            compressors=crc,
+            dimension_names=("sample",),
+        )
+        n_blocks = math.ceil(n / chunk_rows)
+        # one chunk per block: processes writing different blocks never touch the same file
+        group.create_array(
+            "progress/skipped",
+            shape=(n_blocks,),
+            chunks=(1,),
+            dtype=str,
+            compressors=crc,
+            dimension_names=("block",),
+        )
+        group.create_array(
+            "progress/nonfinite",
+            shape=(n_blocks, len(arrays)),
+            chunks=(1, len(arrays)),
+            dtype="int64",
+            fill_value=0,
+            compressors=crc,
+            dimension_names=("block", "layer"),
+        )
+        group.create_array(
+            "progress/done",
+            shape=(n_blocks,),
+            chunks=(1,),
+            dtype="uint8",
+            fill_value=0,
+            compressors=crc,
+            dimension_names=("block",),
+        )
+        group.attrs.update(store_attrs(n, arrays, options, chunk_rows, attrs))
+
+    return build
+
+
+def store_attrs(
+    n: int,
+    arrays: Sequence[ArraySpec],
+    options: StoreOptions,
+    chunk_rows: int,
+    attrs: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The root attributes of a new store: the run's provenance ``attrs`` and its layout."""
+    return {
+        **attrs,
+        "format_version": FORMAT_VERSION,
+        "n_samples": n,
+        "chunk_rows": chunk_rows,
+        "dtype": options.dtype,
+        "codec": {
+            "name": options.codec,
+            "level": options.level
+            if options.level is not None
+            else DEFAULT_LEVEL.get(options.codec),
+        },
+        "layers": [
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "shape": list(s.shape),
+                "output_shape": list(s.output_shape or s.shape),
+                "reduce": s.reduce,
+                "model_output": s.model_output,
+                "array": f"acts/{s.name}",
+            }
+            for s in arrays
+        ],
+        "status": "incomplete",
+        "created": now(),
+    }
 
 
 @contextmanager

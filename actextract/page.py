@@ -51,11 +51,11 @@ def index_html(store: Store, report: Report, layers: list[str]) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f'<meta name="generator" content="actextract {escape(__version__)}">',
         '<link rel="icon" href="data:,">',
-        f"<title>actextract report: {escape(store.path.name)}</title>",
+        f"<title>actextract report: {escape(store.location.name)}</title>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>Activations of <code>{escape(str(model.get('spec', '?')))}</code> on "
         f"<code>{escape(str(dataset.get('spec', '?')))}</code></h1>",
-        f"<p>Store <code>{escape(str(store.path))}</code></p>",
+        f"<p>Store <code>{escape(str(store.location))}</code></p>",
         _banner(store),
         _notes(report.notes.get("", [])),
         _nav(layers, bool(by_layer.get(None))),

@@ -7,6 +7,10 @@ issued the engine calls :meth:`Sink.filled` with the batch's labels, ids and bad
 block whose rows are all accounted for goes to a small pool of writer threads, which wait for
 its copies to land, compress and write it as whole chunks (numcodecs releases the GIL), mark
 it done, and give its buffer back. Memory is the ring's row blocks, whatever N.
+
+A sink writes only its ``blocks`` (this shard's, not yet done): rows of other blocks in a
+batch are left out. Before a block is written its rows' non-finite flags are counted per
+layer, recorded with the block, and with ``on_nonfinite="error"`` stop the run instead.
 """
 
 from __future__ import annotations
@@ -14,21 +18,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from actextract.errors import NonFiniteError, OptionError
 from actextract.reduce import STORAGE_DTYPES
 from actextract.samples import BadSample
 from actextract.store import Store
 from actextract.transfer import BlockRing, Run
 
-__all__ = ["Filled", "Sink"]
+__all__ = ["NONFINITE_POLICIES", "Filled", "Sink"]
 
 log = logging.getLogger(__name__)
+
+NONFINITE_POLICIES = ("count", "error")
 
 
 @dataclass
@@ -54,17 +61,37 @@ class _Block:
     ids: list[str]
     missing: int  # rows still to come
     bad_rows: list[int] = field(default_factory=list)  # left at the fill value (NaN)
+    errors: list[str] = field(default_factory=list)  # why each bad row was skipped
     ready: Any = None  # the last copy into it (copies run in order on one stream)
 
 
 class Sink:
     """Use as a context manager; ``close()`` writes what is left and re-raises any writer
     error. ``slots``: row blocks in the ring (see :func:`~actextract.transfer.ring_slots`);
-    ``pin``: page-locked buffers, for asynchronous copies from a GPU."""
+    ``pin``: page-locked buffers, for asynchronous copies from a GPU; ``blocks``: the row
+    blocks to write (default: all); ``on_nonfinite``: ``count`` or ``error``."""
 
-    def __init__(self, store: Store, *, slots: int, writers: int = 2, pin: bool = False):
+    def __init__(
+        self,
+        store: Store,
+        *,
+        slots: int,
+        writers: int = 2,
+        pin: bool = False,
+        blocks: Collection[int] | None = None,
+        on_nonfinite: str = "count",
+    ):
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise OptionError(
+                f"--on-nonfinite '{on_nonfinite}' is not one of {', '.join(NONFINITE_POLICIES)}."
+            )
         self.store = store
+        self.on_nonfinite = on_nonfinite
+        self.wanted = np.asarray(
+            sorted(blocks) if blocks is not None else range(store.n_blocks), np.int64
+        )
         self.bytes_written = 0  # uncompressed bytes of activations handed to the store
+        self.nonfinite = dict.fromkeys(store.layers, 0)  # rows with NaN/Inf written, per layer
         self.ring = BlockRing(
             {name: tuple(store[name].shape[1:]) for name in store.layers},
             STORAGE_DTYPES[store.attrs["dtype"]],
@@ -99,19 +126,29 @@ class Sink:
         waited."""
         waited = 0.0
         rows = self.store.chunk_rows
-        for b in sorted({*(indices // rows).tolist(), *(s.index // rows for s in bad)}):
-            waited += self._open_block(b)
+        blocks = indices // rows
+        keep = np.flatnonzero(np.isin(blocks, self.wanted))  # batch positions this sink writes
+        bad_blocks = [s.index // rows for s in bad]
+        for b in sorted({*blocks[keep].tolist(), *np.asarray(bad_blocks)[self._kept(bad)]}):
+            waited += self._open_block(int(b))
         runs = []
-        if len(indices):
-            blocks = indices // rows
-            cuts = np.flatnonzero((np.diff(indices) != 1) | (np.diff(blocks) != 0)) + 1
-            for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(indices)], strict=True):
-                blk = self._open[int(blocks[lo])]
-                local = int(indices[lo]) - blk.start
+        if len(keep):
+            idx, blk_of = indices[keep], blocks[keep]
+            breaks = (np.diff(idx) != 1) | (np.diff(blk_of) != 0) | (np.diff(keep) != 1)
+            cuts = np.flatnonzero(breaks) + 1
+            for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(keep)], strict=True):
+                blk = self._open[int(blk_of[lo])]
+                local = int(idx[lo]) - blk.start
                 bufs = self.ring.buffers(blk.slot)
                 dest = {name: buf[local : local + hi - lo] for name, buf in bufs.items()}
-                runs.append(Run(slice(lo, hi), dest))
+                flags = self.ring.flags(blk.slot)[local : local + hi - lo]
+                runs.append(Run(slice(int(keep[lo]), int(keep[hi - 1]) + 1), dest, flags))
         return runs, waited
+
+    def _kept(self, bad: Sequence[BadSample]) -> np.ndarray:
+        """(len(bad),) bool: the bad samples whose blocks this sink writes."""
+        rows = self.store.chunk_rows
+        return np.isin(np.asarray([s.index // rows for s in bad], np.int64), self.wanted)
 
     def filled(self, batch: Filled) -> None:
         """The batch's rows are (being) copied: record labels and ids, and hand every block
@@ -121,13 +158,18 @@ class Sink:
         for row, label, sample_id in zip(
             batch.indices.tolist(), batch.labels.tolist(), batch.ids, strict=True
         ):
+            if row // rows not in self._open:
+                continue  # a row of a block this sink does not write
             blk = touched[row // rows] = self._open[row // rows]
             blk.labels[row - blk.start], blk.ids[row - blk.start] = label, sample_id
             blk.missing -= 1
-        for s in batch.bad:  # a skipped row keeps the fill value and label -1, with its id
+        kept = self._kept(batch.bad)
+        for s in [s for s, k in zip(batch.bad, kept, strict=True) if k]:
+            # a skipped row keeps the fill value and label -1, with its id
             blk = touched[s.index // rows] = self._open[s.index // rows]
             blk.ids[s.index - blk.start] = s.id
             blk.bad_rows.append(s.index - blk.start)
+            blk.errors.append(s.error)
             blk.missing -= 1
         for b, blk in touched.items():
             if batch.ready is not None:  # the latest copy into the block (one stream, in order)
@@ -172,6 +214,7 @@ class Sink:
         self._open[block] = _Block(
             block, rows.start, slot, np.full(len(rows), -1, np.int64), [""] * len(rows), len(rows)
         )
+        self.ring.flags(slot)[: len(rows)] = 0  # a skipped row's flags are never copied
         return waited
 
     # -- writer side -------------------------------------------------------------------------
@@ -185,10 +228,38 @@ class Sink:
                 arrays = {name: buf[:n].numpy() for name, buf in bufs.items()}
                 for a in arrays.values():
                     a[blk.bad_rows] = np.nan  # skipped rows: the fill value, as if unwritten
-                self.store.write_block(blk.block, arrays, blk.labels, blk.ids)
+                counts = self._count_nonfinite(blk)
+                skipped = [
+                    {"index": blk.start + r, "id": blk.ids[r], "error": blk.errors[i]}
+                    for i, r in enumerate(blk.bad_rows)
+                ]
+                self.store.write_block(
+                    blk.block, arrays, blk.labels, blk.ids, skipped=skipped, nonfinite=counts
+                )
                 with self._lock:
                     self.bytes_written += sum(a.nbytes for a in arrays.values())
+                    for name, c in zip(self.store.layers, counts, strict=True):
+                        self.nonfinite[name] += c
         except BaseException as e:
             self._error = self._error or e
         finally:
             self.ring.release(blk.slot)  # the buffer may be filled again
+
+    def _count_nonfinite(self, blk: _Block) -> list[int]:
+        """Rows of the block with NaN/Inf, per layer (skipped rows, NaN on purpose, left out);
+        raises NonFiniteError under ``on_nonfinite="error"``."""
+        flags = self.ring.flags(blk.slot)[: len(blk.labels)].numpy().astype(bool)
+        flags[blk.bad_rows] = False
+        counts = flags.sum(axis=0).tolist()
+        if self.on_nonfinite == "error" and any(counts):
+            j = int(np.flatnonzero(flags.any(axis=0))[0])
+            r = int(np.flatnonzero(flags[:, j])[0])
+            layer = self.store.layers[j]
+            raise NonFiniteError(
+                f"layer '{layer}' has NaN or Inf for sample {blk.start + r} "
+                f"('{blk.ids[r]}'), and {sum(counts) - 1} more row(s) of rows "
+                f"{blk.start}-{blk.start + len(blk.labels)} across layers. Check the input and "
+                "the model (a float32 value beyond ±65504 becomes Inf in float16: --dtype "
+                "float32 keeps it), or pass --on-nonfinite count to store them and count them."
+            )
+        return counts

@@ -7,17 +7,25 @@
       acts/<layer>     (N, *shape) per layer, chunks of chunk_rows samples, dimension_names
       labels           (N,) int64, -1 where a sample has none (or was skipped)
       ids              (N,) str: the sample's id (relative path, or dataset index)
+      progress/skipped (n_blocks,) str: JSON list of the block's skipped samples {index, id, error}
+      progress/nonfinite (n_blocks, n_layers) int64: rows of the block with NaN/Inf, per layer
       progress/done    (n_blocks,) uint8: 1 once every array of that row block is written
 
-A row block (``chunk_rows`` samples, addressed by dataset index) is the unit of work. Its
-completion record is written after all of its data, and is the only thing a reader trusts.
+A row block (``chunk_rows`` samples, addressed by dataset index) is the unit of work, written
+by exactly one process in one aligned call per array (zarr takes no locks: two writers of one
+chunk would lose updates). Its records and then its completion flag are written after all of
+its data, and the flag is the only thing a reader trusts: with ``write_empty_chunks=False``
+zarr deletes chunks equal to the fill value, so "the file exists" never means "done". A store
+is sealed (status ``complete``) once every block is done; the run's totals (skipped samples,
+non-finite rows) are then summed from the per-block records, so they count each block once
+whatever the number of processes, kills and resumes behind it. Every chunk ends with a crc32c
+checksum (:meth:`~actextract.layout.StoreOptions.compressors`).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import json
 import math
-import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,17 +36,21 @@ import zarr
 
 from actextract.errors import OutputExistsError, StoreError
 from actextract.layout import (
-    DEFAULT_LEVEL,
     FORMAT_VERSION,
     ArraySpec,
     StoreOptions,
+    build_store,
     choose_chunk_rows,
+    now,
     quiet_numcodecs,
 )
+from actextract.location import Location, writable
 
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_SKIPPED_IN_ATTRS",
     "ArraySpec",
+    "Location",
     "Store",
     "StoreOptions",
     "check_output",
@@ -48,8 +60,7 @@ __all__ = [
 ]
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+MAX_SKIPPED_IN_ATTRS = 10_000  # beyond this the attrs keep the count; progress/skipped has all
 
 
 class Store:
@@ -59,11 +70,16 @@ class Store:
     touches. ``labels`` (N,) int64, ``ids`` (N,) str, ``attrs`` the provenance.
     """
 
-    def __init__(self, path: str | Path, group: zarr.Group):
-        self.path = Path(path)
+    def __init__(self, location: str | Path | Location, group: zarr.Group):
+        self.location = Location.parse(location)
         self.group = group
         self._nodes: dict[str, zarr.Array] = {}
         self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path | str:
+        """The store's folder (local stores), else its URL."""
+        return self.location.local or self.location.url
 
     # -- reading ---------------------------------------------------------------------------
     @property
@@ -77,7 +93,7 @@ class Store:
     def __getitem__(self, layer: str) -> zarr.Array:
         if layer not in self.layers:
             raise StoreError(
-                f"layer '{layer}' is not in {self.path}; it holds: {', '.join(self.layers)}."
+                f"layer '{layer}' is not in {self.location}; it holds: {', '.join(self.layers)}."
             )
         return self._node(f"acts/{layer}")
 
@@ -136,36 +152,85 @@ class Store:
     def complete(self) -> bool:
         return self.status == "complete" and bool(self.done().all())
 
+    def has_records(self) -> bool:
+        """The store keeps per-block records (format 2 on): it can be resumed and sharded."""
+        return int(self.attrs.get("format_version", 1)) >= 2
+
+    def skipped(self, blocks: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """The skipped samples recorded by done blocks (all of them, or of ``blocks``)."""
+        done = self.done()
+        records = self._node("progress/skipped")
+        wanted = np.flatnonzero(done) if blocks is None else [b for b in blocks if done[b]]
+        out: list[dict[str, Any]] = []
+        for b in wanted:
+            text = str(records[int(b)])
+            out.extend(json.loads(text) if text else [])
+        return out
+
+    def nonfinite(self) -> dict[str, int]:
+        """{layer: rows holding NaN or Inf}, summed over the done blocks."""
+        counts = self._node("progress/nonfinite")[:][self.done()].sum(axis=0)
+        return {name: int(c) for name, c in zip(self.layers, counts.tolist(), strict=True)}
+
     def __repr__(self) -> str:
-        return f"Store('{self.path}', layers={self.layers}, n={self.n}, status={self.status})"
+        return f"Store('{self.location}', layers={self.layers}, n={self.n}, status={self.status})"
 
     # -- writing ---------------------------------------------------------------------------
     def write_block(
-        self, block: int, acts: Mapping[str, np.ndarray], labels: np.ndarray, ids: Sequence[str]
+        self,
+        block: int,
+        acts: Mapping[str, np.ndarray],
+        labels: np.ndarray,
+        ids: Sequence[str],
+        *,
+        skipped: Sequence[Mapping[str, Any]] = (),
+        nonfinite: Sequence[int] | None = None,
     ) -> None:
-        """Write one row block (arrays of len(block_range(block)) rows), then mark it done."""
+        """Write one row block (arrays of len(block_range(block)) rows) and its records
+        (``skipped`` samples, ``nonfinite`` rows per layer), then mark it done."""
         rows = self.block_range(block)
         sl = slice(rows.start, rows.stop)
-        with quiet_numcodecs():
-            for name, data in acts.items():
-                self._node(f"acts/{name}")[sl] = data
-        self._node("labels")[sl] = labels
-        self._node("ids")[sl] = np.asarray(ids, dtype=str)
-        self._node("progress/done")[block] = 1  # only now is the block trusted
+        with writable(self.location, f"write row block {block} (rows {rows.start}-{rows.stop})"):
+            with quiet_numcodecs():
+                for name, data in acts.items():
+                    self._node(f"acts/{name}")[sl] = data
+            self._node("labels")[sl] = labels
+            self._node("ids")[sl] = np.asarray(ids, dtype=str)
+            if self.has_records():
+                self._node("progress/skipped")[block] = json.dumps(list(skipped))
+                counts = np.zeros(len(self.layers), np.int64)
+                if nonfinite is not None:
+                    counts[:] = nonfinite
+                self._node("progress/nonfinite")[block] = counts
+            self._node("progress/done")[block] = 1  # only now is the block trusted
 
     def update_attrs(self, **values: Any) -> None:
-        self.group.attrs.update(values)
+        """Update the root attributes (one process at a time: zarr.json is rewritten whole)."""
+        with writable(self.location, "update the store's attributes"):
+            self.group.attrs.update(values)
 
-    def finish(self, **values: Any) -> None:
-        """Mark the run complete if every block is done, else incomplete; record ``values``."""
-        status = "complete" if self.done().all() else "incomplete"
-        self.update_attrs(status=status, finished=_now(), **values)
+    def seal(self, status: str = "incomplete", **values: Any) -> None:
+        """Record ``values`` with status ``complete`` when every block is done (with the totals
+        summed from the block records), else with ``status``."""
+        if not self.done().all():
+            self.update_attrs(status=status, **values)
+            return
+        totals: dict[str, Any] = {}
+        if self.has_records():
+            skipped = self.skipped()
+            totals = {
+                "skipped": skipped[:MAX_SKIPPED_IN_ATTRS],
+                "skipped_count": len(skipped),
+                "nonfinite": self.nonfinite(),
+            }
+        if self.attrs.get("error"):  # a failed attempt's error, no longer true
+            totals["error"] = None
+        self.update_attrs(**values, **totals, status="complete", finished=now())
 
     # -- summary ---------------------------------------------------------------------------
     def disk_bytes(self, node: str = "") -> int:
         """Bytes on disk under ``node`` ('' for the whole store)."""
-        root = self.path / node
-        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        return self.location.disk_bytes(node)
 
     def info(self) -> dict[str, Any]:
         """What ``actextract info`` shows: arrays, shapes, codec, sizes, labels, status."""
@@ -190,7 +255,7 @@ class Store:
         labels = self.labels[:]
         values, counts = np.unique(labels, return_counts=True)
         return {
-            "path": str(self.path),
+            "path": str(self.location),
             "status": attrs.get("status"),
             "blocks_done": int(done.sum()),
             "n_blocks": len(done),
@@ -206,30 +271,31 @@ class Store:
             "labels": {int(v): int(c) for v, c in zip(values, counts, strict=True)},
             "skipped": attrs.get("skipped", []),
             "error": attrs.get("error"),
+            "nonfinite": attrs.get("nonfinite"),
             "summary": attrs.get("summary"),
         }
 
 
-def check_output(path: Path, overwrite: bool) -> None:
+def check_output(path: str | Path | Location, overwrite: bool) -> None:
     """Refuse an existing output unless ``overwrite``, and never one that is not a Zarr store
     (or an empty folder): ``--out ~`` must not delete a home directory. Touches nothing."""
-    if not path.exists():
+    location = Location.parse(path)
+    if not location.exists():
         return
     if not overwrite:
         raise OutputExistsError(
-            f"output '{path}' already exists; pass --overwrite to replace it, "
-            "or choose another --out."
+            f"output '{location}' already exists; pass --resume to finish it, --overwrite to "
+            "replace it, or choose another --out."
         )
-    is_store = path.is_dir() and (path / "zarr.json").is_file()
-    if not (path.is_dir() and (is_store or not any(path.iterdir()))):
+    if not (location.is_store() or location.is_empty_dir()):
         raise OutputExistsError(
-            f"output '{path}' exists and is not a Zarr store; --overwrite "
+            f"output '{location}' exists and is not a Zarr store; --overwrite "
             "only replaces stores. Remove it yourself or choose another --out."
         )
 
 
 def create_store(
-    path: str | Path,
+    path: str | Path | Location,
     *,
     n: int,
     arrays: Sequence[ArraySpec],
@@ -238,100 +304,40 @@ def create_store(
     attrs: Mapping[str, Any],
     overwrite: bool = False,
 ) -> Store:
-    """Create an empty store for ``n`` samples; ``status`` is 'incomplete' until finish()."""
-    path = Path(path)
+    """Create an empty store for ``n`` samples; ``status`` is 'incomplete' until sealed."""
+    location = Location.parse(path)
     if n <= 0:
-        raise StoreError(f"cannot create '{path}' for {n} samples: the dataset is empty.")
-    check_output(path, overwrite)
-    if path.exists():
-        shutil.rmtree(path)
-    group = zarr.open_group(zarr.storage.LocalStore(path), mode="w-")
-    fill = np.nan  # an unwritten or skipped row reads as NaN, never as real zeros
-    compressors = options.compressors()
-    with quiet_numcodecs():
-        for spec in arrays:
-            group.create_array(
-                f"acts/{spec.name}",
-                shape=(n, *spec.shape),
-                chunks=(chunk_rows, *spec.shape),
-                dtype=options.dtype,
-                fill_value=fill,
-                compressors=compressors,
-                dimension_names=spec.dimension_names(),
-            )
-    group.create_array(
-        "labels",
-        shape=(n,),
-        chunks=(chunk_rows,),
-        dtype="int64",
-        fill_value=-1,
-        dimension_names=("sample",),
-    )
-    group.create_array(
-        "ids", shape=(n,), chunks=(chunk_rows,), dtype=str, dimension_names=("sample",)
-    )
-    n_blocks = math.ceil(n / chunk_rows)
-    # one chunk per block: processes writing different blocks never touch the same file
-    group.create_array(
-        "progress/done",
-        shape=(n_blocks,),
-        chunks=(1,),
-        dtype="uint8",
-        fill_value=0,
-        dimension_names=("block",),
-    )
-    group.attrs.update(
-        {
-            **attrs,
-            "format_version": FORMAT_VERSION,
-            "n_samples": n,
-            "chunk_rows": chunk_rows,
-            "dtype": options.dtype,
-            "codec": {
-                "name": options.codec,
-                "level": options.level
-                if options.level is not None
-                else DEFAULT_LEVEL.get(options.codec),
-            },
-            "layers": [
-                {
-                    "name": s.name,
-                    "kind": s.kind,
-                    "shape": list(s.shape),
-                    "output_shape": list(s.output_shape or s.shape),
-                    "reduce": s.reduce,
-                    "model_output": s.model_output,
-                    "array": f"acts/{s.name}",
-                }
-                for s in arrays
-            ],
-            "status": "incomplete",
-            "created": _now(),
-        }
-    )
-    return Store(path, group)
+        raise StoreError(f"cannot create '{location}' for {n} samples: the dataset is empty.")
+    check_output(location, overwrite)
+    if location.exists():
+        with writable(location, "remove the old store (--overwrite)"):
+            location.remove()
+    if not location.create(build_store(n, arrays, options, chunk_rows, attrs)):
+        raise OutputExistsError(f"output '{location}' was created by another process meanwhile.")
+    return open_store(location, mode="r+")
 
 
-def open_store(path: str | Path, *, mode: str = "r") -> Store:
-    """Open a store written by actextract. ``mode='r'`` reads; ``'r+'`` lets a run write."""
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
+def open_store(path: str | Path | Location, *, mode: str = "r") -> Store:
+    """Open a store written by actextract (a path or URL). ``mode='r'`` reads; ``'r+'`` lets
+    a run write."""
+    location = Location.parse(path)
+    if not location.is_store():
         raise StoreError(
-            f"'{path}' is not a Zarr store (no zarr.json); give the --out of an actextract run."
+            f"'{location}' is not a Zarr store (no zarr.json); give the --out of an actextract run."
         )
     try:
-        group = zarr.open_group(zarr.storage.LocalStore(path, read_only=mode == "r"), mode=mode)
+        group = zarr.open_group(location.zarr_store(read_only=mode == "r"), mode=mode)
     except Exception as e:
-        raise StoreError(f"'{path}' cannot be opened as a Zarr v3 group: {e}") from None
+        raise StoreError(f"'{location}' cannot be opened as a Zarr v3 group: {e}") from None
     version = group.attrs.get("format_version")
     if version is None or "layers" not in group.attrs:
         raise StoreError(
-            f"'{path}' is a Zarr group but not an actextract store (no "
+            f"'{location}' is a Zarr group but not an actextract store (no "
             "format_version/layers attributes)."
         )
     if int(version) > FORMAT_VERSION:  # type: ignore[arg-type]
         raise StoreError(
-            f"'{path}' has store format {version}; this actextract reads up to "
+            f"'{location}' has store format {version}; this actextract reads up to "
             f"{FORMAT_VERSION}. Upgrade actextract."
         )
-    return Store(path, group)
+    return Store(location, group)

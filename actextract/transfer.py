@@ -22,16 +22,27 @@ import torch
 
 from actextract.errors import OptionError
 
-__all__ = ["BlockRing", "Run", "ToHost", "blocks_open_at_once", "ring_slots"]
+__all__ = ["BlockRing", "Run", "ToHost", "blocks_open_at_once", "nonfinite_rows", "ring_slots"]
 
 
 @dataclass(frozen=True)
 class Run:
     """Consecutive rows of a batch that land in one row block: ``rows`` of the batch's
-    tensors go to ``dest`` ({layer: (len, *shape)} views of that block's host buffers)."""
+    tensors go to ``dest`` ({layer: (len, *shape)} views of that block's host buffers), and
+    whether each row holds a NaN or Inf to ``flags`` ((len, n_layers) uint8, layers in
+    ``dest``'s order)."""
 
     rows: slice
     dest: Mapping[str, torch.Tensor]
+    flags: torch.Tensor | None = None
+
+
+def nonfinite_rows(t: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: rows of ``t`` (B, ...) with a NaN or Inf, in one read of ``t``. A row's sum,
+    taken in a wider type than ``t`` (float32 for float16, float64 for float32), is finite
+    exactly when every value of the row is: the wider type cannot overflow on such values."""
+    wide = torch.float64 if t.dtype in (torch.float32, torch.float64) else torch.float32
+    return ~torch.isfinite(t.reshape(len(t), -1).sum(1, dtype=wide))
 
 
 def blocks_open_at_once(batch_size: int, chunk_rows: int) -> int:
@@ -77,6 +88,7 @@ class BlockRing:
         for slot in range(slots):
             self._free.put(slot)
         self._buffers: list[dict[str, torch.Tensor] | None] = [None] * slots
+        self._flags: list[torch.Tensor | None] = [None] * slots
 
     @property
     def slot_bytes(self) -> int:
@@ -103,6 +115,14 @@ class BlockRing:
             }
         return bufs
 
+    def flags(self, slot: int) -> torch.Tensor:
+        """The slot's (rows, n_layers) uint8 buffer: 1 where a row of a layer is not finite."""
+        flags = self._flags[slot]
+        if flags is None:
+            shape = (self.rows, len(self.shapes))
+            flags = self._flags[slot] = torch.zeros(shape, dtype=torch.uint8, pin_memory=self.pin)
+        return flags
+
     def release(self, slot: int) -> None:
         self._free.put(slot)
 
@@ -113,9 +133,11 @@ class BlockRing:
 
 class ToHost:
     """``to_host(acts, runs)`` copies each run's rows of ``acts`` ({layer: (B, *shape)} on the
-    device) into its host buffers and returns (CUDA event that fires when the copies have
-    landed or None, seconds the host spent copying). On CUDA the copies' GPU time is read
-    from events without a per-batch sync, and :meth:`gpu_seconds` totals it."""
+    device) into its host buffers, with the rows' non-finite flags (taken from the values as
+    stored: a float32 value beyond float16's range counts), and returns (CUDA event that
+    fires when the copies have landed or None, seconds the host spent copying). On CUDA the
+    copies' GPU time is read from events without a per-batch sync, and :meth:`gpu_seconds`
+    totals it."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -124,15 +146,20 @@ class ToHost:
         self._gpu_ms = 0.0
 
     def __call__(self, acts: Mapping[str, torch.Tensor], runs: Sequence[Run]):
-        if not acts:
+        if not acts or not runs:
             return None, 0.0
         t0 = time.perf_counter()
         if not self.cuda:
             for run in runs:
-                for name, dest in run.dest.items():
+                for j, (name, dest) in enumerate(run.dest.items()):
                     dest.copy_(acts[name][run.rows])  # casts to the storage dtype on the way
+                    if run.flags is not None:
+                        run.flags[:, j] = nonfinite_rows(dest)
             return None, time.perf_counter() - t0
         acts = {k: v.contiguous() for k, v in acts.items()}  # channels-last outputs, views
+        names = list(runs[0].dest) if runs else []
+        # (B, n_layers) on the device, after the cast: a few small kernels, no sync
+        flags = torch.stack([nonfinite_rows(acts[n]) for n in names], 1).to(torch.uint8)
         self.stream.wait_stream(torch.cuda.current_stream())  # the outputs are computed
         with torch.cuda.stream(self.stream):
             begin = torch.cuda.Event(enable_timing=True)
@@ -140,6 +167,9 @@ class ToHost:
             for run in runs:
                 for name, dest in run.dest.items():
                     dest.copy_(acts[name][run.rows], non_blocking=True)
+                if run.flags is not None:
+                    run.flags.copy_(flags[run.rows], non_blocking=True)
+            flags.record_stream(self.stream)
             for v in acts.values():
                 v.record_stream(self.stream)  # keep the device memory until the copy is done
             ready = torch.cuda.Event(enable_timing=True)

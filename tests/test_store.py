@@ -13,7 +13,7 @@ import actextract
 from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, create_store
 
 GOLDEN_ATTRS = {
-    "format_version": 1,
+    "format_version": 2,
     "n_samples": 16,
     "chunk_rows": 8,
     "dtype": "float16",
@@ -67,6 +67,7 @@ GOLDEN_ATTRS = {
     ],
     "skipped": [],
     "skipped_count": 0,
+    "nonfinite": {"conv1": 0, "block": 0, "fc": 0},
 }
 
 
@@ -88,6 +89,7 @@ def store(tmp_path_factory):
 def test_root_attributes(store):
     attrs = store.attrs
     volatile = {"created", "finished", "software", "summary"}
+    assert len(attrs["model"].pop("state_sha256")) == 64  # the weights' fingerprint
     assert {k: v for k, v in attrs.items() if k not in volatile} == GOLDEN_ATTRS
     assert set(attrs["software"]) == {
         "actextract",
@@ -108,6 +110,8 @@ def test_root_attributes(store):
         "compute_s",
         "d2h_s",
         "write_wait_s",
+        "nonfinite",
+        "shard",
     }
     assert attrs["summary"]["images"] == 16
     assert attrs["summary"]["bytes_written"] == 16 * (4 * 8 * 8 + 8 + 5) * 2
@@ -129,13 +133,14 @@ def test_arrays_chunks_and_dimension_names(store):
         assert arr.dtype == np.float16 and arr.metadata.dimension_names == dims
         assert np.isnan(arr.metadata.fill_value)
         meta = json.loads((store.path / "acts" / name / "zarr.json").read_text())
-        # stored as they are by default: no compressor after the bytes codec
-        assert [c["name"] for c in meta["codecs"]] == ["bytes"]
+        # stored as they are by default: no compressor, only the checksum after the bytes
+        assert [c["name"] for c in meta["codecs"]] == ["bytes", "crc32c"]
     assert root["labels"].dtype == np.int64 and root["labels"].chunks == (8,)
     assert root["ids"].shape == (16,)
     done = root["progress/done"]
     assert done.shape == (2,) and done.chunks == (1,) and done.dtype == np.uint8
     assert done[:].tolist() == [1, 1]
+    assert root["progress/nonfinite"].shape == (2, 3) and root["progress/skipped"].shape == (2,)
 
 
 def test_reader_is_lazy_and_chunk_wise(store):
@@ -170,7 +175,7 @@ def test_a_block_is_done_only_after_its_data(tmp_path):
     store.write_block(2, {"a": np.ones((2, 3), np.float16)}, np.array([1, 2]), ["x", "y"])
     assert store.done().tolist() == [False, False, True]
     assert np.isnan(store["a"][:8]).all() and (store["a"][8:] == 1).all()
-    store.finish()
+    store.seal()
     assert store.status == "incomplete" and not store.complete
 
 

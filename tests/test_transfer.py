@@ -82,10 +82,10 @@ def _slow_and_checked(monkeypatch) -> list[str]:
     write_block = Store.write_block
     problems: list[str] = []
 
-    def slow(self, block, acts, labels, ids):
+    def slow(self, block, acts, labels, ids, **records):
         before = {name: a.copy() for name, a in acts.items()}
         threading.Event().wait(0.02)  # the disk is slower than compute
-        write_block(self, block, acts, labels, ids)
+        write_block(self, block, acts, labels, ids, **records)
         for name, a in acts.items():
             if not np.array_equal(a, before[name], equal_nan=True):
                 problems.append(f"block {block}, {name}: buffer changed while being written")

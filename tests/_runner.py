@@ -1,0 +1,129 @@
+"""The reliability tests' child process: the ``actextract`` command with a fault injected.
+
+    python tests/_runner.py [--kill POINT] [--slow SECONDS] [--log FILE] -- extract ...
+
+POINT is where the process SIGKILLs itself: ``first-block`` (block 0's first array written,
+the rest not), ``mid-block:K`` (the same in block K, with earlier blocks written beside it by
+the other writer thread), ``before-seal`` (every block written, the final status not).
+``--slow`` makes every block write take that long (to stop a run from outside), ``--log``
+appends the number of every block whose write starts. The helpers below run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+# 640 digits in 10 blocks of 64 rows (batches of 32), three layers of three kinds
+ARGS = [
+    "extract",
+    "--model",
+    "digits-cnn",
+    "--dataset",
+    "digits",
+    "--layers",
+    "conv1,pool2,fc1",
+    "--limit",
+    "640",
+    "--batch-size",
+    "32",
+    "--chunk-rows",
+    "64",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
+N_BLOCKS = 10
+# one thread everywhere: the same kernels, so runs in different processes agree to the bit
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
+
+
+def command(*args: str, kill: str | None = None, slow: float = 0, log: Path | None = None):
+    cmd = [sys.executable, str(HERE / "_runner.py")]
+    if kill:
+        cmd += ["--kill", kill]
+    if slow:
+        cmd += ["--slow", str(slow)]
+    if log:
+        cmd += ["--log", str(log)]
+    return [*cmd, "--", *args]
+
+
+def run(*args: str, **faults) -> subprocess.CompletedProcess:
+    return subprocess.run(command(*args, **faults), env=ENV, capture_output=True, text=True)
+
+
+def start(*args: str, **faults) -> subprocess.Popen:
+    return subprocess.Popen(
+        command(*args, **faults), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for_done_blocks(out: Path, at_least: int, proc: subprocess.Popen) -> None:
+    """Wait until ``at_least`` done records exist (the process writes them as it goes)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if len(list((out / "progress" / "done" / "c").glob("*"))) >= at_least:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended first: {proc.communicate()}")
+        time.sleep(0.05)
+    raise AssertionError("no progress within 120 s")
+
+
+def same_store(a, b) -> None:
+    """Every array of store ``a`` equals ``b``'s to the byte (NaN payloads included)."""
+    assert a.layers == b.layers
+    for name in a.layers:
+        x, y = a[name][:], b[name][:]
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert x.tobytes() == y.tobytes(), f"{name}: differs in {np.flatnonzero(x != y)[:5]}"
+    assert a.labels[:].tolist() == b.labels[:].tolist()
+    assert a.ids[:].tolist() == b.ids[:].tolist()
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kill")
+    parser.add_argument("--slow", type=float, default=0)
+    parser.add_argument("--log", type=Path)
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    opts = parser.parse_args()
+
+    from actextract.cli import main
+    from actextract.store import Store
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    write_block = Store.write_block
+
+    def faulty(self, block, acts, labels, ids, **records):
+        if opts.log:
+            with opts.log.open("a") as f:
+                f.write(f"{block}\n")
+        time.sleep(opts.slow)
+        if opts.kill == f"mid-block:{block}" or (opts.kill == "first-block" and block == 0):
+            rows = self.block_range(block)
+            first = next(iter(acts))
+            self._node(f"acts/{first}")[rows.start : rows.stop] = acts[first]
+            die()
+        write_block(self, block, acts, labels, ids, **records)
+
+    Store.write_block = faulty
+    if opts.kill == "before-seal":
+        Store.seal = lambda self, *a, **k: die()
+    args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
+    main(args, prog_name="actextract")
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,180 @@
+"""Resume after a kill: exact, computing only the blocks not recorded done; Ctrl-C; refusals.
+
+The runs are child processes (tests/_runner.py) that kill themselves at chosen points or are
+killed from here; every resumed store must equal, to the byte, one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import pytest
+import torch
+from _runner import ARGS, N_BLOCKS, run, same_store, start, wait_for_done_blocks
+
+import actextract
+from actextract.verify import verify
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "ref.zarr"
+    done = run(*ARGS, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return actextract.open_store(out)
+
+
+def _written(log) -> list[int]:
+    return [int(b) for b in log.read_text().split()] if log.exists() else []
+
+
+def _check_done_blocks_hold_their_data(store, reference) -> np.ndarray:
+    """Every block recorded done already holds exactly the reference's rows."""
+    done = store.done()
+    for b in np.flatnonzero(done):
+        rows = slice(b * store.chunk_rows, (b + 1) * store.chunk_rows)
+        for name in store.layers:
+            assert store[name][rows].tobytes() == reference[name][rows].tobytes(), (b, name)
+    return done
+
+
+@pytest.mark.parametrize("kill", ["first-block", "mid-block:4", "before-seal"])
+def test_a_run_killed_anywhere_resumes_to_the_same_store(tmp_path, reference, kill):
+    out = tmp_path / "run.zarr"
+    killed = run(*ARGS, "--out", str(out), kill=kill)
+    assert killed.returncode == -signal.SIGKILL
+    store = actextract.open_store(out)
+    assert store.status == "incomplete" and not store.complete
+    done = _check_done_blocks_hold_their_data(store, reference)
+    if kill == "before-seal":
+        assert done.all() and verify(store).state == "complete-but-unsealed"
+    else:
+        assert not done.all() and verify(store).state == "incomplete"
+    # a chunk write cut short by the kill leaves a *.partial file; resume removes it
+    stale = out / "acts" / "conv1" / "c" / "9" / "0" / "0" / "0.0123456789ab.partial"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"half a chunk")
+
+    log = tmp_path / "written.log"
+    resumed = run(*ARGS, "--out", str(out), "--resume", log=log)
+    assert resumed.returncode == 0, resumed.stderr
+    # no block recorded done is computed again, every other block exactly once
+    assert sorted(_written(log)) == [b for b in range(N_BLOCKS) if not done[b]]
+    store = actextract.open_store(out)
+    assert store.complete and verify(store).ok
+    same_store(store, reference)
+    assert not list(out.rglob("*.partial"))
+
+
+def test_a_sigkill_from_outside_mid_run_resumes_to_the_same_store(tmp_path, reference):
+    out = tmp_path / "run.zarr"
+    proc = start(*ARGS, "--out", str(out), slow=0.2)
+    wait_for_done_blocks(out, 3, proc)
+    proc.kill()
+    proc.wait()
+    _check_done_blocks_hold_their_data(actextract.open_store(out), reference)
+    assert run(*ARGS, "--out", str(out), "--resume").returncode == 0
+    same_store(actextract.open_store(out), reference)
+
+
+def test_ctrl_c_stops_cleanly_with_exit_code_130(tmp_path, reference):
+    out = tmp_path / "run.zarr"
+    proc = start(*ARGS, "--out", str(out), slow=0.2)
+    wait_for_done_blocks(out, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted (SIGINT)" in err and "--resume" in err and "Traceback" not in err
+    store = actextract.open_store(out)
+    assert store.status == "interrupted" and not store.done().all()
+    _check_done_blocks_hold_their_data(store, reference)
+    assert run(*ARGS, "--out", str(out), "--resume").returncode == 0
+    store = actextract.open_store(out)
+    assert store.complete and store.attrs.get("error") is None
+    same_store(store, reference)
+
+
+# -- refusals (in this process: small runs) ----------------------------------------------------
+BASE = dict(
+    model="digits-cnn",
+    dataset="digits",
+    layers="conv1,fc1",
+    limit=128,
+    batch_size=32,
+    chunk_rows=64,
+    device="cpu",
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    return actextract.extract(**BASE, out=tmp_path_factory.mktemp("small") / "s.zarr")
+
+
+def _checkpoint(path):
+    from actextract.models import load_model
+
+    torch.manual_seed(1)
+    torch.save(load_model("digits-cnn").module.state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"layers": "conv1"}, "layers"),
+        ({"dtype": "float32"}, "dtype"),
+        ({"reduce": "conv1=mean"}, "reductions"),
+        ({"chunk_rows": 32}, "chunk rows"),
+        ({"limit": 100}, "samples"),
+        ({"dataset": "synthetic:128:1:28:28"}, "dataset"),
+        ({"precision": "bf16"}, "precision"),
+        ({"codec": "zstd"}, "codec"),
+        ({"weights": "CHECKPOINT"}, "checkpoint"),
+        ({"model": "MODULE"}, "model"),
+    ],
+)
+def test_resume_refuses_another_run_naming_the_field_and_both_values(
+    small_store, tmp_path, change, field
+):
+    from actextract.models import load_model
+
+    if change.get("weights") == "CHECKPOINT":
+        change = {"weights": _checkpoint(tmp_path / "other.pt")}
+    if change.get("model") == "MODULE":
+        change = {"model": load_model("digits-cnn").module}
+    before = (small_store.path / "zarr.json").read_bytes()
+    with pytest.raises(actextract.StoreError, match=f"another run: its {field}") as e:
+        actextract.extract(**{**BASE, **change}, out=small_store.path, resume=True)
+    assert "this run's is" in str(e.value) and "--overwrite" in str(e.value)
+    assert (small_store.path / "zarr.json").read_bytes() == before  # untouched
+
+
+def test_an_existing_store_is_never_touched_without_resume_or_overwrite(small_store):
+    before = sorted(p.stat().st_mtime_ns for p in small_store.path.rglob("*"))
+    with pytest.raises(actextract.OutputExistsError, match="--resume"):
+        actextract.extract(**BASE, out=small_store.path)
+    assert sorted(p.stat().st_mtime_ns for p in small_store.path.rglob("*")) == before
+
+
+def test_resume_of_a_complete_store_computes_nothing(small_store, monkeypatch):
+    from actextract.store import Store
+
+    calls = []
+    monkeypatch.setattr(Store, "write_block", lambda *a, **k: calls.append(a[1]))
+    again = actextract.extract(**BASE, out=small_store.path, resume=True)
+    assert calls == [] and again.complete
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path):
+    with pytest.raises(actextract.OptionError, match="pass one of them"):
+        actextract.extract(**BASE, out=tmp_path / "x.zarr", resume=True, overwrite=True)
+
+
+def test_resume_creates_a_missing_store(tmp_path):
+    store = actextract.extract(**BASE, out=tmp_path / "new.zarr", resume=True)
+    assert store.complete
