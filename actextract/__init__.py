@@ -4,6 +4,7 @@ store = actextract.extract("resnet18", "folder:./imgs", layers=["layer3", "avgpo
                            out="run.zarr", batch_size=128)
 store = actextract.open_store("run.zarr"); store["layer3"][:8]
 report = actextract.render("run.zarr", "report/")   # PNGs and report/index.html
+actextract.verify(actextract.open_store("run.zarr")).ok  # every chunk read back and checked
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from actextract.errors import (
     CheckpointError,
     LayerNotFoundError,
     ModelSpecError,
+    NonFiniteError,
     OptionError,
     OutputExistsError,
     SourceError,
@@ -26,6 +28,7 @@ from actextract.errors import (
 from actextract.report import Report, render
 from actextract.source import Preprocess
 from actextract.store import Store, open_store
+from actextract.verify import VerifyReport, verify
 
 __all__ = [
     "ActextractError",
@@ -35,6 +38,7 @@ __all__ = [
     "LayerNotFoundError",
     "LayerTable",
     "ModelSpecError",
+    "NonFiniteError",
     "OptionError",
     "OutputExistsError",
     "Preprocess",
@@ -42,9 +46,11 @@ __all__ = [
     "SourceError",
     "Store",
     "StoreError",
+    "VerifyReport",
     "__version__",
     "extract",
     "list_layers",
     "open_store",
     "render",
+    "verify",
 ]

@@ -1,0 +1,280 @@
+"""Verify: read back every chunk of a run's store and say whether it is complete, unfinished or
+damaged; with ``repair``, mark the damaged row blocks not done so that a resume redoes them.
+
+A chunk of a done block must exist (arrays are written with ``write_empty_chunks``, and zarr
+reads a missing chunk as the fill value without a word) and decode (its crc32c checksum catches
+bit flips and truncation: zarr raises ``ValueError``). Blocks not done are an unfinished run,
+not damage; their chunks are not read, since a resume rewrites them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import zarr
+from zarr.codecs import Crc32cCodec
+from zarr.core.sync import sync
+
+from actextract.errors import OptionError, StoreError
+from actextract.layout import quiet_numcodecs
+from actextract.location import writable
+from actextract.store import Store
+
+__all__ = ["Problem", "VerifyReport", "count_chunks", "format_verify", "verify"]
+
+DAMAGE = ("undecodable", "missing")
+EVERY_ARRAY = "*"  # the array of a 'not-done' problem: the whole row block is unwritten
+_KIND_ORDER = {"undecodable": 0, "missing": 1, "not-done": 2}
+
+Entry = tuple[str, zarr.Array, bool]  # (name, array, indexed by block rather than by row)
+Found = tuple[str, str, int, str]  # (kind, array name, block, detail)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Rows ``[start, stop)`` (row blocks ``[first, stop)``) of one array that are ``kind``:
+    'missing' (a chunk of a done block is not in the store), 'undecodable' (it does not read
+    back: checksum mismatch, truncation) or 'not-done' (not written yet; ``array`` is '*').
+    ``array``: a layer name, 'labels', 'ids' or 'progress/<record>'; ``detail``: the first
+    block's error."""
+
+    kind: str
+    array: str
+    rows: tuple[int, int]
+    blocks: tuple[int, int]
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify` found; ``state`` sums it up."""
+
+    path: str
+    status: str  # the root attribute: 'complete' once sealed
+    n_blocks: int
+    blocks_done: int = 0  # recorded done (a block whose record does not read is not counted)
+    problems: list[Problem] = field(default_factory=list)
+    chunks: int = 0  # chunks checked: read, or counted as part of a block not done
+    unchecked: list[str] = field(default_factory=list)  # arrays without a crc32c checksum
+    reset_blocks: list[int] = field(default_factory=list)  # marked not done by ``repair``
+
+    @property
+    def damaged(self) -> bool:
+        return any(p.kind in DAMAGE for p in self.problems)
+
+    @property
+    def state(self) -> str:
+        """'complete', 'complete-but-unsealed' (every block done but the status is not
+        'complete': a run killed after its last write), 'incomplete' or 'damaged'."""
+        if self.damaged:
+            return "damaged"
+        if self.blocks_done < self.n_blocks:
+            return "incomplete"
+        return "complete" if self.status == "complete" else "complete-but-unsealed"
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "complete"
+
+
+def verify(
+    store: Store,
+    *,
+    progress: Callable[[int], None] | None = None,
+    workers: int = 4,
+    repair: bool = False,
+) -> VerifyReport:
+    """Read every chunk of every array of ``store``, block by block, ``workers`` chunks at a
+    time (one chunk in memory per worker); ``progress(n)`` is called as ``n`` more chunks are
+    checked, out of :func:`count_chunks`. ``repair`` (a store opened with mode 'r+') marks the
+    blocks with a missing or undecodable chunk not done: ``extract --resume`` redoes them."""
+    if workers < 1:
+        raise OptionError(f"workers={workers} must be at least 1.")
+    if repair and store.group.store.read_only:
+        raise StoreError(f"'{store.location}' is open read-only; open it with mode='r+' to repair.")
+    tick = progress or (lambda n: None)
+    entries, found = _arrays(store)
+    done_entry, rest = entries[0], entries[1:]
+    report = VerifyReport(str(store.location), store.status, store.n_blocks)
+    crc = {n for n, a, _ in entries if any(isinstance(c, Crc32cCodec) for c in a.metadata.codecs)}
+    report.unchecked = [n for n, _, _ in entries if n not in crc]
+    done = [False] * store.n_blocks
+    check = partial(_check, store)
+    with quiet_numcodecs(), ThreadPoolExecutor(workers) as pool:
+        reads = ((done_entry, b, True) for b in range(store.n_blocks))
+        for (_, b, _), (errors, is_done) in _bounded(pool, check, reads, 2 * workers):
+            found += [(kind, done_entry[0], b, detail) for kind, detail in errors]
+            done[b] = is_done
+            if not (is_done or errors):
+                found.append(("not-done", EVERY_ARRAY, b, "not written yet"))
+            tick(1 + (0 if is_done else sum(len(_coords(store, e, b)) for e in rest)))
+        reads = ((e, b, False) for b in range(store.n_blocks) if done[b] for e in rest)
+        for (e, b, _), (errors, _) in _bounded(pool, check, reads, 2 * workers):
+            found += [(kind, e[0], b, detail) for kind, detail in errors]
+            tick(len(_coords(store, e, b)))
+    report.blocks_done = sum(done)
+    report.chunks = count_chunks(store)
+    report.problems = _group(store, found, [EVERY_ARRAY, *(e[0] for e in entries)])
+    if repair:
+        _repair(store, report)
+    return report
+
+
+def count_chunks(store: Store) -> int:
+    """How many chunks :func:`verify` checks (the total of its ``progress``)."""
+    return sum(math.prod(arr.cdata_shape) for _, arr, _ in _arrays(store)[0])
+
+
+def format_verify(report: VerifyReport) -> str:
+    """The report as terminal text: a headline, one line per problem range, what to do."""
+    done = f"{report.blocks_done}/{report.n_blocks} blocks done"
+    resume = "`actextract extract ... --resume`"
+    head = {
+        "complete": f"complete: {done}, every chunk reads back.",
+        "complete-but-unsealed": f"complete but not sealed (status '{report.status}'): {done}; "
+        f"{resume} seals it.",
+        "incomplete": f"incomplete (status '{report.status}'): {done}.",
+        "damaged": f"DAMAGED: {done}; {sum(p.kind in DAMAGE for p in report.problems)} "
+        "damaged row ranges.",
+    }[report.state]
+    lines = [f"{report.path}: {head}"]
+    for p in report.problems:
+        first, stop = p.blocks
+        blocks = f"block {first}" if stop - first == 1 else f"blocks {first}-{stop - 1}"
+        array = "all arrays" if p.array == EVERY_ARRAY else p.array
+        where = f"  {array}: rows {p.rows[0]}-{p.rows[1] - 1} ({blocks})"
+        if p.kind == "not-done":
+            lines.append(f"{where}: not written yet; resume with {resume}.")
+        else:
+            detail = p.detail if len(p.detail) <= 100 else p.detail[:97] + "..."
+            lines.append(f"{where}: {p.kind} ({detail}); these rows must be extracted again.")
+    if report.reset_blocks:
+        lines.append(
+            f"{len(report.reset_blocks)} damaged blocks marked not done: {resume} redoes them."
+        )
+    elif report.damaged:
+        lines.append(
+            f"`actextract verify --repair` marks them not done; {resume} then redoes them."
+        )
+    if report.unchecked:
+        lines.append(
+            f"no crc32c checksum in {', '.join(report.unchecked)}: a flipped bit there would "
+            "read back as valid data."
+        )
+    return "\n".join(lines)
+
+
+def _arrays(store: Store) -> tuple[list[Entry], list[Found]]:
+    """progress/done, then the layers, labels, ids and progress records known by the schema;
+    an array whose metadata cannot be read is 'missing' in every block."""
+    try:
+        entries: list[Entry] = [("progress/done", store._node("progress/done"), True)]
+    except Exception as e:
+        raise StoreError(f"'{store.location}' has no readable progress/done array ({e}).") from None
+    paths = [(s["name"], s.get("array", f"acts/{s['name']}"), False) for s in store.attrs["layers"]]
+    paths += [("labels", "labels", False), ("ids", "ids", False)]
+    records = sorted(store.group["progress"].array_keys())  # type: ignore[union-attr]
+    paths += [(f"progress/{r}", f"progress/{r}", True) for r in records if r != "done"]
+    found: list[Found] = []
+    for name, path, per_block in paths:
+        try:
+            arr = store._node(path)
+        except Exception as e:
+            detail = f"its metadata cannot be read: {type(e).__name__}: {e}"
+            found += [("missing", name, b, detail) for b in range(store.n_blocks)]
+            continue
+        if not per_block or arr.shape[:1] == (store.n_blocks,):  # else a record we don't know
+            entries.append((name, arr, per_block))
+    return entries, found
+
+
+def _coords(store: Store, entry: Entry, block: int) -> list[tuple[int, ...]]:
+    """The chunk coordinates holding ``block`` of the array."""
+    _, arr, per_block = entry
+    c0 = arr.chunks[0]
+    if per_block:
+        first, stop = block // c0, block // c0 + 1
+    else:
+        rows = store.block_range(block)
+        first, stop = rows.start // c0, -(-rows.stop // c0)
+    rest = list(itertools.product(*(range(n) for n in arr.cdata_shape[1:])))
+    return [(i, *r) for i in range(first, stop) for r in rest]
+
+
+def _check(
+    store: Store, entry: Entry, block: int, read_done: bool
+) -> tuple[list[tuple[str, str]], bool]:
+    """([(kind, detail)], whether the block is recorded done (``read_done``: the done array))."""
+    _, arr, per_block = entry
+    errors: list[tuple[str, str]] = []
+    if not read_done:  # an absent done chunk only means "not done"
+        keys = [
+            f"{arr.store_path.path}/{arr.metadata.encode_chunk_key(c)}"
+            for c in _coords(store, entry, block)
+        ]
+        absent = [k for k in keys if not sync(arr.store_path.store.exists(k))]
+        if absent:
+            more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+            errors.append(("missing", f"chunk '{absent[0]}'{more} not in the store"))
+    rows = store.block_range(block)
+    try:
+        data = arr[block : block + 1] if per_block else arr[rows.start : rows.stop]
+    except OSError:  # the store cannot be read at all (permissions, network): not damage
+        raise
+    except Exception as e:  # zarr's Crc32cCodec: "Stored and computed checksum do not match"
+        why = f"{type(e).__name__}: {e}"
+        if "checksum" in str(e):
+            why = "crc32c checksum mismatch: corrupt or truncated"
+        return [*errors, ("undecodable", why)], False
+    return errors, read_done and not errors and bool(data.all())
+
+
+def _bounded(
+    pool: ThreadPoolExecutor, fn: Callable[..., Any], tasks: Iterable[tuple], window: int
+) -> Iterator[tuple[tuple, Any]]:
+    """(task, fn(*task)) as they finish, with at most ``window`` tasks submitted at a time."""
+    pending: dict[Future, tuple] = {}
+    for task in tasks:
+        pending[pool.submit(fn, *task)] = task
+        if len(pending) >= window:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                yield pending.pop(f), f.result()
+    for f in list(pending):
+        yield pending.pop(f), f.result()
+
+
+def _group(store: Store, found: list[Found], order: list[str]) -> list[Problem]:
+    """One Problem per run of consecutive blocks with the same kind and array."""
+    rank = {name: i for i, name in enumerate(order)}
+    found = sorted(found, key=lambda f: (_KIND_ORDER[f[0]], rank.get(f[1], len(rank)), f[1], f[2]))
+    problems = []
+    # within one (kind, array), consecutive blocks share block - position in the sorted list
+    for _, run in itertools.groupby(
+        enumerate(found), key=lambda i_f: (*i_f[1][:2], i_f[1][2] - i_f[0])
+    ):
+        (_, (kind, array, first, detail)), *more = run
+        last = more[-1][1][2] if more else first
+        rows = (store.block_range(first).start, store.block_range(last).stop)
+        problems.append(Problem(kind, array, rows, (first, last + 1), detail))
+    return problems
+
+
+def _repair(store: Store, report: VerifyReport) -> None:
+    """Mark the blocks of the damaged ranges not done (and the store not sealed)."""
+    bad = sorted({b for p in report.problems if p.kind in DAMAGE for b in range(*p.blocks)})
+    if not bad:
+        return
+    done = store._node("progress/done")
+    with writable(store.location, f"mark {len(bad)} damaged row blocks not done"):
+        for b in bad:
+            done[b] = 0  # a whole chunk: written without reading the damaged one
+        if store.status == "complete":
+            store.update_attrs(status="incomplete")
+    report.reset_blocks = bad
