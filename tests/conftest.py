@@ -49,3 +49,17 @@ def image_folder(tmp_path) -> Path:
         for i in range(3):
             _png(root / cls / f"{i}.png", seed=10 * c + i)
     return root
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """One uninterrupted single-process run of tests/_runner.py's ARGS, to compare resumed,
+    sharded and torchrun stores with."""
+    from _runner import ARGS, run
+
+    import actextract
+
+    out = tmp_path_factory.mktemp("reference") / "ref.zarr"
+    done = run(*ARGS, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return actextract.open_store(out)

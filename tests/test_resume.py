@@ -19,14 +19,6 @@ from actextract.verify import verify
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference") / "ref.zarr"
-    done = run(*ARGS, "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    return actextract.open_store(out)
-
-
 def _written(log) -> list[int]:
     return [int(b) for b in log.read_text().split()] if log.exists() else []
 
