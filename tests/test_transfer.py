@@ -15,7 +15,7 @@ from _fixtures import FailsAt, SeededImages, reference, tiny_cnn
 import actextract
 from actextract.errors import OptionError
 from actextract.store import Store
-from actextract.transfer import BlockRing, blocks_open_at_once
+from actextract.transfer import BlockRing, blocks_open_at_once, nonfinite_rows
 
 
 def _ring(slots: int = 1) -> BlockRing:
@@ -159,3 +159,14 @@ def test_a_ring_smaller_than_one_batch_needs_is_refused(tmp_path):
             out=tmp_path / "r.zarr",
         )
     assert not (tmp_path / "r.zarr").exists()  # refused before the store was created
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_nonfinite_rows_flags_exactly_the_rows_with_nan_or_inf(dtype):
+    x = torch.randn(6, 3, 4, 4).to(dtype)
+    x[1, 0, 0, 0] = float("nan")
+    x[3, 2, 3, 3] = float("-inf")
+    x[4, 1, 2, 0] = float("inf")
+    x[5] = torch.finfo(dtype).max  # finite, and a sum would overflow: not flagged
+    assert nonfinite_rows(x).tolist() == [False, True, False, True, True, False]
+    assert nonfinite_rows(torch.zeros(2, 0)).tolist() == [False, False]
