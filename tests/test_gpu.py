@@ -147,3 +147,38 @@ def test_cuda_decode_gpu_extract_matches_the_cpu_decode(tmp_path):
     assert [s["id"] for s in gpu.attrs["skipped"]] == ["b/9.jpg"]
     a, b = cpu["layer1"][:], gpu["layer1"][:]
     np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05, equal_nan=True)
+
+
+def test_cuda_counts_nonfinite_rows_like_the_cpu(tmp_path):
+    """The flags are taken on the device after the cast and copied on the side stream with
+    the rows: a value beyond float16's range counts, as on the CPU."""
+    data = SeededImages(n=40)
+    data.x[5, 0, 0, 0] = float("nan")
+    data.x[17] *= 1e6  # finite in float32, Inf once stored as float16
+    counts = {}
+    for device in ("cpu", "cuda"):
+        store = actextract.extract(
+            tiny_cnn(),
+            data,
+            layers=["conv1", "fc"],
+            device=device,
+            batch_size=8,
+            chunk_rows=16,
+            out=tmp_path / f"{device}.zarr",
+        )
+        counts[device] = store.attrs["nonfinite"]
+    assert counts["cuda"] == counts["cpu"] and counts["cpu"]["conv1"] == 2
+
+
+def test_cuda_resume_continues_a_partial_store(tmp_path):
+    data = SeededImages(n=64)
+    kwargs = dict(layers=["bn1", "fc"], device="cuda", batch_size=8, chunk_rows=16)
+    full = actextract.extract(tiny_cnn(), data, out=tmp_path / "full.zarr", **kwargs)
+    part = actextract.extract(tiny_cnn(), data, out=tmp_path / "part.zarr", **kwargs)
+    done = actextract.open_store(part.path, mode="r+")
+    done._node("progress/done")[1:3] = 0
+    done.update_attrs(status="interrupted")
+    again = actextract.extract(tiny_cnn(), data, out=part.path, resume=True, **kwargs)
+    assert again.complete
+    for name in ("bn1", "fc"):
+        assert again[name][:].tobytes() == full[name][:].tobytes()
