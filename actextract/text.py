@@ -47,10 +47,16 @@ def format_layer_table(table: Any, dtype: str, n_samples: int | None = None) -> 
 def format_info(d: dict) -> str:
     """``actextract info``, from :meth:`actextract.store.Store.info`."""
     status = d["status"]
-    if status != "complete":
+    if status != "complete" and d["blocks_done"] == d["n_blocks"]:
+        status = (
+            f"NOT SEALED: all {d['n_blocks']} row blocks written, the final status not (the "
+            "run stopped at its very end); the same extract command with --resume seals it"
+        )
+    elif status != "complete":
         status = (
             f"{str(status).upper()}: {d['blocks_done']}/{d['n_blocks']} row blocks written"
-            f"{' — ' + d['error'] if d.get('error') else ''}; the run did not finish"
+            f"{' — ' + d['error'] if d.get('error') else ''}; the run did not finish "
+            "(the same extract command with --resume finishes it)"
         )
     else:
         status = f"complete ({d['blocks_done']}/{d['n_blocks']} row blocks)"
@@ -92,6 +98,9 @@ def format_info(d: dict) -> str:
     lines.append(f"  labels   {shown}")
     if d.get("skipped"):
         lines.append(f"  skipped  {', '.join(str(s['id']) for s in d['skipped'][:10])}")
+    nonfinite = {k: v for k, v in (d.get("nonfinite") or {}).items() if v}
+    if nonfinite:
+        lines.append(f"  NaN/Inf  rows per layer: {_counts(nonfinite)}")
     summary = d.get("summary")
     if summary:
         lines.append(
@@ -123,7 +132,17 @@ def format_summary(attrs: dict) -> str:
         ids = ", ".join(str(b["id"]) for b in skipped[:10])
         more = f" (+{count - 10} more)" if count > 10 else ""
         lines.append(f"skipped {count} bad samples: {ids}{more}")
+    nonfinite = {k: v for k, v in (attrs.get("nonfinite") or s.get("nonfinite") or {}).items() if v}
+    if nonfinite:
+        lines.append(
+            f"rows with NaN or Inf, per layer: {_counts(nonfinite)} (stored as they are; "
+            "--on-nonfinite error stops at the first)"
+        )
     return "\n".join(lines)
+
+
+def _counts(per_layer: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in per_layer.items())
 
 
 def format_report(report) -> str:
