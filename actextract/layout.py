@@ -208,7 +208,7 @@ def build_store(
             compressors=crc,
             dimension_names=("block",),
         )
-        group.attrs.update(store_attrs(n, arrays, options, chunk_rows, attrs))
+        group.update_attributes(store_attrs(n, arrays, options, chunk_rows, attrs))
 
     return build
 

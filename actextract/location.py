@@ -11,6 +11,7 @@ as the file system makes them, and their store is created in place.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import shutil
@@ -134,7 +135,13 @@ class Location:
             parent.mkdir(parents=True, exist_ok=True)
             tmp = parent / f".{self.local.name}.creating-{uuid.uuid4().hex[:12]}"
             try:
-                build(zarr.storage.LocalStore(tmp))
+                try:
+                    build(zarr.storage.LocalStore(tmp))
+                except BaseException:
+                    # a failed write cancels nothing: zarr's other writes of the same call
+                    # still run, and would recreate files in ``tmp`` after it is removed
+                    sync(_settle())
+                    raise
                 try:
                     if self.is_empty_dir():
                         self.local.rmdir()
@@ -158,6 +165,14 @@ def _block_of_partial(relative: Path) -> int | None:
     i = len(dirs) - 1 - dirs[::-1].index("c")
     first = relative.parts[i + 1].split(".")[0]
     return int(first) if first.isdigit() else None
+
+
+async def _settle(timeout: float = 60) -> None:
+    """Wait for the tasks still running on zarr's event loop (this coroutine runs there)."""
+    current = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
 
 
 async def _first_key(store: zarr.abc.store.Store) -> str | None:

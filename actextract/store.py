@@ -205,9 +205,11 @@ class Store:
             self._node("progress/done")[block] = 1  # only now is the block trusted
 
     def update_attrs(self, **values: Any) -> None:
-        """Update the root attributes (one process at a time: zarr.json is rewritten whole)."""
+        """Update the root attributes in one write of zarr.json (``attrs.update`` would write
+        it once per key, and a failure between two would leave half an update); one process
+        at a time, as the file is rewritten whole."""
         with writable(self.location, "update the store's attributes"):
-            self.group.attrs.update(values)
+            self.group.update_attributes(values)
 
     def seal(self, status: str = "incomplete", **values: Any) -> None:
         """Record ``values`` with status ``complete`` when every block is done (with the totals

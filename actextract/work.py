@@ -29,7 +29,11 @@ class Shard:
     count: int = 1
 
     def __post_init__(self) -> None:
-        if self.count < 1 or not 0 <= self.index < self.count:
+        if self.count < 1:
+            raise OptionError(
+                f"--shard {self.index}/{self.count}: the number of shards must be at least 1."
+            )
+        if not 0 <= self.index < self.count:
             raise OptionError(
                 f"--shard {self.index}/{self.count}: the shard index counts from 0 and must "
                 f"be below the number of shards, e.g. 0/{max(self.count, 2)} … "
@@ -46,12 +50,13 @@ class Shard:
         try:
             if not sep:
                 raise ValueError
-            return cls(int(index), int(count))
+            i, n = int(index), int(count)
         except ValueError:
             raise OptionError(
                 f"--shard '{spec}' is not of the form INDEX/COUNT, e.g. 0/4 for the first of 4 "
                 "processes."
             ) from None
+        return cls(i, n)
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"

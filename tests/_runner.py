@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-# 640 digits in 10 blocks of 64 rows (batches of 32), three layers of three kinds
+# 640 inputs in 10 blocks of 64 rows (batches of 32), three layers of three kinds; synthetic
+# data, as the digits would cost every child process seconds of importing scikit-learn
 ARGS = [
     "extract",
     "--model",
     "digits-cnn",
     "--dataset",
-    "digits",
+    "synthetic:640:1:28:28",
     "--layers",
     "conv1,pool2,fc1",
     "--limit",
@@ -88,6 +89,19 @@ def same_store(a, b) -> None:
         assert x.tobytes() == y.tobytes(), f"{name}: differs in {np.flatnonzero(x != y)[:5]}"
     assert a.labels[:].tolist() == b.labels[:].tolist()
     assert a.ids[:].tolist() == b.ids[:].tolist()
+
+
+def check_done_blocks(store, reference) -> np.ndarray:
+    """Every block recorded done holds exactly the reference's rows (activations, labels,
+    ids); returns the done flags."""
+    done = store.done()
+    for b in np.flatnonzero(done):
+        rows = slice(b * store.chunk_rows, (b + 1) * store.chunk_rows)
+        for name in store.layers:
+            assert store[name][rows].tobytes() == reference[name][rows].tobytes(), (b, name)
+        assert store.labels[rows].tolist() == reference.labels[rows].tolist(), b
+        assert store.ids[rows].tolist() == reference.ids[rows].tolist(), b
+    return done
 
 
 def _main() -> None:

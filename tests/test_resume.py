@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import signal
 
-import numpy as np
 import pytest
 import torch
-from _runner import ARGS, N_BLOCKS, run, same_store, start, wait_for_done_blocks
+from _runner import (
+    ARGS,
+    N_BLOCKS,
+    check_done_blocks,
+    run,
+    same_store,
+    start,
+    wait_for_done_blocks,
+)
 
 import actextract
 from actextract.verify import verify
@@ -23,16 +30,6 @@ def _written(log) -> list[int]:
     return [int(b) for b in log.read_text().split()] if log.exists() else []
 
 
-def _check_done_blocks_hold_their_data(store, reference) -> np.ndarray:
-    """Every block recorded done already holds exactly the reference's rows."""
-    done = store.done()
-    for b in np.flatnonzero(done):
-        rows = slice(b * store.chunk_rows, (b + 1) * store.chunk_rows)
-        for name in store.layers:
-            assert store[name][rows].tobytes() == reference[name][rows].tobytes(), (b, name)
-    return done
-
-
 @pytest.mark.parametrize("kill", ["first-block", "mid-block:4", "before-seal"])
 def test_a_run_killed_anywhere_resumes_to_the_same_store(tmp_path, reference, kill):
     out = tmp_path / "run.zarr"
@@ -40,7 +37,7 @@ def test_a_run_killed_anywhere_resumes_to_the_same_store(tmp_path, reference, ki
     assert killed.returncode == -signal.SIGKILL
     store = actextract.open_store(out)
     assert store.status == "incomplete" and not store.complete
-    done = _check_done_blocks_hold_their_data(store, reference)
+    done = check_done_blocks(store, reference)
     if kill == "before-seal":
         assert done.all() and verify(store).state == "complete-but-unsealed"
     else:
@@ -67,7 +64,7 @@ def test_a_sigkill_from_outside_mid_run_resumes_to_the_same_store(tmp_path, refe
     wait_for_done_blocks(out, 3, proc)
     proc.kill()
     proc.wait()
-    _check_done_blocks_hold_their_data(actextract.open_store(out), reference)
+    check_done_blocks(actextract.open_store(out), reference)
     assert run(*ARGS, "--out", str(out), "--resume").returncode == 0
     same_store(actextract.open_store(out), reference)
 
@@ -82,7 +79,7 @@ def test_ctrl_c_stops_cleanly_with_exit_code_130(tmp_path, reference):
     assert "interrupted (SIGINT)" in err and "--resume" in err and "Traceback" not in err
     store = actextract.open_store(out)
     assert store.status == "interrupted" and not store.done().all()
-    _check_done_blocks_hold_their_data(store, reference)
+    check_done_blocks(store, reference)
     assert run(*ARGS, "--out", str(out), "--resume").returncode == 0
     store = actextract.open_store(out)
     assert store.complete and store.attrs.get("error") is None

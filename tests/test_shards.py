@@ -11,7 +11,6 @@ import pytest
 from _runner import ARGS, ENV, N_BLOCKS, run, same_store
 
 import actextract
-from actextract.errors import OptionError
 from actextract.verify import verify
 from actextract.work import Shard, Work
 
@@ -47,12 +46,6 @@ def test_batches_of_scattered_blocks_are_not_repeated():
     assert [b.start for b in batches] == sorted(b.start for b in batches)
 
 
-@pytest.mark.parametrize("spec", ["2/2", "x", "1/0", "-1/2", "1"])
-def test_bad_shard_specs_are_refused(spec):
-    with pytest.raises(OptionError, match="--shard"):
-        Shard.parse(spec)
-
-
 # -- processes ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_shard_processes_fill_one_store_like_one_process(tmp_path, reference):
@@ -81,22 +74,16 @@ def test_a_lost_shards_blocks_are_picked_up_by_resume(tmp_path, reference):
     same_store(store, reference)
 
 
+def _torchrun(out, nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc_per_node={nproc}", "-m", "actextract", *ARGS, "--out", str(out)]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.slow
 def test_torchrun_two_ranks_write_one_store_like_one_process(tmp_path, reference):
     out = tmp_path / "run.zarr"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "actextract",
-        *ARGS,
-        "--out",
-        str(out),
-    ]
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    done = _torchrun(out)
     assert done.returncode == 0, done.stderr[-3000:]
     store = actextract.open_store(out)
     assert store.complete and verify(store).ok
@@ -111,34 +98,10 @@ def test_torchrun_rank_errors_reach_every_rank(tmp_path):
     out = tmp_path / "run.zarr"
     out.mkdir()
     (out / "keep.txt").write_text("not a store")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "actextract",
-        *ARGS,
-        "--out",
-        str(out),
-    ]
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    done = _torchrun(out)
     assert done.returncode != 0
     assert done.stderr.count("already exists") >= 2, done.stderr[-3000:]
     assert (out / "keep.txt").read_text() == "not a store"
-
-
-def test_shards_and_overwrite_are_refused(tmp_path):
-    with pytest.raises(OptionError, match="each shard would delete"):
-        actextract.extract(
-            "digits-cnn",
-            "digits",
-            layers="fc1",
-            out=tmp_path / "x.zarr",
-            shard="0/2",
-            overwrite=True,
-        )
 
 
 def test_every_block_once_over_all_orders():
@@ -147,3 +110,35 @@ def test_every_block_once_over_all_orders():
     for order in itertools.permutations(range(3)):
         seen = [b for i in order for b in work.blocks(Shard(i, 3))]
         assert sorted(seen) == list(range(N_BLOCKS))
+
+
+# -- --shard parsing ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("shard", "match"),
+    [
+        ("2/2", r"--shard 2/2: the shard index counts from 0 and must be below"),
+        ("x", r"--shard 'x' is not of the form INDEX/COUNT, e\.g\. 0/4"),
+        ("1/0", r"--shard 1/0: the number of shards must be at least 1"),
+        ("-1/2", r"--shard -1/2: the shard index counts from 0"),
+        ("1/2/3", r"--shard '1/2/3' is not of the form INDEX/COUNT"),
+    ],
+)
+def test_bad_shards_are_refused(tmp_path, shard, match):
+    with pytest.raises(actextract.OptionError, match=match):
+        actextract.extract(
+            "digits-cnn", "digits", layers="fc1", out=tmp_path / "x.zarr", shard=shard
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_shard_with_overwrite_is_refused(tmp_path):
+    with pytest.raises(actextract.OptionError, match="each shard would delete the others' work"):
+        actextract.extract(
+            "digits-cnn",
+            "digits",
+            layers="fc1",
+            out=tmp_path / "x.zarr",
+            shard="0/2",
+            overwrite=True,
+        )
+    assert list(tmp_path.iterdir()) == []
