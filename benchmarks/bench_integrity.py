@@ -3,8 +3,8 @@ crc32c checksum, the NaN/Inf row check, or both switched off, interleaved in one
 
     python benchmarks/bench_integrity.py [--n 10000] [--repeats 3] [--device cpu]
 
-Writes benchmarks/results/integrity-<device>.json and .md: the median time of each variant
-and their ratio (the ratio is what carries across machines).
+Writes benchmarks/results/integrity-<device>.json and .md (or under --out): the median time
+of each variant and their ratios (the ratios are what carries across machines).
 """
 
 from __future__ import annotations
@@ -73,15 +73,18 @@ def _extract(out: Path, n: int, device: str) -> None:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=RESULTS, help="Folder for the results.")
+    parser.add_argument("--tmp", type=Path, default=None, help="Scratch folder for the stores.")
+    args = parser.parse_args(argv)
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    with tempfile.TemporaryDirectory(prefix="bench-integrity-") as tmp:
-        one("shipped", 1_000, args.device, Path(tmp))  # warm-up: imports, allocator, caches
+    with tempfile.TemporaryDirectory(prefix="bench-integrity-", dir=args.tmp) as tmp:
+        # warm-up: imports, allocator, caches
+        one("shipped", min(args.n, 1_000), args.device, Path(tmp))
         for _ in range(args.repeats):
             for variant in times:
                 times[variant].append(one(variant, args.n, args.device, Path(tmp)))
@@ -96,10 +99,10 @@ def main() -> None:
         "median_s": med,
         "throughput_vs_unchecked": ratio,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"integrity-{args.device}.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"integrity-{args.device}.json").write_text(json.dumps(result, indent=2) + "\n")
     rows = "".join(f"| {v} | {med[v]:.2f} | {ratio[v]:.3f} |\n" for v in VARIANTS)
-    (RESULTS / f"integrity-{args.device}.md").write_text(
+    (args.out / f"integrity-{args.device}.md").write_text(
         f"# Cost of the integrity checks ({args.device}, {torch.get_num_threads()} threads)\n\n"
         f"digits-cnn, {LAYERS}, N={args.n:,}, float16, no compression, whole extract calls, "
         f"median of {args.repeats}, variants interleaved. shipped: crc32c on every chunk and "

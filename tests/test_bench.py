@@ -91,3 +91,15 @@ def test_codec_benchmark_runs_in_tiny_mode(tmp_path, capsys):
     assert all(r["ratio"] > 0 for r in rows)
     relu_none = next(r for r in rows if r["layer"] == "relu" and r["codec"] == "none")
     assert relu_none["zeros"] > 0.2  # a ReLU output holds zeros; the table reports them
+
+
+def test_integrity_benchmark_runs_at_a_toy_size(tmp_path):
+    out, scratch = tmp_path / "results", tmp_path / "scratch"
+    scratch.mkdir()
+    _load("bench_integrity").main(
+        ["--n", "64", "--repeats", "1", "--out", str(out), "--tmp", str(scratch)]
+    )
+    result = json.loads((out / "integrity-cpu.json").read_text())
+    assert set(result["median_s"]) == {"shipped", "no-crc32c", "no-nonfinite", "unchecked"}
+    assert result["throughput_vs_unchecked"]["unchecked"] == 1.0
+    assert "| shipped |" in (out / "integrity-cpu.md").read_text()
