@@ -41,6 +41,7 @@ class Group:
     rank: int
     world: int
     local_rank: int
+    owned: bool = True  # this module created the process group (and destroys it at the end)
 
     @property
     def leader(self) -> bool:
@@ -82,7 +83,8 @@ class Group:
         return out
 
     def close(self) -> None:
-        if dist.is_initialized():
+        """Leave the process group, unless the caller's program made it (its own DDP job)."""
+        if self.owned and dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -99,8 +101,9 @@ def from_env() -> Group | None:
             f"WORLD_SIZE={world} is set but RANK is missing or not a number; launch with "
             "torchrun, or unset WORLD_SIZE (use --shard INDEX/COUNT for separate processes)."
         ) from None
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         # gloo: the collectives carry small Python objects between host processes, whatever
         # the device the forward runs on
         dist.init_process_group("gloo", timeout=WAIT)
-    return Group(rank, world, local_rank)
+    return Group(rank, world, local_rank, owned)
