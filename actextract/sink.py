@@ -87,9 +87,8 @@ class Sink:
             )
         self.store = store
         self.on_nonfinite = on_nonfinite
-        self.wanted = np.asarray(
-            sorted(blocks) if blocks is not None else range(store.n_blocks), np.int64
-        )
+        self._wanted = set(blocks) if blocks is not None else set(range(store.n_blocks))
+        self.wanted = np.asarray(sorted(self._wanted), np.int64)
         self.bytes_written = 0  # uncompressed bytes of activations handed to the store
         self.nonfinite = dict.fromkeys(store.layers, 0)  # rows with NaN/Inf written, per layer
         self.ring = BlockRing(
@@ -128,9 +127,9 @@ class Sink:
         rows = self.store.chunk_rows
         blocks = indices // rows
         keep = np.flatnonzero(np.isin(blocks, self.wanted))  # batch positions this sink writes
-        bad_blocks = [s.index // rows for s in bad]
-        for b in sorted({*blocks[keep].tolist(), *np.asarray(bad_blocks)[self._kept(bad)]}):
-            waited += self._open_block(int(b))
+        bad_blocks = {s.index // rows for s in bad} & self._wanted
+        for b in sorted({*blocks[keep].tolist(), *bad_blocks}):
+            waited += self._open_block(b)
         runs = []
         if len(keep):
             idx, blk_of = indices[keep], blocks[keep]
@@ -145,11 +144,6 @@ class Sink:
                 runs.append(Run(slice(int(keep[lo]), int(keep[hi - 1]) + 1), dest, flags))
         return runs, waited
 
-    def _kept(self, bad: Sequence[BadSample]) -> np.ndarray:
-        """(len(bad),) bool: the bad samples whose blocks this sink writes."""
-        rows = self.store.chunk_rows
-        return np.isin(np.asarray([s.index // rows for s in bad], np.int64), self.wanted)
-
     def filled(self, batch: Filled) -> None:
         """The batch's rows are (being) copied: record labels and ids, and hand every block
         that is now complete to a writer."""
@@ -163,9 +157,9 @@ class Sink:
             blk = touched[row // rows] = self._open[row // rows]
             blk.labels[row - blk.start], blk.ids[row - blk.start] = label, sample_id
             blk.missing -= 1
-        kept = self._kept(batch.bad)
-        for s in [s for s, k in zip(batch.bad, kept, strict=True) if k]:
-            # a skipped row keeps the fill value and label -1, with its id
+        for s in batch.bad:  # a skipped row keeps the fill value and label -1, with its id
+            if s.index // rows not in self._open:
+                continue
             blk = touched[s.index // rows] = self._open[s.index // rows]
             blk.ids[s.index - blk.start] = s.id
             blk.bad_rows.append(s.index - blk.start)

@@ -167,3 +167,36 @@ def test_resume_and_overwrite_together_are_refused(tmp_path):
 def test_resume_creates_a_missing_store(tmp_path):
     store = actextract.extract(**BASE, out=tmp_path / "new.zarr", resume=True)
     assert store.complete
+
+
+def test_resume_with_batches_straddling_blocks_writes_only_the_missing_ones(tmp_path, monkeypatch):
+    """Batches of 8 over blocks of 12 rows: a resumed batch also holds rows of done blocks,
+    which are computed (the batch must be the same) but not written again; a skipped sample
+    in a resumed block is recorded once."""
+    from _fixtures import FailsAt, tiny_cnn
+
+    from actextract.store import Store
+
+    data = FailsAt(40, n=60)
+    kwargs = dict(layers=["bn1", "fc"], batch_size=8, chunk_rows=12, device="cpu")
+    kwargs.update(on_bad_sample="skip", progress=False)
+    full = actextract.extract(tiny_cnn(), data, out=tmp_path / "full.zarr", **kwargs)
+    part = actextract.extract(tiny_cnn(), data, out=tmp_path / "part.zarr", **kwargs)
+    store = actextract.open_store(part.path, mode="r+")
+    store._node("progress/done")[[1, 3]] = 0  # block 3 holds the bad sample 40
+    store.update_attrs(status="interrupted")
+    written = []
+    write_block = Store.write_block
+    monkeypatch.setattr(
+        Store, "write_block", lambda s, b, *a, **k: (written.append(b), write_block(s, b, *a, **k))
+    )
+    again = actextract.extract(tiny_cnn(), data, out=part.path, resume=True, **kwargs)
+    assert sorted(written) == [1, 3] and again.complete
+    for name in ("bn1", "fc"):
+        assert again[name][:].tobytes() == full[name][:].tobytes()
+    assert again.ids[:].tolist() == full.ids[:].tolist()
+    assert (
+        [s["index"] for s in again.attrs["skipped"]]
+        == [40]
+        == [s["index"] for s in full.attrs["skipped"]]
+    )
