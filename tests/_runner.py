@@ -1,12 +1,13 @@
 """The reliability tests' child process: the ``actextract`` command with a fault injected.
 
-    python tests/_runner.py [--kill POINT] [--slow SECONDS] [--log FILE] -- extract ...
+    python tests/_runner.py [--kill POINT] [--stall SECONDS] [--log FILE] -- extract ...
 
 POINT is where the process SIGKILLs itself: ``first-block`` (block 0's first array written,
 the rest not), ``mid-block:K`` (the same in block K, with earlier blocks written beside it by
 the other writer thread), ``before-seal`` (every block written, the final status not).
-``--slow`` makes every block write take that long (to stop a run from outside), ``--log``
-appends the number of every block whose write starts. The helpers below run it.
+``--stall`` makes every block write after the first two take that long, so that a test that
+waits for two done blocks can stop the run from outside before it can end, however slow the
+machine; ``--log`` appends the number of every block whose write starts. The helpers below run it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,12 +49,15 @@ N_BLOCKS = 10
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
 
 
-def command(*args: str, kill: str | None = None, slow: float = 0, log: Path | None = None):
+STALL_AFTER = 2  # blocks written at full speed before --stall applies
+
+
+def command(*args: str, kill: str | None = None, stall: float = 0, log: Path | None = None):
     cmd = [sys.executable, str(HERE / "_runner.py")]
     if kill:
         cmd += ["--kill", kill]
-    if slow:
-        cmd += ["--slow", str(slow)]
+    if stall:
+        cmd += ["--stall", str(stall)]
     if log:
         cmd += ["--log", str(log)]
     return [*cmd, "--", *args]
@@ -107,7 +112,7 @@ def check_done_blocks(store, reference) -> np.ndarray:
 def _main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kill")
-    parser.add_argument("--slow", type=float, default=0)
+    parser.add_argument("--stall", type=float, default=0)
     parser.add_argument("--log", type=Path)
     parser.add_argument("args", nargs=argparse.REMAINDER)
     opts = parser.parse_args()
@@ -119,12 +124,16 @@ def _main() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     write_block = Store.write_block
+    lock, started = threading.Lock(), []
 
     def faulty(self, block, acts, labels, ids, **records):
         if opts.log:
             with opts.log.open("a") as f:
                 f.write(f"{block}\n")
-        time.sleep(opts.slow)
+        with lock:
+            started.append(block)
+            stall = opts.stall if len(started) > STALL_AFTER else 0
+        time.sleep(stall)
         if opts.kill == f"mid-block:{block}" or (opts.kill == "first-block" and block == 0):
             rows = self.block_range(block)
             first = next(iter(acts))
