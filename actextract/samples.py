@@ -34,6 +34,7 @@ __all__ = [
     "collate_encoded",
     "convert_image",
     "make_loader",
+    "note_mode",
 ]
 
 log = logging.getLogger(__name__)
@@ -110,14 +111,20 @@ def convert_image(image: Any, channels: int | None, name: str = "") -> Any:
     """
     mode = image.mode
     alpha = mode in _ALPHA or (mode == "P" and "transparency" in image.info)
-    if channels in CONVERSIONS and mode not in ({"RGB"} if channels == 3 else {"L", *_TO_I16}):
-        _note(mode, channels, name, alpha)
+    note_mode(mode, channels, name, alpha)
     target = "I;16" if mode in _TO_I16 else "L" if mode in _TO_L else "RGB"
     if mode == target:
         return image
     if mode == "P" and alpha:  # PIL warns when it drops a palette's transparency by itself
         image = image.convert("RGBA")
     return image.convert(target)
+
+
+def note_mode(mode: str, channels: int | None, name: str, alpha: bool = False) -> None:
+    """Note an image of ``mode`` that the model's ``channels`` make convert (once per mode and
+    process), also for images decoded elsewhere (JPEGs decoded on the device)."""
+    if channels in CONVERSIONS and mode not in ({"RGB"} if channels == 3 else {"L", *_TO_I16}):
+        _note(mode, channels, name, alpha)
 
 
 def _note(mode: str, channels: int, name: str, alpha: bool) -> None:

@@ -44,6 +44,7 @@ from actextract.samples import (  # re-exported: the source stage's public names
     Source,
     convert_image,
     make_loader,
+    note_mode,
 )
 
 __all__ = [
@@ -259,8 +260,36 @@ def _load_encoded(path: str, channels: int | None = None) -> torch.Tensor:
     with open(path, "rb") as f:
         data = bytearray(f.read())
     if data[: len(JPEG_MAGIC)] == JPEG_MAGIC:
+        # decoded on the device straight into the model's channels: noted here, as PIL's are
+        mode = JPEG_MODES.get(_jpeg_components(data))
+        if mode:
+            note_mode(mode, channels, path)
         return torch.frombuffer(data, dtype=torch.uint8)
     return _read_image(io.BytesIO(data), partial(_pixels, channels=channels, name=path), path)
+
+
+# components of a JPEG frame → the mode PIL would open it in
+JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_components(data: bytes | bytearray) -> int | None:
+    """The number of colour components in a JPEG's frame header (SOFn), or None when the
+    headers end before one (a damaged file: the decoder will say so)."""
+    i = 2  # after SOI
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _SOF:
+            return data[i + 9] if i + 9 < len(data) else None
+        if marker == 0xDA:  # start of scan: no frame header before it
+            return None
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
 
 
 def _image(image: Any, channels: int | None, name: str) -> Any:

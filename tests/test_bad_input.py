@@ -491,3 +491,29 @@ def test_a_working_spec_still_loads_and_a_non_callable_is_refused(user_module):
         load_model(f"python:{name}:NOT_CALLABLE")
     path, name = user_module(GOOD.format(kind="dataset"))
     assert len(open_source(f"python:{name}:make")) == 3
+
+
+@pytest.mark.parametrize(
+    ("mode", "noted"), [("L", "L (grayscale)"), ("CMYK", "CMYK"), ("RGB", None)]
+)
+def test_jpegs_left_to_the_device_decoder_are_noted_like_pil_images(
+    tmp_path, caplog, monkeypatch, mode, noted
+):
+    """--decode gpu: a JPEG's bytes go to the device, which decodes it into the model's
+    channels; the loader reads its frame header to note the conversion as the CPU path does."""
+    from PIL import Image
+
+    import actextract.samples
+
+    monkeypatch.setattr(actextract.samples, "_noted", set())
+    root = tmp_path / "jpegs"
+    root.mkdir()
+    Image.new(mode, (12, 10)).save(root / "a.jpg")
+    enc = open_source(f"folder:{root}", Preprocess(channels=3), decode="gpu")
+    with caplog.at_level(logging.INFO, logger="actextract.samples"):
+        item = enc.dataset[0]
+    assert item.input.dtype == torch.uint8 and item.input.ndim == 1  # the file's bytes
+    notes = [r.getMessage() for r in caplog.records if "are converted to RGB" in r.getMessage()]
+    assert notes == ([] if noted is None else [notes[0]])
+    if noted:
+        assert notes[0].startswith(noted) and "a.jpg" in notes[0]
