@@ -68,8 +68,16 @@ def run(*args: str, **faults) -> subprocess.CompletedProcess:
 
 
 def start(*args: str, **faults) -> subprocess.Popen:
+    """The run in the background, as a terminal's foreground job would get Ctrl-C: SIGINT at
+    its default (a job started with ``&``, like a CI script's, inherits it ignored, and
+    Python then never raises KeyboardInterrupt)."""
     return subprocess.Popen(
-        command(*args, **faults), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command(*args, **faults),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
