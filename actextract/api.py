@@ -38,7 +38,7 @@ from actextract.models import load_model
 from actextract.plan import plan_arrays, provenance
 from actextract.reduce import STORAGE_DTYPES
 from actextract.resume import NewStore, open_run
-from actextract.sink import NONFINITE_POLICIES, Sink
+from actextract.sink import Sink, check_nonfinite_policy
 from actextract.source import (
     Preprocess,
     Source,
@@ -122,13 +122,10 @@ def extract(
         raise OptionError(
             "--resume finishes the store at --out and --overwrite replaces it; pass one of them."
         )
-    if on_nonfinite not in NONFINITE_POLICIES:
-        raise OptionError(
-            f"--on-nonfinite '{on_nonfinite}' is not one of {', '.join(NONFINITE_POLICIES)}."
-        )
+    check_nonfinite_policy(on_nonfinite)
     group = distributed.from_env()
     try:
-        return _extract(**locals())
+        return _extract(**locals())  # every argument above, and the torchrun group
     finally:
         if group is not None:
             group.close()

@@ -31,11 +31,18 @@ from actextract.samples import BadSample
 from actextract.store import Store
 from actextract.transfer import BlockRing, Run
 
-__all__ = ["NONFINITE_POLICIES", "Filled", "Sink"]
+__all__ = ["NONFINITE_POLICIES", "Filled", "Sink", "check_nonfinite_policy"]
 
 log = logging.getLogger(__name__)
 
 NONFINITE_POLICIES = ("count", "error")
+
+
+def check_nonfinite_policy(policy: str) -> None:
+    if policy not in NONFINITE_POLICIES:
+        raise OptionError(
+            f"--on-nonfinite '{policy}' is not one of {', '.join(NONFINITE_POLICIES)}."
+        )
 
 
 @dataclass
@@ -81,10 +88,7 @@ class Sink:
         blocks: Collection[int] | None = None,
         on_nonfinite: str = "count",
     ):
-        if on_nonfinite not in NONFINITE_POLICIES:
-            raise OptionError(
-                f"--on-nonfinite '{on_nonfinite}' is not one of {', '.join(NONFINITE_POLICIES)}."
-            )
+        check_nonfinite_policy(on_nonfinite)
         self.store = store
         self.on_nonfinite = on_nonfinite
         self._wanted = set(blocks) if blocks is not None else set(range(store.n_blocks))
