@@ -45,6 +45,18 @@ ARGS = [
     "--no-progress",
 ]
 N_BLOCKS = 10
+# in-process runs: 320 digits in 5 row blocks of 64 rows (batches of 32), one chunk per array
+SMALL = dict(
+    model="digits-cnn",
+    dataset="digits",
+    layers="conv1,fc1",
+    limit=320,
+    batch_size=32,
+    chunk_rows=64,
+    device="cpu",
+    progress=False,
+)
+SMALL_BLOCKS = 5
 # one thread everywhere: the same kernels, so runs in different processes agree to the bit
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
 

@@ -63,3 +63,15 @@ def reference(tmp_path_factory):
     done = run(*ARGS, "--out", str(out))
     assert done.returncode == 0, done.stderr
     return actextract.open_store(out)
+
+
+@pytest.fixture(scope="session")
+def small_reference(tmp_path_factory):
+    """One uninterrupted in-process run of tests/_runner.py's SMALL settings."""
+    from _runner import SMALL
+
+    import actextract
+
+    store = actextract.extract(**SMALL, out=tmp_path_factory.mktemp("small") / "ref.zarr")
+    assert store.complete
+    return store

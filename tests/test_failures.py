@@ -22,31 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from _runner import SMALL as BASE
+from _runner import SMALL_BLOCKS as N_BLOCKS
 from _runner import check_done_blocks, same_store
 
 import actextract
 from actextract.store import Store
 from actextract.verify import verify
-
-# 320 digits in 5 row blocks of 64 rows (batches of 32); one chunk per array per block
-BASE = dict(
-    model="digits-cnn",
-    dataset="digits",
-    layers="conv1,fc1",
-    limit=320,
-    batch_size=32,
-    chunk_rows=64,
-    device="cpu",
-    progress=False,
-)
-N_BLOCKS = 5
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    store = actextract.extract(**BASE, out=tmp_path_factory.mktemp("reference") / "ref.zarr")
-    assert store.complete
-    return store
 
 
 def _fail_set(
@@ -108,7 +90,9 @@ def _snapshot(path) -> dict[str, tuple[bytes, int]]:
 
 
 # -- a full disk --------------------------------------------------------------------------------
-def test_disk_full_mid_run_stops_clearly_and_resume_finishes_it(tmp_path, reference, monkeypatch):
+def test_disk_full_mid_run_stops_clearly_and_resume_finishes_it(
+    tmp_path, small_reference, monkeypatch
+):
     out = tmp_path / "run.zarr"
     with monkeypatch.context() as m:
         # 5 chunk writes succeed: at least 2 blocks done (2 writer threads, 2 layers a block)
@@ -126,7 +110,7 @@ def test_disk_full_mid_run_stops_clearly_and_resume_finishes_it(tmp_path, refere
     assert (
         store.attrs["error"].startswith("StoreError: ") and "disk is full" in store.attrs["error"]
     )
-    done = check_done_blocks(store, reference)
+    done = check_done_blocks(store, small_reference)
     assert 2 <= done.sum() < N_BLOCKS, done
     assert not store.complete
     assert verify(actextract.open_store(out)).state == "incomplete"
@@ -134,12 +118,12 @@ def test_disk_full_mid_run_stops_clearly_and_resume_finishes_it(tmp_path, refere
     resumed = actextract.extract(**BASE, out=out, resume=True)
     assert resumed.complete and resumed.attrs.get("error") is None
     assert verify(resumed).ok
-    same_store(resumed, reference)
+    same_store(resumed, small_reference)
     assert not list(out.rglob("*.partial"))
 
 
 def test_disk_full_on_the_completion_record_leaves_the_block_not_done(
-    tmp_path, reference, monkeypatch
+    tmp_path, small_reference, monkeypatch
 ):
     out = tmp_path / "run.zarr"
     with monkeypatch.context() as m:
@@ -153,7 +137,7 @@ def test_disk_full_on_the_completion_record_leaves_the_block_not_done(
 
     store = actextract.open_store(out)
     assert store.status == "failed" and "disk is full" in store.attrs["error"]
-    done = check_done_blocks(store, reference)
+    done = check_done_blocks(store, small_reference)
     assert done.sum() == 1, done
     for b in unrecorded:  # its data is all there, but it was never recorded done
         assert not done[b], b
@@ -164,7 +148,7 @@ def test_disk_full_on_the_completion_record_leaves_the_block_not_done(
 
     resumed = actextract.extract(**BASE, out=out, resume=True)
     assert resumed.complete and verify(resumed).ok
-    same_store(resumed, reference)
+    same_store(resumed, small_reference)
 
 
 def test_disk_full_while_creating_the_store_leaves_nothing(tmp_path, monkeypatch):
@@ -191,7 +175,9 @@ def test_disk_full_while_creating_the_store_leaves_nothing(tmp_path, monkeypatch
     assert list(parent.iterdir()) == []  # neither a half store nor its hidden build folder
 
 
-def test_disk_full_while_sealing_leaves_a_store_that_resume_seals(tmp_path, reference, monkeypatch):
+def test_disk_full_while_sealing_leaves_a_store_that_resume_seals(
+    tmp_path, small_reference, monkeypatch
+):
     out = tmp_path / "run.zarr"
     written = []
     write_block = Store.write_block
@@ -217,16 +203,16 @@ def test_disk_full_while_sealing_leaves_a_store_that_resume_seals(tmp_path, refe
     assert written == []  # nothing computed again: only sealed
     assert resumed.complete and verify(resumed).ok
     assert resumed.attrs["nonfinite"] == {"conv1": 0, "fc1": 0}
-    same_store(resumed, reference)
+    same_store(resumed, small_reference)
 
 
 def test_an_attributes_update_the_disk_cannot_take_is_all_or_nothing(
-    tmp_path, reference, monkeypatch
+    tmp_path, small_reference, monkeypatch
 ):
     """``update_attrs(status=..., error=...)`` (how a failed run is recorded) must not leave
     half of its values: a status 'failed' without its error, 'complete' without its totals."""
     out = tmp_path / "copy.zarr"
-    shutil.copytree(reference.path, out)
+    shutil.copytree(small_reference.path, out)
     store = actextract.open_store(out, mode="r+")
     failed = _fail_set(monkeypatch, _after(1, lambda key: key == "zarr.json", _enospc), root=out)
     with contextlib.suppress(actextract.StoreError):  # may fail: then nothing is recorded
@@ -296,7 +282,7 @@ def test_a_parent_folder_without_write_permission_is_refused_as_root_too(tmp_pat
 
 
 def test_resuming_a_store_that_cannot_be_written_fails_and_touches_nothing(
-    tmp_path, reference, monkeypatch, caplog
+    tmp_path, small_reference, monkeypatch, caplog
 ):
     out = tmp_path / "run.zarr"
     actextract.extract(**BASE, out=out)
@@ -322,4 +308,4 @@ def test_resuming_a_store_that_cannot_be_written_fails_and_touches_nothing(
     assert _snapshot(out) == before  # not a byte written, not a file touched
     store = actextract.open_store(out)
     assert store.done().tolist() == [True, True, False, False, True]
-    check_done_blocks(store, reference)
+    check_done_blocks(store, small_reference)

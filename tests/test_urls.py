@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from _runner import SMALL as BASE
+from _runner import SMALL_BLOCKS as N_BLOCKS
 from _runner import same_store
 
 import actextract
@@ -13,34 +15,14 @@ from actextract.location import Location
 from actextract.store import Store
 from actextract.verify import verify
 
-# 320 digits in 5 row blocks of 64 rows (batches of 32); one chunk per array per block
-BASE = dict(
-    model="digits-cnn",
-    dataset="digits",
-    layers="conv1,fc1",
-    limit=320,
-    batch_size=32,
-    chunk_rows=64,
-    device="cpu",
-    progress=False,
-)
-N_BLOCKS = 5
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    store = actextract.extract(**BASE, out=tmp_path_factory.mktemp("reference") / "ref.zarr")
-    assert store.complete
-    return store
-
 
 # -- store URLs ---------------------------------------------------------------------------------
-def test_a_file_url_works_end_to_end(tmp_path, reference, monkeypatch):
+def test_a_file_url_works_end_to_end(tmp_path, small_reference, monkeypatch):
     url = f"file://{tmp_path}/u.zarr"
     store = actextract.extract(**BASE, out=url)
     assert store.complete and str(store.location) == url
     assert store.path == tmp_path / "u.zarr" and (tmp_path / "u.zarr" / "zarr.json").is_file()
-    same_store(store, reference)
+    same_store(store, small_reference)
 
     opened = actextract.open_store(url)
     info = opened.info()
@@ -65,10 +47,10 @@ def test_a_file_url_works_end_to_end(tmp_path, reference, monkeypatch):
     resumed = actextract.extract(**BASE, out=url, resume=True)
     assert written == [2]
     assert resumed.complete and verify(resumed).ok
-    same_store(resumed, reference)
+    same_store(resumed, small_reference)
 
 
-def test_shards_through_a_file_url_make_the_plain_run_s_store(tmp_path, reference):
+def test_shards_through_a_file_url_make_the_plain_run_s_store(tmp_path, small_reference):
     url = f"file://{tmp_path}/sharded.zarr"
     first = actextract.extract(**BASE, out=url, shard="0/2")
     assert first.status == "incomplete" and first.done().tolist() == [
@@ -80,8 +62,8 @@ def test_shards_through_a_file_url_make_the_plain_run_s_store(tmp_path, referenc
     ]
     second = actextract.extract(**BASE, out=url, shard="1/2")
     assert second.complete and verify(second).ok
-    same_store(actextract.open_store(url), reference)
-    same_store(actextract.open_store(tmp_path / "sharded.zarr"), reference)
+    same_store(actextract.open_store(url), small_reference)
+    same_store(actextract.open_store(tmp_path / "sharded.zarr"), small_reference)
 
 
 def test_a_file_url_with_a_host_is_refused(tmp_path):
@@ -96,14 +78,14 @@ def test_a_file_url_with_a_host_is_refused(tmp_path):
     assert local.local == tmp_path / "a b.zarr"
 
 
-def test_a_memory_url_round_trips(reference):
+def test_a_memory_url_round_trips(small_reference):
     pytest.importorskip("fsspec")
     url = f"memory://actextract-test-{uuid.uuid4().hex}/m.zarr"
     try:
         store = actextract.extract(**BASE, out=url)
         assert store.complete and store.path == url
         opened = actextract.open_store(url)
-        same_store(opened, reference)
+        same_store(opened, small_reference)
         assert verify(opened).ok
         assert opened.info()["disk_bytes"] > 0
         with pytest.raises(actextract.OutputExistsError, match="--resume"):
