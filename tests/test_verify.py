@@ -181,3 +181,25 @@ def test_fsspec_store(run):
         assert (p.kind, p.array, p.rows) == ("missing", "ids", (256, 300))
     finally:
         fs.rm(root.rsplit("/", 1)[0], recursive=True)
+
+
+def test_the_command_exits_0_only_for_a_complete_store_and_repairs(run, runner):
+    from actextract.cli import main
+
+    ok = runner.invoke(main, ["verify", str(run)])
+    assert ok.exit_code == 0 and "complete" in ok.output, ok.output
+    flip_byte(chunk_file(run, "acts/conv1", 2))
+    bad = runner.invoke(main, ["verify", str(run)])
+    assert bad.exit_code == 1 and "conv1" in bad.output and "128-191" in bad.output, bad.output
+    assert open_store(run).done()[2]  # without --repair nothing is written
+    fixed = runner.invoke(main, ["verify", str(run), "--repair"])
+    assert fixed.exit_code == 1 and not open_store(run).done()[2], fixed.output
+    again = runner.invoke(main, ["verify", str(run)])
+    assert again.exit_code == 1 and "--resume" in again.output, again.output
+
+
+def test_the_command_names_a_path_that_is_not_a_store(tmp_path, runner):
+    from actextract.cli import main
+
+    out = runner.invoke(main, ["verify", str(tmp_path / "nothing.zarr")])
+    assert out.exit_code == 2 and "not a Zarr store" in out.output
