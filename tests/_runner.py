@@ -116,6 +116,21 @@ def same_store(a, b) -> None:
     assert a.ids[:].tolist() == b.ids[:].tolist()
 
 
+def record_writes(monkeypatch) -> list[int]:
+    """The blocks ``Store.write_block`` is called for, in order, from now on (in this process)."""
+    from actextract.store import Store
+
+    written: list[int] = []
+    write_block = Store.write_block
+
+    def recording(self, block, *args, **kwargs):
+        written.append(block)
+        return write_block(self, block, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "write_block", recording)
+    return written
+
+
 def check_done_blocks(store, reference) -> np.ndarray:
     """Every block recorded done holds exactly the reference's rows (activations, labels,
     ids); returns the done flags."""

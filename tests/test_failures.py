@@ -24,10 +24,9 @@ import pytest
 import zarr
 from _runner import SMALL as BASE
 from _runner import SMALL_BLOCKS as N_BLOCKS
-from _runner import check_done_blocks, same_store
+from _runner import check_done_blocks, record_writes, same_store
 
 import actextract
-from actextract.store import Store
 from actextract.verify import verify
 
 
@@ -179,14 +178,7 @@ def test_disk_full_while_sealing_leaves_a_store_that_resume_seals(
     tmp_path, small_reference, monkeypatch
 ):
     out = tmp_path / "run.zarr"
-    written = []
-    write_block = Store.write_block
-
-    def recording(self, block, *args, **kwargs):
-        written.append(block)
-        return write_block(self, block, *args, **kwargs)
-
-    monkeypatch.setattr(Store, "write_block", recording)
+    written = record_writes(monkeypatch)
     with monkeypatch.context() as m:
         # the store proper (not its build folder) gets no zarr.json write before the seal
         failed = _fail_set(m, lambda key: _enospc() if key == "zarr.json" else None, root=out)

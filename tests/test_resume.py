@@ -13,7 +13,9 @@ import torch
 from _runner import (
     ARGS,
     N_BLOCKS,
+    SMALL,
     check_done_blocks,
+    record_writes,
     run,
     same_store,
     start,
@@ -87,16 +89,7 @@ def test_ctrl_c_stops_cleanly_with_exit_code_130(tmp_path, reference):
 
 
 # -- refusals (in this process: small runs) ----------------------------------------------------
-BASE = dict(
-    model="digits-cnn",
-    dataset="digits",
-    layers="conv1,fc1",
-    limit=128,
-    batch_size=32,
-    chunk_rows=64,
-    device="cpu",
-    progress=False,
-)
+BASE = {**SMALL, "limit": 128}
 
 
 @pytest.fixture(scope="module")
@@ -151,10 +144,8 @@ def test_an_existing_store_is_never_touched_without_resume_or_overwrite(small_st
 
 
 def test_resume_of_a_complete_store_computes_nothing(small_store, monkeypatch):
-    from actextract.store import Store
 
-    calls = []
-    monkeypatch.setattr(Store, "write_block", lambda *a, **k: calls.append(a[1]))
+    calls = record_writes(monkeypatch)
     again = actextract.extract(**BASE, out=small_store.path, resume=True)
     assert calls == [] and again.complete
 
@@ -175,8 +166,6 @@ def test_resume_with_batches_straddling_blocks_writes_only_the_missing_ones(tmp_
     in a resumed block is recorded once."""
     from _fixtures import FailsAt, tiny_cnn
 
-    from actextract.store import Store
-
     data = FailsAt(40, n=60)
     kwargs = dict(layers=["bn1", "fc"], batch_size=8, chunk_rows=12, device="cpu")
     kwargs.update(on_bad_sample="skip", progress=False)
@@ -185,11 +174,7 @@ def test_resume_with_batches_straddling_blocks_writes_only_the_missing_ones(tmp_
     store = actextract.open_store(part.path, mode="r+")
     store._node("progress/done")[[1, 3]] = 0  # block 3 holds the bad sample 40
     store.update_attrs(status="interrupted")
-    written = []
-    write_block = Store.write_block
-    monkeypatch.setattr(
-        Store, "write_block", lambda s, b, *a, **k: (written.append(b), write_block(s, b, *a, **k))
-    )
+    written = record_writes(monkeypatch)
     again = actextract.extract(tiny_cnn(), data, out=part.path, resume=True, **kwargs)
     assert sorted(written) == [1, 3] and again.complete
     for name in ("bn1", "fc"):

@@ -8,11 +8,10 @@ import uuid
 import pytest
 from _runner import SMALL as BASE
 from _runner import SMALL_BLOCKS as N_BLOCKS
-from _runner import same_store
+from _runner import record_writes, same_store
 
 import actextract
 from actextract.location import Location
-from actextract.store import Store
 from actextract.verify import verify
 
 
@@ -36,14 +35,7 @@ def test_a_file_url_works_end_to_end(tmp_path, small_reference, monkeypatch):
     writable._node("progress/done")[2] = 0
     writable.update_attrs(status="incomplete")
     assert verify(actextract.open_store(url)).state == "incomplete"
-    written = []
-    write_block = Store.write_block
-
-    def recording(self, block, *args, **kwargs):
-        written.append(block)
-        return write_block(self, block, *args, **kwargs)
-
-    monkeypatch.setattr(Store, "write_block", recording)
+    written = record_writes(monkeypatch)
     resumed = actextract.extract(**BASE, out=url, resume=True)
     assert written == [2]
     assert resumed.complete and verify(resumed).ok
