@@ -3,7 +3,9 @@
 One pass over a layer's done row blocks gives what the report draws from the whole store:
 per-class sums in float64 (the average maps), each sample's mean per channel (the histograms)
 and, for the model's output layer, true and predicted classes (the confusion matrix). Memory
-holds one block and the accumulators, never the layer.
+holds one block and the accumulators, never the layer. When the run kept statistics on the
+device (``--stats``), :func:`summarize` takes them instead: the per-class totals and the
+stored channel means, also for layers whose maps were never stored.
 
 Rows count when their block is recorded done and they hold data: skipped samples and blocks
 not yet written read as NaN (the store's fill value) and are left out.
@@ -16,9 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from actextract.stats import read_stats
 from actextract.store import Store
 
-__all__ = ["LayerStats", "layer_stats", "predictions", "stored_blocks"]
+__all__ = ["LayerStats", "layer_stats", "predictions", "stored_blocks", "summarize"]
 
 
 @dataclass
@@ -33,6 +36,7 @@ class LayerStats:
     labels: np.ndarray  # (M,) the label of each row of channel_means
     rows_missing: int  # rows of the store not counted (blocks not done, skipped samples)
     source: str  # where the numbers came from, for the report
+    channel_source: str = ""  # where the channel means came from, when not ``source``
 
     @property
     def means(self) -> np.ndarray:
@@ -42,8 +46,9 @@ class LayerStats:
 
 
 def stored_blocks(store: Store, layer: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """For each done block of ``layer``: (rows, labels, data) of the rows that hold data."""
-    arr = store[layer]
+    """For each done block of ``layer`` (or of another row array: its key): (rows, labels,
+    data) of the rows that hold data."""
+    arr = store.row_array(layer)
     done = store.done()
     for block in np.flatnonzero(done):
         span = store.block_range(int(block))
@@ -115,6 +120,60 @@ def layer_stats(
         labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
         rows_missing=store.n - used,
         source=f"one pass over the {used} stored rows (float64 sums)",
+    )
+
+
+def summarize(store: Store, layer: str, *, max_channels: int = 64) -> LayerStats:
+    """The layer's per-class averages and channel means from the best source: the on-device
+    totals and per-sample channel means of ``--stats`` when the run kept them (the sealed
+    totals count every row, including those of a layer never stored), else one pass over the
+    stored layer. ``source`` and ``channel_source`` say which."""
+    totals = read_stats(store, layer)
+    stored = layer in store.layers
+    base = layer_stats(store, layer, max_channels=max_channels) if stored else None
+    means_key = f"stats/{layer}/channel_means"
+    if base is not None and means_key not in store.row_keys:
+        channel = (base.channel_means, base.labels, base.source)
+    elif means_key in store.row_keys:
+        parts = list(stored_blocks(store, means_key))
+        width = min(store.row_array(means_key).shape[1], max_channels)
+        values = [d[:, :max_channels].astype(np.float64) for _r, _l, d in parts]
+        channel = (
+            np.concatenate(values) if values else np.zeros((0, width)),
+            np.concatenate([lab for _r, lab, _d in parts]) if parts else np.zeros(0, np.int64),
+            f"each sample's channel means as computed on the device ({means_key})",
+        )
+    else:
+        channel = (np.zeros((0, 1)), np.zeros(0, np.int64), "")
+    if totals is not None and totals.mean is not None:
+        counts = totals.counts
+        shape = (-1,) + (1,) * (totals.mean.ndim - 1)
+        return LayerStats(
+            layer=layer,
+            classes=totals.classes,
+            counts=counts,
+            sums=totals.mean * counts.reshape(shape),
+            channel_means=channel[0],
+            labels=channel[1],
+            rows_missing=store.n - int(counts.sum()),
+            source=f"on-device float64 sums over {int(counts.sum())} rows (stats/{layer})",
+            channel_source=channel[2],
+        )
+    if base is not None:
+        return base
+    return LayerStats(
+        layer,
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros((0,)),
+        *channel[:2],
+        rows_missing=store.n,
+        source=(
+            "no per-class totals yet: the store is not sealed (finish it with --resume)"
+            if "class-mean" in store.stats_layers().get(layer, {}).get("kinds", ())
+            else "no per-class sums: the layer is not stored and --stats has no class-mean"
+        ),
+        channel_source=channel[2],
     )
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from actextract import distributed
+from actextract.accumulate import DEFAULT_BINS, Accumulator
 from actextract.capture import (
     LayerInfo,
     Method,
@@ -35,7 +36,7 @@ from actextract.engine import (
 from actextract.errors import OptionError
 from actextract.location import Location
 from actextract.models import load_model
-from actextract.plan import plan_arrays, provenance
+from actextract.plan import choose_outputs, names_option, plan_arrays, provenance
 from actextract.reduce import STORAGE_DTYPES
 from actextract.resume import NewStore, open_run
 from actextract.sink import Sink, check_nonfinite_policy
@@ -47,6 +48,7 @@ from actextract.source import (
     open_source,
     wrap_dataset,
 )
+from actextract.stats import PartWriter, accumulated, finalize, summed_blocks
 from actextract.store import (
     ArraySpec,
     Store,
@@ -70,6 +72,11 @@ def extract(
     *,
     layers: Sequence[str] | str,
     out: str | Path,
+    store_layers: Sequence[str] | str | None = None,
+    stats: str | Mapping[str, str | Sequence[str]] | None = None,
+    hist_bins: int = DEFAULT_BINS,
+    hist_range: tuple[float, float] | None = None,
+    stats_every: float = 300.0,
     weights: str | Path | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
@@ -102,6 +109,12 @@ def extract(
     ``python:mod:fn``) or a Dataset whose items are a tensor or ``(tensor, label, ...)``.
     ``layers``: names or globs (``['layer3', 'avgpool']`` or ``'conv*,fc1'``).
     ``out``: a folder, a ``file://`` URL or another fsspec URL zarr opens.
+    ``store_layers``: the layers written in full (names or globs, also captured when not in
+    ``layers``; default: every layer of ``layers``; ``"none"``: none). ``stats``: aggregates
+    computed on the device, ``'layer*=class-mean,class-std,channel-hist;fc1=channel-mean'``
+    (:mod:`actextract.accumulate`), written under ``stats/<layer>/``; ``hist_bins`` and
+    ``hist_range`` (lo, hi) fix channel-hist's bins (default range: a probe sample's, widened);
+    ``stats_every``: seconds between commits of the sums (what a killed run keeps).
     ``resume``: finish the store at ``out`` (same run: same model, data, layers, settings),
     computing only the row blocks not recorded done; ``shard="i/n"``: write only shard i of
     n (0-based), joining the store the first shard created; under ``torchrun`` every rank is
@@ -137,6 +150,11 @@ def _extract(
     dataset,
     layers,
     out,
+    store_layers,
+    stats,
+    hist_bins,
+    hist_range,
+    stats_every,
     weights,
     batch_size,
     num_workers,
@@ -208,17 +226,32 @@ def _extract(
     module = loaded.module.to(options.device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
-    if isinstance(layers, str):
-        layers = layers.split(",")
-    cap = build_capture(module, layers, model_name=loaded.spec, method=capture)
+    layers, full = names_option(layers), names_option(store_layers)
+    cap = build_capture(module, [*layers, *(full or ())], model_name=loaded.spec, method=capture)
     try:
-        arrays, reducer = plan_arrays(cap, source, rows, options, reduce, store_options, decoder)
+        stored, wanted = choose_outputs(cap.names, full, stats)
+        arrays, reducer, stats_attrs = plan_arrays(
+            cap,
+            source,
+            rows,
+            options,
+            reduce,
+            store_options,
+            decoder,
+            stored=stored,
+            stats=wanted,
+            hist_bins=hist_bins,
+            hist_range=hist_range,
+        )
         new = NewStore(
             len(rows),
             arrays,
             store_options,
             _chunk_rows(location, store_options, resume or join, batch_size, arrays, len(rows)),
-            provenance(loaded, source, cap.method, precision, options, batch_size),
+            {
+                **provenance(loaded, source, cap.method, precision, options, batch_size),
+                "stats": stats_attrs,
+            },
             chunk_rows_given=chunk_rows is not None,
         )
         slots = ring_slots(
@@ -231,8 +264,11 @@ def _extract(
                 location, new, resume=resume, overwrite=overwrite, join=join, blocks=mine
             )
         ) or open_store(location, mode="r+")
-        done = store.done()
-        todo = [b for b in mine if not done[b]]
+        specs = accumulated(store)  # the store's: a resumed run adopts its histogram edges
+        done, summed = store.done(), summed_blocks(store)
+        write = [b for b in mine if not done[b]]
+        add = [b for b in mine if not summed[b]]
+        todo = sorted({*write, *add})
         if len(todo) < len(mine):
             log.warning(
                 "%s: %d of this run's %d row blocks are already done; computing the other %d",
@@ -242,6 +278,12 @@ def _extract(
                 len(todo),
             )
         batches = work.batches(todo)
+        sums = None
+        if specs and add:
+            acc = Accumulator(
+                specs, options.device, chunk_rows=store.chunk_rows, n=store.n, blocks=add
+            )
+            sums = PartWriter(store, acc, every=stats_every, rank=group.rank if group else None)
         loader = make_loader(
             source,
             [row for batch in batches for row in batch],  # full batches but the dataset's last
@@ -250,8 +292,9 @@ def _extract(
             pin_memory=options.device.type == "cuda",
         )
 
-        def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
-            return reducer(cap(x))
+        def forward(x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+            out = cap(x)  # the row arrays, and the outputs the statistics sum
+            return reducer(out), {s.layer: out[s.layer] for s in specs}
 
         if compile:
             forward = compiled(forward, batch_size, options)
@@ -261,11 +304,13 @@ def _extract(
                 slots=slots,
                 writers=writers,
                 pin=options.device.type == "cuda",
-                blocks=todo,
+                blocks=write,
                 on_nonfinite=on_nonfinite,
             ) as sink:
                 total = sum(len(b) for b in batches)
-                summary = run(loader, forward, sink, options, total=total, decode=decoder)
+                summary = run(
+                    loader, forward, sink, options, total=total, decode=decoder, stats=sums
+                )
         except KeyboardInterrupt:
             _record_stop(store, "interrupted", "interrupted (SIGINT/Ctrl-C)")
             raise
@@ -294,7 +339,9 @@ def _chunk_rows(
         return options.chunk_rows
     if reuse and location.is_store():
         return open_store(location).chunk_rows
-    per_sample = max(math.prod(a.shape) * STORAGE_DTYPES[options.dtype].itemsize for a in arrays)
+    per_sample = max(
+        (math.prod(a.shape) * STORAGE_DTYPES[options.dtype].itemsize for a in arrays), default=1
+    )
     return choose_chunk_rows(batch_size, per_sample, n)
 
 
@@ -302,11 +349,16 @@ def _seal(store: Store, summary: Summary, part: Shard, group, join: bool) -> Non
     """Seal the store once every block is done: under torchrun rank 0 does it with every
     rank's summary; a shard only when it finds every block done (the last to finish)."""
     mine = {**summary.as_dict(), "shard": str(part)}
+
+    def seal(summary: dict) -> None:  # the statistics' totals first: they decide "complete"
+        summed = bool(store.done().all()) and finalize(store)
+        store.seal("incomplete", summed=summed, summary=summary)
+
     if group is not None:
         parts = group.gather(mine)
-        group.lead(lambda: store.seal("incomplete", summary=merge_summaries(parts)))
-    elif not join or store.done().all():
-        store.seal("incomplete", summary=mine)
+        group.lead(lambda: seal(merge_summaries(parts)))
+    elif not join or (store.done().all() and summed_blocks(store).all()):
+        seal(mine)
 
 
 def _record_stop(store: Store, status: str, error: str) -> None:

@@ -106,7 +106,11 @@ def extract(
             preprocess=preprocess,
             **options,
         )
-    click.echo(f"wrote {store.location} ({store.status}): {', '.join(store.layers)}")
+    stats = [f"{name} ({', '.join(a['kinds'])})" for name, a in store.stats_layers().items()]
+    click.echo(
+        f"wrote {store.location} ({store.status}): {', '.join(store.layers) or 'no layer'} in "
+        f"full" + (f"; statistics of {'; '.join(stats)}" if stats else "")
+    )
     click.echo(format_summary(store.attrs))
 
 

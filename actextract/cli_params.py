@@ -38,6 +38,13 @@ def float_list(ctx, param, value: str | None) -> tuple[float, ...] | None:
     return numbers(ctx, param, value, float, "comma-separated numbers, e.g. 0.485,0.456,0.406")
 
 
+def hist_range(ctx, param, value: str | None) -> tuple[float, float] | None:
+    values = float_list(ctx, param, value)
+    if values is not None and len(values) != 2:
+        raise click.BadParameter(f"'{value}': give LO,HI, e.g. -1,4.", ctx=ctx, param=param)
+    return values
+
+
 def dtype_option(help_text: str):
     return click.option(
         "--dtype",
@@ -92,6 +99,41 @@ _EXTRACT_OPTIONS = [
         required=True,
         type=click.Path(),
         help="Output store: a .zarr folder, a file:// URL or an fsspec URL zarr opens.",
+    ),
+    click.option(
+        "--store",
+        "store_layers",
+        default=None,
+        help="Layers written in full (names or globs; captured even when not in --layers; "
+        "'none': none). Default: every layer of --layers.",
+    ),
+    click.option(
+        "--stats",
+        multiple=True,
+        callback=lambda ctx, param, value: ";".join(value) or None,
+        help="Aggregates computed on the device, 'PATTERN=KIND,KIND[;...]' (repeatable); "
+        "kinds: class-mean, class-std, channel-mean (each sample's mean per channel), "
+        "channel-hist. PATTERN picks among the layers of --layers and --store.",
+    ),
+    click.option(
+        "--hist-bins",
+        type=click.IntRange(min=1),
+        default=64,
+        show_default=True,
+        help="Bins of channel-hist (plus one below and one above the range).",
+    ),
+    click.option(
+        "--hist-range",
+        callback=hist_range,
+        help="LO,HI of channel-hist's bins (default: a probe sample's range, widened by half "
+        "its width on each side).",
+    ),
+    click.option(
+        "--stats-every",
+        type=click.FloatRange(min=0),
+        default=300.0,
+        show_default=True,
+        help="Seconds between commits of the statistics' sums (what a killed run keeps).",
     ),
     click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
     click.option(

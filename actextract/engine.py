@@ -20,6 +20,7 @@ from tqdm import tqdm
 from actextract.errors import BadSampleError, OptionError
 from actextract.samples import BadSample, Batch
 from actextract.sink import Filled, Sink
+from actextract.stats import PartWriter
 from actextract.transfer import ToHost
 
 __all__ = [
@@ -150,16 +151,21 @@ def autocast(device: torch.device, precision: str):
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
+Outputs = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
+
+
 def run(
     loader: Iterable[Batch],
-    forward: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    forward: Callable[[torch.Tensor], Outputs],
     sink: Sink,
     options: RunOptions,
     *,
     total: int,
     decode: Callable[[Batch], Batch] | None = None,
+    stats: PartWriter | None = None,
 ) -> Summary:
-    """Push every batch of ``loader`` through ``forward`` (capture + reduce) into ``sink``.
+    """Push every batch of ``loader`` through ``forward`` (capture + reduce: the row arrays,
+    and the layer outputs that ``stats`` sums on the device) into ``sink``.
 
     ``decode`` (:class:`actextract.decode.DeviceDecoder`) turns batches of undecoded images
     into inputs on the device, and may find bad samples among them."""
@@ -182,14 +188,18 @@ def run(
             if batch.bad:
                 check_bad(batch.bad, options.on_bad_sample)
                 summary.skipped.extend(batch.bad)
-            acts = {}
+            acts, raw = {}, {}
             if batch.inputs is not None:
                 with autocast(options.device, options.precision):
-                    acts = forward(batch.inputs)
+                    acts, raw = forward(batch.inputs)
             indices = batch.indices.numpy()
+            if stats is not None:
+                stats.add(raw, indices, batch.labels.numpy(), [s.index for s in batch.bad])
             runs, waited = sink.place(indices, batch.bad)  # waits while every buffer is taken
             ready, copied = to_host(acts, runs)
             sink.filled(Filled(indices, batch.labels.numpy(), batch.ids, batch.bad, ready))
+            if stats is not None:
+                waited += stats.maybe_commit()  # now and then, the sums so far to the store
             bar.update(len(batch.ids) + len(batch.bad))
             tick = time.perf_counter()
             summary.compute += tick - now - waited - copied  # forward, reduce, bookkeeping
@@ -198,6 +208,8 @@ def run(
             summary.images += len(batch.ids)
         flush = time.perf_counter()
         sink.close()
+        if stats is not None:
+            stats.close()
         summary.write_wait += time.perf_counter() - flush
     summary.d2h += to_host.gpu_seconds()
     summary.seconds = time.perf_counter() - start
@@ -219,10 +231,10 @@ def cudnn_autotune(device: torch.device) -> Iterator[None]:
 
 
 def compiled(
-    forward: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    forward: Callable[[torch.Tensor], Outputs],
     batch_size: int,
     options: RunOptions,
-) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+) -> Callable[[torch.Tensor], Outputs]:
     """``torch.compile`` of capture + reduce (default mode: no CUDA graphs, whose output
     buffers the next batch would overwrite while the side stream still copies them). A batch
     shorter than ``batch_size`` (the last one, or one with bad samples removed) is padded with
@@ -230,12 +242,13 @@ def compiled(
     in eval mode no sample sees another, so padding changes no output."""
     fn = torch.compile(forward)
 
-    def call(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def call(x: torch.Tensor) -> Outputs:
         n = len(x)
         if n == batch_size:
             return fn(x)
         pad = x.new_zeros((batch_size - n, *x.shape[1:]))
-        return {k: v[:n] for k, v in fn(device_inputs(torch.cat([x, pad]), options)).items()}
+        acts, raw = fn(device_inputs(torch.cat([x, pad]), options))
+        return {k: v[:n] for k, v in acts.items()}, {k: v[:n] for k, v in raw.items()}
 
     return call
 

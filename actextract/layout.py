@@ -31,9 +31,12 @@ __all__ = [
     "choose_chunk_rows",
     "now",
     "quiet_numcodecs",
+    "row_keys",
 ]
 
-FORMAT_VERSION = 2  # 2: per-block records (progress/skipped, progress/nonfinite), crc32c
+# 2: per-block records (progress/skipped, progress/nonfinite), crc32c; 3: stats/ and
+# progress/parts (on-device statistics), row arrays other than acts/ (``row_arrays``)
+FORMAT_VERSION = 3
 CODECS = ("zstd", "lz4", "blosc-zstd", "blosc-lz4", "none")
 DEFAULT_LEVEL = {"zstd": 3, "blosc-zstd": 5, "blosc-lz4": 5}
 TARGET_CHUNK_BYTES = 32 << 20  # rows per chunk aim at 16-64 MB for the largest layer
@@ -105,6 +108,17 @@ class ArraySpec:
     reduce: str = "none"
     output_shape: tuple[int, ...] | None = None  # before reduction
     model_output: bool = False  # the layer's output is the model's own output (its logits)
+    path: str = ""  # the array's path when not acts/<name> (stats/<name>/channel_means)
+
+    @property
+    def array(self) -> str:
+        """The array's path in the store."""
+        return self.path or f"acts/{self.name}"
+
+    @property
+    def key(self) -> str:
+        """How a run names the array: the layer for acts/<layer>, else its path."""
+        return self.path or self.name
 
     def dimension_names(self) -> tuple[str, ...]:
         if self.reduce != "none":
@@ -154,7 +168,7 @@ def build_store(
         with quiet_numcodecs():
             for spec in arrays:
                 group.create_array(
-                    f"acts/{spec.name}",
+                    spec.array,
                     shape=(n, *spec.shape),
                     chunks=(chunk_rows, *spec.shape),
                     dtype=options.dtype,
@@ -208,9 +222,18 @@ def build_store(
             compressors=crc,
             dimension_names=("block",),
         )
+        if attrs.get("stats"):
+            group.require_group("progress/parts")  # each process's committed sums (stats.py)
         group.update_attributes(store_attrs(n, arrays, options, chunk_rows, attrs))
 
     return build
+
+
+def row_keys(attrs: Mapping[str, Any]) -> list[str]:
+    """The arrays written per row block, as a run names them (see :attr:`ArraySpec.key`), in
+    the order of ``progress/nonfinite``'s columns (stores before format 3: the layers)."""
+    paths = attrs.get("row_arrays") or [f"acts/{s['name']}" for s in attrs["layers"]]
+    return [p.removeprefix("acts/") if p.startswith("acts/") else p for p in paths]
 
 
 def store_attrs(
@@ -241,10 +264,12 @@ def store_attrs(
                 "output_shape": list(s.output_shape or s.shape),
                 "reduce": s.reduce,
                 "model_output": s.model_output,
-                "array": f"acts/{s.name}",
+                "array": s.array,
             }
             for s in arrays
+            if not s.path
         ],
+        "row_arrays": [s.array for s in arrays],  # written per row block, in this order
         "status": "incomplete",
         "created": now(),
     }

@@ -160,17 +160,24 @@ def _provenance(store: Store, attrs: dict[str, Any]) -> str:
 def _layer_table(store: Store, attrs: dict[str, Any], layers: list[str]) -> str:
     head = (
         "<tr><th>layer</th><th>kind</th><th>stored shape</th><th>output shape</th>"
-        "<th>reduction</th><th>on disk</th></tr>"
+        "<th>reduction</th><th>statistics</th><th>on disk</th></tr>"
     )
+    stats = store.stats_layers()
+    specs = {spec["name"]: spec for spec in attrs["layers"]}
     rows = []
-    for spec in attrs["layers"]:
-        name = spec["name"]
+    for name in [*specs, *(n for n in stats if n not in specs)]:
+        spec, kept = specs.get(name), stats.get(name, {})
         link = f"<a href='#{_anchor(name)}'>{escape(name)}</a>" if name in layers else escape(name)
+        output = spec.get("output_shape", spec["shape"]) if spec else kept.get("shape", [])
+        disk = store.disk_bytes(spec["array"]) if spec else 0
+        disk += store.disk_bytes(f"stats/{name}") if kept else 0
         rows.append(
-            f"<tr><td>{link}</td><td>{escape(str(spec.get('kind', '')))}</td>"
-            f"<td>{tuple(spec['shape'])}</td><td>{tuple(spec.get('output_shape', []))}</td>"
-            f"<td>{escape(str(spec.get('reduce', 'none')))}</td>"
-            f"<td>{human_bytes(store.disk_bytes(spec['array']))}</td></tr>"
+            f"<tr><td>{link}</td><td>{escape(str((spec or kept).get('kind', '')))}</td>"
+            f"<td>{tuple(spec['shape']) if spec else 'not stored'}</td>"
+            f"<td>{tuple(output)}</td>"
+            f"<td>{escape(str((spec or {}).get('reduce', '-')))}</td>"
+            f"<td>{escape(', '.join(kept.get('kinds', [])) or '-')}</td>"
+            f"<td>{human_bytes(disk)}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
 

@@ -20,9 +20,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from actextract import figures
-from actextract.aggregate import LayerStats, layer_stats, predictions
+from actextract.aggregate import LayerStats, predictions, summarize
 from actextract.errors import OptionError
 from actextract.rebuild import Inputs, RebuildError, conv_weights, open_inputs, rebuild_model
+from actextract.stats import read_stats
 from actextract.store import Store
 
 __all__ = ["KINDS", "Drawer", "Picture", "RenderOptions", "Report", "file_stem"]
@@ -114,6 +115,7 @@ class Drawer:
         self.store, self.options, self.report, self._write = store, options, report, write
         self.attrs = store.attrs
         self.specs = {s["name"]: s for s in self.attrs["layers"]}
+        self.stats_specs = store.stats_layers()  # layers with --stats (maybe not stored)
         classes = (self.attrs.get("dataset") or {}).get("classes") or []
         self.class_names = list(map(str, classes))
         self.labels = np.asarray(store.labels[:])
@@ -185,25 +187,28 @@ class Drawer:
 
     # -- one layer ---------------------------------------------------------------------------
     def layer(self, layer: str, rows: list[int]) -> None:
-        shape = tuple(self.store[layer].shape[1:])
-        spec = self.specs[layer]
+        stored = layer in self.specs
+        spec = self.specs.get(layer) or self.stats_specs[layer]
+        shape = tuple(self.store[layer].shape[1:] if stored else spec["shape"])
         opts = self.options
         drawable = len(shape) in (1, 2, 3)
         if not drawable:
             self.report.note(layer, f"shape {shape} has no picture (1, 2 or 3 axes are drawn).")
-        if opts.wants("grids") and drawable and rows:
+        if not stored:
+            self.report.note(layer, "not stored in full (--store): statistics only.")
+        if opts.wants("grids") and drawable and rows and stored:
             self.samples(layer, shape, rows)
         if opts.wants("filters") and spec.get("kind") == "Conv2d":
             self.filters(layer)
-        needs_stats = opts.wants("averages") or opts.wants("histograms")
-        stats = None
-        if needs_stats and drawable:
-            stats = layer_stats(self.store, layer, max_channels=opts.max_channels)
+        if drawable and (opts.wants("averages") or opts.wants("histograms")):
+            stats = summarize(self.store, layer, max_channels=opts.max_channels)
             if opts.wants("averages"):
-                self.averages(layer, shape, stats)
+                self.averages(layer, tuple(stats.sums.shape[1:]) or shape, stats)
             if opts.wants("histograms"):
                 self.histograms(layer, shape, stats)
-        if opts.wants("confusion") and spec.get("model_output") and len(shape) == 1:
+        if opts.wants("histograms") and layer in self.stats_specs:
+            self.value_histograms(layer, shape)
+        if opts.wants("confusion") and stored and spec.get("model_output") and len(shape) == 1:
             self.confusion(layer, shape[0])
 
     def _save(self, content: Figure | np.ndarray, name: str, kind: str, layer: str, caption: str):
@@ -260,7 +265,8 @@ class Drawer:
 
     def averages(self, layer: str, shape: tuple[int, ...], stats: LayerStats) -> None:
         if not len(stats.classes):
-            self.report.note(layer, "no stored rows: no averages.")
+            why = "no stored rows" if layer in self.specs else stats.source
+            self.report.note(layer, f"no averages: {why}.")
             return
         keep = slice(0, MAX_SAMPLE_ROWS)
         if len(stats.classes) > MAX_SAMPLE_ROWS:
@@ -315,7 +321,37 @@ class Drawer:
             f"{file_stem(layer)}.histograms.png",
             "histograms",
             layer,
-            f"{layer}: mean activation per {what} ({counts.shape[0]} shown), {stats.source}",
+            f"{layer}: mean activation per {what} ({counts.shape[0]} shown), "
+            f"{stats.channel_source or stats.source}",
+        )
+
+    def value_histograms(self, layer: str, shape: tuple[int, ...]) -> None:
+        """The on-device histograms of ``--stats channel-hist``: each channel's values (every
+        position of every sample), one colour per class, over the run's fixed bins."""
+        totals = read_stats(self.store, layer)
+        if totals is None or totals.hist is None:
+            return
+        width = min(totals.hist.shape[1], self.options.max_channels)
+        counts = totals.hist[:, :width].transpose(1, 0, 2)  # (C, K, below + bins + above)
+        outside = int(counts[..., 0].sum() + counts[..., -1].sum())
+        edges = np.broadcast_to(totals.edges, (width, len(totals.edges)))
+        what = "feature" if len(shape) == 1 else "channel"
+        fig = figures.histogram_figure(
+            edges,
+            counts[..., 1:-1],
+            [self.name_of(int(c)) for c in totals.classes],
+            title=f"{layer}: distribution of the values per {what}, by class",
+            channel_names=[f"{what} {j}" for j in range(width)],
+        )
+        total = int(totals.hist.sum())
+        self._save(
+            fig,
+            f"{file_stem(layer)}.values.png",
+            "histograms",
+            layer,
+            f"{layer}: every value per {what} ({width} shown) in the run's fixed bins, counted "
+            f"on the device (stats/{layer}/hist); {outside} of {total} values fell outside "
+            f"[{totals.edges[0]:.4g}, {totals.edges[-1]:.4g}]",
         )
 
     def filters(self, layer: str) -> None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import torch
 
 from actextract import __version__
-from actextract.capture import model_output_layers, probe
+from actextract.accumulate import DEFAULT_BINS, hist_edges, parse_stats
+from actextract.capture import match_names, model_output_layers, probe
 from actextract.decode import DeviceDecoder
 from actextract.engine import RunOptions, autocast, check_bad, device_inputs
 from actextract.errors import OptionError
@@ -21,7 +22,7 @@ from actextract.reduce import STORAGE_DTYPES, Reducer, parse_reductions, reduced
 from actextract.source import Preprocess, Sample, Source
 from actextract.store import ArraySpec, StoreOptions
 
-__all__ = ["plan_arrays", "provenance", "state_sha256"]
+__all__ = ["choose_outputs", "names_option", "plan_arrays", "provenance", "state_sha256"]
 
 
 def plan_arrays(
@@ -32,17 +33,25 @@ def plan_arrays(
     reduce: str | Mapping[str, str] | None,
     store_options: StoreOptions,
     decoder: DeviceDecoder | None,
-) -> tuple[list[ArraySpec], Reducer]:
-    """Probe one real sample through the capture: per-layer shapes, reductions, array specs."""
+    *,
+    stored: Sequence[str] | None = None,
+    stats: Mapping[str, Sequence[str]] | None = None,
+    hist_bins: int = DEFAULT_BINS,
+    hist_range: tuple[float, float] | None = None,
+) -> tuple[list[ArraySpec], Reducer, dict[str, Any]]:
+    """Probe one real sample through the capture: the row arrays (``stored`` layers, default
+    all, and the ``channel-mean`` statistics), their reducer, and the ``stats`` attributes of
+    the store ({layer: kinds, output shape, histogram edges})."""
     example = first_sample(source, rows, options.on_bad_sample, decoder)
     x = device_inputs(example.input.unsqueeze(0), options)
     with autocast(options.device, options.precision):
         outputs = probe(cap, x)
         final = model_output_layers(cap, outputs, x)
-    plan = parse_reductions(reduce, cap.names)
+    stored = list(cap.names if stored is None else stored)
+    plan = parse_reductions(reduce, stored)
     arrays = []
-    for name, out in outputs.items():
-        shape = tuple(out.shape[1:])
+    for name in stored:
+        shape = tuple(outputs[name].shape[1:])
         arrays.append(
             ArraySpec(
                 name,
@@ -53,10 +62,64 @@ def plan_arrays(
                 model_output=name in final and plan[name] == "none",
             )
         )
+    attrs: dict[str, Any] = {}
+    for name, kinds in (stats or {}).items():
+        shape = tuple(outputs[name].shape[1:])
+        entry: dict[str, Any] = {"kinds": list(kinds), "shape": list(shape)}
+        entry["kind"] = cap.kinds.get(name, "")
+        if "channel-mean" in kinds:
+            if len(shape) < 2:
+                raise OptionError(
+                    f"--stats {name}=channel-mean: layer '{name}' has shape {shape}, with no "
+                    "spatial dims to average; its values are their own means: store it "
+                    "(--store) instead."
+                )
+            spec = ArraySpec(
+                name, shape[:1], entry["kind"], "mean", shape, path=f"stats/{name}/channel_means"
+            )
+            arrays.append(spec)
+            entry["channel_means"] = spec.array
+        if "channel-hist" in kinds:
+            entry["edges"] = hist_edges(outputs[name].float(), hist_bins, hist_range)
+            entry["bins"] = hist_bins
+            entry["range"] = list(hist_range) if hist_range else None
+        attrs[name] = entry
     # On a GPU the cast to the storage dtype happens before the copy to the host (half the bytes
     # over the bus for float16); on the CPU the copy into the host buffer casts, in one pass.
     cast = STORAGE_DTYPES[store_options.dtype] if options.device.type != "cpu" else None
-    return arrays, Reducer(plan, cast)
+    reducer = Reducer({a.key: a.reduce for a in arrays}, cast, {a.key: a.name for a in arrays})
+    return arrays, reducer, attrs
+
+
+def names_option(spec: Sequence[str] | str | None) -> list[str] | None:
+    """A --layers/--store value as names (``none``: no layer), or None when not given."""
+    if spec is None:
+        return None
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [n.strip() for n in names if n.strip()]
+    return [] if names == ["none"] else names
+
+
+def choose_outputs(
+    captured: Sequence[str],
+    full: Sequence[str] | None,
+    stats: str | Mapping[str, str | Sequence[str]] | None,
+) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """The captured layers written in full (``full``'s, else all) and each layer's
+    statistics; every captured layer must be one or the other."""
+
+    def not_found(pat: str) -> Exception:
+        return OptionError(f"--store '{pat}' matches none of the captured layers.")
+
+    stored = list(captured) if full is None else match_names(full, captured, not_found)
+    wanted = parse_stats(stats, captured)
+    idle = [n for n in captured if n not in stored and n not in wanted]
+    if idle:
+        raise OptionError(
+            f"layer(s) {', '.join(idle)} would be computed and thrown away: neither --store "
+            "nor --stats names them. Add them to --store or --stats, or drop them from --layers."
+        )
+    return stored, wanted
 
 
 def first_sample(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -66,22 +66,25 @@ def reduced_shape(name: str, shape: tuple[int, ...], how: Reduction) -> tuple[in
 
 @dataclass(frozen=True)
 class Reducer:
-    """``reducer(outputs) -> outputs``: pool the layers that ask for it, cast all to ``dtype``
-    (None: leave the dtype to the copy into the host buffer).
+    """``reducer(outputs) -> arrays``: for each array of ``plan`` ({key: reduction}), its
+    layer's output (the layer is ``sources[key]``, else the key itself) pooled when the plan
+    says so, cast to ``dtype`` (None: leave the dtype to the copy into the host buffer).
+    Layers no array names (kept for statistics only) are left out.
 
-    ``outputs``: {name: (B, C, *spatial)}; result: {name: (B, C) or (B, C, *spatial)} in dtype.
+    ``outputs``: {layer: (B, C, *spatial)}; result: {key: (B, C) or (B, C, *spatial)}.
     """
 
     plan: Mapping[str, Reduction]
     dtype: torch.dtype | None
+    sources: Mapping[str, str] = field(default_factory=dict)
 
     def __call__(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
-        for name, t in outputs.items():
-            how = self.plan.get(name, "none")
+        for key, how in self.plan.items():
+            t = outputs[self.sources.get(key, key)]
             if how != "none":
                 dims = tuple(range(2, t.ndim))
                 # accumulate in float32 so a mean over many fp16/bf16 values keeps its digits
                 t = t.mean(dims, dtype=torch.float32) if how == "mean" else t.amax(dims)
-            out[name] = t if self.dtype is None else t.to(self.dtype)
+            out[key] = t if self.dtype is None else t.to(self.dtype)
         return out

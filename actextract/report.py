@@ -88,9 +88,9 @@ def render(
 
 
 def pick_layers(store: Store, patterns: Sequence[str] | None) -> list[str]:
-    """Names and globs → the store's layers, in the store's order; unknown names get the
-    closest ones in the error."""
-    names = store.layers
+    """Names and globs → the store's layers (those stored in full, then those with statistics
+    only), in the store's order; unknown names get the closest ones in the error."""
+    names = [*store.layers, *(n for n in store.stats_layers() if n not in store.layers)]
     patterns = [p.strip() for p in patterns or () if p.strip()]
     if not patterns:
         return names

@@ -59,6 +59,10 @@ def identity(attrs: dict[str, Any]) -> dict[str, Any]:
         "precision": attrs.get("precision"),
         "codec": attrs.get("codec"),
         "chunk rows": attrs.get("chunk_rows"),
+        "statistics (--stats)": {
+            layer: {k: a.get(k) for k in ("kinds", "bins", "range")}
+            for layer, a in (attrs.get("stats") or {}).items()
+        },
         # last: a shape differs when an input or a setting above does, which names the cause
         "layer shapes": {spec["name"]: spec["shape"] for spec in layers},
     }

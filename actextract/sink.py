@@ -94,9 +94,10 @@ class Sink:
         self._wanted = set(blocks) if blocks is not None else set(range(store.n_blocks))
         self.wanted = np.asarray(sorted(self._wanted), np.int64)
         self.bytes_written = 0  # uncompressed bytes of activations handed to the store
-        self.nonfinite = dict.fromkeys(store.layers, 0)  # rows with NaN/Inf written, per layer
+        keys = store.row_keys  # stored layers, and per-sample statistics (channel means)
+        self.nonfinite = dict.fromkeys(keys, 0)  # rows with NaN/Inf written, per row array
         self.ring = BlockRing(
-            {name: tuple(store[name].shape[1:]) for name in store.layers},
+            {key: tuple(store.row_array(key).shape[1:]) for key in keys},
             STORAGE_DTYPES[store.attrs["dtype"]],
             rows=store.chunk_rows,
             slots=slots,
@@ -236,7 +237,7 @@ class Sink:
                 )
                 with self._lock:
                     self.bytes_written += sum(a.nbytes for a in arrays.values())
-                    for name, c in zip(self.store.layers, counts, strict=True):
+                    for name, c in zip(self.nonfinite, counts, strict=True):
                         self.nonfinite[name] += c
         except BaseException as e:
             self._error = self._error or e
@@ -252,9 +253,10 @@ class Sink:
         if self.on_nonfinite == "error" and any(counts):
             j = int(np.flatnonzero(flags.any(axis=0))[0])
             r = int(np.flatnonzero(flags[:, j])[0])
-            layer = self.store.layers[j]
+            key = list(self.nonfinite)[j]
+            what = f"'{key}'" if "/" in key else f"layer '{key}'"
             raise NonFiniteError(
-                f"layer '{layer}' has NaN or Inf for sample {blk.start + r} "
+                f"{what} has NaN or Inf for sample {blk.start + r} "
                 f"('{blk.ids[r]}'), and {sum(counts) - 1} more row(s) of rows "
                 f"{blk.start}-{blk.start + len(blk.labels)} across layers. Check the input and "
                 "the model (a float32 value beyond ±65504 becomes Inf in float16: --dtype "

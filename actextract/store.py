@@ -8,8 +8,13 @@
       labels           (N,) int64, -1 where a sample has none (or was skipped)
       ids              (N,) str: the sample's id (relative path, or dataset index)
       progress/skipped (n_blocks,) str: JSON list of the block's skipped samples {index, id, error}
-      progress/nonfinite (n_blocks, n_layers) int64: rows of the block with NaN/Inf, per layer
+      progress/nonfinite (n_blocks, n_rows) int64: rows of the block with NaN/Inf, per row array
       progress/done    (n_blocks,) uint8: 1 once every array of that row block is written
+      stats/<layer>/   on-device statistics, progress/parts their committed sums
+                       (:mod:`actextract.stats`)
+
+The row arrays are the layers stored in full (``acts/``) and the per-sample channel means of
+``--stats channel-mean`` (``stats/<layer>/channel_means``); ``row_arrays`` lists them.
 
 A row block (``chunk_rows`` samples, addressed by dataset index) is the unit of work, written
 by exactly one process in one aligned call per array (zarr takes no locks: two writers of one
@@ -43,6 +48,7 @@ from actextract.layout import (
     choose_chunk_rows,
     now,
     quiet_numcodecs,
+    row_keys,
 )
 from actextract.location import Location, writable
 
@@ -89,6 +95,20 @@ class Store:
     @property
     def layers(self) -> list[str]:
         return [spec["name"] for spec in self.attrs["layers"]]
+
+    @property
+    def row_keys(self) -> list[str]:
+        """The arrays written per row block: stored layers by name, others by path."""
+        return row_keys(self.attrs)
+
+    def row_array(self, key: str) -> zarr.Array:
+        """A row array by its key (a stored layer's name, or a path such as
+        ``stats/conv1/channel_means``)."""
+        return self._node(key if "/" in key else f"acts/{key}")
+
+    def stats_layers(self) -> dict[str, dict[str, Any]]:
+        """{layer: its --stats attributes (kinds, output shape, histogram edges)}."""
+        return dict(self.attrs.get("stats") or {})
 
     def __getitem__(self, layer: str) -> zarr.Array:
         if layer not in self.layers:
@@ -163,9 +183,9 @@ class Store:
         return [s for text in records.tolist() if text for s in json.loads(text)]
 
     def nonfinite(self) -> dict[str, int]:
-        """{layer: rows holding NaN or Inf}, summed over the done blocks."""
+        """{row array: rows holding NaN or Inf}, summed over the done blocks."""
         counts = self._node("progress/nonfinite")[:][self.done()].sum(axis=0)
-        return {name: int(c) for name, c in zip(self.layers, counts.tolist(), strict=True)}
+        return {name: int(c) for name, c in zip(self.row_keys, counts.tolist(), strict=True)}
 
     def __repr__(self) -> str:
         return f"Store('{self.location}', layers={self.layers}, n={self.n}, status={self.status})"
@@ -181,19 +201,19 @@ class Store:
         skipped: Sequence[Mapping[str, Any]] = (),
         nonfinite: Sequence[int] | None = None,
     ) -> None:
-        """Write one row block (arrays of len(block_range(block)) rows) and its records
-        (``skipped`` samples, ``nonfinite`` rows per layer), then mark it done."""
+        """Write one row block (``acts``: {row key: len(block_range(block)) rows}) and its
+        records (``skipped`` samples, ``nonfinite`` rows per row array), then mark it done."""
         rows = self.block_range(block)
         sl = slice(rows.start, rows.stop)
         with writable(self.location, f"write row block {block} (rows {rows.start}-{rows.stop})"):
             with quiet_numcodecs():
-                for name, data in acts.items():
-                    self._node(f"acts/{name}")[sl] = data
+                for key, data in acts.items():
+                    self.row_array(key)[sl] = data
             self._node("labels")[sl] = labels
             self._node("ids")[sl] = np.asarray(ids, dtype=str)
             if self.has_records():
                 self._node("progress/skipped")[block] = json.dumps(list(skipped))
-                counts = np.zeros(len(self.layers), np.int64)
+                counts = np.zeros(len(self.row_keys), np.int64)
                 if nonfinite is not None:
                     counts[:] = nonfinite
                 self._node("progress/nonfinite")[block] = counts
@@ -206,10 +226,11 @@ class Store:
         with writable(self.location, "update the store's attributes"):
             self.group.update_attributes(values)
 
-    def seal(self, status: str = "incomplete", **values: Any) -> None:
-        """Record ``values`` with status ``complete`` when every block is done (with the totals
-        summed from the block records), else with ``status``."""
-        if not self.done().all():
+    def seal(self, status: str = "incomplete", *, summed: bool = True, **values: Any) -> None:
+        """Record ``values`` with status ``complete`` when every block is done and ``summed``
+        (the statistics' totals are written), with the totals summed from the block records;
+        else with ``status``."""
+        if not (summed and self.done().all()):
             self.update_attrs(status=status, **values)
             return
         totals: dict[str, Any] = {}
@@ -251,6 +272,12 @@ class Store:
             )
         labels = self.labels[:]
         values, counts = np.unique(labels, return_counts=True)
+        from actextract.stats import summed_blocks  # stats reads stores: imported on use
+
+        stats = {
+            layer: {"kinds": a["kinds"], "disk_bytes": self.disk_bytes(f"stats/{layer}")}
+            for layer, a in self.stats_layers().items()
+        }
         return {
             "path": str(self.location),
             "status": attrs.get("status"),
@@ -270,6 +297,8 @@ class Store:
             "error": attrs.get("error"),
             "nonfinite": attrs.get("nonfinite"),
             "summary": attrs.get("summary"),
+            "stats": stats,
+            "blocks_summed": int(summed_blocks(self).sum()) if stats else None,
         }
 
 
@@ -337,4 +366,8 @@ def open_store(path: str | Path | Location, *, mode: str = "r") -> Store:
             f"'{location}' has store format {version}; this actextract reads up to "
             f"{FORMAT_VERSION}. Upgrade actextract."
         )
+    if group.attrs.get("axis") == "epoch":  # a Recorder's store: see actextract.epochs
+        from actextract.epochs import EpochStore
+
+        return EpochStore(location, group)
     return Store(location, group)

@@ -47,7 +47,11 @@ def format_layer_table(table: Any, dtype: str, n_samples: int | None = None) -> 
 def format_info(d: dict) -> str:
     """``actextract info``, from :meth:`actextract.store.Store.info`."""
     status = d["status"]
-    if status != "complete" and d["blocks_done"] == d["n_blocks"]:
+    if d.get("axis") == "epoch":  # a Recorder's store: blocks_done counts epochs
+        from actextract.epochs import format_epochs
+
+        status = f"{status} recording, epochs {format_epochs(d['epochs'])} captured"
+    elif status != "complete" and d["blocks_done"] == d["n_blocks"]:
         status = (
             f"NOT SEALED: all {d['n_blocks']} row blocks written, the final status not (the "
             "run stopped at its very end); the same extract command with --resume seals it"
@@ -90,6 +94,16 @@ def format_info(d: dict) -> str:
             f"    {a['name']:<{name_w}}  {a['shape']!s:<22}  {a['reduce']:<6}  "
             f"{human_bytes(a['raw_bytes']):>10}  {human_bytes(a['disk_bytes']):>10}  {ratio:.1f}x"
         )
+    if d.get("stats"):
+        summed = d.get("blocks_summed")
+        state = (
+            "per-class totals written"
+            if d["status"] == "complete"
+            else f"sums of {summed}/{d['n_blocks']} row blocks committed, totals not written yet"
+        )
+        lines.append(f"  statistics (on the device; {state})")
+        for layer, a in d["stats"].items():
+            lines.append(f"    {layer}: {', '.join(a['kinds'])}  {human_bytes(a['disk_bytes'])}")
     labels = d["labels"]
     classes = dataset.get("classes")
     shown = ", ".join(

@@ -178,6 +178,7 @@ def _arrays(store: Store) -> tuple[list[Entry], list[Found]]:
     except Exception as e:
         raise StoreError(f"'{store.location}' has no readable progress/done array ({e}).") from None
     paths = [(s["name"], s.get("array", f"acts/{s['name']}"), False) for s in store.attrs["layers"]]
+    paths += [(key, key, False) for key in store.row_keys if "/" in key]  # channel means
     paths += [("labels", "labels", False), ("ids", "ids", False)]
     records = sorted(store.group["progress"].array_keys())  # type: ignore[union-attr]
     paths += [(f"progress/{r}", f"progress/{r}", True) for r in records if r != "done"]

@@ -4,7 +4,9 @@
 
 POINT is where the process SIGKILLs itself: ``first-block`` (block 0's first array written,
 the rest not), ``mid-block:K`` (the same in block K, with earlier blocks written beside it by
-the other writer thread), ``before-seal`` (every block written, the final status not).
+the other writer thread), ``mid-commit:K`` (the K-th commit of the statistics' sums written,
+the attributes that commit them not), ``before-seal`` (every block written, the final status
+not).
 ``--stall`` makes every block write after the first two take that long, so that a test that
 waits for two done blocks can stop the run from outside before it can end, however slow the
 machine; ``--log`` appends the number of every block whose write starts. The helpers below run it.
@@ -24,8 +26,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-# 640 inputs in 10 blocks of 64 rows (batches of 32), three layers of three kinds; synthetic
-# data, as the digits would cost every child process seconds of importing scikit-learn
+# 640 inputs in 10 blocks of 64 rows (batches of 32), three layers of three kinds, with
+# on-device statistics committed as often as they can be (so a kill finds some committed and
+# some not); synthetic data (labels: index % 10), as the digits would cost every child
+# process seconds of importing scikit-learn
 ARGS = [
     "extract",
     "--model",
@@ -43,6 +47,10 @@ ARGS = [
     "--device",
     "cpu",
     "--no-progress",
+    "--stats",
+    "conv1=class-mean,class-std,channel-hist;pool2=channel-mean,class-mean",
+    "--stats-every",
+    "0",
 ]
 N_BLOCKS = 10
 # in-process runs: 320 digits in 5 row blocks of 64 rows (batches of 32), one chunk per array
@@ -106,14 +114,34 @@ def wait_for_done_blocks(out: Path, at_least: int, proc: subprocess.Popen) -> No
 
 
 def same_store(a, b) -> None:
-    """Every array of store ``a`` equals ``b``'s to the byte (NaN payloads included)."""
-    assert a.layers == b.layers
-    for name in a.layers:
-        x, y = a[name][:], b[name][:]
+    """Every row array of store ``a`` equals ``b``'s to the byte (NaN payloads included), and
+    its statistics' totals are ``b``'s (counts exactly, float64 sums within rounding)."""
+    assert a.layers == b.layers and a.row_keys == b.row_keys
+    for name in a.row_keys:
+        x, y = a.row_array(name)[:], b.row_array(name)[:]
         assert x.dtype == y.dtype and x.shape == y.shape, name
         assert x.tobytes() == y.tobytes(), f"{name}: differs in {np.flatnonzero(x != y)[:5]}"
     assert a.labels[:].tolist() == b.labels[:].tolist()
     assert a.ids[:].tolist() == b.ids[:].tolist()
+    same_stats(a, b)
+
+
+def same_stats(a, b) -> None:
+    from actextract.stats import accumulated, read_stats
+
+    assert a.stats_layers() == b.stats_layers()
+    for spec in accumulated(a):
+        x, y = read_stats(a, spec.layer), read_stats(b, spec.layer)
+        assert x is not None and y is not None, spec.layer
+        assert x.classes.tolist() == y.classes.tolist() and x.counts.tolist() == y.counts.tolist()
+        for name in ("mean", "std"):
+            u, v = getattr(x, name), getattr(y, name)
+            assert (u is None) == (v is None), name
+            if u is not None:  # a sum's rounding, scaled by the layer's magnitude
+                scale = np.abs(x.mean).max()
+                np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-9 * scale, err_msg=name)
+        if x.hist is not None:
+            assert np.array_equal(x.hist, y.hist) and np.array_equal(x.edges, y.edges)
 
 
 def record_writes(monkeypatch) -> list[int]:
@@ -172,11 +200,26 @@ def _main() -> None:
         if opts.kill == f"mid-block:{block}" or (opts.kill == "first-block" and block == 0):
             rows = self.block_range(block)
             first = next(iter(acts))
-            self._node(f"acts/{first}")[rows.start : rows.stop] = acts[first]
+            self.row_array(first)[rows.start : rows.stop] = acts[first]
             die()
         write_block(self, block, acts, labels, ids, **records)
 
     Store.write_block = faulty
+    if opts.kill and opts.kill.startswith("mid-commit:"):
+        import zarr
+
+        from actextract.stats import PartWriter
+
+        commit, commits = PartWriter.commit, []
+
+        def faulty_commit(self) -> None:
+            commits.append(1)
+            if opts.kill == f"mid-commit:{len(commits)}":
+                # the sums land in the spare slot; the write that commits them kills
+                zarr.Group.update_attributes = lambda *a, **k: die()
+            commit(self)
+
+        PartWriter.commit = faulty_commit
     if opts.kill == "before-seal":
         Store.seal = lambda self, *a, **k: die()
     args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args

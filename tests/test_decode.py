@@ -267,10 +267,11 @@ def test_the_engine_runs_decoded_batches_into_the_store(tmp_path, jpegs):
         chunk_rows=2,
         attrs={},
     )
+    cap = build_capture(model, [layer], model_name="resnet18")
     with Sink(store, slots=2, writers=1) as sink:
         summary = run(
             make_loader(src, range(len(src)), batch_size=2),
-            build_capture(model, [layer], model_name="resnet18"),
+            lambda x: (cap(x), {}),  # the row arrays; no statistics
             sink,
             RunOptions(CPU, on_bad_sample="skip", progress=False),
             total=len(src),

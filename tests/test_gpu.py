@@ -182,3 +182,33 @@ def test_cuda_resume_continues_a_partial_store(tmp_path):
     assert again.complete
     for name in ("bn1", "fc"):
         assert again[name][:].tobytes() == full[name][:].tobytes()
+
+
+def test_cuda_statistics_equal_numpy_on_the_stored_rows(tmp_path):
+    """The sums run on the GPU (index_add, bincount): per-class means and standard deviations
+    of the stored float32 rows, and every value in the histogram."""
+    store = actextract.extract(
+        tiny_cnn(),
+        SeededImages(n=64),
+        layers="conv1,fc",
+        stats="conv1=class-mean,class-std,channel-hist,channel-mean;fc=class-std",
+        device="cuda",
+        dtype="float32",
+        batch_size=8,
+        chunk_rows=16,
+        out=tmp_path / "r.zarr",
+    )
+    from actextract.stats import read_stats
+
+    assert store.complete
+    labels = store.labels[:]
+    for layer in ("conv1", "fc"):
+        got, data = read_stats(store, layer), store[layer][:].astype(np.float64)
+        for j, c in enumerate(got.classes.tolist()):
+            rows = data[labels == c]
+            assert got.counts[j] == len(rows)
+            np.testing.assert_allclose(got.mean[j], rows.mean(0), rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(got.std[j], rows.std(0), rtol=1e-6, atol=1e-6)
+    assert read_stats(store, "conv1").hist.sum() == store["conv1"][:].size
+    means = store.row_array("stats/conv1/channel_means")[:]
+    np.testing.assert_allclose(means, store["conv1"][:].mean(axis=(2, 3)), rtol=1e-5, atol=1e-5)

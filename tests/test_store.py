@@ -13,7 +13,7 @@ import actextract
 from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, create_store
 
 GOLDEN_ATTRS = {
-    "format_version": 2,
+    "format_version": 3,
     "n_samples": 16,
     "chunk_rows": 8,
     "dtype": "float16",
@@ -65,6 +65,8 @@ GOLDEN_ATTRS = {
             "array": "acts/fc",
         },
     ],
+    "row_arrays": ["acts/conv1", "acts/block", "acts/fc"],
+    "stats": {},
     "skipped": [],
     "skipped_count": 0,
     "nonfinite": {"conv1": 0, "block": 0, "fc": 0},
