@@ -177,11 +177,11 @@ class _LayerSums:
         first edge, the last bin values at or above the last edge and NaN."""
         n, c = len(x), self.spec.channels
         v = x.reshape(n, c, -1).float()
-        bins = torch.bucketize(v, self.edges, right=True)  # edges[i-1] <= v < edges[i] → i
-        bins = torch.where(torch.isnan(v), len(self.edges), bins)
+        # edges[i-1] <= v < edges[i] → i; below → 0; at or above the last, and NaN → last
+        bins = torch.bucketize(v, self.edges, right=True)
         width = len(self.edges) + 1
         cell = (slots.view(n, 1, 1) * c + torch.arange(c, device=v.device).view(1, c, 1)) * width
-        counts = torch.bincount((cell + bins).reshape(-1), minlength=self.k * c * width)
+        counts = torch.bincount(bins.add_(cell).reshape(-1), minlength=self.k * c * width)
         self.hist.view(-1).add_(counts)
 
     def tensors(self) -> dict[str, torch.Tensor]:

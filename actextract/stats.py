@@ -24,6 +24,7 @@ whatever the kills, shards and ranks.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -36,7 +37,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import zarr
 from zarr.codecs import Crc32cCodec
+from zarr.core.sync import sync
 
 from actextract.accumulate import Accumulator, LayerStatsSpec
 from actextract.errors import StoreError
@@ -44,7 +47,16 @@ from actextract.layout import now
 from actextract.location import writable
 from actextract.store import Store
 
-__all__ = ["ClassStats", "PartWriter", "accumulated", "finalize", "read_stats", "summed_blocks"]
+__all__ = [
+    "ClassStats",
+    "PartWriter",
+    "accumulated",
+    "check",
+    "finalize",
+    "read_stats",
+    "repair",
+    "summed_blocks",
+]
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +128,31 @@ def _write(group, path: str, data: np.ndarray | torch.Tensor) -> None:
     """An array of sums (one class per chunk), copied from the device a few classes at a
     time: host memory stays near WRITE_BYTES whatever the size of the sums."""
     t = torch.as_tensor(data)
-    arr = group.create_array(
+    arr = _create(
+        group,
         path,
-        shape=tuple(t.shape),
-        chunks=(1, *t.shape[1:]) if t.ndim > 1 else tuple(max(1, n) for n in t.shape),
-        dtype=torch.empty(0, dtype=t.dtype).numpy().dtype,
-        compressors=(Crc32cCodec(),),
-        overwrite=True,
+        tuple(t.shape),
+        (1, *t.shape[1:]) if t.ndim > 1 else tuple(max(1, n) for n in t.shape),
+        torch.empty(0, dtype=t.dtype).numpy().dtype,
     )
     row = max(1, math.prod(t.shape[1:]) * t.element_size())
     step = max(1, WRITE_BYTES // row)
     for lo in range(0, len(t), step):
         arr[lo : lo + step] = t[lo : lo + step].cpu().numpy()
+
+
+def _create(group, path: str, shape, chunks, dtype) -> zarr.Array:
+    """An array of statistics: crc32c on every chunk, and every chunk written (a chunk of
+    zeros too), so that a missing one is damage that :func:`check` sees, not a silent 0."""
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        return group.create_array(
+            path,
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            compressors=(Crc32cCodec(),),
+            overwrite=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -207,16 +232,9 @@ def _finalize_layer(store: Store, spec: LayerStatsSpec, parts, slots, counts) ->
         out["std"] = (k, *spec.shape), np.float64
     if "channel-hist" in spec.kinds:
         out["hist"] = (k, spec.channels, len(spec.edges) + 1), np.int64
-    arrays = {}
-    for name, (shape, dtype) in out.items():
-        arrays[name] = group.create_array(
-            name,
-            shape=shape,
-            chunks=(1, *shape[1:]),
-            dtype=dtype,
-            compressors=(Crc32cCodec(),),
-            overwrite=True,
-        )
+    arrays = {
+        name: _create(group, name, shape, (1, *shape[1:]), t) for name, (shape, t) in out.items()
+    }
     if "hist" in arrays:
         arrays["hist"].attrs.update({"edges": list(spec.edges), "below_first_bin": True})
     for j, (slot, n) in enumerate(zip(slots.tolist(), counts.tolist(), strict=True)):
@@ -241,6 +259,61 @@ def _class_total(parts, layer: str, name: str, slot: int) -> np.ndarray | None:
             row = arr[slot]
             total = row if total is None else total + row
     return total
+
+
+def check(store: Store) -> list[tuple[str, str]]:
+    """(array path, what is wrong) for each array of statistics that does not read back
+    whole: the committed slots of the parts, and the totals. One chunk at a time."""
+    arrays = [f"{PARTS}/{p.name}/{p.slot}/{path}" for p in _parts(store) for path in _tree(p.group)]
+    if "stats" in store.group:
+        arrays += [f"stats/{path}" for path in _tree(store.group["stats"])]
+    found = []
+    for path in arrays:
+        if path.endswith("/channel_means"):
+            continue  # a row array: verify checks it block by block
+        arr = store.group[path]
+        for coords in itertools.product(*(range(n) for n in arr.cdata_shape)):
+            key = f"{arr.store_path.path}/{arr.metadata.encode_chunk_key(coords)}"
+            if not sync(arr.store_path.store.exists(key)):
+                found.append((path, f"chunk '{key}' is not in the store"))
+                break
+            chunk = tuple(
+                slice(c * n, (c + 1) * n) for c, n in zip(coords, arr.chunks, strict=True)
+            )
+            try:
+                arr[chunk]
+            except OSError:
+                raise
+            except Exception as e:
+                found.append((path, f"{type(e).__name__}: {e}"))
+                break
+    return found
+
+
+def _tree(group, prefix: str = "") -> Iterator[str]:
+    for name, _ in group.arrays():
+        yield f"{prefix}{name}"
+    for name, sub in group.groups():
+        yield from _tree(sub, f"{prefix}{name}/")
+
+
+def repair(store: Store, damaged: list[tuple[str, str]]) -> list[str]:
+    """Drop the damaged parts (their blocks count as not summed, so ``--resume`` sums them
+    again) and the totals (rewritten when the store is sealed again); the store is no longer
+    sealed. Returns what was dropped."""
+    dropped = sorted({"/".join(p.split("/")[:3]) for p, _ in damaged if p.startswith(PARTS)})
+    with writable(store.location, "drop the damaged statistics"):
+        for part in dropped:
+            del store.group[part]
+        for spec in accumulated(store):
+            for name in ("classes", "count", "mean", "std", "hist"):
+                path = f"stats/{spec.layer}/{name}"
+                if path in store.group:
+                    del store.group[path]
+                    dropped.append(path)
+        if store.status == "complete":
+            store.update_attrs(status="incomplete")
+    return dropped
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 from zarr.core.sync import sync
 
+from actextract import stats
 from actextract.errors import OptionError, StoreError
 from actextract.layout import quiet_numcodecs
 from actextract.location import writable
@@ -63,10 +64,12 @@ class VerifyReport:
     chunks: int = 0  # chunks checked: read, or counted as part of a block not done
     unchecked: list[str] = field(default_factory=list)  # arrays without a crc32c checksum
     reset_blocks: list[int] = field(default_factory=list)  # marked not done by ``repair``
+    stats_problems: list[tuple[str, str]] = field(default_factory=list)  # (array, what)
+    stats_dropped: list[str] = field(default_factory=list)  # removed by ``repair``
 
     @property
     def damaged(self) -> bool:
-        return any(p.kind in DAMAGE for p in self.problems)
+        return bool(self.stats_problems) or any(p.kind in DAMAGE for p in self.problems)
 
     @property
     def state(self) -> str:
@@ -121,8 +124,12 @@ def verify(
     report.blocks_done = sum(done)
     report.chunks = count_chunks(store)
     report.problems = _group(store, found, [EVERY_ARRAY, *(e[0] for e in entries)])
+    with quiet_numcodecs():
+        report.stats_problems = stats.check(store)  # the sums of --stats and their totals
     if repair:
         _repair(store, report)
+        if report.stats_problems:
+            report.stats_dropped = stats.repair(store, report.stats_problems)
     return report
 
 
@@ -141,7 +148,7 @@ def format_verify(report: VerifyReport) -> str:
         f"{resume} seals it.",
         "incomplete": f"incomplete (status '{report.status}'): {done}.",
         "damaged": f"DAMAGED: {done}; {sum(p.kind in DAMAGE for p in report.problems)} "
-        "damaged row ranges.",
+        f"damaged row ranges, {len(report.stats_problems)} damaged arrays of statistics.",
     }[report.state]
     lines = [f"{report.path}: {head}"]
     for p in report.problems:
@@ -154,6 +161,18 @@ def format_verify(report: VerifyReport) -> str:
         else:
             detail = p.detail if len(p.detail) <= 100 else p.detail[:97] + "..."
             lines.append(f"{where}: {p.kind} ({detail}); these rows must be extracted again.")
+    for path, what in report.stats_problems:
+        lines.append(f"  {path}: damaged statistics ({what}).")
+    if report.stats_problems and not report.stats_dropped:
+        lines.append(
+            "The damaged statistics are dropped by --repair; the blocks they summed are summed "
+            f"again by {resume}, which also rewrites the totals."
+        )
+    if report.stats_dropped:
+        lines.append(
+            f"dropped {', '.join(report.stats_dropped)}: {resume} sums those blocks again and "
+            "rewrites the totals."
+        )
     if report.reset_blocks:
         lines.append(
             f"{len(report.reset_blocks)} damaged blocks marked not done: {resume} redoes them."

@@ -194,3 +194,51 @@ def test_the_report_draws_statistics_only_layers_and_names_the_source(tmp_path):
     assert summary.channel_means.shape == (N, 4)
     page = (tmp_path / "report" / "index.html").read_text()
     assert "class-mean, class-std, channel-mean, channel-hist" in page
+
+
+def test_verify_finds_damaged_statistics_and_repair_lets_resume_redo_them(tmp_path, stats_store):
+    from actextract.stats import PARTS
+    from actextract.verify import format_verify, verify
+
+    out = tmp_path / "s.zarr"
+    store = _extract(out)
+    assert verify(store).ok
+    part = next(p for p in (out / PARTS).iterdir() if p.is_dir())
+    sums = sorted((part / "a" / "conv1" / "sum" / "c").rglob("*"))
+    chunk = next(p for p in sums if p.is_file())
+    data = bytearray(chunk.read_bytes())
+    data[10] ^= 0xFF  # one flipped bit pattern in a committed sum
+    chunk.write_bytes(bytes(data))
+    (out / "stats" / "fc" / "mean" / "c" / "1" / "0").unlink()  # a lost chunk of the totals
+    store = actextract.open_store(out, mode="r+")
+    report = verify(store)
+    assert report.state == "damaged"
+    paths = [p for p, _ in report.stats_problems]
+    assert f"{PARTS}/{part.name}/a/conv1/sum" in paths and "stats/fc/mean" in paths
+    assert "not in the store" in dict(report.stats_problems)["stats/fc/mean"]
+    assert "damaged statistics" in format_verify(report)
+    repaired = verify(store, repair=True)
+    assert f"{PARTS}/{part.name}" in repaired.stats_dropped
+    store = actextract.open_store(out)
+    assert store.status == "incomplete" and not summed_blocks(store).any()
+    assert read_stats(store, "conv1") is None
+    resumed = _extract(out, resume=True)  # the rows are done: only the sums are redone
+    assert resumed.complete and verify(resumed).ok
+    same_stats(resumed, stats_store)
+
+
+def test_histogram_bins_below_above_and_nan_and_block_accounting():
+    from actextract.accumulate import Accumulator, LayerStatsSpec
+
+    spec = LayerStatsSpec("x", ("class-mean", "channel-hist"), (1, 3), (0.0, 1.0, 2.0))
+    acc = Accumulator([spec], torch.device("cpu"), chunk_rows=2, n=3, blocks=[0, 1])
+    values = torch.tensor([[[-1.0, 0.0, 0.5]], [[1.0, 2.0, float("nan")]]])
+    acc.add({"x": values}, np.array([0, 1]), np.array([4, -1]))
+    assert acc.summed == [0] and not acc.partial
+    acc.add({"x": values[:0]}, np.zeros(0, np.int64), np.zeros(0, np.int64), bad=[2])
+    assert acc.summed == [0, 1]  # a block of one skipped sample is complete too
+    state = acc.state()
+    hist = state["x"]["hist"]  # slots: label + 1 (0: unlabelled)
+    assert hist[5, 0].tolist() == [1, 2, 0, 0] and hist[0, 0].tolist() == [0, 0, 1, 2]
+    assert state[""]["count"].tolist() == [1, 0, 0, 0, 0, 1]
+    assert state["x"]["sum"][5].tolist() == [[-1.0, 0.0, 0.5]]
