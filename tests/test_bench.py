@@ -103,3 +103,16 @@ def test_integrity_benchmark_runs_at_a_toy_size(tmp_path):
     assert set(result["median_s"]) == {"shipped", "no-crc32c", "no-nonfinite", "unchecked"}
     assert result["throughput_vs_unchecked"]["unchecked"] == 1.0
     assert "| shipped |" in (out / "integrity-cpu.md").read_text()
+
+
+def test_stats_benchmark_runs_at_a_toy_size(tmp_path):
+    out, scratch = tmp_path / "results", tmp_path / "scratch"
+    scratch.mkdir()
+    _load("bench_stats").main(
+        ["--n", "64", "--repeats", "1", "--out", str(out), "--tmp", str(scratch)]
+    )
+    result = json.loads((out / "stats-cpu.json").read_text())
+    assert set(result["median_s"]) == set(_load("bench_stats").VARIANTS)
+    assert result["throughput_vs_output_only"]["output only"] == 1.0
+    # the stored maps take the disk that the statistics do not
+    assert result["disk_bytes"]["maps stored + averaged"] > result["disk_bytes"]["output only"]
