@@ -7,7 +7,6 @@ input before anything is written, then hands the stages to :func:`actextract.eng
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +35,13 @@ from actextract.engine import (
 from actextract.errors import OptionError
 from actextract.location import Location
 from actextract.models import load_model
-from actextract.plan import choose_outputs, names_option, plan_arrays, provenance
-from actextract.reduce import STORAGE_DTYPES
+from actextract.plan import (
+    choose_chunk_rows_for,
+    choose_outputs,
+    names_option,
+    plan_arrays,
+    provenance,
+)
 from actextract.resume import NewStore, open_run
 from actextract.sink import Sink, check_nonfinite_policy
 from actextract.source import (
@@ -50,11 +54,9 @@ from actextract.source import (
 )
 from actextract.stats import PartWriter, accumulated, finalize, summed_blocks
 from actextract.store import (
-    ArraySpec,
     Store,
     StoreOptions,
     check_output,
-    choose_chunk_rows,
     open_store,
 )
 from actextract.text import format_summary
@@ -247,7 +249,9 @@ def _extract(
             len(rows),
             arrays,
             store_options,
-            _chunk_rows(location, store_options, resume or join, batch_size, arrays, len(rows)),
+            choose_chunk_rows_for(
+                location, store_options, resume or join, batch_size, arrays, len(rows)
+            ),
             {
                 **provenance(loaded, source, cap.method, precision, options, batch_size),
                 "stats": stats_attrs,
@@ -323,26 +327,6 @@ def _extract(
     store = open_store(location)  # the sealed attributes, whichever process wrote them
     log.info("%s\n%s", store.location, format_summary(store.attrs))
     return store
-
-
-def _chunk_rows(
-    location: Location,
-    options: StoreOptions,
-    reuse: bool,
-    batch_size: int,
-    arrays: Sequence[ArraySpec],
-    n: int,
-) -> int:
-    """Rows per chunk: as asked, else the existing store's (when resuming or joining it), else
-    chosen from the batch size and the largest layer."""
-    if options.chunk_rows:
-        return options.chunk_rows
-    if reuse and location.is_store():
-        return open_store(location).chunk_rows
-    per_sample = max(
-        (math.prod(a.shape) * STORAGE_DTYPES[options.dtype].itemsize for a in arrays), default=1
-    )
-    return choose_chunk_rows(batch_size, per_sample, n)
 
 
 def _seal(store: Store, summary: Summary, part: Shard, group, join: bool) -> None:

@@ -4,6 +4,7 @@ dtype), and the provenance a new store records."""
 from __future__ import annotations
 
 import hashlib
+import math
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -17,12 +18,20 @@ from actextract.capture import match_names, model_output_layers, probe
 from actextract.decode import DeviceDecoder
 from actextract.engine import RunOptions, autocast, check_bad, device_inputs
 from actextract.errors import OptionError
+from actextract.location import Location
 from actextract.models import LoadedModel
 from actextract.reduce import STORAGE_DTYPES, Reducer, parse_reductions, reduced_shape
 from actextract.source import Preprocess, Sample, Source
-from actextract.store import ArraySpec, StoreOptions
+from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, open_store
 
-__all__ = ["choose_outputs", "names_option", "plan_arrays", "provenance", "state_sha256"]
+__all__ = [
+    "choose_outputs",
+    "names_option",
+    "plan_arrays",
+    "provenance",
+    "software",
+    "state_sha256",
+]
 
 
 def plan_arrays(
@@ -122,6 +131,26 @@ def choose_outputs(
     return stored, wanted
 
 
+def choose_chunk_rows_for(
+    location: Location,
+    options: StoreOptions,
+    reuse: bool,
+    batch_size: int,
+    arrays: Sequence[ArraySpec],
+    n: int,
+) -> int:
+    """Rows per chunk: as asked, else the existing store's (when resuming or joining it), else
+    chosen from the batch size and the largest layer."""
+    if options.chunk_rows:
+        return options.chunk_rows
+    if reuse and location.is_store():
+        return open_store(location).chunk_rows
+    per_sample = max(
+        (math.prod(a.shape) * STORAGE_DTYPES[options.dtype].itemsize for a in arrays), default=1
+    )
+    return choose_chunk_rows(batch_size, per_sample, n)
+
+
 def first_sample(
     source: Source, rows: range, policy: str, decoder: DeviceDecoder | None = None
 ) -> Sample:
@@ -149,6 +178,22 @@ def state_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def software() -> dict[str, str]:
+    """The versions that made a store."""
+    import numpy
+    import torchvision
+    import zarr
+
+    return {
+        "actextract": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "zarr": zarr.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
 def provenance(
     loaded: LoadedModel,
     source: Source,
@@ -157,19 +202,8 @@ def provenance(
     options: RunOptions,
     batch_size: int,
 ) -> dict[str, Any]:
-    import numpy
-    import torchvision
-    import zarr
-
     return {
-        "software": {
-            "actextract": __version__,
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "zarr": zarr.__version__,
-            "numpy": numpy.__version__,
-            "python": platform.python_version(),
-        },
+        "software": software(),
         "model": {
             "spec": loaded.spec,
             "weights": loaded.weights,
