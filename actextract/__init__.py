@@ -5,6 +5,8 @@ store = actextract.extract("resnet18", "folder:./imgs", layers=["layer3", "avgpo
 store = actextract.open_store("run.zarr"); store["layer3"][:8]
 report = actextract.render("run.zarr", "report/")   # PNGs and report/index.html
 actextract.verify(actextract.open_store("run.zarr")).ok  # every chunk read back and checked
+rec = actextract.Recorder(model, layers=["layer4"], probe=loader, out="train.zarr")
+rec.capture(epoch)   # in the training loop: the probe's activations at this epoch
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from actextract.errors import (
     SourceError,
     StoreError,
 )
+from actextract.recorder import Recorder
 from actextract.report import Report, render
 from actextract.source import Preprocess
 from actextract.store import Store, open_store
@@ -42,6 +45,7 @@ __all__ = [
     "OptionError",
     "OutputExistsError",
     "Preprocess",
+    "Recorder",
     "Report",
     "SourceError",
     "Store",

@@ -248,16 +248,26 @@ def render(ctx, path, out, layer_names, samples, max_channels, only, same_scale,
 )
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_demo(out, epochs, seed) -> None:
+@click.option(
+    "--record",
+    type=click.Path(),
+    help="Also record conv1, conv2 and fc1 of 100 held-out digits before training and after "
+    "every epoch into this store (replaced if it exists); 'actextract render' draws it.",
+)
+@click.pass_context
+def train_demo(ctx, out, epochs, seed, record) -> None:
     """Train digits-cnn on the embedded digits data (seconds on a CPU)."""
     from actextract.train import train_digits_cnn
 
-    result = train_digits_cnn(out, epochs=epochs, seed=seed)
+    with _user_errors(ctx):
+        result = train_digits_cnn(out, epochs=epochs, seed=seed, record=record)
     click.echo(
         f"trained digits-cnn for {result.epochs} epochs on {result.train_samples} digits: "
         f"test accuracy {result.test_accuracy:.1%} on {result.test_samples} held-out "
         f"digits; saved {result.path}"
     )
+    if result.record is not None:
+        click.echo(f"recorded epochs 0-{result.epochs} (0: before training) in {result.record}")
 
 
 if __name__ == "__main__":  # pragma: no cover

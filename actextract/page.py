@@ -190,18 +190,20 @@ def _figure(p: Picture) -> str:
     )
 
 
-ORDER = ("grids", "averages", "histograms", "filters")
+ORDER = ("evolution", "grids", "averages", "histograms", "filters")  # evolution: recordings
+GALLERIES = (("evolution-sample", "Each sample across epochs"), ("grid", "Each sample's maps"))
 
 
 def _layer_section(layer: str, pictures: list[Picture], notes: list[str]) -> str:
     parts = [f"<h2 id='{_anchor(layer)}'>{escape(layer)}</h2>", _notes(notes)]
     for kind in ORDER:
         parts += [_figure(p) for p in pictures if p.kind == kind]
-    grids = [p for p in pictures if p.kind == "grid"]
-    if grids:
-        parts.append("<h3>Each sample's maps</h3><div class='gallery'>")
-        parts += [_figure(p) for p in grids]
-        parts.append("</div>")
+    for kind, title in GALLERIES:
+        grids = [p for p in pictures if p.kind == kind]
+        if grids:
+            parts.append(f"<h3>{title}</h3><div class='gallery'>")
+            parts += [_figure(p) for p in grids]
+            parts.append("</div>")
     if not pictures and not notes:
         parts.append("<p>Nothing drawn for this layer with the options given.</p>")
     return "\n".join(p for p in parts if p)

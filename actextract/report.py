@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from actextract import figures
 from actextract.capture import match_names
 from actextract.errors import LayerNotFoundError, OutputExistsError
+from actextract.evolution import Evolution
 from actextract.pictures import KINDS, Drawer, Picture, RenderOptions, Report
 from actextract.store import Store, open_store
 
@@ -66,7 +67,10 @@ def render(
     names = pick_layers(store, options.layers)
     out = Path(out)
     report = Report(out=out, index=out / "index.html")
-    drawer = Drawer(store, options, report, lambda p, content: _write(out, report, p, content))
+    write = lambda p, content: _write(out, report, p, content)  # noqa: E731
+    evolution = Evolution.of(store, options, report, write)  # a recording (an epoch axis)
+    store = evolution.view if evolution else store  # its last epoch is drawn as a run
+    drawer = evolution.drawer if evolution else Drawer(store, options, report, write)
     rows = drawer.sample_rows()
     _prepare(out)  # only now, when the input is known to be good, is anything touched
     done = store.done()
@@ -81,6 +85,8 @@ def render(
         if progress:
             progress(layer)
         drawer.layer(layer, rows)
+        if evolution:
+            evolution.layer(layer, rows)
     report.seconds = time.perf_counter() - started
     report.index.write_text(page.index_html(store, report, names), encoding="utf-8")
     _write_manifest(report)
