@@ -13,11 +13,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(CLI) train-demo --out demo/digits-cnn.pt
+	$(CLI) train-demo --out demo/digits-cnn.pt --record demo/train.zarr
 	$(CLI) extract --model digits-cnn --weights demo/digits-cnn.pt --dataset digits \
-		--layers '*' --out demo/digits.zarr --overwrite
+		--layers '*' --stats 'conv*=class-std,channel-hist' --out demo/digits.zarr --overwrite
 	$(CLI) info demo/digits.zarr
 	$(CLI) render demo/digits.zarr --out demo/report
+	$(CLI) render demo/train.zarr --out demo/train-report
 
 # pytest exits 5 when it collected no test: that is a broken suite, not a pass.
 test: $(STAMP)
