@@ -26,6 +26,7 @@ from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, open_st
 
 __all__ = [
     "choose_outputs",
+    "layer_arrays",
     "names_option",
     "plan_arrays",
     "provenance",
@@ -57,20 +58,7 @@ def plan_arrays(
         outputs = probe(cap, x)
         final = model_output_layers(cap, outputs, x)
     stored = list(cap.names if stored is None else stored)
-    plan = parse_reductions(reduce, stored)
-    arrays = []
-    for name in stored:
-        shape = tuple(outputs[name].shape[1:])
-        arrays.append(
-            ArraySpec(
-                name,
-                reduced_shape(name, shape, plan[name]),
-                cap.kinds.get(name, ""),
-                plan[name],
-                shape,
-                model_output=name in final and plan[name] == "none",
-            )
-        )
+    arrays = layer_arrays(cap, outputs, final, stored, reduce)
     attrs: dict[str, Any] = {}
     for name, kinds in (stats or {}).items():
         shape = tuple(outputs[name].shape[1:])
@@ -149,6 +137,28 @@ def choose_chunk_rows_for(
         (math.prod(a.shape) * STORAGE_DTYPES[options.dtype].itemsize for a in arrays), default=1
     )
     return choose_chunk_rows(batch_size, per_sample, n)
+
+
+def layer_arrays(
+    cap, outputs: Mapping[str, torch.Tensor], final, names: Sequence[str], reduce
+) -> list[ArraySpec]:
+    """The arrays of the layers ``names`` stored in full, from a probe's ``outputs``: shape
+    after the ``reduce`` plan, kind, and whether it is the model's own output (``final``)."""
+    plan = parse_reductions(reduce, names)
+    arrays = []
+    for name in names:
+        shape = tuple(outputs[name].shape[1:])
+        arrays.append(
+            ArraySpec(
+                name,
+                reduced_shape(name, shape, plan[name]),
+                cap.kinds.get(name, ""),
+                plan[name],
+                shape,
+                model_output=name in final and plan[name] == "none",
+            )
+        )
+    return arrays
 
 
 def first_sample(

@@ -49,9 +49,9 @@ from actextract.layout import (
     store_attrs,
 )
 from actextract.location import Location, writable
-from actextract.plan import software, state_sha256
+from actextract.plan import layer_arrays, software, state_sha256
 from actextract.probes import Rows, bad_sample_error, first_sample, probe_source
-from actextract.reduce import STORAGE_DTYPES, Reducer, parse_reductions, reduced_shape
+from actextract.reduce import STORAGE_DTYPES, Reducer
 from actextract.samples import Source, make_loader
 
 __all__ = ["Recorder", "preserved"]
@@ -277,20 +277,7 @@ class Recorder:
                     final = model_output_layers(cap, outputs, x)
             finally:
                 cap.close()
-        plan = parse_reductions(reduce, cap.names)
-        arrays = []
-        for name in cap.names:
-            shape = tuple(outputs[name].shape[1:])
-            arrays.append(
-                ArraySpec(
-                    name,
-                    reduced_shape(name, shape, plan[name]),
-                    cap.kinds.get(name, ""),
-                    plan[name],
-                    shape,
-                    model_output=name in final and plan[name] == "none",
-                )
-            )
+        arrays = layer_arrays(cap, outputs, final, cap.names, reduce)
         return arrays, list(cap.names), cap.method
 
     def _open(self, arrays: list[ArraySpec], method: str, overwrite: bool) -> EpochStore:
