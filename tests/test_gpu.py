@@ -212,3 +212,38 @@ def test_cuda_statistics_equal_numpy_on_the_stored_rows(tmp_path):
     assert read_stats(store, "conv1").hist.sum() == store["conv1"][:].size
     means = store.row_array("stats/conv1/channel_means")[:]
     np.testing.assert_allclose(means, store["conv1"][:].mean(axis=(2, 3)), rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_recorder_leaves_training_and_the_cuda_rng_as_they_were(tmp_path):
+    """Dropout on the GPU draws from the CUDA generator, which a capture must restore."""
+    import torch.nn.functional as F
+    from test_recorder import N_PROBE, TrainNet
+
+    def train(out):
+        torch.manual_seed(0)
+        torch.cuda.manual_seed(0)
+        model = TrainNet().cuda()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        rec = None
+        if out is not None:
+            rec = actextract.Recorder(
+                model, layers="conv1,fc", probe=SeededImages(N_PROBE), out=out
+            )
+        for epoch in range(2):
+            model.train()
+            for _ in range(3):
+                x = torch.randn(8, 3, 8, 8, device="cuda")
+                y = torch.randint(0, 3, (8,), device="cuda")
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            if rec is not None:
+                assert rec.capture(epoch)
+        return model.state_dict(), torch.cuda.get_rng_state()
+
+    plain, recorded = train(None), train(tmp_path / "train.zarr")
+    assert all(torch.equal(plain[0][k], recorded[0][k]) for k in plain[0])
+    assert torch.equal(plain[1], recorded[1])
+    store = actextract.open_store(tmp_path / "train.zarr")
+    assert store.epochs() == [0, 1] and store.attrs["device"].startswith("cuda")
