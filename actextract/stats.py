@@ -24,7 +24,6 @@ whatever the kills, shards and ranks.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -39,7 +38,6 @@ import numpy as np
 import torch
 import zarr
 from zarr.codecs import Crc32cCodec
-from zarr.core.sync import sync
 
 from actextract.accumulate import Accumulator, LayerStatsSpec
 from actextract.errors import StoreError
@@ -51,7 +49,7 @@ __all__ = [
     "ClassStats",
     "PartWriter",
     "accumulated",
-    "check",
+    "arrays",
     "finalize",
     "read_stats",
     "repair",
@@ -143,7 +141,7 @@ def _write(group, path: str, data: np.ndarray | torch.Tensor) -> None:
 
 def _create(group, path: str, shape, chunks, dtype) -> zarr.Array:
     """An array of statistics: crc32c on every chunk, and every chunk written (a chunk of
-    zeros too), so that a missing one is damage that :func:`check` sees, not a silent 0."""
+    zeros too), so that a missing one is damage that ``verify`` sees, not a silent 0."""
     with zarr.config.set({"array.write_empty_chunks": True}):
         return group.create_array(
             path,
@@ -261,33 +259,13 @@ def _class_total(parts, layer: str, name: str, slot: int) -> np.ndarray | None:
     return total
 
 
-def check(store: Store) -> list[tuple[str, str]]:
-    """(array path, what is wrong) for each array of statistics that does not read back
-    whole: the committed slots of the parts, and the totals. One chunk at a time."""
-    arrays = [f"{PARTS}/{p.name}/{p.slot}/{path}" for p in _parts(store) for path in _tree(p.group)]
+def arrays(store: Store) -> list[str]:
+    """The arrays of statistics read whole by ``verify``: the committed slots of the parts,
+    and the totals (not the channel means: row arrays, checked block by block)."""
+    paths = [f"{PARTS}/{p.name}/{p.slot}/{path}" for p in _parts(store) for path in _tree(p.group)]
     if "stats" in store.group:
-        arrays += [f"stats/{path}" for path in _tree(store.group["stats"])]
-    found = []
-    for path in arrays:
-        if path.endswith("/channel_means"):
-            continue  # a row array: verify checks it block by block
-        arr = store.group[path]
-        for coords in itertools.product(*(range(n) for n in arr.cdata_shape)):
-            key = f"{arr.store_path.path}/{arr.metadata.encode_chunk_key(coords)}"
-            if not sync(arr.store_path.store.exists(key)):
-                found.append((path, f"chunk '{key}' is not in the store"))
-                break
-            chunk = tuple(
-                slice(c * n, (c + 1) * n) for c, n in zip(coords, arr.chunks, strict=True)
-            )
-            try:
-                arr[chunk]
-            except OSError:
-                raise
-            except Exception as e:
-                found.append((path, f"{type(e).__name__}: {e}"))
-                break
-    return found
+        paths += [f"stats/{path}" for path in _tree(store.group["stats"])]
+    return [p for p in paths if not p.endswith("/channel_means")]
 
 
 def _tree(group, prefix: str = "") -> Iterator[str]:

@@ -124,8 +124,9 @@ def verify(
     report.blocks_done = sum(done)
     report.chunks = count_chunks(store)
     report.problems = _group(store, found, [EVERY_ARRAY, *(e[0] for e in entries)])
-    with quiet_numcodecs():
-        report.stats_problems = stats.check(store)  # the sums of --stats and their totals
+    with quiet_numcodecs():  # the sums of --stats and their totals
+        wrong = ((path, _check_whole(store.group[path])) for path in stats.arrays(store))
+        report.stats_problems = [(path, what) for path, what in wrong if what]
     if repair:
         _repair(store, report)
         if report.stats_problems:
@@ -234,25 +235,48 @@ def _check(
     _, arr, per_block = entry
     errors: list[tuple[str, str]] = []
     if not read_done:  # an absent done chunk only means "not done"
-        keys = [
-            f"{arr.store_path.path}/{arr.metadata.encode_chunk_key(c)}"
-            for c in _coords(store, entry, block)
-        ]
-        absent = [k for k in keys if not sync(arr.store_path.store.exists(k))]
+        absent = _absent(arr, _coords(store, entry, block))
         if absent:
-            more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
-            errors.append(("missing", f"chunk '{absent[0]}'{more} not in the store"))
+            errors.append(("missing", absent))
     rows = store.block_range(block)
     try:
         data = arr[block : block + 1] if per_block else arr[rows.start : rows.stop]
     except OSError:  # the store cannot be read at all (permissions, network): not damage
         raise
-    except Exception as e:  # zarr's Crc32cCodec: "Stored and computed checksum do not match"
-        why = f"{type(e).__name__}: {e}"
-        if "checksum" in str(e):
-            why = "crc32c checksum mismatch: corrupt or truncated"
-        return [*errors, ("undecodable", why)], False
+    except Exception as e:
+        return [*errors, ("undecodable", _undecodable(e))], False
     return errors, read_done and not errors and bool(data.all())
+
+
+def _absent(arr: zarr.Array, coords: Iterable[tuple[int, ...]]) -> str:
+    """Which of the chunks at ``coords`` are not in the store ('' when all are)."""
+    keys = [f"{arr.store_path.path}/{arr.metadata.encode_chunk_key(c)}" for c in coords]
+    absent = [k for k in keys if not sync(arr.store_path.store.exists(k))]
+    more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+    return f"chunk '{absent[0]}'{more} not in the store" if absent else ""
+
+
+def _undecodable(e: Exception) -> str:
+    """zarr's Crc32cCodec raises "Stored and computed checksum do not match"."""
+    if "checksum" in str(e):
+        return "crc32c checksum mismatch: corrupt or truncated"
+    return f"{type(e).__name__}: {e}"
+
+
+def _check_whole(arr: zarr.Array) -> str:
+    """What is wrong with an array read whole, one chunk at a time ('' when nothing)."""
+    grid = list(itertools.product(*(range(n) for n in arr.cdata_shape)))
+    absent = _absent(arr, grid)
+    if absent:
+        return absent
+    for coords in grid:
+        try:
+            arr[tuple(slice(c * n, (c + 1) * n) for c, n in zip(coords, arr.chunks, strict=True))]
+        except OSError:
+            raise
+        except Exception as e:
+            return _undecodable(e)
+    return ""
 
 
 def _bounded(
