@@ -14,7 +14,7 @@ not yet written read as NaN (the store's fill value) and are left out.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -129,12 +129,15 @@ def summarize(store: Store, layer: str, *, max_channels: int = 64) -> LayerStats
     totals count every row, including those of a layer never stored), else one pass over the
     stored layer. ``source`` and ``channel_source`` say which."""
     totals = read_stats(store, layer)
-    stored = layer in store.layers
-    base = layer_stats(store, layer, max_channels=max_channels) if stored else None
+    has_totals = totals is not None and totals.mean is not None
     means_key = f"stats/{layer}/channel_means"
-    if base is not None and means_key not in store.row_keys:
+    has_means = means_key in store.row_keys
+    base = None  # a pass over the stored maps, only for what the statistics do not give
+    if layer in store.layers and not (has_totals and has_means):
+        base = layer_stats(store, layer, max_channels=max_channels)
+    if base is not None and not has_means:
         channel = (base.channel_means, base.labels, base.source)
-    elif means_key in store.row_keys:
+    elif has_means:
         parts = list(stored_blocks(store, means_key))
         width = min(store.row_array(means_key).shape[1], max_channels)
         values = [d[:, :max_channels].astype(np.float64) for _r, _l, d in parts]
@@ -145,7 +148,7 @@ def summarize(store: Store, layer: str, *, max_channels: int = 64) -> LayerStats
         )
     else:
         channel = (np.zeros((0, 1)), np.zeros(0, np.int64), "")
-    if totals is not None and totals.mean is not None:
+    if has_totals:
         counts = totals.counts
         shape = (-1,) + (1,) * (totals.mean.ndim - 1)
         return LayerStats(
@@ -160,7 +163,7 @@ def summarize(store: Store, layer: str, *, max_channels: int = 64) -> LayerStats
             channel_source=channel[2],
         )
     if base is not None:
-        return base
+        return replace(base, channel_means=channel[0], labels=channel[1], channel_source=channel[2])
     return LayerStats(
         layer,
         np.zeros(0, np.int64),

@@ -233,7 +233,7 @@ def row_keys(attrs: Mapping[str, Any]) -> list[str]:
     """The arrays written per row block, as a run names them (see :attr:`ArraySpec.key`), in
     the order of ``progress/nonfinite``'s columns (stores before format 3: the layers)."""
     paths = attrs.get("row_arrays") or [f"acts/{s['name']}" for s in attrs["layers"]]
-    return [p.removeprefix("acts/") if p.startswith("acts/") else p for p in paths]
+    return [p.removeprefix("acts/") for p in paths]
 
 
 def store_attrs(
