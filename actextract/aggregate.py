@@ -37,6 +37,7 @@ class LayerStats:
     rows_missing: int  # rows of the store not counted (blocks not done, skipped samples)
     source: str  # where the numbers came from, for the report
     channel_source: str = ""  # where the channel means came from, when not ``source``
+    stds: np.ndarray | None = None  # (K, *shape) per-class standard deviation (--stats class-std)
 
     @property
     def means(self) -> np.ndarray:
@@ -161,6 +162,7 @@ def summarize(store: Store, layer: str, *, max_channels: int = 64) -> LayerStats
             rows_missing=store.n - int(counts.sum()),
             source=f"on-device float64 sums over {int(counts.sum())} rows (stats/{layer})",
             channel_source=channel[2],
+            stds=totals.std,
         )
     if base is not None:
         return replace(base, channel_means=channel[0], labels=channel[1], channel_source=channel[2])

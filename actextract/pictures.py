@@ -20,10 +20,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from actextract import figures
-from actextract.aggregate import LayerStats, predictions, summarize
+from actextract.aggregate import predictions, summarize
+from actextract.classpictures import ClassPictures
 from actextract.errors import OptionError
 from actextract.rebuild import Inputs, RebuildError, conv_weights, open_inputs, rebuild_model
-from actextract.stats import read_stats
 from actextract.store import Store
 
 __all__ = ["KINDS", "Drawer", "Picture", "RenderOptions", "Report", "file_stem"]
@@ -31,7 +31,7 @@ __all__ = ["KINDS", "Drawer", "Picture", "RenderOptions", "Report", "file_stem"]
 log = logging.getLogger(__name__)
 
 KINDS = ("grids", "averages", "histograms", "filters", "confusion")
-MAX_SAMPLE_ROWS = 32  # rows in a samples or averages figure
+MAX_SAMPLE_ROWS = 32  # rows in a samples figure
 MAX_STRIP_FEATURES = 4096
 MIN_PIXELS = 384  # small maps are upscaled (nearest) to at least this many pixels a side
 
@@ -107,9 +107,12 @@ def file_stem(layer: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", layer)
 
 
-class Drawer:
+class Drawer(ClassPictures):
     """Draws one layer at a time and hands each picture to ``write``; holds what is shared
-    across layers (the labels, the inputs, the rebuilt model)."""
+    across layers (the labels, the inputs, the rebuilt model). The per-class pictures are in
+    :class:`actextract.classpictures.ClassPictures`."""
+
+    stem = staticmethod(file_stem)  # a layer's file names start with it
 
     def __init__(self, store: Store, options: RenderOptions, report: Report, write: Write):
         self.store, self.options, self.report, self._write = store, options, report, write
@@ -261,97 +264,6 @@ class Drawer:
             "grids",
             layer,
             f"{layer}: the chosen samples, input then feature maps ({scale})",
-        )
-
-    def averages(self, layer: str, shape: tuple[int, ...], stats: LayerStats) -> None:
-        if not len(stats.classes):
-            why = "no stored rows" if layer in self.specs else stats.source
-            self.report.note(layer, f"no averages: {why}.")
-            return
-        keep = slice(0, MAX_SAMPLE_ROWS)
-        if len(stats.classes) > MAX_SAMPLE_ROWS:
-            self.report.note(
-                layer, f"averages show the first {MAX_SAMPLE_ROWS} of {len(stats.classes)} classes."
-            )
-        means = stats.means[keep]
-        labels = [
-            f"{self.name_of(int(c))} (n={n})"
-            for c, n in zip(stats.classes[keep], stats.counts[keep], strict=True)
-        ]
-        stem = file_stem(layer)
-        if len(shape) == 1:
-            fig = figures.strip_figure(
-                means, labels, title=f"{layer}: per-class average", cmap=self.options.cmap
-            )
-        else:
-            maps = means if len(shape) == 3 else means[:, None]
-            maps = maps[:, : self.options.max_channels]
-            value_range = (float(np.nanmin(maps)), float(np.nanmax(maps)))
-            fig = figures.maps_figure(
-                [
-                    (label, None, self._grid(m, value_range))
-                    for label, m in zip(labels, maps, strict=True)
-                ],
-                title=f"{layer}: per-class average maps (one scale for all classes)",
-            )
-        self._save(
-            fig,
-            f"{stem}.averages.png",
-            "averages",
-            layer,
-            f"{layer}: per-class averages, {stats.source}",
-        )
-
-    def histograms(self, layer: str, shape: tuple[int, ...], stats: LayerStats) -> None:
-        if not len(stats.labels):
-            return
-        edges, counts = figures.histogram_counts(
-            stats.channel_means, stats.labels, stats.classes, bins=self.options.bins
-        )
-        what = "feature" if len(shape) == 1 else "channel"
-        fig = figures.histogram_figure(
-            edges,
-            counts,
-            [self.name_of(int(c)) for c in stats.classes],
-            title=f"{layer}: each sample's mean per {what}, by class",
-            channel_names=[f"{what} {j}" for j in range(counts.shape[0])],
-        )
-        self._save(
-            fig,
-            f"{file_stem(layer)}.histograms.png",
-            "histograms",
-            layer,
-            f"{layer}: mean activation per {what} ({counts.shape[0]} shown), "
-            f"{stats.channel_source or stats.source}",
-        )
-
-    def value_histograms(self, layer: str, shape: tuple[int, ...]) -> None:
-        """The on-device histograms of ``--stats channel-hist``: each channel's values (every
-        position of every sample), one colour per class, over the run's fixed bins."""
-        totals = read_stats(self.store, layer)
-        if totals is None or totals.hist is None:
-            return
-        width = min(totals.hist.shape[1], self.options.max_channels)
-        counts = totals.hist[:, :width].transpose(1, 0, 2)  # (C, K, below + bins + above)
-        outside = int(counts[..., 0].sum() + counts[..., -1].sum())
-        edges = np.broadcast_to(totals.edges, (width, len(totals.edges)))
-        what = "feature" if len(shape) == 1 else "channel"
-        fig = figures.histogram_figure(
-            edges,
-            counts[..., 1:-1],
-            [self.name_of(int(c)) for c in totals.classes],
-            title=f"{layer}: distribution of the values per {what}, by class",
-            channel_names=[f"{what} {j}" for j in range(width)],
-        )
-        total = int(totals.hist.sum())
-        self._save(
-            fig,
-            f"{file_stem(layer)}.values.png",
-            "histograms",
-            layer,
-            f"{layer}: every value per {what} ({width} shown) in the run's fixed bins, counted "
-            f"on the device (stats/{layer}/hist); {outside} of {total} values fell outside "
-            f"[{totals.edges[0]:.4g}, {totals.edges[-1]:.4g}]",
         )
 
     def filters(self, layer: str) -> None:

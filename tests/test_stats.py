@@ -185,6 +185,7 @@ def test_the_report_draws_statistics_only_layers_and_names_the_source(tmp_path):
     hist = captions[("histograms", "conv1", "conv1.histograms.png")]
     assert "stats/conv1/channel_means" in hist
     assert ("histograms", "conv1", "conv1.values.png") in captions
+    assert "per-class standard deviations" in captions[("averages", "conv1", "conv1.stds.png")]
     assert not any(kind == "grids" and layer == "conv1" for kind, layer, _ in captions)
     assert "not stored in full (--store): statistics only." in report.notes["conv1"]
     from actextract.aggregate import summarize
