@@ -141,16 +141,17 @@ def _write(group, path: str, data: np.ndarray | torch.Tensor) -> None:
 
 def _create(group, path: str, shape, chunks, dtype) -> zarr.Array:
     """An array of statistics: crc32c on every chunk, and every chunk written (a chunk of
-    zeros too), so that a missing one is damage that ``verify`` sees, not a silent 0."""
-    with zarr.config.set({"array.write_empty_chunks": True}):
-        return group.create_array(
-            path,
-            shape=shape,
-            chunks=chunks,
-            dtype=dtype,
-            compressors=(Crc32cCodec(),),
-            overwrite=True,
-        )
+    zeros too), so that a missing one is damage that ``verify`` sees, not a silent 0. (The
+    setting goes with the array: zarr's global config is shared with the writer threads.)"""
+    return group.create_array(
+        path,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        compressors=(Crc32cCodec(),),
+        overwrite=True,
+        config={"write_empty_chunks": True},
+    )
 
 
 @dataclass(frozen=True)

@@ -123,12 +123,14 @@ class Store:
 
         Opened with ``write_empty_chunks``: every chunk is written as it is, so zarr does not
         scan each one for being all fill value (a pass over the data that halved the speed of
-        uncompressed writes), and a written chunk is never deleted. The setting is read when
-        an array is opened, hence the lock (writer threads open arrays on first use)."""
+        uncompressed writes), and a written chunk is never deleted. The setting goes with the
+        array (``with_config``), never through zarr's global config, which other threads
+        share; the lock keeps one array per path (writer threads open arrays on first use)."""
         with self._lock:
             if path not in self._nodes:
-                with quiet_numcodecs(), zarr.config.set({"array.write_empty_chunks": True}):
-                    self._nodes[path] = self.group[path]  # type: ignore[assignment]
+                with quiet_numcodecs():
+                    arr = self.group[path].with_config({"write_empty_chunks": True})
+                self._nodes[path] = arr  # type: ignore[assignment]
             return self._nodes[path]
 
     def __contains__(self, layer: object) -> bool:

@@ -24,7 +24,7 @@ from _runner import (
 
 import actextract
 from actextract.stats import summed_blocks
-from actextract.verify import verify
+from actextract.verify import format_verify, verify
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,8 @@ def test_a_run_killed_anywhere_resumes_to_the_same_store(tmp_path, reference, ki
     if kill == "before-seal":
         assert done.all() and verify(store).state == "complete-but-unsealed"
     else:
-        assert not done.all() and verify(store).state == "incomplete"
+        report = verify(store)
+        assert not done.all() and report.state == "incomplete", format_verify(report)
     # a chunk write cut short by the kill leaves a *.partial file; resume removes it
     stale = out / "acts" / "conv1" / "c" / "9" / "0" / "0" / "0.0123456789ab.partial"
     stale.parent.mkdir(parents=True, exist_ok=True)

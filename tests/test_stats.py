@@ -243,3 +243,18 @@ def test_histogram_bins_below_above_and_nan_and_block_accounting():
     assert hist[5, 0].tolist() == [1, 2, 0, 0] and hist[0, 0].tolist() == [0, 0, 1, 2]
     assert state[""]["count"].tolist() == [1, 0, 0, 0, 0, 1]
     assert state["x"]["sum"][5].tolist() == [[-1.0, 0.0, 0.5]]
+
+
+def test_every_chunk_of_the_sums_is_written_whatever_zarr_global_config_says(tmp_path, monkeypatch):
+    """Another thread may restore zarr's global config at any moment (it is process-wide), so
+    no array may depend on it: here it never takes effect, and the all-zero sums of class
+    slot 0 (no unlabelled rows) must still be written, or verify would call them missing."""
+    import contextlib
+
+    import zarr
+
+    from actextract.verify import verify
+
+    monkeypatch.setattr(zarr.config, "set", lambda *a, **k: contextlib.nullcontext())
+    store = _extract(tmp_path / "s.zarr", stats_every=0)
+    assert verify(store).ok
