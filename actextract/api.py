@@ -373,6 +373,8 @@ class LayerTable:
     input_shape: tuple[int, ...]
     method: str
     rows: list[LayerInfo]
+    params: tuple[int, int] = (0, 0)  # the model's (trainable, total) parameters, each once
+    param_bytes: int = 0  # their bytes, at their own dtypes
 
 
 def list_layers(
@@ -391,4 +393,8 @@ def list_layers(
             f"model '{loaded.spec}' implies no input shape; pass --input-shape, e.g. 3,224,224."
         )
     rows, method = layer_table(loaded.module, shape, method=capture)
-    return LayerTable(loaded.spec, shape, method, rows)
+    params = list(loaded.module.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    total = (trainable, sum(p.numel() for p in params))
+    size = sum(p.numel() * p.element_size() for p in params)
+    return LayerTable(loaded.spec, shape, method, rows, total, size)

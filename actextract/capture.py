@@ -42,6 +42,8 @@ class LayerInfo:
     name: str
     kind: str
     shape: tuple[int, ...] | None = None
+    params: tuple[int, int] = (0, 0)  # (trainable, total) of the module, its children included
+    nested: bool = False  # a container: its parameters are also its children's rows'
 
     def bytes_per_sample(self, dtype: torch.dtype) -> int:
         return math.prod(self.shape or ()) * dtype.itemsize
@@ -352,8 +354,23 @@ def layer_table(
     for n in cands.names:
         out = outputs.get(n)
         shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
-        rows.append(LayerInfo(n, cands.kinds.get(n, "?"), shape))
+        params, nested = _parameters(module, n)
+        rows.append(LayerInfo(n, cands.kinds.get(n, "?"), shape, params, nested))
     return rows, cands.method
+
+
+def _parameters(module: nn.Module, name: str) -> tuple[tuple[int, int], bool]:
+    """(trainable, total) parameters of the submodule ``name`` (0 for an fx node that calls a
+    function, or a module used a second time: its parameters are the first use's), and
+    whether it is a container of modules that hold them."""
+    try:
+        sub = module.get_submodule(name)
+    except AttributeError:
+        return (0, 0), False
+    params = list(sub.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    nested = any(True for c in sub.children() if any(True for _ in c.parameters()))
+    return (trainable, sum(p.numel() for p in params)), nested
 
 
 def _module_device(module: nn.Module) -> torch.device:

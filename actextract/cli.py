@@ -24,7 +24,13 @@ from actextract.cli_params import (
     sample_rows,
 )
 from actextract.errors import ActextractError
-from actextract.text import format_info, format_layer_table, format_report, format_summary
+from actextract.text import (
+    format_info,
+    format_layer_summary,
+    format_layer_table,
+    format_report,
+    format_summary,
+)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -68,15 +74,21 @@ def main(verbose: int) -> None:
     default=None,
     help="Show the projected store size for N samples (uncompressed).",
 )
+@click.option(
+    "--summary",
+    is_flag=True,
+    help="A table like torchinfo's: parameters (trainable / total) per layer, and totals.",
+)
 @capture_option
 @click.pass_context
-def layers(ctx, model, input_shape, weights, dtype, n_samples, capture) -> None:
+def layers(ctx, model, input_shape, weights, dtype, n_samples, summary, capture) -> None:
     """Every capturable layer of MODEL: name, kind, output shape and bytes per sample."""
     from actextract.api import list_layers
 
     with _user_errors(ctx):
         table = list_layers(model, input_shape=input_shape, weights=weights, capture=capture)
-    click.echo(format_layer_table(table, dtype, n_samples))
+    show = format_layer_summary if summary else format_layer_table
+    click.echo(show(table, dtype, n_samples))
 
 
 @main.command(context_settings=CONTEXT)

@@ -6,7 +6,13 @@ from typing import Any
 
 from actextract.reduce import STORAGE_DTYPES
 
-__all__ = ["format_info", "format_layer_table", "format_summary", "human_bytes"]
+__all__ = [
+    "format_info",
+    "format_layer_summary",
+    "format_layer_table",
+    "format_summary",
+    "human_bytes",
+]
 
 
 def human_bytes(n: float) -> str:
@@ -42,6 +48,57 @@ def format_layer_table(table: Any, dtype: str, n_samples: int | None = None) -> 
             "(uncompressed)"
         )
     return "\n".join(out)
+
+
+def format_layer_summary(table: Any, dtype: str, n_samples: int | None = None) -> str:
+    """``actextract layers --summary``, as torchinfo shows a model: layer, kind, output shape,
+    parameters (trainable / total where they differ; a container's in parentheses, as they
+    are its children's too) and bytes per sample at ``dtype``; then the totals."""
+    torch_dtype = STORAGE_DTYPES[dtype]
+    rows = [
+        (
+            r.name,
+            r.kind,
+            str(r.shape) if r.shape is not None else "(not a tensor)",
+            _params(r.params, r.nested),
+            human_bytes(r.bytes_per_sample(torch_dtype)) if r.shape is not None else "-",
+        )
+        for r in table.rows
+    ]
+    head = ("layer", "kind", "output shape", "params", f"bytes/sample ({dtype})")
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(5)]
+
+    def line(row: tuple[str, ...]) -> str:  # names to the left, numbers to the right
+        cells = enumerate(zip(row, widths, strict=True))
+        return "  ".join(v.rjust(w) if i >= 3 else v.ljust(w) for i, (v, w) in cells).rstrip()
+
+    rule = "=" * len(line(head))
+    trainable, total = table.params
+    per_sample = sum(r.bytes_per_sample(torch_dtype) for r in table.rows if r.shape is not None)
+    out = [
+        f"{table.model}: input {tuple(table.input_shape)}, captured with "
+        f"{'torch.fx' if table.method == 'fx' else 'forward hooks (module names only)'}",
+        rule,
+        line(head),
+        rule,
+        *map(line, rows),
+        rule,
+        f"total params: {total:,} ({human_bytes(table.param_bytes)})",
+        f"trainable params: {trainable:,}",
+        f"non-trainable params: {total - trainable:,}",
+        f"every row stored (--layers '*'): {human_bytes(per_sample)} per sample at {dtype}",
+    ]
+    if n_samples:
+        out.append(
+            f"for {n_samples:,} samples: {human_bytes(per_sample * n_samples)} (uncompressed)"
+        )
+    return "\n".join([*out, rule])
+
+
+def _params(params: tuple[int, int], nested: bool) -> str:
+    trainable, total = params
+    text = f"{total:,}" if trainable == total else f"{trainable:,} / {total:,}"
+    return f"({text})" if nested else text
 
 
 def format_info(d: dict) -> str:

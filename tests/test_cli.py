@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from _fixtures import tiny_cnn
 from sklearn.datasets import load_digits
 
@@ -44,6 +46,54 @@ def test_layers_of_resnet_with_an_input_shape(runner):
     lines = {line.split()[0]: line for line in res.output.splitlines()[2:]}
     assert "(256, 4, 4)" in lines["layer3"] and "Sequential" in lines["layer3"]
     assert "(512, 1, 1)" in lines["avgpool"]
+
+
+def _summary_rows(output: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in output.splitlines():
+        cells = [c for c in line.split("  ") if c.strip()]
+        if len(cells) == 5:
+            rows[cells[0].strip()] = [c.strip() for c in cells]
+    return rows
+
+
+def test_layers_summary_counts_the_models_parameters(runner):
+    res = runner.invoke(main, ["layers", "resnet18", "--input-shape", "3,64,64", "--summary"])
+    assert res.exit_code == 0, res.output
+    model = torchvision.models.resnet18()
+    rows = _summary_rows(res.output)
+    for name in ("conv1", "layer1.0.conv1", "bn1", "fc"):
+        count = sum(p.numel() for p in model.get_submodule(name).parameters())
+        assert rows[name][3] == f"{count:,}", name
+    layer1 = sum(p.numel() for p in model.layer1.parameters())
+    assert rows["layer1"][3] == f"({layer1:,})"  # a container: its children's, in parentheses
+    assert rows["relu"][3] == "0" and rows["layer1.0.add"][3] == "0"
+    total = sum(p.numel() for p in model.parameters())
+    assert f"total params: {total:,}" in res.output and "non-trainable params: 0" in res.output
+
+
+def test_layers_summary_of_a_checkpoint_with_frozen_parameters(runner, tmp_path):
+    """A python: spec with conv1 frozen: trainable / total where they differ."""
+    spec = tmp_path / "frozen.py"
+    spec.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from _fixtures import tiny_cnn\n"
+        "def model():\n"
+        "    m = tiny_cnn()\n"
+        "    m.conv1.requires_grad_(False)\n"
+        "    return m\n"
+    )
+    model = tiny_cnn()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    args = ["layers", f"python:{spec}:model", "--input-shape", "3,8,8", "--summary"]
+    res = runner.invoke(main, [*args, "--weights", str(tmp_path / "w.pt")])
+    assert res.exit_code == 0, res.output
+    conv1 = sum(p.numel() for p in model.conv1.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    assert _summary_rows(res.output)["conv1"][3] == f"0 / {conv1:,}"
+    assert f"trainable params: {total - conv1:,}" in res.output
+    assert f"non-trainable params: {conv1:,}" in res.output
 
 
 def test_layers_bad_input_shape_exits_2(runner):
