@@ -5,6 +5,8 @@ store = actextract.extract("resnet18", "folder:./imgs", layers=["layer3", "avgpo
 store = actextract.open_store("run.zarr"); store["layer3"][:8]
 report = actextract.render("run.zarr", "report/")   # PNGs and report/index.html
 actextract.verify(actextract.open_store("run.zarr")).ok  # every chunk read back and checked
+result = actextract.cluster("run.zarr", "avgpool", k=10, pca=32)  # into clusters/avgpool/
+result.metrics["ari"], result["assignments"]   # against the labels; each row's cluster
 rec = actextract.Recorder(model, layers=["layer4"], probe=loader, out="train.zarr")
 rec.capture(epoch)   # in the training loop: the probe's activations at this epoch
 """
@@ -14,6 +16,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from actextract.api import LayerTable, extract, list_layers
+from actextract.cluster import cluster
+from actextract.clustering import Clustering, clusterings
+from actextract.ecosystem import to_xarray
 from actextract.errors import (
     ActextractError,
     BadSampleError,
@@ -27,6 +32,7 @@ from actextract.errors import (
     SourceError,
     StoreError,
 )
+from actextract.graph import draw_graph
 from actextract.recorder import Recorder
 from actextract.report import Report, render
 from actextract.source import Preprocess
@@ -38,6 +44,7 @@ __all__ = [
     "BadSampleError",
     "CaptureError",
     "CheckpointError",
+    "Clustering",
     "LayerNotFoundError",
     "LayerTable",
     "ModelSpecError",
@@ -52,9 +59,13 @@ __all__ = [
     "StoreError",
     "VerifyReport",
     "__version__",
+    "cluster",
+    "clusterings",
+    "draw_graph",
     "extract",
     "list_layers",
     "open_store",
     "render",
+    "to_xarray",
     "verify",
 ]

@@ -25,6 +25,7 @@ from actextract.cli_params import (
 )
 from actextract.errors import ActextractError
 from actextract.text import (
+    format_clustering,
     format_info,
     format_layer_summary,
     format_layer_table,
@@ -248,6 +249,78 @@ def render(ctx, path, out, layer_names, samples, max_channels, only, same_scale,
                 progress=progress,
             )
     click.echo(format_report(report))
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("path", type=click.Path())
+@click.option("--layer", required=True, help="The stored layer whose rows are clustered.")
+@click.option("--k", type=click.IntRange(min=2), required=True, help="Number of clusters.")
+@click.option(
+    "--pool",
+    type=click.Choice(["none", "mean", "max"]),
+    default="none",
+    show_default=True,
+    help="Reduce each channel's map to one value first (spatial mean or max).",
+)
+@click.option(
+    "--pca",
+    type=click.IntRange(min=1),
+    help="Run k-means on this many principal components (a streaming PCA) instead of the rows.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option(
+    "--nearest",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Rows kept as the nearest to each centre (the report shows them).",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result's attributes as JSON.")
+@click.pass_context
+def cluster(ctx, path, layer, k, pool, pca, seed, epochs, batch_size, nearest, device, as_json):
+    """Mini-batch k-means (k-means++ seeding, fixed seed) of one stored layer, streamed chunk by
+    chunk, on the device. The assignments, centres and PCA basis go into the store under
+    clusters/LAYER/; with labels, prints purity, adjusted Rand index and NMI."""
+    from tqdm import tqdm
+
+    from actextract.cluster import cluster as cluster_layer
+    from actextract.store import open_store
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(phase: str, rows: int) -> None:
+        if phase not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[phase] = tqdm(total=store.n, desc=phase, unit="row", disable=None, leave=False)
+        bars[phase].update(rows)
+
+    with _user_errors(ctx):
+        store = open_store(path)
+        try:
+            result = cluster_layer(
+                store,
+                layer,
+                k,
+                pool=pool,
+                pca=pca,
+                seed=seed,
+                epochs=epochs,
+                batch_size=batch_size,
+                nearest=nearest,
+                device=device,
+                progress=progress,
+            )
+        finally:
+            for bar in bars.values():
+                bar.close()
+    if as_json:
+        click.echo(json.dumps({"layer": layer, "name": result.name, **result.attrs}, indent=2))
+    else:
+        click.echo(format_clustering(result, str(store.location)))
 
 
 @main.command("train-demo", context_settings=CONTEXT)

@@ -188,16 +188,18 @@ def state_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def software() -> dict[str, str]:
-    """The versions that made a store."""
+def software(*, torchvision: bool = True) -> dict[str, str]:
+    """The versions that made a store (``torchvision=False``: without torchvision, whose
+    import takes seconds, for work that does not use it)."""
     import numpy
-    import torchvision
     import zarr
 
-    return {
-        "actextract": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+    versions = {"actextract": __version__, "torch": torch.__version__}
+    if torchvision:
+        import torchvision as tv
+
+        versions["torchvision"] = tv.__version__
+    return versions | {
         "zarr": zarr.__version__,
         "numpy": numpy.__version__,
         "python": platform.python_version(),

@@ -41,7 +41,7 @@ from zarr.codecs import Crc32cCodec
 
 from actextract.accumulate import Accumulator, LayerStatsSpec
 from actextract.errors import StoreError
-from actextract.layout import now
+from actextract.layout import ArraySpec, now
 from actextract.location import writable
 from actextract.store import Store
 
@@ -122,7 +122,7 @@ class PartWriter:
                 del self.group[spare]
 
 
-def _write(group, path: str, data: np.ndarray | torch.Tensor) -> None:
+def _write(group, path: str, data: np.ndarray | torch.Tensor, dims=None) -> None:
     """An array of sums (one class per chunk), copied from the device a few classes at a
     time: host memory stays near WRITE_BYTES whatever the size of the sums."""
     t = torch.as_tensor(data)
@@ -132,6 +132,7 @@ def _write(group, path: str, data: np.ndarray | torch.Tensor) -> None:
         tuple(t.shape),
         (1, *t.shape[1:]) if t.ndim > 1 else tuple(max(1, n) for n in t.shape),
         torch.empty(0, dtype=t.dtype).numpy().dtype,
+        dims,
     )
     row = max(1, math.prod(t.shape[1:]) * t.element_size())
     step = max(1, WRITE_BYTES // row)
@@ -139,10 +140,11 @@ def _write(group, path: str, data: np.ndarray | torch.Tensor) -> None:
         arr[lo : lo + step] = t[lo : lo + step].cpu().numpy()
 
 
-def _create(group, path: str, shape, chunks, dtype) -> zarr.Array:
+def _create(group, path: str, shape, chunks, dtype, dims=None) -> zarr.Array:
     """An array of statistics: crc32c on every chunk, and every chunk written (a chunk of
     zeros too), so that a missing one is damage that ``verify`` sees, not a silent 0. (The
-    setting goes with the array: zarr's global config is shared with the writer threads.)"""
+    setting goes with the array: zarr's global config is shared with the writer threads.)
+    The totals name their dimensions (``class``, then the layer's), as xarray reads them."""
     return group.create_array(
         path,
         shape=shape,
@@ -151,6 +153,7 @@ def _create(group, path: str, shape, chunks, dtype) -> zarr.Array:
         compressors=(Crc32cCodec(),),
         overwrite=True,
         config={"write_empty_chunks": True},
+        dimension_names=dims,
     )
 
 
@@ -221,18 +224,20 @@ def finalize(store: Store) -> bool:
 def _finalize_layer(store: Store, spec: LayerStatsSpec, parts, slots, counts) -> None:
     """One class at a time (memory: a few of the layer's maps, whatever the class count)."""
     group = store.group.require_group(f"stats/{spec.layer}")
-    _write(group, "classes", (slots - 1).astype(np.int64))
-    _write(group, "count", counts.astype(np.int64))
+    _write(group, "classes", (slots - 1).astype(np.int64), ("class",))
+    _write(group, "count", counts.astype(np.int64), ("class",))
     k = len(slots)
+    maps = ("class", *ArraySpec(spec.layer, tuple(spec.shape)).dimension_names()[1:])
     out = {}
     if "class-mean" in spec.kinds:
-        out["mean"] = (k, *spec.shape), np.float64
+        out["mean"] = (k, *spec.shape), np.float64, maps
     if "class-std" in spec.kinds:
-        out["std"] = (k, *spec.shape), np.float64
+        out["std"] = (k, *spec.shape), np.float64, maps
     if "channel-hist" in spec.kinds:
-        out["hist"] = (k, spec.channels, len(spec.edges) + 1), np.int64
+        out["hist"] = (k, spec.channels, len(spec.edges) + 1), np.int64, ("class", "channel", "bin")
     arrays = {
-        name: _create(group, name, shape, (1, *shape[1:]), t) for name, (shape, t) in out.items()
+        name: _create(group, name, shape, (1, *shape[1:]), t, dims)
+        for name, (shape, t, dims) in out.items()
     }
     if "hist" in arrays:
         arrays["hist"].attrs.update({"edges": list(spec.edges), "below_first_bin": True})

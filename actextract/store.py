@@ -274,7 +274,8 @@ class Store:
             )
         labels = self.labels[:]
         values, counts = np.unique(labels, return_counts=True)
-        from actextract.stats import summed_blocks  # stats reads stores: imported on use
+        from actextract.clustering import clusterings  # they read stores: imported on use
+        from actextract.stats import summed_blocks
 
         stats = {
             layer: {"kinds": a["kinds"], "disk_bytes": self.disk_bytes(f"stats/{layer}")}
@@ -301,6 +302,11 @@ class Store:
             "summary": attrs.get("summary"),
             "stats": stats,
             "blocks_summed": int(summed_blocks(self).sum()) if stats else None,
+            "clusters": [
+                {"layer": c.layer, "name": c.name}
+                | {k: c.attrs.get(k) for k in ("status", "settings", "metrics")}
+                for c in clusterings(self)
+            ],
         }
 
 

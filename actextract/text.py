@@ -7,6 +7,7 @@ from typing import Any
 from actextract.reduce import STORAGE_DTYPES
 
 __all__ = [
+    "format_clustering",
     "format_info",
     "format_layer_summary",
     "format_layer_table",
@@ -161,6 +162,9 @@ def format_info(d: dict) -> str:
         lines.append(f"  statistics (on the device; {state})")
         for layer, a in d["stats"].items():
             lines.append(f"    {layer}: {', '.join(a['kinds'])}  {human_bytes(a['disk_bytes'])}")
+    if d.get("clusters"):
+        lines.append("  clusters (actextract cluster)")
+        lines += [f"    {c['layer']}/{c['name']}: {_scores(c)}" for c in d["clusters"]]
     labels = d["labels"]
     classes = dataset.get("classes")
     shown = ", ".join(
@@ -209,6 +213,48 @@ def format_summary(attrs: dict) -> str:
             f"rows with NaN or Inf, per layer: {_counts(nonfinite)} (stored as they are; "
             "--on-nonfinite error stops at the first)"
         )
+    return "\n".join(lines)
+
+
+def _scores(c: dict) -> str:
+    """A clustering's state and scores in one line."""
+    if c.get("status") != "complete":
+        return f"{str(c.get('status')).upper()}: interrupted, run the cluster command again"
+    m = c.get("metrics") or {}
+    line = f"inertia {m.get('inertia', float('nan')):.4g}"
+    if "ari" in m:
+        line += f", purity {m['purity']:.3f}, ARI {m['ari']:.3f}, NMI {m['nmi']:.3f}"
+    return line
+
+
+def format_clustering(result: Any, location: str) -> str:
+    """What ``actextract cluster`` prints, from a :class:`~actextract.clustering.Clustering`."""
+    a, s, m = result.attrs, result.settings, result.metrics
+    ratio = a["pca"]["explained_variance_ratio"]
+    space = (
+        f"the first {s.pca} principal components ({sum(ratio[: s.pca]):.1%} of the variance)"
+        if s.pca
+        else f"all {a['pool_dim']:,} features"
+    )
+    pool = f", {s.pool}-pooled" if s.pool != "none" else ""
+    lines = [
+        f"clustered '{result.layer}' of {location} into k={s.k}: k-means on {space}{pool}; "
+        f"seed {s.seed}, {s.epochs} epochs of {s.batch_size}-row batches on {a['device']}",
+        f"  rows      {m['clustered']:,} clustered"
+        + (f", {m['excluded']:,} left out (skipped, or NaN/Inf)" if m["excluded"] else ""),
+        f"  inertia   {m['inertia']:.6g} (sum of squared distances to the centres)",
+    ]
+    if "ari" in m:
+        lines.append(
+            f"  labels    purity {m['purity']:.3f}, adjusted Rand {m['ari']:.3f}, normalised "
+            f"mutual information {m['nmi']:.3f} ({m['labelled']:,} labelled rows)"
+        )
+    else:
+        lines.append("  labels    none: no scores against labels")
+    lines.append(f"  sizes     {' '.join(str(int(v)) for v in result['sizes'])}")
+    if m.get("reassigned"):
+        lines.append(f"  note      {m['reassigned']} empty cluster(s) were moved during training")
+    lines.append(f"  written   clusters/{result.layer}/{result.name} (actextract render draws it)")
     return "\n".join(lines)
 
 
