@@ -80,16 +80,45 @@ def main(verbose: int) -> None:
     is_flag=True,
     help="A table like torchinfo's: parameters (trainable / total) per layer, and totals.",
 )
+@click.option(
+    "--graph",
+    type=click.Path(dir_okay=False),
+    help="Draw the torch.fx graph into this file instead (.svg or .png: needs Graphviz's "
+    "'dot' program; .dot: needs nothing); models fx cannot trace are drawn as module trees.",
+)
+@click.option(
+    "--layers",
+    "layer_names",
+    help="With --graph: comma-separated names or globs to highlight, as 'extract --layers' "
+    "takes them (default: none).",
+)
 @capture_option
 @click.pass_context
-def layers(ctx, model, input_shape, weights, dtype, n_samples, summary, capture) -> None:
-    """Every capturable layer of MODEL: name, kind, output shape and bytes per sample."""
+def layers(
+    ctx, model, input_shape, weights, dtype, n_samples, summary, graph, layer_names, capture
+) -> None:
+    """Every capturable layer of MODEL: name, kind, output shape and bytes per sample; or,
+    with --graph, a drawing of the model's graph (add --summary for the table too)."""
     from actextract.api import list_layers
+    from actextract.graph import draw_graph
 
+    if layer_names is not None and graph is None:
+        raise click.UsageError("--layers picks the layers --graph highlights; add --graph FILE.")
     with _user_errors(ctx):
-        table = list_layers(model, input_shape=input_shape, weights=weights, capture=capture)
-    show = format_layer_summary if summary else format_layer_table
-    click.echo(show(table, dtype, n_samples))
+        if graph is not None:
+            path = draw_graph(
+                model,
+                graph,
+                layers=layer_names,
+                input_shape=input_shape,
+                weights=weights,
+                capture=capture,
+            )
+            click.echo(f"wrote {path}")
+        if graph is None or summary:
+            table = list_layers(model, input_shape=input_shape, weights=weights, capture=capture)
+            show = format_layer_summary if summary else format_layer_table
+            click.echo(show(table, dtype, n_samples))
 
 
 @main.command(context_settings=CONTEXT)

@@ -11,6 +11,7 @@ from actextract import __version__
 from actextract.text import human_bytes
 
 if TYPE_CHECKING:
+    from actextract.graph import ModelFiles
     from actextract.pictures import Picture, Report
     from actextract.store import Store
 
@@ -38,8 +39,11 @@ footer { margin-top: 3em; color: #777; font-size: 0.85em; }
 """
 
 
-def index_html(store: Store, report: Report, layers: list[str]) -> str:
-    """The page, from the store's provenance and what ``render`` drew."""
+def index_html(
+    store: Store, report: Report, layers: list[str], model_files: ModelFiles | None = None
+) -> str:
+    """The page, from the store's provenance, what ``render`` drew and the links to the
+    model's summary and graph (``model_files``; or why there are none)."""
     attrs = store.attrs
     model, dataset = attrs.get("model") or {}, attrs.get("dataset") or {}
     by_layer: dict[str | None, list[Picture]] = {}
@@ -56,6 +60,7 @@ def index_html(store: Store, report: Report, layers: list[str]) -> str:
         f"<h1>Activations of <code>{escape(str(model.get('spec', '?')))}</code> on "
         f"<code>{escape(str(dataset.get('spec', '?')))}</code></h1>",
         f"<p>Store <code>{escape(str(store.location))}</code></p>",
+        _model_links(model_files),
         _banner(store),
         _notes(report.notes.get("", [])),
         _nav(layers, bool(by_layer.get(None))),
@@ -79,6 +84,17 @@ def index_html(store: Store, report: Report, layers: list[str]) -> str:
         "Every picture is a PNG in this folder.</footer></body></html>"
     )
     return "\n".join(p for p in parts if p) + "\n"
+
+
+def _model_links(model: ModelFiles | None) -> str:
+    if model is None:
+        return ""
+    if model.note:
+        return f"<p class='notes'>No model summary or graph: {escape(model.note)}</p>"
+    links = " · ".join(
+        f"<a href='{quote(path)}'>{escape(title)}</a>" for path, title in model.files
+    )
+    return f"<p>Model: {links}</p>"
 
 
 def _banner(store: Store) -> str:

@@ -3,7 +3,8 @@
 ``render`` checks the options and the output folder, lets :class:`actextract.pictures.Drawer`
 pick and draw what fits each layer (feature-map grids for (C, H, W) layers, strips for 1-D
 ones, filters for convolutions, a confusion matrix for the model's output), writes each
-picture as it comes, then the page (:mod:`actextract.page`) and a manifest of the files.
+picture as it comes, then the model's summary and graph (:mod:`actextract.graph`), the page
+(:mod:`actextract.page`) and a manifest of the files.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def render(
     row indices; ``only``: a subset of :data:`KINDS`; ``progress`` is called with each layer's
     name before it is drawn. Returns the :class:`Report` (pictures, notes, accuracy)."""
     from actextract import page
+    from actextract.graph import write_model_files
 
     started = time.perf_counter()
     split = lambda v: v.split(",") if isinstance(v, str) else v  # noqa: E731
@@ -87,9 +89,10 @@ def render(
         drawer.layer(layer, rows)
         if evolution:
             evolution.layer(layer, rows)
+    model = write_model_files(store, out)  # its summary and graph, or why there are none
     report.seconds = time.perf_counter() - started
-    report.index.write_text(page.index_html(store, report, names), encoding="utf-8")
-    _write_manifest(report)
+    report.index.write_text(page.index_html(store, report, names, model), encoding="utf-8")
+    _write_manifest(report, [name for name, _ in model.files])
     return report
 
 
@@ -141,8 +144,8 @@ def _write(out: Path, report: Report, picture: Picture, content: Figure | np.nda
     report.pictures.append(picture)
 
 
-def _write_manifest(report: Report) -> None:
-    files = [p.path for p in report.pictures] + ["index.html", MANIFEST]
+def _write_manifest(report: Report, extra: list[str]) -> None:
+    files = [p.path for p in report.pictures] + extra + ["index.html", MANIFEST]
     data = {
         "files": files,
         "pictures": [vars(p) for p in report.pictures],
