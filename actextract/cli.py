@@ -243,7 +243,8 @@ def verify(ctx, path, repair, workers) -> None:
 @click.option("--max-channels", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option(
     "--only",
-    help="Comma-separated picture kinds: grids, averages, histograms, filters, confusion.",
+    help="Comma-separated picture kinds: grids, averages, histograms, filters, confusion, "
+    "clusters.",
 )
 @click.option("--same-scale", is_flag=True, help="All maps of a grid on one colour scale.")
 @click.option("--cmap", default="viridis", show_default=True, help="A matplotlib colour map.")

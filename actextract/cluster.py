@@ -157,19 +157,22 @@ def _writable_store(store: Store | str | Path) -> Store:
 
 
 def _fit_pca(rows: Rows, n: int, tick: Progress) -> tuple[Pca, int]:
-    """The PCA pass; also counts the rows left out and finds the largest label."""
+    """The PCA's passes (one, or a few for wide rows); the first also counts the rows left out
+    and finds the largest label."""
     fit = StreamingPca(min(n, rows.dim), rows.dim, rows.device)
-    max_label = -1
-    total = 0
-    for _, labels, x in rows.blocks():
-        fit.update(x)
-        total += len(x)
-        if len(labels):
-            max_label = max(max_label, int(labels.max()))
-        tick("PCA", len(x))
+    max_label, total, more = -1, 0, True
+    while more:
+        first = fit.passes == 0
+        for _, labels, x in rows.blocks():
+            fit.update(x)
+            if first:
+                total += len(x)
+                max_label = max(max_label, int(labels.max()) if len(labels) else -1)
+            tick("PCA" if first else f"PCA pass {fit.passes + 1}", len(x))
+        if not total:
+            raise StoreError(f"no row of '{rows.layer}' holds finite values: nothing to cluster.")
+        more = fit.end_pass()
     rows.excluded = rows.store.n - total
-    if not total:
-        raise StoreError(f"no row of '{rows.layer}' holds finite values: nothing to cluster.")
     return fit.result(), max_label
 
 
@@ -328,6 +331,9 @@ def _write(
             "pca": {
                 "total_variance": fitted.total_variance,
                 "n_samples": fitted.n_samples,
+                "method": fitted.method,
+                "passes": fitted.passes,
+                "converged": fitted.converged,
                 "explained_variance_ratio": fitted.explained_variance_ratio.tolist(),
             },
             "finished": now(),

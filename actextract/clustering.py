@@ -41,7 +41,9 @@ __all__ = [
     "Clustering",
     "RowWriter",
     "Settings",
+    "arrays",
     "clusterings",
+    "drop",
     "label_scores",
     "result_array",
 ]
@@ -122,6 +124,9 @@ class Clustering:
             explained_variance=self["pca/explained_variance"],
             total_variance=float(a["total_variance"]),
             n_samples=int(a["n_samples"]),
+            method=a.get("method", "covariance"),
+            passes=int(a.get("passes", 1)),
+            converged=bool(a.get("converged", True)),
         )
 
 
@@ -135,6 +140,26 @@ def clusterings(store: Store, layer: str | None = None) -> list[Clustering]:
             for result, group in sorted(layer_group.groups()):
                 out.append(Clustering(name, result, dict(group.attrs), group))
     return out
+
+
+def arrays(store: Store) -> list[str]:
+    """Every array of every clustering result, for ``verify`` to read whole."""
+    if ROOT not in store.group:
+        return []
+    members = store.group[ROOT].members(max_depth=None)
+    return sorted(f"{ROOT}/{path}" for path, node in members if isinstance(node, zarr.Array))
+
+
+def drop(store: Store, damaged: list[str]) -> list[str]:
+    """Delete the results holding the ``damaged`` arrays (``verify --repair``): a result is
+    remade whole by running ``actextract cluster`` again. Returns the results deleted."""
+    from actextract.location import writable
+
+    results = sorted({"/".join(p.split("/")[:3]) for p in damaged if p.startswith(f"{ROOT}/")})
+    with writable(store.location, "delete the damaged clustering results"):
+        for path in results:
+            del store.group[path]
+    return results
 
 
 def label_scores(contingency: np.ndarray) -> dict[str, float]:

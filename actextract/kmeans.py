@@ -3,12 +3,16 @@ streaming PCA, k-means++ seeding and mini-batch k-means. Pure torch (scikit-lear
 IncrementalPCA for very wide rows); they know nothing of stores — :mod:`actextract.cluster`
 streams a store's rows through them.
 
-- :class:`StreamingPca` sums the rows and their outer products in float64 on the device, in
-  one pass, and takes the eigenvectors of the covariance at the end: the same components and
-  variances as an SVD of the whole centred matrix, to float64 rounding. Rows are shifted by the
-  first batch's mean before they are summed, so a large mean does not cancel the variance's
-  digits. Past ``max_dim`` features (a D×D float64 matrix of 2 GiB) it hands the batches to
-  scikit-learn's IncrementalPCA instead, on the CPU.
+- :class:`StreamingPca` is exact up to ``EXACT_DIM_CPU`` features (``EXACT_DIM_GPU`` on a
+  GPU): one pass sums the rows and their outer products in float64 on the device, and the
+  eigenvectors of that covariance are the components, the same as an SVD of the whole centred
+  matrix to float64 rounding. Rows are shifted by the first batch's mean before they are
+  summed, so a large mean does not cancel the variance's digits. Wider rows would make the
+  covariance the bottleneck (2·D² flops a row: 17 s for 20,000 rows of 4,096 on two cores),
+  so there it runs randomized subspace iteration on the same shifted sums (Halko, Martinsson
+  & Tropp 2011, with Rayleigh-Ritz): each pass multiplies the rows by ``n`` + oversampled
+  directions (4·D·l flops a row), until the top Ritz values move by less than ``tol`` of the
+  largest between passes (at most ``max_passes``).
 - :func:`kmeans_pp` is greedy k-means++ (Arthur & Vassilvitskii; ``2 + ln k`` candidates per
   centre, as scikit-learn does), on a sample of the rows.
 - :class:`MiniBatchKMeans` is Sculley's mini-batch k-means: each centre moves to the running
@@ -25,7 +29,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "MAX_COVARIANCE_DIM",
+    "EXACT_DIM_CPU",
+    "EXACT_DIM_GPU",
     "MiniBatchKMeans",
     "Nearest",
     "Pca",
@@ -34,7 +39,10 @@ __all__ = [
     "sq_distances",
 ]
 
-MAX_COVARIANCE_DIM = 16_384  # D×D float64 = 2 GiB on the device
+# The exact PCA (a D×D covariance: 2·D² flops a row, and its eigh) up to this many features;
+# beyond, randomized subspace iteration (4·D·l flops a row and pass, l = n + oversampling).
+EXACT_DIM_CPU = 1_024
+EXACT_DIM_GPU = 8_192
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,9 @@ class Pca:
     explained_variance: np.ndarray  # (n,) float64, with the n - 1 divisor (as numpy's var(ddof=1))
     total_variance: float  # the sum of every feature's variance (ddof=1)
     n_samples: int
+    method: str = "covariance"  # or "randomized" (subspace iteration, for wide rows)
+    passes: int = 1  # over the rows
+    converged: bool = True  # False: randomized, stopped at max_passes
 
     @property
     def explained_variance_ratio(self) -> np.ndarray:
@@ -75,79 +86,109 @@ def _flip_signs(components: np.ndarray) -> np.ndarray:
 
 
 class StreamingPca:
-    """PCA of rows given a batch at a time (see the module's notes)."""
+    """PCA of rows given one pass at a time (see the module's notes): :meth:`update` with
+    every batch of a pass, then :meth:`end_pass`, which says whether to pass over the rows
+    once more; then :meth:`result`."""
 
     def __init__(
-        self, n_components: int, dim: int, device: torch.device, max_dim: int = MAX_COVARIANCE_DIM
+        self,
+        n_components: int,
+        dim: int,
+        device: torch.device,
+        *,
+        exact_dim: int | None = None,
+        tol: float = 1e-3,
+        max_passes: int = 8,
     ):
         self.n_components, self.dim, self.device = n_components, dim, device
-        self.n = 0
+        if exact_dim is None:
+            exact_dim = EXACT_DIM_GPU if device.type == "cuda" else EXACT_DIM_CPU
+        self.exact = dim <= exact_dim
+        self.tol, self.max_passes = tol, max_passes
+        self.n = self.passes = 0
+        self.converged = self.exact  # randomized: once the Ritz values stop moving
+        f64 = {"dtype": torch.float64, "device": device}
         self._shift: torch.Tensor | None = None
-        self._sum = torch.zeros(dim, dtype=torch.float64, device=device)
-        self._outer: torch.Tensor | None = None
-        self._sklearn = None
-        self._pending: list[np.ndarray] = []
-        self._held: np.ndarray | None = None
-        if dim <= max_dim:
-            self._outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
-        else:
-            from sklearn.decomposition import IncrementalPCA
-
-            self._sklearn = IncrementalPCA(n_components=n_components)
+        self._sum = torch.zeros(dim, **f64)
+        self._sumsq = torch.zeros((), **f64)
+        if self.exact:
+            self._outer = torch.zeros(dim, dim, **f64)
+            return
+        width = min(dim, n_components + max(10, n_components // 2))
+        gen = torch.Generator(device=device).manual_seed(0)
+        self._q = torch.linalg.qr(torch.randn(dim, width, generator=gen, **f64)).Q
+        self._z = torch.zeros(dim, width, **f64)
+        self._ritz: torch.Tensor | None = None
+        self._found: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(self, x: torch.Tensor) -> None:
-        """Add (B, D) rows (any float dtype, on any device)."""
+        """Add (B, D) rows of this pass (any float dtype, on any device)."""
         if not len(x):
             return
-        if self._sklearn is not None:
-            self._pending.append(x.detach().to("cpu", torch.float64).numpy())
-            if sum(map(len, self._pending)) >= max(self.n_components, 256):
-                block, self._pending = np.concatenate(self._pending), []
-                if self._held is not None:  # the last block waits: a short tail joins it
-                    self._fit(self._held)
-                self._held = block
+        x = x.to(self.device)
+        if self._shift is None:  # float32-representable, so both paths subtract the same
+            self._shift = x.double().mean(0).float().double()
+        if self.exact:
+            x64 = x.double() - self._shift
+            self._sum += x64.sum(0)
+            self._sumsq += (x64 * x64).sum()
+            self.n += len(x)
+            self._outer.addmm_(x64.T, x64)
             return
-        x = x.to(self.device, torch.float64)
-        if self._shift is None:
-            self._shift = x.mean(0)
-        x = x - self._shift
-        self._sum += x.sum(0)
-        self._outer.addmm_(x.T, x)  # type: ignore[union-attr]
-        self.n += len(x)
+        # randomized: float32 within the batch (its rounding is far below the tolerance),
+        # summed over batches in float64
+        x32 = x.float() - self._shift.float()
+        if self.passes == 0:
+            self._sum += x32.sum(0, dtype=torch.float64)
+            self._sumsq += (x32 * x32).sum(dtype=torch.float64)
+            self.n += len(x)
+        self._z += (x32.T @ (x32 @ self._q.float())).double()  # X'X Q: one power step
 
-    def _fit(self, block: np.ndarray) -> None:
-        self._sklearn.partial_fit(block)  # type: ignore[union-attr]
-        self.n += len(block)
+    def end_pass(self) -> bool:
+        """After a pass: True when the rows must be given once more (randomized subspace
+        iteration whose Ritz values still move by more than ``tol`` of the largest)."""
+        self.passes += 1
+        if self.exact or not self.n:
+            return False
+        m = self._sum / self.n
+        cq = (self._z - self.n * torch.outer(m, m @ self._q)) / max(self.n - 1, 1)  # C Q
+        t = self._q.T @ cq
+        values, small = torch.linalg.eigh((t + t.T) / 2)  # Rayleigh-Ritz, ascending
+        ritz = values.flip(0)[: self.n_components]
+        prev, self._ritz = self._ritz, ritz
+        moved = None if prev is None else float((ritz - prev).abs().max() / ritz[0].abs())
+        self.converged = moved is not None and moved <= self.tol
+        if self.converged or self.passes >= self.max_passes:
+            self._found = (ritz, (self._q @ small).flip(1)[:, : self.n_components])
+            return False
+        self._q = torch.linalg.qr(cq).Q
+        self._z.zero_()
+        return True
 
     def result(self) -> Pca:
-        if self._sklearn is not None:
-            # IncrementalPCA takes at least n_components rows per call: the tail joins the
-            # block held back for it
-            tail = [b for b in (self._held, *self._pending) if b is not None]
-            self._held, self._pending = None, []
-            if tail:
-                self._fit(np.concatenate(tail))
-            fit = self._sklearn
-            total = float(fit.explained_variance_[0] / fit.explained_variance_ratio_[0])
-            return Pca(
-                mean=np.asarray(fit.mean_, np.float64),
-                components=_flip_signs(np.asarray(fit.components_, np.float64)),
-                explained_variance=np.asarray(fit.explained_variance_, np.float64),
-                total_variance=total,
-                n_samples=self.n,
-            )
-        assert self._outer is not None and self._shift is not None, "no rows were given"
+        if self._shift is None:
+            raise ValueError("no rows were given")
         n = self.n
         mean_shifted = self._sum / n
-        cov = (self._outer - n * torch.outer(mean_shifted, mean_shifted)) / max(n - 1, 1)
-        values, vectors = torch.linalg.eigh(cov)  # ascending
-        top = torch.flip(torch.arange(self.dim, device=self.device), [0])[: self.n_components]
+        total = float((self._sumsq - n * mean_shifted @ mean_shifted) / max(n - 1, 1))
+        if self.exact:
+            cov = (self._outer - n * torch.outer(mean_shifted, mean_shifted)) / max(n - 1, 1)
+            values, vectors = torch.linalg.eigh(cov)  # ascending
+            values, vectors = values.flip(0), vectors.flip(1)
+        else:
+            if self._found is None:
+                raise ValueError("end_pass() was not called after the last pass")
+            values, vectors = self._found
+        k = self.n_components
         return Pca(
             mean=(mean_shifted + self._shift).cpu().numpy(),
-            components=_flip_signs(vectors[:, top].T.cpu().numpy()),
-            explained_variance=values[top].clamp_min(0).cpu().numpy(),
-            total_variance=float(torch.trace(cov)),
+            components=_flip_signs(vectors[:, :k].T.cpu().numpy()),
+            explained_variance=values[:k].clamp_min(0).cpu().numpy(),
+            total_variance=total,
             n_samples=n,
+            method="covariance" if self.exact else "randomized",
+            passes=self.passes,
+            converged=self.converged,
         )
 
 

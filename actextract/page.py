@@ -81,7 +81,7 @@ def index_html(
         parts.append(_layer_section(layer, by_layer.get(layer, []), report.notes.get(layer, [])))
     parts.append(
         f"<footer>Made by actextract {escape(__version__)} in {report.seconds:.1f} s. "
-        "Every picture is a PNG in this folder.</footer></body></html>"
+        "Every picture and file it links is in this folder.</footer></body></html>"
     )
     return "\n".join(p for p in parts if p) + "\n"
 
@@ -206,7 +206,8 @@ def _figure(p: Picture) -> str:
     )
 
 
-ORDER = ("evolution", "grids", "averages", "histograms", "filters")  # evolution: recordings
+# evolution: recordings; clusters: actextract cluster's results
+ORDER = ("evolution", "grids", "averages", "histograms", "filters", "clusters")
 GALLERIES = (("evolution-sample", "Each sample across epochs"), ("grid", "Each sample's maps"))
 
 

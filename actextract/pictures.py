@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from actextract import figures
 from actextract.aggregate import predictions, summarize
 from actextract.classpictures import ClassPictures
+from actextract.clusterpictures import ClusterPictures
 from actextract.errors import OptionError
 from actextract.rebuild import Inputs, RebuildError, conv_weights, open_inputs, rebuild_model
 from actextract.store import Store
@@ -30,7 +31,7 @@ __all__ = ["KINDS", "Drawer", "Picture", "RenderOptions", "Report", "file_stem"]
 
 log = logging.getLogger(__name__)
 
-KINDS = ("grids", "averages", "histograms", "filters", "confusion")
+KINDS = ("grids", "averages", "histograms", "filters", "confusion", "clusters")
 MAX_SAMPLE_ROWS = 32  # rows in a samples figure
 MAX_STRIP_FEATURES = 4096
 MIN_PIXELS = 384  # small maps are upscaled (nearest) to at least this many pixels a side
@@ -107,10 +108,11 @@ def file_stem(layer: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", layer)
 
 
-class Drawer(ClassPictures):
+class Drawer(ClassPictures, ClusterPictures):
     """Draws one layer at a time and hands each picture to ``write``; holds what is shared
     across layers (the labels, the inputs, the rebuilt model). The per-class pictures are in
-    :class:`actextract.classpictures.ClassPictures`."""
+    :class:`actextract.classpictures.ClassPictures`, those of clusterings in
+    :class:`actextract.clusterpictures.ClusterPictures`."""
 
     stem = staticmethod(file_stem)  # a layer's file names start with it
 
@@ -213,6 +215,8 @@ class Drawer(ClassPictures):
             self.value_histograms(layer, shape)
         if opts.wants("confusion") and stored and spec.get("model_output") and len(shape) == 1:
             self.confusion(layer, shape[0])
+        if opts.wants("clusters") and stored:
+            self.clusters(layer)
 
     def _save(self, content: Figure | np.ndarray, name: str, kind: str, layer: str, caption: str):
         self._write(Picture(kind, layer, name, caption), content)

@@ -230,9 +230,15 @@ def _scores(c: dict) -> str:
 def format_clustering(result: Any, location: str) -> str:
     """What ``actextract cluster`` prints, from a :class:`~actextract.clustering.Clustering`."""
     a, s, m = result.attrs, result.settings, result.metrics
-    ratio = a["pca"]["explained_variance_ratio"]
+    pca = a["pca"]
+    ratio = pca["explained_variance_ratio"]
+    how = (
+        ""
+        if pca.get("method", "covariance") == "covariance"
+        else (f"; randomized PCA, {pca['passes']} passes")
+    )
     space = (
-        f"the first {s.pca} principal components ({sum(ratio[: s.pca]):.1%} of the variance)"
+        f"the first {s.pca} principal components ({sum(ratio[: s.pca]):.1%} of the variance{how})"
         if s.pca
         else f"all {a['pool_dim']:,} features"
     )
@@ -252,6 +258,11 @@ def format_clustering(result: Any, location: str) -> str:
     else:
         lines.append("  labels    none: no scores against labels")
     lines.append(f"  sizes     {' '.join(str(int(v)) for v in result['sizes'])}")
+    if not pca.get("converged", True):
+        lines.append(
+            f"  note      the randomized PCA stopped after {pca['passes']} passes before its "
+            "components settled: they are approximate (the spectrum is flat there)"
+        )
     if m.get("reassigned"):
         lines.append(f"  note      {m['reassigned']} empty cluster(s) were moved during training")
     lines.append(f"  written   clusters/{result.layer}/{result.name} (actextract render draws it)")

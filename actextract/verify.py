@@ -21,7 +21,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 from zarr.core.sync import sync
 
-from actextract import stats
+from actextract import clustering, stats
 from actextract.errors import OptionError, StoreError
 from actextract.layout import quiet_numcodecs
 from actextract.location import writable
@@ -66,10 +66,14 @@ class VerifyReport:
     reset_blocks: list[int] = field(default_factory=list)  # marked not done by ``repair``
     stats_problems: list[tuple[str, str]] = field(default_factory=list)  # (array, what)
     stats_dropped: list[str] = field(default_factory=list)  # removed by ``repair``
+    cluster_problems: list[tuple[str, str]] = field(default_factory=list)  # (array, what)
+    clusters_dropped: list[str] = field(default_factory=list)  # results removed by ``repair``
 
     @property
     def damaged(self) -> bool:
-        return bool(self.stats_problems) or any(p.kind in DAMAGE for p in self.problems)
+        if self.stats_problems or self.cluster_problems:
+            return True
+        return any(p.kind in DAMAGE for p in self.problems)
 
     @property
     def state(self) -> str:
@@ -124,13 +128,18 @@ def verify(
     report.blocks_done = sum(done)
     report.chunks = count_chunks(store)
     report.problems = _group(store, found, [EVERY_ARRAY, *(e[0] for e in entries)])
-    with quiet_numcodecs():  # the sums of --stats and their totals
+    with quiet_numcodecs():  # the sums of --stats and their totals, the clustering results
         wrong = ((path, _check_whole(store.group[path])) for path in stats.arrays(store))
         report.stats_problems = [(path, what) for path, what in wrong if what]
+        wrong = ((path, _check_whole(store.group[path])) for path in clustering.arrays(store))
+        report.cluster_problems = [(path, what) for path, what in wrong if what]
     if repair:
         _repair(store, report)
         if report.stats_problems:
             report.stats_dropped = stats.repair(store, report.stats_problems)
+        if report.cluster_problems:
+            paths = [path for path, _ in report.cluster_problems]
+            report.clusters_dropped = clustering.drop(store, paths)
     return report
 
 
@@ -149,7 +158,8 @@ def format_verify(report: VerifyReport) -> str:
         f"{resume} seals it.",
         "incomplete": f"incomplete (status '{report.status}'): {done}.",
         "damaged": f"DAMAGED: {done}; {sum(p.kind in DAMAGE for p in report.problems)} "
-        f"damaged row ranges, {len(report.stats_problems)} damaged arrays of statistics.",
+        f"damaged row ranges, {len(report.stats_problems)} damaged arrays of statistics, "
+        f"{len(report.cluster_problems)} of clustering results.",
     }[report.state]
     lines = [f"{report.path}: {head}"]
     for p in report.problems:
@@ -174,11 +184,23 @@ def format_verify(report: VerifyReport) -> str:
             f"dropped {', '.join(report.stats_dropped)}: {resume} sums those blocks again and "
             "rewrites the totals."
         )
+    for path, what in report.cluster_problems:
+        lines.append(f"  {path}: damaged clustering result ({what}).")
+    if report.clusters_dropped:
+        lines.append(
+            f"deleted {', '.join(report.clusters_dropped)}: run `actextract cluster` with the "
+            "same settings to make it again."
+        )
+    elif report.cluster_problems:
+        lines.append(
+            "`actextract verify --repair` deletes the damaged clustering results; `actextract "
+            "cluster` with the same settings makes them again."
+        )
     if report.reset_blocks:
         lines.append(
             f"{len(report.reset_blocks)} damaged blocks marked not done: {resume} redoes them."
         )
-    elif report.damaged:
+    elif any(p.kind in DAMAGE for p in report.problems):
         lines.append(
             f"`actextract verify --repair` marks them not done; {resume} then redoes them."
         )

@@ -1,6 +1,6 @@
 """actextract cluster: k-means of a stored layer recovers separated clusters, the streaming PCA
 equals a full SVD, the results are kept per settings and survive reopening, bad requests are
-refused. (Its pictures: test_render.)"""
+refused, and the report draws them."""
 
 from __future__ import annotations
 
@@ -101,21 +101,54 @@ def test_streaming_pca_equals_a_full_svd(blob_store):
     np.testing.assert_allclose(result["coords"], coords, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("max_dim", [10_000, 8], ids=["covariance", "incremental"])
-def test_streaming_pca_in_batches_equals_svd(max_dim):
-    """Both solvers, fed uneven batches (the last shorter than the components): the wide
-    rows' one is scikit-learn's IncrementalPCA."""
+def fit_in_passes(fit: StreamingPca, x: np.ndarray, batch: int = 100):
+    """Feed ``x`` in uneven batches (the last shorter than the components), pass after pass."""
+    more = True
+    while more:
+        for start in range(0, len(x), batch):
+            fit.update(torch.from_numpy(x[start : start + batch]))
+        more = fit.end_pass()
+    return fit.result()
+
+
+@pytest.mark.parametrize(
+    "exact_dim, rtol", [(1024, 1e-9), (8, 1e-5)], ids=["covariance", "randomized"]
+)
+def test_streaming_pca_in_batches_equals_svd(exact_dim, rtol):
+    """Both solvers: the covariance's eigenvectors (float64), and randomized subspace
+    iteration (float32 within a batch), here run to convergence, for rows too wide for a
+    covariance."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(403, 20)) @ rng.normal(size=(20, 20)) + 1000.0  # a large mean
-    fit = StreamingPca(6, 20, torch.device("cpu"), max_dim=max_dim)
-    for start in range(0, len(x), 100):  # 100, 100, 100, 100, 3
-        fit.update(torch.from_numpy(x[start : start + 100]))
-    pca = fit.result()
+    fit = StreamingPca(6, 20, torch.device("cpu"), exact_dim=exact_dim, tol=1e-12, max_passes=99)
+    pca = fit_in_passes(fit, x)
+    assert fit.passes == 1 if exact_dim == 1024 else fit.passes > 2
     _, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
-    assert pca.n_samples == len(x)
-    np.testing.assert_allclose(pca.explained_variance, s[:6] ** 2 / (len(x) - 1), rtol=1e-6)
-    np.testing.assert_allclose(np.abs(np.sum(pca.components * vt[:6], 1)), 1.0, atol=1e-6)
-    np.testing.assert_allclose(pca.explained_variance_ratio, s[:6] ** 2 / (s**2).sum(), rtol=1e-6)
+    assert pca.n_samples == len(x) and pca.components.shape == (6, 20)
+    np.testing.assert_allclose(pca.mean, x.mean(0), rtol=rtol)
+    np.testing.assert_allclose(pca.explained_variance, s[:6] ** 2 / (len(x) - 1), rtol=rtol)
+    np.testing.assert_allclose(np.abs(np.sum(pca.components * vt[:6], 1)), 1.0, atol=rtol)
+    ratio = s[:6] ** 2 / (s**2).sum()
+    np.testing.assert_allclose(pca.explained_variance_ratio, ratio, rtol=rtol)
+
+
+def test_randomized_pca_of_wide_rows_with_its_defaults():
+    """1,500 features (past the exact limit on a CPU), a power-law spectrum as activations
+    have: the default tolerance (Ritz values moving by under 0.1% of the largest) stops in a
+    few passes, with every variance within that of the largest, and the top components, whose
+    gaps are wide, to 1e-5."""
+    rng = np.random.default_rng(2)
+    scales = 1.0 / np.arange(1, 1501)
+    x = (rng.normal(size=(1200, 1500)) * scales) @ np.linalg.qr(rng.normal(size=(1500, 1500)))[0]
+    fit = StreamingPca(8, 1500, torch.device("cpu"))
+    assert not fit.exact
+    pca = fit_in_passes(fit, x, batch=256)
+    assert 2 < fit.passes < fit.max_passes and fit.converged
+    _, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    want = s[:8] ** 2 / (len(x) - 1)
+    np.testing.assert_allclose(pca.explained_variance, want, atol=1e-3 * want[0])
+    np.testing.assert_allclose(pca.explained_variance[:3], want[:3], rtol=1e-5)
+    np.testing.assert_allclose(np.abs(np.sum(pca.components[:3] * vt[:3], 1)), 1.0, atol=1e-5)
 
 
 def test_results_survive_reopening_and_other_settings_stay_apart(tmp_path):
@@ -253,7 +286,7 @@ def test_bad_requests_are_refused_with_the_fix(tmp_path, blob_store):
     with pytest.raises(OptionError, match="--k 5: only 4 rows"):
         cluster(few, "maps", K, device="cpu")
     half = make_store(tmp_path / "half.zarr", data, truth, seal=False)
-    with pytest.raises(StoreError, match="is incomplete .*--resume' before clustering it"):
+    with pytest.raises(StoreError, match=r"is incomplete .*--resume' before clustering it"):
         cluster(half, "maps", K, device="cpu")
 
 
@@ -270,7 +303,7 @@ def test_a_statistics_only_layer_is_refused(tmp_path):
         device="cpu",
         progress=False,
     )
-    with pytest.raises(StoreError, match="statistics only.*--store including 'conv1'"):
+    with pytest.raises(StoreError, match=r"statistics only.*--store including 'conv1'"):
         cluster(out, "conv1", 2, device="cpu")
 
 
@@ -315,3 +348,40 @@ def test_cluster_on_the_gpu_recovers_clusters_as_on_the_cpu(blob_store):
     assert adjusted_rand_score(truth, gpu["assignments"]) > 0.99
     cpu = cluster(store, "maps", K, pca=4, pool="none", seed=0, device="cpu")
     np.testing.assert_allclose(gpu.pca.explained_variance, cpu.pca.explained_variance, rtol=1e-6)
+
+
+# -- the report ------------------------------------------------------------------------------
+def test_the_report_draws_each_clustering(tmp_path):
+    """A scatter by label and by cluster, and the nearest samples as the inputs (digits can be
+    given back); an interrupted result gets a note instead."""
+    store = actextract.extract(
+        "digits-cnn",
+        "digits",
+        layers="pool2",
+        out=tmp_path / "d.zarr",
+        limit=200,
+        device="cpu",
+        progress=False,
+    )
+    done = cluster(store, "pool2", 4, pca=8, nearest=3, device="cpu")
+    broken = cluster(store, "pool2", 3, pool="mean", device="cpu")
+    broken.group.update_attributes({"status": "writing"})
+    report = actextract.render(store.path, tmp_path / "report", only="clusters")
+    drawn = {p.path: p for p in report.pictures}
+    assert set(drawn) == {f"pool2.clusters.{done.name}.png", f"pool2.nearest.{done.name}.png"}
+    for p in drawn.values():
+        assert (tmp_path / "report" / p.path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert p.kind == "clusters" and p.layer == "pool2"
+    assert "ARI" in drawn[f"pool2.clusters.{done.name}.png"].caption
+    assert "(inputs;" in drawn[f"pool2.nearest.{done.name}.png"].caption
+    assert any(broken.name in line and "interrupted" in line for line in report.notes["pool2"])
+    assert f"pool2.nearest.{done.name}.png" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_without_inputs_the_nearest_samples_are_their_maps(tmp_path):
+    data, truth = blobs(300)
+    store = make_store(tmp_path / "b.zarr", data, truth)  # no dataset spec: no inputs
+    result = cluster(store, "maps", K, nearest=2, device="cpu")
+    report = actextract.render(store.path, tmp_path / "report", only="clusters")
+    (nearest,) = [p for p in report.pictures if p.path.startswith("maps.nearest")]
+    assert "mean maps over channels" in nearest.caption and result.name in nearest.path

@@ -203,3 +203,23 @@ def test_the_command_names_a_path_that_is_not_a_store(tmp_path, runner):
 
     out = runner.invoke(main, ["verify", str(tmp_path / "nothing.zarr")])
     assert out.exit_code == 2 and "not a Zarr store" in out.output
+
+
+def test_a_damaged_clustering_result_is_found_and_deleted_by_repair(run):
+    good = actextract.cluster(run, "fc1", 3, device="cpu", epochs=1)
+    bad = actextract.cluster(run, "fc1", 4, device="cpu", epochs=1)
+    assert check(run).ok  # the results' chunks are read back too
+    flip_byte(chunk_file(run, f"clusters/fc1/{bad.name}/assignments", 0))
+    report = check(run)
+    assert report.state == "damaged" and not report.problems
+    assert report.cluster_problems[0][0] == f"clusters/fc1/{bad.name}/assignments"
+    text = format_verify(report)
+    assert "damaged clustering result" in text and "--repair` deletes" in text
+    assert "marks them not done" not in text  # no row block is damaged
+    repaired = check(run, repair=True)
+    assert repaired.clusters_dropped == [f"clusters/fc1/{bad.name}"]
+    after = check(run)
+    assert after.ok and open_store(run).status == "complete"
+    from actextract.clustering import clusterings
+
+    assert [c.name for c in clusterings(open_store(run))] == [good.name]
