@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(CLI) train-demo --out demo/digits-cnn.pt --record demo/train.zarr
 	$(CLI) extract --model digits-cnn --weights demo/digits-cnn.pt --dataset digits \
 		--layers '*' --stats 'conv*=class-std,channel-hist' --out demo/digits.zarr --overwrite
+	$(CLI) cluster demo/digits.zarr --layer pool2 --k 10 --pca 32
 	$(CLI) info demo/digits.zarr
 	$(CLI) render demo/digits.zarr --out demo/report
 	$(CLI) render demo/train.zarr --out demo/train-report

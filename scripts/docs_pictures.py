@@ -19,6 +19,9 @@ PICTURES = {
     "fc1.confusion.png": 520,
     "flatten.strip.png": 900,
 }
+RENAMED = {  # pictures whose names carry settings: (the name in docs/, width)
+    "pool2.clusters.k10-poolnone-pca32-seed0.png": ("demo-pool2.clusters.png", 900),
+}
 
 
 def shrink(src: Path, dst: Path, max_width: int) -> None:
@@ -34,9 +37,11 @@ def main(report: str, docs: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, width in PICTURES.items():
         shrink(Path(report) / name, out / f"demo-{name}", width)
+    for name, (target, width) in RENAMED.items():
+        shrink(Path(report) / name, out / target, width)
     for shot in out.glob("report-*.png"):
         shrink(shot, shot, 1280)
-    print(f"wrote {len(PICTURES)} pictures to {out}")
+    print(f"wrote {len(PICTURES) + len(RENAMED)} pictures to {out}")
 
 
 if __name__ == "__main__":

@@ -116,3 +116,15 @@ def test_stats_benchmark_runs_at_a_toy_size(tmp_path):
     assert result["throughput_vs_output_only"]["output only"] == 1.0
     # the stored maps take the disk that the statistics do not
     assert result["disk_bytes"]["maps stored + averaged"] > result["disk_bytes"]["output only"]
+
+
+def test_cluster_benchmark_runs_end_to_end_in_tiny_mode(tmp_path):
+    out = tmp_path / "results"
+    _load("bench_cluster").main(
+        ["--n", "400", "--repeats", "1", "--out", str(out), "--tmp", str(tmp_path)]
+    )
+    result = json.loads((out / "cluster-cpu.json").read_text())
+    assert set(result["median_s"]) == set(result["ari"]) and len(result["ari"]) == 5
+    assert result["speed_vs_by_hand"][next(k for k in result["ari"] if "by hand" in k)] == 1.0
+    assert all(v is None or 0.9 < v <= 1.0 for v in result["ari"].values())
+    assert (out / "cluster-cpu.md").read_text().startswith("# Cost of clustering")
