@@ -103,3 +103,23 @@ def reference(model: TinyCNN, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out["flatten"] = torch.flatten(out["pool"], 1)
         out["fc"] = model.fc(out["flatten"])
     return out
+
+
+def digits_run(root, layers: str, limit: int):
+    """A run of digits-cnn from a checkpoint (seeded weights) on the first ``limit`` digits,
+    under ``root``: its inputs, filters and model can be rebuilt."""
+    import actextract
+    from actextract.models import DigitsCNN
+
+    torch.manual_seed(0)
+    torch.save(DigitsCNN().state_dict(), root / "cnn.pt")
+    return actextract.extract(
+        "digits-cnn",
+        "digits",
+        weights=root / "cnn.pt",
+        layers=layers,
+        out=root / "run.zarr",
+        limit=limit,
+        batch_size=20,
+        device="cpu",
+    )

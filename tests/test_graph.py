@@ -11,14 +11,12 @@ from html import unescape
 from pathlib import Path
 
 import pytest
-import torch
-from _fixtures import SeededImages, tiny_cnn, untraceable
+from _fixtures import SeededImages, digits_run, tiny_cnn, untraceable
 
 import actextract
 from actextract.cli import main
 from actextract.errors import OptionError
 from actextract.graph import GraphvizError, draw_graph, model_graph
-from actextract.models import DigitsCNN
 
 needs_dot = pytest.mark.skipif(
     shutil.which("dot") is None,
@@ -161,19 +159,7 @@ def test_cli_without_dot(runner, tmp_path, no_dot):
 @pytest.fixture(scope="module")
 def digits_store(tmp_path_factory):
     """digits-cnn from a checkpoint on 20 digits: the model can be rebuilt."""
-    root = tmp_path_factory.mktemp("digits")
-    torch.manual_seed(0)
-    torch.save(DigitsCNN().state_dict(), root / "cnn.pt")
-    return actextract.extract(
-        "digits-cnn",
-        "digits",
-        weights=root / "cnn.pt",
-        layers="conv1,fc1",
-        out=root / "run.zarr",
-        limit=20,
-        batch_size=20,
-        device="cpu",
-    )
+    return digits_run(tmp_path_factory.mktemp("digits"), "conv1,fc1", 20)
 
 
 def links(html: str) -> list[str]:

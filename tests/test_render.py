@@ -10,7 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
-from _fixtures import FailsAt, tiny_cnn
+from _fixtures import FailsAt, digits_run, tiny_cnn
 
 import actextract
 from actextract.aggregate import layer_stats, predictions
@@ -41,19 +41,7 @@ def tiny_store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def digits_store(tmp_path_factory):
     """digits-cnn from a checkpoint on the first 60 digits: inputs and filters can be rebuilt."""
-    root = tmp_path_factory.mktemp("digits")
-    torch.manual_seed(0)
-    torch.save(DigitsCNN().state_dict(), root / "cnn.pt")
-    return actextract.extract(
-        "digits-cnn",
-        "digits",
-        weights=root / "cnn.pt",
-        layers="conv1,pool2,flatten,fc1",
-        out=root / "run.zarr",
-        limit=60,
-        batch_size=20,
-        device="cpu",
-    )
+    return digits_run(tmp_path_factory.mktemp("digits"), "conv1,pool2,flatten,fc1", 60)
 
 
 # -- aggregates ------------------------------------------------------------------------------
