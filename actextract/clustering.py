@@ -27,11 +27,10 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec
 
 from actextract.errors import OptionError
 from actextract.kmeans import Pca
-from actextract.layout import quiet_numcodecs
+from actextract.layout import checked_array, quiet_numcodecs
 from actextract.store import Store
 
 __all__ = [
@@ -223,14 +222,6 @@ class RowWriter:
 
 
 def result_array(group, path, shape, dtype, fill, dims) -> zarr.Array:
-    """A result array: crc32c on every chunk, every chunk written, named dimensions."""
-    return group.create_array(
-        path,
-        shape=shape,
-        chunks=(min(OUT_CHUNK, shape[0]) or 1, *shape[1:]),
-        dtype=dtype,
-        fill_value=fill,
-        compressors=(Crc32cCodec(),),
-        dimension_names=dims,
-        config={"write_empty_chunks": True},
-    )
+    """A result array (see :func:`~actextract.layout.checked_array`), OUT_CHUNK rows a chunk."""
+    chunks = (min(OUT_CHUNK, shape[0]) or 1, *shape[1:])
+    return checked_array(group, path, shape, chunks, dtype, fill=fill, dims=dims)

@@ -28,6 +28,7 @@ __all__ = [
     "ArraySpec",
     "StoreOptions",
     "build_store",
+    "checked_array",
     "choose_chunk_rows",
     "now",
     "quiet_numcodecs",
@@ -273,6 +274,25 @@ def store_attrs(
         "status": "incomplete",
         "created": now(),
     }
+
+
+def checked_array(group, path: str, shape, chunks, dtype, *, fill=0, dims=None) -> zarr.Array:
+    """An array written whole beside the row arrays (statistics, clustering results), replacing
+    any at ``path``: crc32c on every chunk, and every chunk written (a chunk of fill values
+    too), so that a missing one is damage that ``verify`` sees, not a silent fill value. (The
+    setting goes with the array: zarr's global config is shared with the writer threads.)
+    ``dims``: its dimension names, as xarray reads them."""
+    return group.create_array(
+        path,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=fill,
+        compressors=(Crc32cCodec(),),
+        overwrite=True,
+        config={"write_empty_chunks": True},
+        dimension_names=dims,
+    )
 
 
 @contextmanager

@@ -36,12 +36,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import zarr
-from zarr.codecs import Crc32cCodec
 
 from actextract.accumulate import Accumulator, LayerStatsSpec
 from actextract.errors import StoreError
-from actextract.layout import ArraySpec, now
+from actextract.layout import ArraySpec, checked_array, now
 from actextract.location import writable
 from actextract.store import Store
 
@@ -126,35 +124,18 @@ def _write(group, path: str, data: np.ndarray | torch.Tensor, dims=None) -> None
     """An array of sums (one class per chunk), copied from the device a few classes at a
     time: host memory stays near WRITE_BYTES whatever the size of the sums."""
     t = torch.as_tensor(data)
-    arr = _create(
+    arr = checked_array(
         group,
         path,
         tuple(t.shape),
         (1, *t.shape[1:]) if t.ndim > 1 else tuple(max(1, n) for n in t.shape),
         torch.empty(0, dtype=t.dtype).numpy().dtype,
-        dims,
+        dims=dims,
     )
     row = max(1, math.prod(t.shape[1:]) * t.element_size())
     step = max(1, WRITE_BYTES // row)
     for lo in range(0, len(t), step):
         arr[lo : lo + step] = t[lo : lo + step].cpu().numpy()
-
-
-def _create(group, path: str, shape, chunks, dtype, dims=None) -> zarr.Array:
-    """An array of statistics: crc32c on every chunk, and every chunk written (a chunk of
-    zeros too), so that a missing one is damage that ``verify`` sees, not a silent 0. (The
-    setting goes with the array: zarr's global config is shared with the writer threads.)
-    The totals name their dimensions (``class``, then the layer's), as xarray reads them."""
-    return group.create_array(
-        path,
-        shape=shape,
-        chunks=chunks,
-        dtype=dtype,
-        compressors=(Crc32cCodec(),),
-        overwrite=True,
-        config={"write_empty_chunks": True},
-        dimension_names=dims,
-    )
 
 
 @dataclass(frozen=True)
@@ -236,7 +217,7 @@ def _finalize_layer(store: Store, spec: LayerStatsSpec, parts, slots, counts) ->
     if "channel-hist" in spec.kinds:
         out["hist"] = (k, spec.channels, len(spec.edges) + 1), np.int64, ("class", "channel", "bin")
     arrays = {
-        name: _create(group, name, shape, (1, *shape[1:]), t, dims)
+        name: checked_array(group, name, shape, (1, *shape[1:]), t, dims=dims)
         for name, (shape, t, dims) in out.items()
     }
     if "hist" in arrays:
