@@ -184,7 +184,6 @@ class _Space:
         self.dim = pca or len(fitted.mean)
         self._project = fitted.projector(device, pca) if pca else None
         self._mean = torch.as_tensor(fitted.mean, dtype=torch.float32, device=device)
-        self._plane = fitted.projector(device, 2)
         self._basis = torch.as_tensor(fitted.components[:2].T, dtype=torch.float32, device=device)
         self.offset = np.zeros(self.dim) if pca else fitted.mean  # centroids' own coordinates
 
@@ -194,10 +193,11 @@ class _Space:
     def coords(self, x: torch.Tensor | None, features: torch.Tensor) -> torch.Tensor:
         """The first two principal components of rows (``features``: their image here; ``x``
         the pooled rows, needed with --pca 1 only)."""
-        if self.pca is None:
-            c = features @ self._basis
-        else:
-            c = features[:, :2] if self.pca >= 2 else self._plane(x)  # type: ignore[arg-type]
+        if self.pca and self.pca >= 2:
+            c = features[:, :2]
+        else:  # the centred rows (the features themselves without --pca) on the plane
+            centred = features if self.pca is None else x - self._mean  # type: ignore[operator]
+            c = centred @ self._basis
         return torch.nn.functional.pad(c, (0, 2 - c.shape[1]))  # a layer of one feature
 
 
