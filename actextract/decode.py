@@ -38,13 +38,20 @@ class DeviceDecoder:
     ``decoder(batch)``: a batch with ``encoded`` → the same batch with ``inputs``
     (B', C, H, W) float32 on ``device`` for the B' samples that could be used, ``encoded``
     None, and the others added to ``bad``. Batches without ``encoded`` pass unchanged.
+
+    ``input_shape``: the run's per-sample input shape (C, H, W), that of the first sample
+    (probed with ``decode_sample``); a decoded image of another shape becomes a BadSample, as
+    in ``collate``. None: the batch's most common shape is kept, the others are bad.
     """
 
     preprocess: Preprocess
     device: torch.device
+    input_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:  # accept "cuda:0" as well as torch.device("cuda:0")
         object.__setattr__(self, "device", torch.device(self.device))
+        if self.input_shape is not None:  # a torch.Size as well as a tuple
+            object.__setattr__(self, "input_shape", tuple(self.input_shape))
 
     def __call__(self, batch: Batch) -> Batch:
         if batch.encoded is None:
@@ -63,7 +70,7 @@ class DeviceDecoder:
             except Exception as e:  # what the CPU path's transform would also have refused
                 items.append(BadSample(index, id_, f"{type(e).__name__}: {e}"))
         # collate stacks on the device, turns odd shapes into bad samples and sorts ``bad``
-        out = collate([*items, *batch.bad])
+        out = collate([*items, *batch.bad], shape=self.input_shape)
         if out.inputs is not None and self._normalize is not None:
             out.inputs = self._normalize(out.inputs)
         return out

@@ -17,6 +17,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -228,13 +229,23 @@ class Batch:
         return replace(self, inputs=self.inputs.pin_memory())
 
 
-def collate(items: Sequence[Sample | BadSample]) -> Batch:
-    """Stack the good samples; a sample whose shape differs from the batch's most common one
-    becomes a BadSample (its message says how to make inputs one size)."""
+def collate(items: Sequence[Sample | BadSample], *, shape: tuple[int, ...] | None = None) -> Batch:
+    """Stack the good samples into ``inputs`` (B, *shape); ``bad`` is sorted by index.
+
+    ``shape``: the run's per-sample input shape (that of the first sample, which decided the
+    layers' shapes); a sample of another shape becomes a BadSample. Without it, a sample whose
+    shape differs from the batch's most common one does. Either message says how to make
+    inputs one size."""
     good = [s for s in items if isinstance(s, Sample)]
     bad = [s for s in items if isinstance(s, BadSample)]
     if good:
-        common, _ = Counter(tuple(s.input.shape) for s in good).most_common(1)[0]
+        if shape is not None:
+            common = tuple(shape)
+            whose = "the run's"
+            why = " (that of the first sample, which decided the layers' shapes)"
+        else:
+            common, _ = Counter(tuple(s.input.shape) for s in good).most_common(1)[0]
+            whose, why = "the batch's", ""
         for s in good:
             if tuple(s.input.shape) != common:
                 bad.append(
@@ -242,8 +253,9 @@ def collate(items: Sequence[Sample | BadSample]) -> Batch:
                         s.index,
                         s.id,
                         (
-                            f"input shape {tuple(s.input.shape)} differs from the batch's "
-                            f"{common}; pass --resize and --crop to bring every input to one size"
+                            f"input shape {tuple(s.input.shape)} differs from {whose} "
+                            f"{common}{why}; pass --resize and --crop to bring every input to "
+                            "one size"
                         ),
                     )
                 )
@@ -327,22 +339,31 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     prefetch_factor: int = 4,
+    input_shape: tuple[int, ...] | None = None,
 ) -> DataLoader:
     """A DataLoader over ``rows`` of the source, in order, yielding :class:`Batch`.
 
     Workers are persistent (no re-fork per epoch) and each keeps ``prefetch_factor`` batches
     ready; ``pin_memory`` (CUDA only) lets the host→device copy run asynchronously. Batches of
     an encoded source carry ``encoded`` and no ``inputs`` (see ``collate_encoded``).
+
+    ``input_shape``: the run's per-sample input shape, e.g. (3, 224, 224); a sample of another
+    shape becomes a BadSample (see ``collate``). Samples of an encoded source are checked
+    after decoding, by :class:`actextract.decode.DeviceDecoder` (its ``input_shape``).
     """
     extra: dict[str, Any] = {}
     if num_workers > 0:
         extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor}
+    collate_fn: Callable[[Sequence[Sample | BadSample]], Batch] = collate_encoded
+    if not source.encoded:  # a partial of a module-level function: picklable for the workers
+        shape = tuple(input_shape) if input_shape is not None else None
+        collate_fn = partial(collate, shape=shape)
     return DataLoader(
         Subset(source.dataset, rows),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=collate_encoded if source.encoded else collate,
+        collate_fn=collate_fn,
         pin_memory=pin_memory,
         drop_last=False,
         **extra,

@@ -4,8 +4,13 @@ Specs (``open_source``):
 
 - ``digits``: scikit-learn's 1,797 handwritten 8×8 digits (shipped inside the package),
   upsampled to 1×28×28 and normalised; labels 0-9. The embedded default: nothing downloaded.
-- ``folder:PATH``: class subfolders (ImageFolder: labels from folder names) or a flat folder of
-  images (label -1); the id is the path relative to PATH. Images of any mode reach the model
+- ``folder:PATH``: class subfolders (ImageFolder: labels from folder names, images found
+  anywhere below each) or a flat folder of images (label -1); the id is the path relative to
+  PATH. A folder with both images at its top level and subfolders that hold images is refused
+  (:class:`SourceError`): read as either kind, it would leave the other's images out.
+  Subfolders with no image anywhere below them (``.ipynb_checkpoints``, ``notes/``) do not
+  count; "image" is a file name ending in one of torchvision's ``IMG_EXTENSIONS``, any case,
+  as ImageFolder finds them. Images of any mode reach the model
   with its channels (palette, RGBA, CMYK, ... converted by PIL: noted in the log and in the
   transform the store records); a truncated or corrupt file is a :class:`BadSample`, whatever
   PIL's ``LOAD_TRUNCATED_IMAGES`` says. With ``decode="gpu"`` the loader workers only read
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -209,6 +215,8 @@ def _folder(spec: str, path: str, preprocess: Preprocess, *, on_device: bool = F
             f"--dataset {spec}: folder '{root}' does not exist or is not a directory."
         )
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    if files:
+        _check_flat(spec, root, files)
     pre = preprocess.over(Preprocess(channels=3))
     # decoded on the device: the workers only read (and, for non-JPEGs, decode) the files
     transform = None if on_device else pre.transform()
@@ -244,6 +252,47 @@ def _folder(spec: str, path: str, preprocess: Preprocess, *, on_device: bool = F
         preprocess=pre,
         encoded=on_device,
     )
+
+
+def _check_flat(spec: str, root: Path, files: Sequence[Path]) -> None:
+    """Refuse a folder that holds images at its top level (``files``) and also subfolders that
+    hold images: ImageFolder would read the subfolders and drop the loose images, a flat read
+    the reverse. Each subfolder is searched as ImageFolder searches a class folder (all the
+    way down, following links) and only until its first image."""
+    classes = sorted(
+        entry.name for entry in os.scandir(root) if entry.is_dir() and _holds_images(entry.path)
+    )
+    if not classes:
+        return
+    raise SourceError(
+        f"--dataset {spec}: folder '{root}' holds {_count(len(files), 'image')} at its top "
+        f"level ({_some([p.name for p in files], 3)}) and {_count(len(classes), 'subfolder')} "
+        f"with images ({_some([f'{c}/' for c in classes], 5)}); a folder source is either a "
+        "flat folder of images or one subfolder of images per class, not both (read as either, "
+        "this one would leave images out). Move the loose images into a class subfolder (or out "
+        "of the folder), or point --dataset at a folder that holds only one kind."
+    )
+
+
+def _holds_images(folder: str) -> bool:
+    """Whether a file under ``folder`` (at any depth) is an image by ImageFolder's rule; stops
+    at the first."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    for _, _, names in os.walk(folder, followlinks=True):
+        if any(has_file_allowed_extension(n, IMG_EXTENSIONS) for n in names):
+            return True
+    return False
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _some(names: Sequence[str], most: int) -> str:
+    """The first ``most`` names, and how many more."""
+    shown = ", ".join(names[:most])
+    return f"{shown} and {len(names) - most} more" if len(names) > most else shown
 
 
 def _load_pil(path: str, channels: int | None = None):
