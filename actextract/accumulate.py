@@ -13,6 +13,9 @@ no storage of the maps themselves:
   sums, which :class:`Accumulator` keeps on the device in float64 from the layer's output as
   computed (before any pooling and before the cast to the storage dtype).
 
+"Channel" is the layer's layout's (:mod:`actextract.axes`): a map's channels in either order,
+a token layer's features (its channel-mean is the mean over tokens per feature).
+
 A sum cannot be rewritten like a chunk, so each row block must reach it exactly once whatever
 the kills, shards and ranks: the accumulator counts the rows of its blocks as they arrive and
 :attr:`Accumulator.summed` says which blocks are entirely in the sums; :mod:`actextract.parts`
@@ -28,8 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from actextract.capture import match_names
+from actextract.axes import channel_axis
 from actextract.errors import LayerNotFoundError, OptionError
+from actextract.names import match_names
 
 __all__ = [
     "ACCUMULATED",
@@ -119,15 +123,26 @@ class LayerStatsSpec:
     kinds: tuple[str, ...]
     shape: tuple[int, ...]
     edges: tuple[float, ...] = ()
+    layout: str = ""  # the layer's (:mod:`actextract.axes`); "": a store from before layouts
+
+    @property
+    def channel_axis(self) -> int | None:
+        """The per-sample channel (or feature) axis; None: the layout has none. Stores from
+        before layouts took the first axis, whatever the layer."""
+        if not self.layout:
+            return 0 if self.shape else None
+        return channel_axis(self.layout, len(self.shape))
 
     @property
     def channels(self) -> int:
-        return self.shape[0] if self.shape else 1
+        c = self.channel_axis
+        return self.shape[c] if self.shape and c is not None else 1
 
     @classmethod
     def from_attrs(cls, layer: str, attrs: Mapping) -> LayerStatsSpec:
         kinds = tuple(k for k in attrs["kinds"] if k in ACCUMULATED)
-        return cls(layer, kinds, tuple(attrs["shape"]), tuple(attrs.get("edges") or ()))
+        edges = tuple(attrs.get("edges") or ())
+        return cls(layer, kinds, tuple(attrs["shape"]), edges, attrs.get("layout") or "")
 
 
 class _LayerSums:
@@ -174,8 +189,12 @@ class _LayerSums:
 
     def _histogram(self, x: torch.Tensor, slots: torch.Tensor) -> None:
         """One bincount of (class, channel, bin) for the rows: bin 0 holds values below the
-        first edge, the last bin values at or above the last edge and NaN."""
+        first edge, the last bin values at or above the last edge and NaN. The channel axis is
+        the layout's (a token layer's features, a channels-last map's last axis)."""
         n, c = len(x), self.spec.channels
+        axis = self.spec.channel_axis
+        if axis:  # channels-last maps, tokens: the channel axis next to the rows
+            x = x.movedim(1 + axis, 1)
         v = x.reshape(n, c, -1).float()
         # edges[i-1] <= v < edges[i] → i; below → 0; at or above the last, and NaN → last
         bins = torch.bucketize(v, self.edges, right=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,7 @@ from torch import nn
 
 from actextract import distributed
 from actextract.accumulate import DEFAULT_BINS, Accumulator
-from actextract.capture import (
-    LayerInfo,
-    Method,
-    build_capture,
-    layer_table,
-)
+from actextract.capture import Method, build_capture
 from actextract.decode import DeviceDecoder
 from actextract.engine import (
     RunOptions,
@@ -32,9 +27,10 @@ from actextract.engine import (
     resolve_device,
     run,
 )
-from actextract.errors import OptionError
+from actextract.errors import LayerNotFoundError, OptionError
 from actextract.location import Location
-from actextract.models import load_model
+from actextract.models import borrowed, load_model
+from actextract.names import count_matches, match_names
 from actextract.plan import (
     choose_chunk_rows_for,
     choose_outputs,
@@ -42,6 +38,7 @@ from actextract.plan import (
     plan_arrays,
     provenance,
 )
+from actextract.probe import LayerInfo, layer_table
 from actextract.resume import NewStore, open_run
 from actextract.sink import Sink, check_nonfinite_policy
 from actextract.source import (
@@ -86,6 +83,7 @@ def extract(
     precision: str = "fp32",
     dtype: str = "float16",
     reduce: str | Mapping[str, str] | None = None,
+    layout: str | Mapping[str, str] | None = None,
     codec: str = "none",
     level: int | None = None,
     chunk_rows: int | None = None,
@@ -109,7 +107,13 @@ def extract(
     ``model``: a spec (``resnet18``, ``digits-cnn``, ``python:mod:fn``) or a Module.
     ``dataset``: a spec (``digits``, ``folder:PATH``, ``mnist:ROOT``, ``synthetic:N:C:H:W``,
     ``python:mod:fn``) or a Dataset whose items are a tensor or ``(tensor, label, ...)``.
-    ``layers``: names or globs (``['layer3', 'avgpool']`` or ``'conv*,fc1'``).
+    ``layers``: names or globs (``['layer3', 'avgpool']`` or ``'conv*,layer*.**.conv2'``:
+    ``*`` within one dotted level, ``**`` across levels), ``lstm[1][0]`` for an element of a
+    tuple output. ``reduce``: ``'layer4=mean,encoder.**=cls'`` (mean/max pool the spatial
+    axes of maps or the tokens of token layers, cls keeps the first token); ``layout``:
+    ``'features.*=nhwc'`` overrides the layout the probe infers (nchw, nhwc, tokens, vector,
+    other; :mod:`actextract.axes`). ``model`` is left as it was (mode, flags, device), also
+    after an error.
     ``out``: a folder, a ``file://`` URL or another fsspec URL zarr opens.
     ``store_layers``: the layers written in full (names or globs, also captured when not in
     ``layers``; default: every layer of ``layers``; ``"none"``: none). ``stats``: aggregates
@@ -164,6 +168,7 @@ def _extract(
     precision,
     dtype,
     reduce,
+    layout,
     codec,
     level,
     chunk_rows,
@@ -225,104 +230,116 @@ def _extract(
     rows = range(min(len(source), limit) if limit else len(source))
     if len(rows) == 0:
         raise OptionError(f"dataset '{source.spec}' has no samples.")
-    module = loaded.module.to(options.device)
-    if channels_last:
-        module = module.to(memory_format=torch.channels_last)
     layers, full = names_option(layers), names_option(store_layers)
-    cap = build_capture(module, [*layers, *(full or ())], model_name=loaded.spec, method=capture)
-    try:
-        stored, wanted = choose_outputs(cap.names, full, stats)
-        arrays, reducer, stats_attrs = plan_arrays(
-            cap,
-            source,
-            rows,
-            options,
-            reduce,
-            store_options,
-            decoder,
-            stored=stored,
-            stats=wanted,
-            hist_bins=hist_bins,
-            hist_range=hist_range,
+    memory_format = torch.channels_last if channels_last else None
+    with borrowed(loaded.module, options.device, memory_format) as module:
+        cap = build_capture(
+            module, [*layers, *(full or ())], model_name=loaded.spec, method=capture
         )
-        new = NewStore(
-            len(rows),
-            arrays,
-            store_options,
-            choose_chunk_rows_for(
-                location, store_options, resume or join, batch_size, arrays, len(rows)
-            ),
-            {
-                **provenance(loaded, source, cap.method, precision, options, batch_size),
-                "stats": stats_attrs,
-            },
-            chunk_rows_given=chunk_rows is not None,
-        )
-        slots = ring_slots(
-            host_buffers, batch_size=batch_size, chunk_rows=new.chunk_rows, writers=writers
-        )
-        work = Work(len(rows), batch_size, new.chunk_rows)
-        mine = work.blocks(part)
-        store = lead(
-            lambda: open_run(
-                location, new, resume=resume, overwrite=overwrite, join=join, blocks=mine
-            )
-        ) or open_store(location, mode="r+")
-        specs = accumulated(store)  # the store's: a resumed run adopts its histogram edges
-        done, summed = store.done(), summed_blocks(store)
-        write = [b for b in mine if not done[b]]
-        add = [b for b in mine if not summed[b]]
-        todo = sorted({*write, *add})
-        if len(todo) < len(mine):
-            log.warning(
-                "%s: %d of this run's %d row blocks are already done; computing the other %d",
-                location,
-                len(mine) - len(todo),
-                len(mine),
-                len(todo),
-            )
-        batches = work.batches(todo)
-        sums = None
-        if specs and add:
-            acc = Accumulator(
-                specs, options.device, chunk_rows=store.chunk_rows, n=store.n, blocks=add
-            )
-            sums = PartWriter(store, acc, every=stats_every, rank=group.rank if group else None)
-        loader = make_loader(
-            source,
-            [row for batch in batches for row in batch],  # full batches but the dataset's last
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=options.device.type == "cuda",
-        )
-
-        def forward(x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-            out = cap(x)  # the row arrays, and the outputs the statistics sum
-            return reducer(out), {s.layer: out[s.layer] for s in specs}
-
-        if compile:
-            forward = compiled(forward, batch_size, options)
         try:
-            with Sink(
-                store,
-                slots=slots,
-                writers=writers,
-                pin=options.device.type == "cuda",
-                blocks=write,
-                on_nonfinite=on_nonfinite,
-            ) as sink:
-                total = sum(len(b) for b in batches)
-                summary = run(
-                    loader, forward, sink, options, total=total, decode=decoder, stats=sums
+            stored, wanted = choose_outputs(cap.names, full, stats)
+            arrays, reducer, stats_attrs, input_shape = plan_arrays(
+                cap,
+                source,
+                rows,
+                options,
+                reduce,
+                store_options,
+                decoder,
+                stored=stored,
+                stats=wanted,
+                hist_bins=hist_bins,
+                hist_range=hist_range,
+                layouts=layout,
+            )
+            new = NewStore(
+                len(rows),
+                arrays,
+                store_options,
+                choose_chunk_rows_for(
+                    location, store_options, resume or join, batch_size, arrays, len(rows)
+                ),
+                {
+                    **provenance(loaded, source, cap.method, precision, options, batch_size),
+                    "stats": stats_attrs,
+                },
+                chunk_rows_given=chunk_rows is not None,
+            )
+            slots = ring_slots(
+                host_buffers, batch_size=batch_size, chunk_rows=new.chunk_rows, writers=writers
+            )
+            work = Work(len(rows), batch_size, new.chunk_rows)
+            mine = work.blocks(part)
+            store = lead(
+                lambda: open_run(
+                    location, new, resume=resume, overwrite=overwrite, join=join, blocks=mine
                 )
-        except KeyboardInterrupt:
-            _record_stop(store, "interrupted", "interrupted (SIGINT/Ctrl-C)")
-            raise
-        except BaseException as e:
-            _record_stop(store, "failed", f"{type(e).__name__}: {e}")
-            raise
-    finally:
-        cap.close()
+            ) or open_store(location, mode="r+")
+            specs = accumulated(store)  # the store's: a resumed run adopts its histogram edges
+            done, summed = store.done(), summed_blocks(store)
+            write = [b for b in mine if not done[b]]
+            add = [b for b in mine if not summed[b]]
+            todo = sorted({*write, *add})
+            if len(todo) < len(mine):
+                log.warning(
+                    "%s: %d of this run's %d row blocks are already done; computing the other %d",
+                    location,
+                    len(mine) - len(todo),
+                    len(mine),
+                    len(todo),
+                )
+            batches = work.batches(todo)
+            sums = None
+            if specs and add:
+                acc = Accumulator(
+                    specs, options.device, chunk_rows=store.chunk_rows, n=store.n, blocks=add
+                )
+                sums = PartWriter(store, acc, every=stats_every, rank=group.rank if group else None)
+            loader = make_loader(
+                source,
+                [row for batch in batches for row in batch],  # full batches but the dataset's last
+                batch_size=batch_size,
+                num_workers=num_workers,
+                pin_memory=options.device.type == "cuda",
+                input_shape=input_shape,  # every input the probe's shape, or a bad sample
+            )
+            if decoder is not None:
+                decoder = replace(decoder, input_shape=input_shape)
+
+            def forward(x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                out = cap(x)  # the row arrays, and the outputs the statistics sum
+                return reducer(out), {s.layer: out[s.layer] for s in specs}
+
+            if compile:
+                forward = compiled(forward, batch_size, options)
+            try:
+                with Sink(
+                    store,
+                    slots=slots,
+                    writers=writers,
+                    pin=options.device.type == "cuda",
+                    blocks=write,
+                    on_nonfinite=on_nonfinite,
+                ) as sink:
+                    total = sum(len(b) for b in batches)
+                    summary = run(
+                        loader,
+                        forward,
+                        sink,
+                        options,
+                        total=total,
+                        decode=decoder,
+                        stats=sums,
+                        grad_mode=cap.grad_mode,
+                    )
+            except KeyboardInterrupt:
+                _record_stop(store, "interrupted", "interrupted (SIGINT/Ctrl-C)")
+                raise
+            except BaseException as e:
+                _record_stop(store, "failed", f"{type(e).__name__}: {e}")
+                raise
+        finally:
+            cap.close()
     _seal(store, summary, part, group, join)
     store = open_store(location)  # the sealed attributes, whichever process wrote them
     log.info("%s\n%s", store.location, format_summary(store.attrs))
@@ -375,6 +392,7 @@ class LayerTable:
     rows: list[LayerInfo]
     params: tuple[int, int] = (0, 0)  # the model's (trainable, total) parameters, each once
     param_bytes: int = 0  # their bytes, at their own dtypes
+    matched: dict[str, int] = field(default_factory=dict)  # --layers pattern → names matched
 
 
 def list_layers(
@@ -383,18 +401,38 @@ def list_layers(
     input_shape: Sequence[int] | None = None,
     weights: str | Path | None = None,
     capture: Method = "auto",
+    layers: Sequence[str] | str | None = None,
 ) -> LayerTable:
-    """Every capturable layer of ``model``: name, kind and per-sample output shape, found by
-    one forward pass of a (1, *input_shape) zero tensor on the CPU."""
+    """Every capturable layer of ``model``: name, kind, per-sample output shape, layout and
+    whether it is cloned at capture, found by a probe with (1, *input_shape) zeros on the
+    CPU (the model is left as it was). ``layers``: only the names these patterns match
+    (``LayerTable.matched`` counts them per pattern)."""
     loaded = load_model(model, weights=weights)
     shape = tuple(input_shape) if input_shape else loaded.input_shape
     if not shape:
         raise OptionError(
             f"model '{loaded.spec}' implies no input shape; pass --input-shape, e.g. 3,224,224."
         )
-    rows, method = layer_table(loaded.module, shape, method=capture)
+    with borrowed(loaded.module) as module:
+        rows, method = layer_table(module, shape, method=capture)
+    matched: dict[str, int] = {}
+    patterns = names_option(layers)
+    if patterns:
+        names = [r.name for r in rows]
+        matched = count_matches(patterns, names)
+        chosen = set(match_names(patterns, names, lambda pat: _no_match(pat, loaded.spec, names)))
+        rows = [r for r in rows if r.name in chosen]
     params = list(loaded.module.parameters())
     trainable = sum(p.numel() for p in params if p.requires_grad)
     total = (trainable, sum(p.numel() for p in params))
     size = sum(p.numel() * p.element_size() for p in params)
-    return LayerTable(loaded.spec, shape, method, rows, total, size)
+    return LayerTable(loaded.spec, shape, method, rows, total, size, matched)
+
+
+def _no_match(pattern: str, model: str, names: Sequence[str]) -> Exception:
+    from actextract.names import wider_hint
+
+    return LayerNotFoundError(
+        f"--layers '{pattern}' matches none of the layers of {model}"
+        f"{wider_hint(pattern, names)}; run 'actextract layers {model}' to list them."
+    )

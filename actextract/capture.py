@@ -1,24 +1,31 @@
 """Capture: which layers, and a callable that returns their outputs for a batch.
 
-Names are those of torchvision's ``get_graph_node_names`` (fx nodes such as ``layer1.0.relu_1``
-or ``flatten``) and module names (``layer3``, containers included: their output is the output
-of the module's last node). Globs (``layer*.conv2``, ``features.*``) expand in graph order.
+Names are fx node names as torchvision's ``get_graph_node_names`` gives them
+(``layer1.0.relu_1``, ``flatten``; :mod:`actextract.fxgraph` says where ours differ) and module
+names (``layer3``, containers included: their output is the output of the module's last
+node). Globs follow path rules (:mod:`actextract.names`). An output that is a tuple is reached
+by index: ``lstm[0]``, ``lstm[1][0]``.
 
-``create_feature_extractor`` (torch.fx) is the default. A model fx cannot trace (data-dependent
-control flow, ...) falls back to forward hooks on modules, and the log says so; then only module
-names can be captured. A module called twice is captured at its first call on both paths
-(``name_1`` is the fx name of the second call).
+torch.fx is the default. A model fx cannot trace (data-dependent control flow, ...) falls
+back to forward hooks on modules, and the log says so; then only module names can be
+captured. A module called twice is captured at its first call on both paths (``name_1`` is
+the fx name of the second call).
+
+Nothing of the model is changed: no module is switched out of place. What the probe
+(:mod:`actextract.probe`) finds written in place after it is captured is cloned right where
+it is produced (a ``clone`` node after it on fx, in the hook on hooks); on the hooks path, where
+the graph is unknown, every batch also checks the captured outputs' version counters and a
+batch whose output changed after capture is computed again with that layer cloned. An output
+whose batch axis is not the first comes back with it moved to the front.
 """
 
 from __future__ import annotations
 
 import difflib
-import fnmatch
-import inspect
 import logging
-import math
+import operator
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,27 +33,15 @@ import torch
 from torch import nn
 
 from actextract.errors import CaptureError, LayerNotFoundError
+from actextract.fxgraph import Traced, graph_returning, set_outputs, trace
+from actextract.names import match_names, wider_hint
 
-__all__ = ["Capture", "LayerInfo", "build_capture", "layer_table", "probe", "select_layers"]
+__all__ = ["Candidates", "Capture", "build_capture", "candidates", "select_layers", "split_index"]
 
 log = logging.getLogger(__name__)
 
 Method = Literal["auto", "fx", "hooks"]
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One capturable layer. ``shape``: per sample, e.g. (C, H, W); ``kind``: module class
-    or the function an fx node calls."""
-
-    name: str
-    kind: str
-    shape: tuple[int, ...] | None = None
-    params: tuple[int, int] = (0, 0)  # (trainable, total) of the module, its children included
-    nested: bool = False  # a container: its parameters are also its children's rows'
-
-    def bytes_per_sample(self, dtype: torch.dtype) -> int:
-        return math.prod(self.shape or ()) * dtype.itemsize
+_INDEX = re.compile(r"((?:\[\d+\])+)$")
 
 
 @dataclass(frozen=True)
@@ -58,14 +53,7 @@ class Candidates:
     method: Literal["fx", "hooks"]
     fx_error: str | None  # why fx could not trace, when it could not
     alias: dict[str, str]  # fx: container module → its last node (the same tensor)
-
-
-def _fx_node_names(module: nn.Module) -> list[str]:
-    from torchvision.models.feature_extraction import get_graph_node_names
-
-    _, eval_nodes = get_graph_node_names(module)
-    inputs = set(inspect.signature(module.forward).parameters)
-    return [n for n in eval_nodes if n not in inputs]
+    traced: Traced | None = None  # fx: the graph the names are of
 
 
 def candidates(module: nn.Module, method: Method = "auto") -> Candidates:
@@ -75,9 +63,8 @@ def candidates(module: nn.Module, method: Method = "auto") -> Candidates:
     kinds = {name: type(m).__name__ for name, m in modules.items()}
     fx_error = None
     if method != "hooks":
-        training = module.training  # tracing switches train/eval, and a failure leaves it so
         try:
-            nodes = _fx_node_names(module)
+            traced = trace(module)
         except Exception as e:  # fx raises many types (TraceError, TypeError, ...) on failure
             fx_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             if method == "fx":
@@ -91,6 +78,7 @@ def candidates(module: nn.Module, method: Method = "auto") -> Candidates:
                 fx_error,
             )
         else:
+            nodes = list(traced.nodes)
             alias = _container_nodes(nodes, modules)
             order = sorted(
                 [(i, 0, 0, n) for i, n in enumerate(nodes)]
@@ -102,9 +90,8 @@ def candidates(module: nn.Module, method: Method = "auto") -> Candidates:
                 "fx",
                 None,
                 alias,
+                traced,
             )
-        finally:
-            module.train(training)
     return Candidates(tuple(_post_order(list(modules))), kinds, "hooks", fx_error, {})
 
 
@@ -136,39 +123,36 @@ def _container_nodes(nodes: list[str], modules: dict[str, nn.Module]) -> dict[st
     return last
 
 
+def split_index(name: str) -> tuple[str, tuple[int, ...]]:
+    """``lstm[1][0]`` → ("lstm", (1, 0)); a plain name → (name, ())."""
+    m = _INDEX.search(name)
+    if not m:
+        return name, ()
+    return name[: m.start()], tuple(int(i) for i in re.findall(r"\d+", m.group(1)))
+
+
 def select_layers(patterns: Iterable[str], cands: Candidates, *, model_name: str) -> list[str]:
-    """Resolve names and globs to capturable names, in graph order, without duplicates."""
+    """Resolve names and globs to capturable names, in graph order, without duplicates; a
+    name with an index (``lstm[1]``) selects an element of a tuple output."""
     patterns = [p.strip() for p in patterns if p and p.strip()]
     if not patterns:
         raise LayerNotFoundError(
             f"no layers given; run 'actextract layers {model_name}' to see the names."
         )
-    return match_names(
-        patterns,
-        cands.names,
-        lambda pat: LayerNotFoundError(_not_found(pat, cands, model_name)),
-    )
+    indexed = [p for p in patterns if split_index(p)[1] and split_index(p)[0] in cands.names]
+    names = [*cands.names, *(p for p in indexed if p not in cands.names)]
 
+    def not_found(pat: str) -> Exception:
+        return LayerNotFoundError(_not_found(pat, cands, model_name))
 
-def match_names(
-    patterns: Iterable[str], names: Sequence[str], not_found: Callable[[str], Exception]
-) -> list[str]:
-    """Names and globs → ``names`` they match, in the order of ``names``, without duplicates;
-    a pattern that matches nothing raises ``not_found(pattern)``."""
-    chosen: set[str] = set()
-    for pat in patterns:
-        hits = [pat] if pat in names else []
-        if not hits and any(c in pat for c in "*?["):
-            hits = fnmatch.filter(names, pat)
-        if not hits:
-            raise not_found(pat)
-        chosen.update(hits)
-    return [n for n in names if n in chosen]
+    chosen = match_names(patterns, names, not_found)
+    order = {n: i for i, n in enumerate(cands.names)}
+    return sorted(chosen, key=lambda n: (order[split_index(n)[0]], split_index(n)[1]))
 
 
 def _not_found(pat: str, cands: Candidates, model_name: str) -> str:
     close = difflib.get_close_matches(pat, cands.names, n=4, cutoff=0.5)
-    where = f"layer '{pat}' is not in {model_name}"
+    where = f"layer '{pat}' is not in {model_name}" + wider_hint(pat, cands.names)
     if cands.method == "hooks" and cands.fx_error:
         where += (
             f" (fx could not trace it: {cands.fx_error}; only module names can be "
@@ -185,41 +169,134 @@ def _not_found(pat: str, cands: Candidates, model_name: str) -> str:
 class Capture:
     """``capture(x) -> {name: output}`` for the chosen layers; outputs are (B, ...) tensors.
 
-    On the hooks path the hooks stay on the module until :meth:`close`.
+    :meth:`configure` (the probe calls it) says which outputs are cloned where they are
+    produced and which have their batch axis elsewhere. On the hooks path the hooks stay on
+    the module until :meth:`close`; run it under :meth:`grad_mode`.
     """
 
     def __init__(self, module: nn.Module, names: Sequence[str], cands: Candidates):
         self.module, self.names, self.method = module, list(names), cands.method
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._outputs: dict[str, object] = {}
-        self.kinds = {n: cands.kinds.get(n, "?") for n in self.names}
+        self._versions: dict[str, int] = {}
+        self.index = {n: split_index(n) for n in self.names}
+        self.kinds = {n: cands.kinds.get(self.index[n][0], "?") for n in self.names}
+        self.clones: dict[str, str] = {}  # layer → why it is cloned at capture
+        self.batch_axes: dict[str, int] = {}  # layer → where its batch axis is (moved to 0)
+        self.shapes: dict[str, tuple[int, ...]] = {}  # per sample, as the probe found them
         # fx returns one output per node: a container is read from its last node
-        self._node_of = {n: cands.alias.get(n, n) for n in self.names}
+        self._node_of = {n: cands.alias.get(b, b) for n, (b, _) in self.index.items()}
         if self.method == "fx":
-            from torchvision.models.feature_extraction import create_feature_extractor
-
-            nodes = dict.fromkeys(self._node_of.values())
-            self._fn = create_feature_extractor(module, return_nodes={n: n for n in nodes})
-            self._fn.eval()
-            _disable_inplace_after(self._fn)
+            self._fn, nodes = graph_returning(cands.traced or trace(module))
+            self._base_nodes = {node: nodes[node] for node in set(self._node_of.values())}
+            self._added: list[torch.fx.Node] = []
+            self._wire()
         else:
-            _disable_inplace(module)  # the order of calls is unknown without a graph
             self._fn = module
             modules = dict(module.named_modules())
-            self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
+            by_base: dict[str, list[str]] = {}
+            for n, (base, _) in self.index.items():
+                by_base.setdefault(base, []).append(n)
+            self._handles = [
+                modules[base].register_forward_hook(self._hook(names))
+                for base, names in by_base.items()
+            ]
 
-    def _hook(self, name: str):
+    # -- fx: the graph's outputs ---------------------------------------------------------------
+    def _output_node(self) -> torch.fx.Node:
+        return next(n for n in self._fn.graph.nodes if n.op == "output")
+
+    def _wire(self) -> None:
+        """The graph returns {layer: node}: the captured node, an element of it for an index,
+        and a ``clone`` of it, right after it, for a layer the probe found written later."""
+        graph, out = self._fn.graph, self._output_node()
+        out.args = ({},)
+        for node in reversed(self._added):
+            graph.erase_node(node)
+        self._added = []
+        returned = {}
+        for name in self.names:
+            node = self._base_nodes[self._node_of[name]]
+            for i in self.index[name][1]:
+                with graph.inserting_after(node):
+                    node = graph.call_function(operator.getitem, (node, i))
+                self._added.append(node)
+            if name in self.clones:
+                with graph.inserting_after(node):
+                    node = graph.call_function(torch.clone, (node,))
+                self._added.append(node)
+            returned[name] = node
+        set_outputs(self._fn, returned)
+
+    @property
+    def graph_module(self) -> torch.fx.GraphModule:
+        """The fx path's GraphModule (what the probe runs node by node)."""
+        return self._fn
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def _hook(self, names: list[str]):
         def hook(_mod: nn.Module, _inp: object, out: object) -> None:
-            self._outputs.setdefault(name, out)  # first call wins, as fx's plain node name
+            for name in names:
+                if name in self._outputs:
+                    continue  # first call wins, as fx's plain node name
+                value = _select(out, self.index[name][1])
+                if isinstance(value, torch.Tensor):
+                    if name in self.clones:
+                        value = value.clone()
+                    elif not value.is_inference():
+                        self._versions[name] = value._version
+                self._outputs[name] = value
 
         return hook
 
-    def raw(self, x: torch.Tensor) -> dict[str, object]:
-        """Whatever the layers output, unchecked."""
+    def configure(
+        self,
+        *,
+        clones: Mapping[str, str] | None = None,
+        batch_axes: Mapping[str, int] | None = None,
+        shapes: Mapping[str, tuple[int, ...]] | None = None,
+    ) -> None:
+        """What the probe found: layers to clone where they are produced (and why), batch
+        axes to move to the front, and each layer's per-sample shape."""
+        self.clones = dict(clones or {})
+        self.batch_axes = {n: a for n, a in (batch_axes or {}).items() if a != 0}
+        self.shapes = dict(shapes or {})
+        if self.method == "fx":
+            self._wire()
+
+    def grad_mode(self):
+        """The autograd mode to run this capture under: ``inference_mode`` on fx; on hooks
+        ``no_grad``, which keeps the version counters each batch is checked with."""
+        return torch.inference_mode() if self.method == "fx" else torch.no_grad()
+
+    def raw(self, x: torch.Tensor, *, verify: bool = True) -> dict[str, object]:
+        """Whatever the layers output (cloned where configured), unchecked. On hooks,
+        ``verify`` checks that nothing wrote a captured output after capture (and computes
+        the batch again with it cloned where something did)."""
         if self.method == "fx":
             out = self._fn(x)
-            return {n: out[node] for n, node in self._node_of.items()}
-        self._outputs = {}
+            return {n: out[n] for n in self.names}
+        outputs = self._forward(x)
+        if not verify:
+            return outputs
+        changed = [
+            n
+            for n, v in self._versions.items()
+            if isinstance(outputs.get(n), torch.Tensor) and outputs[n]._version != v
+        ]
+        if changed and not torch.compiler.is_compiling():
+            for n in changed:
+                self.clones[n] = "written in place later in the forward (seen during the run)"
+            log.warning(
+                "%s: written in place after they were captured, on a batch whose path the "
+                "probe did not take; computing the batch again with them cloned at capture",
+                ", ".join(changed),
+            )
+            outputs = self._forward(x)
+        return outputs
+
+    def _forward(self, x: torch.Tensor) -> dict[str, object]:
+        self._outputs, self._versions = {}, {}
         try:
             self._fn(x)
             return self._outputs
@@ -227,24 +304,24 @@ class Capture:
             self._outputs = {}
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{layer: (B, *shape)} with each batch axis in front; a layer that is not one
+        tensor, or whose shape is not the probe's, is a CaptureError."""
         outputs = self.raw(x)
-        missing = [n for n in self.names if n not in outputs]
-        if missing:
-            raise CaptureError(
-                f"layers {missing} produced no output in the forward pass "
-                "(modules that forward() never calls)."
-            )
-        bad = [
-            f"{n} ({type(outputs[n]).__name__})"
-            for n in self.names
-            if not isinstance(outputs[n], torch.Tensor)
-        ]
-        if bad:
-            raise CaptureError(
-                f"layers {', '.join(bad)} do not output a single tensor; choose "
-                "a layer inside them (see 'actextract layers')."
-            )
-        return {n: outputs[n] for n in self.names}  # type: ignore[misc]
+        check_outputs(self.names, outputs)
+        result = {}
+        for n in self.names:
+            t = outputs[n]
+            axis = self.batch_axes.get(n)
+            t = t.movedim(axis, 0) if axis else t  # type: ignore[union-attr]
+            want = self.shapes.get(n)
+            if want is not None and tuple(t.shape[1:]) != want:  # type: ignore[union-attr]
+                raise CaptureError(
+                    f"layer '{n}' output {tuple(t.shape[1:])} per sample for a batch of "  # type: ignore[union-attr]
+                    f"{len(x)}, and {want} at the probe: its shape changes from batch to batch, "
+                    "which a store of fixed shapes cannot hold. Capture a layer of fixed shape."
+                )
+            result[n] = t
+        return result  # type: ignore[return-value]
 
     def model_output(self, x: torch.Tensor) -> object:
         """The model's own output for ``x``; hooks, if any, keep nothing of this call."""
@@ -260,30 +337,49 @@ class Capture:
         self._handles = []
 
 
-def _disable_inplace(module: nn.Module) -> None:
-    """``ReLU(inplace=True)`` would overwrite the captured output of the layer before it
-    (resnet's ``bn1`` would read as post-ReLU). Turning it off changes memory, not results."""
-    for m in module.modules():
-        if isinstance(getattr(m, "inplace", None), bool) and m.inplace:
-            m.inplace = False
+def _select(value: object, index: tuple[int, ...]) -> object:
+    """``value[i][j]...``; an index a tuple does not have is kept as the IndexError."""
+    for i in index:
+        if not isinstance(value, tuple | list) or i >= len(value):
+            return IndexError(f"{type(value).__name__} has no element {i}")
+        value = value[i]
+    return value
 
 
-def _disable_inplace_after(fn: torch.fx.GraphModule) -> None:
-    """On the fx path, in-place modules called only before the first captured node cannot
-    touch a captured tensor (none exists yet) and stay in place: an out-of-place ReLU costs a
-    fresh tensor per call, which slowed resnet18's forward on a CPU by 5-10 %. Modules called
-    at or after it (an alias, a view or the tensor itself may be what they overwrite) are
-    turned out of place."""
-    nodes = list(fn.graph.nodes)
-    returned = next(n for n in nodes if n.op == "output").args[0]  # {name: node}
-    captured = set(returned.values() if isinstance(returned, dict) else returned)
-    after = False
-    for node in nodes:
-        after = after or node in captured
-        if after and node.op == "call_module":
-            m = fn.get_submodule(node.target)
-            if isinstance(getattr(m, "inplace", None), bool) and m.inplace:
-                m.inplace = False
+def check_outputs(names: Sequence[str], outputs: Mapping[str, object]) -> None:
+    """Every layer produced one tensor, or a CaptureError says which did not and what to
+    capture instead (an element of a tuple by its index)."""
+    missing = [n for n in names if n not in outputs]
+    if missing:
+        raise CaptureError(
+            f"layers {missing} produced no output in the forward pass "
+            "(modules that forward() never calls)."
+        )
+    bad = []
+    for n in names:
+        value = outputs[n]
+        if isinstance(value, torch.Tensor):
+            continue
+        if isinstance(value, IndexError):
+            bad.append(f"{n} ({value})")
+            continue
+        paths = tensor_paths(value)
+        elements = f"; its tensors: {', '.join(n + p for p in paths[:6])}" if paths else ""
+        bad.append(f"{n} ({type(value).__name__}{elements})")
+    if bad:
+        raise CaptureError(
+            f"layers {'; '.join(bad)} do not output a single tensor; capture a tensor of the "
+            "output by its index, or a layer inside it (see 'actextract layers')."
+        )
+
+
+def tensor_paths(value: object, prefix: str = "") -> list[str]:
+    """The indices of the tensors inside nested tuples/lists: ``['[0]', '[1][0]', ...]``."""
+    if isinstance(value, torch.Tensor):
+        return [prefix]
+    if isinstance(value, tuple | list):
+        return [p for i, v in enumerate(value) for p in tensor_paths(v, f"{prefix}[{i}]")]
+    return []
 
 
 def build_capture(
@@ -293,86 +389,3 @@ def build_capture(
     cands = candidates(module, method)
     names = select_layers(patterns, cands, model_name=model_name)
     return Capture(module, names, cands)
-
-
-@torch.inference_mode()
-def probe(capture: Capture, example: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The captured layers' outputs for one forward of ``example`` (1, *input_shape) on the
-    module's device; a failed forward becomes a CaptureError that says what to check."""
-    try:
-        outputs = capture(example)
-    except CaptureError:
-        raise
-    except Exception as e:
-        raise CaptureError(
-            f"a forward pass of one sample of shape {tuple(example.shape[1:])} "
-            f"failed: {type(e).__name__}: {e}. Check the input shape "
-            "(--input-shape, or the dataset's transform)."
-        ) from e
-    return outputs
-
-
-@torch.inference_mode()
-def model_output_layers(
-    capture: Capture, outputs: dict[str, torch.Tensor], example: torch.Tensor
-) -> set[str]:
-    """The layers among ``outputs`` (from :func:`probe` of ``example``) whose output is the
-    model's own output: its logits, which the renderer turns into a confusion matrix."""
-    try:
-        final = capture.model_output(example)
-    except Exception:  # the capture worked; not knowing the model output is no error
-        return set()
-    if not isinstance(final, torch.Tensor):
-        return set()
-    # Close, not bitwise equal: on a GPU the two forwards may pick different kernels.
-    return {
-        n
-        for n, t in outputs.items()
-        if t.shape == final.shape and torch.allclose(t.float(), final.float(), rtol=1e-3, atol=1e-5)
-    }
-
-
-def layer_table(
-    module: nn.Module, input_shape: Sequence[int], *, method: Method = "auto"
-) -> tuple[list[LayerInfo], str]:
-    """Every capturable layer with its kind and per-sample output shape (None where the
-    output is not one tensor), from one forward pass of zeros; and the method used."""
-    cands = candidates(module, method)
-    cap = Capture(module, cands.names, cands)
-    example = torch.zeros((1, *input_shape), device=_module_device(module))
-    try:
-        with torch.inference_mode():
-            outputs = cap.raw(example)
-    except Exception as e:
-        raise CaptureError(
-            f"a forward pass of one sample of shape {tuple(input_shape)} "
-            f"failed: {type(e).__name__}: {e}. Check --input-shape."
-        ) from e
-    finally:
-        cap.close()
-    rows = []
-    for n in cands.names:
-        out = outputs.get(n)
-        shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
-        params, nested = _parameters(module, n)
-        rows.append(LayerInfo(n, cands.kinds.get(n, "?"), shape, params, nested))
-    return rows, cands.method
-
-
-def _parameters(module: nn.Module, name: str) -> tuple[tuple[int, int], bool]:
-    """(trainable, total) parameters of the submodule ``name`` (0 for an fx node that calls a
-    function, or a module used a second time: its parameters are the first use's), and
-    whether it is a container of modules that hold them."""
-    try:
-        sub = module.get_submodule(name)
-    except AttributeError:
-        return (0, 0), False
-    params = list(sub.parameters())
-    trainable = sum(p.numel() for p in params if p.requires_grad)
-    nested = any(True for c in sub.children() if any(True for _ in c.parameters()))
-    return (trainable, sum(p.numel() for p in params)), nested
-
-
-def _module_device(module: nn.Module) -> torch.device:
-    p = next(module.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")

@@ -89,21 +89,20 @@ def main(verbose: int) -> None:
 @click.option(
     "--layers",
     "layer_names",
-    help="With --graph: comma-separated names or globs to highlight, as 'extract --layers' "
-    "takes them (default: none).",
+    help="Only the layers these comma-separated names or globs match, as 'extract --layers' "
+    "takes them, and how many each matched; with --graph, the layers to highlight.",
 )
 @capture_option
 @click.pass_context
 def layers(
     ctx, model, input_shape, weights, dtype, n_samples, summary, graph, layer_names, capture
 ) -> None:
-    """Every capturable layer of MODEL: name, kind, output shape and bytes per sample; or,
-    with --graph, a drawing of the model's graph (add --summary for the table too)."""
+    """Every capturable layer of MODEL: name, kind, output shape, layout, bytes per sample and
+    whether it is cloned at capture; or, with --graph, a drawing of the model's graph (add
+    --summary for the table too)."""
     from actextract.api import list_layers
     from actextract.graph import draw_graph
 
-    if layer_names is not None and graph is None:
-        raise click.UsageError("--layers picks the layers --graph highlights; add --graph FILE.")
     with _user_errors(ctx):
         if graph is not None:
             path = draw_graph(
@@ -116,7 +115,13 @@ def layers(
             )
             click.echo(f"wrote {path}")
         if graph is None or summary:
-            table = list_layers(model, input_shape=input_shape, weights=weights, capture=capture)
+            table = list_layers(
+                model,
+                input_shape=input_shape,
+                weights=weights,
+                capture=capture,
+                layers=layer_names if graph is None else None,
+            )
             show = format_layer_summary if summary else format_layer_table
             click.echo(show(table, dtype, n_samples))
 

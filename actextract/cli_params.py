@@ -92,7 +92,8 @@ _EXTRACT_OPTIONS = [
         "--layers",
         "layer_names",
         required=True,
-        help="Comma-separated names or globs, e.g. 'layer3,avgpool' or 'conv*,fc1'.",
+        help="Comma-separated names or globs, e.g. 'layer3,avgpool', 'features.*' (direct "
+        "children), 'layer*.**.conv2' (any depth), 'lstm[1][0]' (an element of a tuple).",
     ),
     click.option(
         "--out",
@@ -156,8 +157,16 @@ _EXTRACT_OPTIONS = [
         "--reduce",
         "reduce_spec",
         default=None,
-        help="Per-layer spatial pooling: 'layer3=mean,layer4=max' (globs allowed), or "
-        "'mean' for every layer. Default: none.",
+        help="Per-layer pooling by layout: 'layer3=mean,layer4=max' (maps: over the spatial "
+        "axes; tokens: over the tokens), 'encoder.**=cls' (the first token), or 'mean' for "
+        "every layer. Default: none.",
+    ),
+    click.option(
+        "--layout",
+        "layout",
+        default=None,
+        help="Override the layout the probe infers, per layer: 'features.*=nhwc,"
+        "encoder.**=tokens' (nchw, nhwc, tokens, vector, other; see 'actextract layers').",
     ),
     click.option(
         "--codec",

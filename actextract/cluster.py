@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from actextract.axes import pool as pool_rows
+from actextract.axes import reduced_shape, reductions_for
 from actextract.clustering import ROOT, Clustering, RowWriter, Settings, label_scores, result_array
 from actextract.errors import OptionError, StoreError
 from actextract.kmeans import MiniBatchKMeans, Nearest, Pca, StreamingPca, kmeans_pp, sq_distances
@@ -40,12 +42,13 @@ class Rows:
         self.store, self.layer, self.pool, self.device = store, layer, pool, device
         self.arr = store[layer]
         shape = tuple(self.arr.shape[1:])
-        if pool != "none" and len(shape) < 2:
+        self.layout = store.layout(layer)
+        if pool != "none" and pool not in reductions_for(self.layout):
             raise OptionError(
-                f"--pool {pool}: the rows of '{layer}' have shape {shape}, with no spatial axes "
-                "to pool; leave --pool out."
+                f"--pool {pool}: the rows of '{layer}' have shape {shape} with layout "
+                f"{self.layout}, with no spatial axes or tokens to pool; leave --pool out."
             )
-        self.dim = shape[0] if pool != "none" else math.prod(shape)
+        self.dim = math.prod(reduced_shape(layer, shape, self.layout, pool, "--pool"))
         self.excluded = 0  # rows left out, counted by the first pass
 
     def blocks(self, order: list[int] | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -67,11 +70,7 @@ class Rows:
         self, span: range, data: np.ndarray, labels: np.ndarray
     ) -> tuple[torch.Tensor, ...]:
         x = torch.from_numpy(np.ascontiguousarray(data)).to(self.device).float()
-        if self.pool == "mean":
-            x = x.flatten(2).mean(2)
-        elif self.pool == "max":
-            x = x.flatten(2).amax(2)
-        x = x.reshape(len(x), -1)
+        x = pool_rows(x, self.layout, self.pool).reshape(len(x), -1)
         keep = torch.isfinite(x).all(1)
         rows = torch.arange(span.start, span.stop, device=self.device)
         labels_t = torch.from_numpy(labels.astype(np.int64)).to(self.device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -163,9 +163,11 @@ def run(
     total: int,
     decode: Callable[[Batch], Batch] | None = None,
     stats: PartWriter | None = None,
+    grad_mode: Callable[[], AbstractContextManager] = torch.inference_mode,
 ) -> Summary:
     """Push every batch of ``loader`` through ``forward`` (capture + reduce: the row arrays,
-    and the layer outputs that ``stats`` sums on the device) into ``sink``.
+    and the layer outputs that ``stats`` sums on the device) into ``sink``, under
+    ``grad_mode`` (the capture's: ``no_grad`` where it checks version counters).
 
     ``decode`` (:class:`actextract.decode.DeviceDecoder`) turns batches of undecoded images
     into inputs on the device, and may find bad samples among them."""
@@ -180,7 +182,7 @@ def run(
         dynamic_ncols=True,
     )
     start = tick = time.perf_counter()
-    with bar, torch.inference_mode(), cudnn_autotune(options.device):
+    with bar, grad_mode(), cudnn_autotune(options.device):
         for batch in loader:
             now = time.perf_counter()
             summary.data_wait += now - tick

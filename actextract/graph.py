@@ -1,7 +1,7 @@
 """The model's structure as a picture: its torch.fx graph drawn with Graphviz, the chosen layers
 highlighted; and the summary and graph files of a store's model that the report links.
 
-Nodes carry the names ``actextract layers`` lists (torchvision's ``get_graph_node_names``:
+Nodes carry the names ``actextract layers`` lists (:mod:`actextract.fxgraph`:
 ``layer1.0.relu_1``), each with its kind (module class or function) and per-sample output
 shape; a module that is not itself a node (``layer1``, ``layer1.0``) is a box around its nodes.
 A model fx cannot trace (captured with forward hooks) is drawn as its module tree instead, and
@@ -27,6 +27,7 @@ from torch.fx import Graph, Node
 from actextract.api import LayerTable, list_layers
 from actextract.capture import Candidates, Method, select_layers
 from actextract.errors import ActextractError, OptionError
+from actextract.fxgraph import trace
 from actextract.models import load_model
 from actextract.rebuild import RebuildError, open_inputs, rebuild_model
 from actextract.samples import BadSample
@@ -326,19 +327,10 @@ def _fx_graph(module: nn.Module, table: LayerTable, chosen: list[str]) -> graphv
 
 
 def _trace(module: nn.Module) -> tuple[Graph, dict[Node, str]]:
-    """The eval-mode fx graph and each node's name, traced as ``get_graph_node_names`` does
-    (same tracer, same leaf modules), so that the names are those ``actextract layers``
-    lists."""
-    from torchvision.models import feature_extraction as fe
-
-    defaults = getattr(fe, "_set_default_tracer_kwargs", lambda kwargs: {})  # private helper
-    tracer = fe.NodePathTracer(**defaults(None))
-    training = module.training
-    try:
-        graph = tracer.trace(module.eval())
-    finally:
-        module.train(training)
-    return graph, dict(tracer.node_to_qualname)
+    """The eval-mode fx graph and each node's name, traced as the capture traces it
+    (:mod:`actextract.fxgraph`), so that the names are those ``actextract layers`` lists."""
+    traced = trace(module)
+    return traced.graph, {node: name for name, node in traced.nodes.items()}
 
 
 def _module_tree(module: nn.Module, table: LayerTable, chosen: list[str]) -> graphviz.Digraph:

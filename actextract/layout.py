@@ -19,6 +19,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
+from actextract.axes import array_layout, default_layout, dimension_names
 from actextract.errors import StoreError
 
 __all__ = [
@@ -36,8 +37,9 @@ __all__ = [
 ]
 
 # 2: per-block records (progress/skipped, progress/nonfinite), crc32c; 3: stats/ and
-# progress/parts (on-device statistics), row arrays other than acts/ (``row_arrays``)
-FORMAT_VERSION = 3
+# progress/parts (on-device statistics), row arrays other than acts/ (``row_arrays``);
+# 4: each layer's layout, clone and batch axis (dimension names follow the layout)
+FORMAT_VERSION = 4
 CODECS = ("zstd", "lz4", "blosc-zstd", "blosc-lz4", "none")
 DEFAULT_LEVEL = {"zstd": 3, "blosc-zstd": 5, "blosc-lz4": 5}
 TARGET_CHUNK_BYTES = 32 << 20  # rows per chunk aim at 16-64 MB for the largest layer
@@ -101,7 +103,8 @@ class StoreOptions:
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """One layer's array: ``shape`` per sample, as stored (after reduction)."""
+    """One layer's array: ``shape`` per sample, as stored (after reduction); ``layout`` that
+    of the layer's output (:mod:`actextract.axes`), ``clone`` why it is cloned at capture."""
 
     name: str
     shape: tuple[int, ...]
@@ -110,6 +113,9 @@ class ArraySpec:
     output_shape: tuple[int, ...] | None = None  # before reduction
     model_output: bool = False  # the layer's output is the model's own output (its logits)
     path: str = ""  # the array's path when not acts/<name> (stats/<name>/channel_means)
+    layout: str = ""  # of the layer's output; "" for a spec made before layouts (its rank's)
+    clone: str | None = None  # why the output is cloned where it is produced
+    batch_axis: int = 0  # where the output's batch axis was (moved to the front)
 
     @property
     def array(self) -> str:
@@ -121,17 +127,18 @@ class ArraySpec:
         """How a run names the array: the layer for acts/<layer>, else its path."""
         return self.path or self.name
 
+    @property
+    def output_layout(self) -> str:
+        return self.layout or default_layout(len(self.output_shape or self.shape))
+
     def dimension_names(self) -> tuple[str, ...]:
-        if self.reduce != "none":
+        """As the layout names them: ("sample", "channel", "y", "x"), ("sample", "token",
+        "feature"), ("sample", "y", "x", "channel"), ("sample", "feature"), ...; a pooled map
+        keeps its ("sample", "channel")."""
+        layout = self.output_layout
+        if self.reduce in ("mean", "max") and layout in ("nchw", "nhwc"):
             return ("sample", "channel")
-        rest = {
-            0: (),
-            1: ("feature",),
-            2: ("channel", "x"),
-            3: ("channel", "y", "x"),
-            4: ("channel", "z", "y", "x"),
-        }.get(len(self.shape))
-        return ("sample", *(rest or tuple(f"dim{i}" for i in range(1, len(self.shape) + 1))))
+        return dimension_names(array_layout(layout, self.reduce), len(self.shape))
 
 
 def choose_chunk_rows(batch_size: int, max_bytes_per_sample: int, n: int) -> int:
@@ -264,6 +271,9 @@ def store_attrs(
                 "shape": list(s.shape),
                 "output_shape": list(s.output_shape or s.shape),
                 "reduce": s.reduce,
+                "layout": s.output_layout,
+                "clone": s.clone,
+                "batch_axis": s.batch_axis,
                 "model_output": s.model_output,
                 "array": s.array,
             }

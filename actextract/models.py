@@ -20,6 +20,8 @@ import difflib
 import hashlib
 import logging
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,15 @@ from actextract._imports import call_object, load_object
 from actextract.errors import CheckpointError, ModelSpecError
 from actextract.source import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
-__all__ = ["DigitsCNN", "LoadedModel", "file_sha256", "load_checkpoint", "load_model"]
+__all__ = [
+    "DigitsCNN",
+    "LoadedModel",
+    "borrowed",
+    "file_sha256",
+    "load_checkpoint",
+    "load_model",
+    "unwrap_compiled",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +95,13 @@ def torchvision_model_names() -> list[str]:
 
 
 def load_model(model: str | nn.Module, *, weights: str | Path | None = None) -> LoadedModel:
-    """Resolve a model spec or Module, load ``weights`` into it, and put it in eval mode."""
-    if isinstance(model, nn.Module):
-        module, spec, shape = model, f"python-object:{type(model).__qualname__}", None
+    """Resolve a model spec or Module, load ``weights`` into it, and put a model built from a
+    spec in eval mode (a caller's Module is left as it is: captures borrow it, ``borrowed``).
+    A ``torch.compile``d module is unwrapped: captures see the original, with its names."""
+    own = isinstance(model, nn.Module)  # the caller's: left in its mode (see ``borrowed``)
+    if own:
+        module = unwrap_compiled(model)
+        spec, shape = f"python-object:{type(module).__qualname__}", None
         pre = Preprocess()
     elif model == "digits-cnn":
         module, spec, shape = DigitsCNN(), model, (1, 28, 28)
@@ -104,6 +118,7 @@ def load_model(model: str | nn.Module, *, weights: str | Path | None = None) -> 
             raise ModelSpecError(
                 f"--model {model} returned {type(module).__name__}, not an nn.Module."
             )
+        module = unwrap_compiled(module)
         spec, shape, pre = model, None, Preprocess()
     else:
         names = torchvision_model_names()
@@ -121,8 +136,65 @@ def load_model(model: str | nn.Module, *, weights: str | Path | None = None) -> 
     sha = None
     if weights is not None:
         module, sha = load_checkpoint(module, weights)
-    module.eval()
+    if not own:
+        module.eval()
     return LoadedModel(module, spec, shape, pre, str(weights) if weights else None, sha)
+
+
+def unwrap_compiled(module: nn.Module) -> nn.Module:
+    """A ``torch.compile``d module's original (what fx traces and hooks see, with its own
+    names, without ``_orig_mod.``); any other module as it is."""
+    inner = getattr(module, "_orig_mod", None)
+    if isinstance(inner, nn.Module) and isinstance(
+        module, torch._dynamo.eval_frame.OptimizedModule
+    ):
+        log.info(
+            "%s is torch.compile'd: capturing from the original module (names without "
+            "'_orig_mod.'; --compile compiles the capture itself)",
+            type(inner).__name__,
+        )
+        return inner
+    return module
+
+
+@contextmanager
+def borrowed(
+    module: nn.Module,
+    device: torch.device | None = None,
+    memory_format: torch.memory_format | None = None,
+) -> Iterator[nn.Module]:
+    """``module`` on ``device`` (and in ``memory_format``) in eval mode, for a capture; on the
+    way out, after an error or Ctrl-C too, everything as it was: each module's train/eval and
+    ``inplace`` flag, and each parameter's and buffer's tensor (its device and memory
+    format), so the caller's references to them stay valid."""
+    training = {m: m.training for m in module.modules()}
+    inplace = {
+        m: m.inplace for m in module.modules() if isinstance(getattr(m, "inplace", None), bool)
+    }
+    params = [
+        (m, k, p, p.data)
+        for m in module.modules()
+        for k, p in m._parameters.items()
+        if p is not None
+    ]
+    buffers = [(m, k, b) for m in module.modules() for k, b in m._buffers.items() if b is not None]
+    try:
+        if device is not None:
+            module.to(device)
+        if memory_format is not None:
+            module.to(memory_format=memory_format)
+        module.eval()
+        yield module
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+        for m, flag in inplace.items():
+            m.inplace = flag
+        for m, k, p, data in params:
+            m._parameters[k] = p
+            p.data = data
+        for m, k, b in buffers:
+            m._buffers[k] = b
 
 
 def file_sha256(path: str | Path) -> str:

@@ -1,5 +1,5 @@
-"""Plan: one real sample through the capture decides each layer's array (shape, reduction,
-dtype), and the provenance a new store records."""
+"""Plan: real samples through the capture (the probe) decide each layer's array (shape,
+layout, reduction, dtype, clone), and the provenance a new store records."""
 
 from __future__ import annotations
 
@@ -14,18 +14,21 @@ import torch
 
 from actextract import __version__
 from actextract.accumulate import DEFAULT_BINS, hist_edges, parse_stats
-from actextract.capture import match_names, model_output_layers, probe
+from actextract.axes import parse_layouts, reduced_shape, reductions_for
 from actextract.decode import DeviceDecoder
 from actextract.engine import RunOptions, autocast, check_bad, device_inputs
 from actextract.errors import OptionError
 from actextract.location import Location
 from actextract.models import LoadedModel
-from actextract.reduce import STORAGE_DTYPES, Reducer, parse_reductions, reduced_shape
+from actextract.names import match_names
+from actextract.probe import LayerProbe, model_output_layers, probe
+from actextract.reduce import STORAGE_DTYPES, Reducer, parse_reductions
 from actextract.source import Preprocess, Sample, Source
 from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, open_store
 
 __all__ = [
     "choose_outputs",
+    "first_samples",
     "layer_arrays",
     "names_option",
     "plan_arrays",
@@ -48,31 +51,50 @@ def plan_arrays(
     stats: Mapping[str, Sequence[str]] | None = None,
     hist_bins: int = DEFAULT_BINS,
     hist_range: tuple[float, float] | None = None,
-) -> tuple[list[ArraySpec], Reducer, dict[str, Any]]:
-    """Probe one real sample through the capture: the row arrays (``stored`` layers, default
-    all, and the ``channel-mean`` statistics), their reducer, and the ``stats`` attributes of
-    the store ({layer: kinds, output shape, histogram edges})."""
-    example = first_sample(source, rows, options.on_bad_sample, decoder)
-    x = device_inputs(example.input.unsqueeze(0), options)
+    layouts: str | Mapping[str, str] | None = None,
+) -> tuple[list[ArraySpec], Reducer, dict[str, Any], tuple[int, ...]]:
+    """Probe real samples through the capture (:func:`actextract.probe.probe`, which also
+    configures it): the row arrays (``stored`` layers, default all, and the ``channel-mean``
+    statistics), their reducer, the ``stats`` attributes of the store ({layer: kinds, output
+    shape, layout, histogram edges}) and the per-sample input shape every sample must have."""
+    examples = first_samples(source, rows, options.on_bad_sample, decoder)
+    single = device_inputs(examples[0].input.unsqueeze(0), options)
+    pair = device_inputs(torch.stack([e.input for e in examples]), options)
     with autocast(options.device, options.precision):
-        outputs = probe(cap, x)
-        final = model_output_layers(cap, outputs, x)
+        found, outputs = probe(
+            cap,
+            single,
+            pair if len(examples) > 1 else None,
+            layouts=parse_layouts(layouts, cap.names),
+        )
+        final = model_output_layers(cap, outputs, single)
     stored = list(cap.names if stored is None else stored)
-    arrays = layer_arrays(cap, outputs, final, stored, reduce)
+    arrays = layer_arrays(found, final, stored, reduce)
     attrs: dict[str, Any] = {}
     for name, kinds in (stats or {}).items():
-        shape = tuple(outputs[name].shape[1:])
-        entry: dict[str, Any] = {"kinds": list(kinds), "shape": list(shape)}
-        entry["kind"] = cap.kinds.get(name, "")
+        layer = found[name]
+        shape = layer.shape or ()
+        entry: dict[str, Any] = {"kinds": list(kinds), "shape": list(shape), "kind": layer.kind}
+        entry["layout"] = layer.layout
         if "channel-mean" in kinds:
-            if len(shape) < 2:
+            if reductions_for(layer.layout) == ("none",):
                 raise OptionError(
-                    f"--stats {name}=channel-mean: layer '{name}' has shape {shape}, with no "
-                    "spatial dims to average; its values are their own means: store it "
-                    "(--store) instead."
+                    f"--stats {name}=channel-mean: layer '{name}' has shape {shape} with layout "
+                    f"{layer.layout}, with no spatial axes or tokens to average over"
+                    + (
+                        ": its values are their own means; store it (--store) instead."
+                        if layer.layout == "vector"
+                        else f"; set its layout with --layout '{name}=nchw|nhwc|tokens'."
+                    )
                 )
             spec = ArraySpec(
-                name, shape[:1], entry["kind"], "mean", shape, path=f"stats/{name}/channel_means"
+                name,
+                reduced_shape(name, shape, layer.layout, "mean", "--stats"),
+                layer.kind,
+                "mean",
+                shape,
+                path=f"stats/{name}/channel_means",
+                layout=layer.layout,
             )
             arrays.append(spec)
             entry["channel_means"] = spec.array
@@ -84,8 +106,13 @@ def plan_arrays(
     # On a GPU the cast to the storage dtype happens before the copy to the host (half the bytes
     # over the bus for float16); on the CPU the copy into the host buffer casts, in one pass.
     cast = STORAGE_DTYPES[store_options.dtype] if options.device.type != "cpu" else None
-    reducer = Reducer({a.key: a.reduce for a in arrays}, cast, {a.key: a.name for a in arrays})
-    return arrays, reducer, attrs
+    reducer = Reducer(
+        {a.key: a.reduce for a in arrays},
+        cast,
+        {a.key: a.name for a in arrays},
+        {a.key: a.output_layout for a in arrays},
+    )
+    return arrays, reducer, attrs, tuple(examples[0].input.shape)
 
 
 def names_option(spec: Sequence[str] | str | None) -> list[str] | None:
@@ -140,37 +167,53 @@ def choose_chunk_rows_for(
 
 
 def layer_arrays(
-    cap, outputs: Mapping[str, torch.Tensor], final, names: Sequence[str], reduce
+    found: Mapping[str, LayerProbe], final, names: Sequence[str], reduce
 ) -> list[ArraySpec]:
-    """The arrays of the layers ``names`` stored in full, from a probe's ``outputs``: shape
-    after the ``reduce`` plan, kind, and whether it is the model's own output (``final``)."""
+    """The arrays of the layers ``names`` stored in full, from what the probe ``found``:
+    shape after the ``reduce`` plan (which must fit each layer's layout), layout, kind, why it
+    is cloned, and whether it is the model's own output (``final``)."""
     plan = parse_reductions(reduce, names)
     arrays = []
     for name in names:
-        shape = tuple(outputs[name].shape[1:])
+        layer = found[name]
+        shape = layer.shape or ()
         arrays.append(
             ArraySpec(
                 name,
-                reduced_shape(name, shape, plan[name]),
-                cap.kinds.get(name, ""),
+                reduced_shape(name, shape, layer.layout, plan[name]),
+                layer.kind,
                 plan[name],
                 shape,
                 model_output=name in final and plan[name] == "none",
+                layout=layer.layout,
+                clone=layer.clone,
+                batch_axis=layer.batch_axis,
             )
         )
     return arrays
 
 
-def first_sample(
+def first_samples(
     source: Source, rows: range, policy: str, decoder: DeviceDecoder | None = None
-) -> Sample:
+) -> list[Sample]:
+    """The first good sample of ``rows`` and, where there is one among the next few, a second
+    of the same input shape (the probe runs them alone and together to find the batch axis)."""
+    found: list[Sample] = []
     for i in rows[:100]:
         item = source.dataset[i]
         if decoder is not None and isinstance(item, Sample):
             item = decoder.decode_sample(item)
         if isinstance(item, Sample):
-            return item
-        check_bad([item], policy)
+            if not found:
+                found.append(item)
+            elif item.input.shape == found[0].input.shape:
+                return [*found, item]
+            if i - rows[0] >= 8:  # no second sample of this shape nearby: probe with one
+                break
+        elif not found:
+            check_bad([item], policy)
+    if found:
+        return found
     raise OptionError(
         f"none of the first {min(100, len(rows))} samples of '{source.spec}' "
         "could be loaded; check the dataset."

@@ -11,7 +11,7 @@ store with an epoch axis (seed 004: how features evolve during training).
 
 Between captures the model carries nothing of the Recorder: each ``capture`` builds the
 capture for that call only and removes it afterwards (no hook, no wrapper module), runs the
-probe in eval mode under ``torch.inference_mode``, and restores what it touched — every
+probe in eval mode without autograd, and restores what it touched — every
 module's train/eval and ``inplace`` flag, the torch RNG (CPU and the model's CUDA device),
 Python's ``random`` and NumPy's global RNG — so training goes on bit for bit as without it.
 The layout is in :mod:`actextract.epochs`.
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from actextract.capture import Capture, Method, build_capture, model_output_layers, probe
+from actextract.capture import Capture, Method, build_capture
 from actextract.engine import PRECISIONS, autocast
 from actextract.epochs import AXIS, EpochStore, open_recording
 from actextract.errors import OptionError, StoreError
@@ -49,7 +49,9 @@ from actextract.layout import (
     store_attrs,
 )
 from actextract.location import Location, writable
+from actextract.models import borrowed
 from actextract.plan import layer_arrays, software, state_sha256
+from actextract.probe import LayerProbe, model_output_layers, probe
 from actextract.probes import Rows, bad_sample_error, first_sample, probe_source
 from actextract.reduce import STORAGE_DTYPES, Reducer
 from actextract.samples import Source, make_loader
@@ -118,7 +120,11 @@ class Recorder:
         self.location = Location.parse(out)
         arrays, names, method = self._plan(reduce)
         self.layers = names
-        self.reducer = Reducer({a.name: a.reduce for a in arrays}, STORAGE_DTYPES[dtype])
+        self.reducer = Reducer(
+            {a.name: a.reduce for a in arrays},
+            STORAGE_DTYPES[dtype],
+            layouts={a.name: a.output_layout for a in arrays},
+        )
         self.arrays = arrays
         self.store = self._open(arrays, method, overwrite)
         self._ids = np.asarray(self.store.ids[:], dtype=object)  # "" until the first capture
@@ -148,13 +154,14 @@ class Recorder:
                 store._node("progress/epochs")[epoch] = 0  # not trusted while it is rewritten
             store.update_attrs(status="incomplete", capturing=epoch)
         try:
-            with preserved(self.model, self.device), torch.inference_mode():
+            with preserved(self.model, self.device):
                 cap = build_capture(
                     self.model, self.layers, model_name=_name(self.model), method=self.method
                 )
                 try:
-                    self.model.eval()  # the hooks path runs the model itself
-                    nonfinite = self._run(cap, epoch)
+                    configure(cap, self.found)  # the plan's probe: clones and batch axes
+                    with cap.grad_mode():
+                        nonfinite = self._run(cap, epoch)
                 finally:
                     cap.close()
         except BaseException as e:
@@ -189,6 +196,7 @@ class Recorder:
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
+            input_shape=self.input_shape,
         )
         dtype = np.dtype(self.options.dtype)
         buffers = {a.name: np.empty((store.chunk_rows, *a.shape), dtype) for a in self.arrays}
@@ -265,19 +273,24 @@ class Recorder:
         """One probe sample through a capture (the model left as it was): each layer's
         array, the resolved layer names, and the capture method."""
         example = first_sample(self.source)
-        with preserved(self.model, self.device), torch.inference_mode():
+        second = self.source.dataset[1] if len(self.source) > 1 else None
+        with preserved(self.model, self.device):
             cap = build_capture(
                 self.model, self.patterns, model_name=_name(self.model), method=self.method
             )
             try:
-                self.model.eval()
                 x = example.input.unsqueeze(0).to(self.device)
+                pair = None
+                if getattr(second, "input", None) is not None and second.input.shape == x.shape[1:]:
+                    pair = torch.stack([example.input, second.input]).to(self.device)
                 with autocast(self.device, self.precision):
-                    outputs = probe(cap, x)
+                    found, outputs = probe(cap, x, pair)
                     final = model_output_layers(cap, outputs, x)
             finally:
                 cap.close()
-        arrays = layer_arrays(cap, outputs, final, cap.names, reduce)
+        self.found = found
+        self.input_shape = tuple(example.input.shape)
+        arrays = layer_arrays(found, final, cap.names, reduce)
         return arrays, list(cap.names), cap.method
 
     def _open(self, arrays: list[ArraySpec], method: str, overwrite: bool) -> EpochStore:
@@ -333,28 +346,29 @@ class Recorder:
 
 @contextmanager
 def preserved(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Whatever a capture may change, as it was on the way in: each module's train/eval flag
-    (torchvision's tracing sets them all to the root's) and ``inplace`` flag (the capture
-    turns in-place ops off), and the RNG states: torch's on the CPU and on ``device``,
-    Python's ``random`` and NumPy's global (a DataLoader draws a seed from torch's)."""
-    training = {m: m.training for m in model.modules()}
-    inplace = {
-        m: m.inplace for m in model.modules() if isinstance(getattr(m, "inplace", None), bool)
-    }
+    """The model in eval mode; whatever a capture may change, as it was on the way in: each
+    module's train/eval and ``inplace`` flag (:func:`actextract.models.borrowed`), and the RNG
+    states: torch's on the CPU and on ``device``, Python's ``random`` and NumPy's global (a
+    DataLoader draws a seed from torch's)."""
     python_rng, numpy_rng = random.getstate(), np.random.get_state()
     cuda: list[int] = []
     if device.type == "cuda":
         cuda = [device.index if device.index is not None else torch.cuda.current_device()]
     try:
-        with torch.random.fork_rng(devices=cuda):
+        with torch.random.fork_rng(devices=cuda), borrowed(model):
             yield
     finally:
-        for m, flag in training.items():
-            m.training = flag
-        for m, flag in inplace.items():
-            m.inplace = flag
         random.setstate(python_rng)
         np.random.set_state(numpy_rng)
+
+
+def configure(cap: Capture, found: Mapping[str, LayerProbe]) -> None:
+    """A new capture of the same layers set up as the probe found them."""
+    cap.configure(
+        clones={n: p.clone for n, p in found.items() if p.clone},
+        batch_axes={n: p.batch_axis for n, p in found.items()},
+        shapes={n: p.shape for n, p in found.items() if p.shape is not None},
+    )
 
 
 def _model_device(model: nn.Module) -> torch.device:

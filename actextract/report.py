@@ -20,9 +20,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from actextract import figures
-from actextract.capture import match_names
 from actextract.errors import LayerNotFoundError, OutputExistsError
 from actextract.evolution import Evolution
+from actextract.names import match_names
 from actextract.pictures import KINDS, Drawer, Picture, RenderOptions, Report
 from actextract.store import Store, open_store
 

@@ -2,8 +2,8 @@
 with other shards — and the check that an existing store was made by the same run.
 
 A store is the same run when everything that decides its bytes matches (:func:`identity`):
-model, checkpoint, dataset, sample count, preprocessing, layers, shapes, reductions, dtype,
-precision, codec and chunking. ``--resume`` finishes a store of the same run (and creates it
+model, checkpoint, dataset, sample count, preprocessing, layers, shapes, layouts, reductions,
+dtype, precision, codec and chunking. ``--resume`` finishes a store of the same run (and creates it
 when it is not there yet); ``--shard`` processes join the store the first of them created.
 Anything else refuses an existing store, unless ``--overwrite``.
 """
@@ -55,6 +55,7 @@ def identity(attrs: dict[str, Any]) -> dict[str, Any]:
         "preprocessing": dataset.get("transform"),
         "layers": [spec["name"] for spec in layers],
         "reductions": {spec["name"]: spec.get("reduce", "none") for spec in layers},
+        "layouts (--layout)": {spec["name"]: spec.get("layout") for spec in layers},
         "dtype": attrs.get("dtype"),
         "precision": attrs.get("precision"),
         "codec": attrs.get("codec"),
@@ -74,6 +75,8 @@ def check_same_run(stored: dict[str, Any], new: NewStore, location: Location) ->
     for field, was in theirs.items():
         if field == "chunk rows" and not new.chunk_rows_given:
             continue
+        if field == "layouts (--layout)" and not any(was.values()):
+            continue  # a store from before layouts: its shapes and reductions still decide
         if ours[field] != was:
             raise StoreError(
                 f"'{location}' was made by another run: its {field} is {was!r}, this run's is "

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from actextract.axes import array_layout, stored_layout
 from actextract.errors import OutputExistsError, StoreError
 from actextract.layout import (
     FORMAT_VERSION,
@@ -105,6 +106,17 @@ class Store:
         """A row array by its key (a stored layer's name, or a path such as
         ``stats/conv1/channel_means``)."""
         return self._node(key if "/" in key else f"acts/{key}")
+
+    def layout(self, layer: str) -> str:
+        """The layout of a layer's stored rows (:mod:`actextract.axes`): the layer's own, or
+        ``vector`` once pooled; for a layer kept only as statistics, its output's."""
+        spec = next((s for s in self.attrs["layers"] if s["name"] == layer), None)
+        if spec is None:
+            kept = self.stats_layers().get(layer)
+            if kept is None:
+                raise StoreError(f"layer '{layer}' is not in {self.location}.")
+            return stored_layout(kept)
+        return array_layout(stored_layout(spec), spec.get("reduce", "none"))
 
     def stats_layers(self) -> dict[str, dict[str, Any]]:
         """{layer: its --stats attributes (kinds, output shape, histogram edges)}."""
@@ -268,6 +280,9 @@ class Store:
                     "dtype": str(arr.dtype),
                     "chunks": tuple(arr.chunks),
                     "reduce": spec.get("reduce", "none"),
+                    "layout": spec.get("layout"),  # the layer's output's (None: before format 4)
+                    "clone": spec.get("clone"),
+                    "batch_axis": spec.get("batch_axis", 0),
                     "raw_bytes": raw,
                     "disk_bytes": disk,
                 }

@@ -26,29 +26,63 @@ def human_bytes(n: float) -> str:
 
 
 def format_layer_table(table: Any, dtype: str, n_samples: int | None = None) -> str:
-    """``actextract layers``: name, kind, shape and bytes per sample at ``dtype``; with
-    ``n_samples``, the projected uncompressed store size."""
+    """``actextract layers``: name, kind, shape, layout and bytes per sample at ``dtype``,
+    and a note where the output is cloned at capture (and why), has its batch axis moved, or
+    cannot be stored; with ``n_samples``, the projected uncompressed store size."""
     out: list[str] = []
     torch_dtype = STORAGE_DTYPES[dtype]
     out.append(
         f"{table.model}: input {tuple(table.input_shape)}, captured with "
         f"{'torch.fx' if table.method == 'fx' else 'forward hooks (module names only)'}"
     )
-    width = max(len(r.name) for r in table.rows)
-    kind_w = max(len(r.kind) for r in table.rows)
-    out.append(f"{'name':<{width}}  {'kind':<{kind_w}}  {'shape':<18}  bytes/sample ({dtype})")
-    for r in table.rows:
-        shape = str(r.shape) if r.shape is not None else "(not a tensor)"
+    for pattern, count in (getattr(table, "matched", None) or {}).items():
+        out.append(f"'{pattern}' matches {count} name{'s' if count != 1 else ''}")
+    width = max([len(r.name) for r in table.rows] + [4])
+    kind_w = max([len(r.kind) for r in table.rows] + [4])
+    shapes = [_shape(r) for r in table.rows]
+    shape_w = max([len(v) for v in shapes] + [18])
+    out.append(
+        f"{'name':<{width}}  {'kind':<{kind_w}}  {'shape':<{shape_w}}  {'layout':<7}"
+        f"{'bytes/sample (' + dtype + ')':>22}  note"
+    )
+    for r, shape in zip(table.rows, shapes, strict=True):
         size = human_bytes(r.bytes_per_sample(torch_dtype)) if r.shape is not None else "-"
-        out.append(f"{r.name:<{width}}  {r.kind:<{kind_w}}  {shape:<18}  {size}")
+        line = f"{r.name:<{width}}  {r.kind:<{kind_w}}  {shape:<{shape_w}}  {r.layout:<7}{size:>22}"
+        out.append(f"{line}  {_note(r)}".rstrip())
     if n_samples:
         per = {r.name: r.bytes_per_sample(torch_dtype) for r in table.rows if r.shape}
         out.append(
-            f"\nfor {n_samples:,} samples: {human_bytes(max(per.values()) * n_samples)} for the "
-            f"largest layer; {human_bytes(sum(per.values()) * n_samples)} for all of them "
-            "(uncompressed)"
+            f"\nfor {n_samples:,} samples: {human_bytes(max(per.values(), default=0) * n_samples)} "
+            f"for the largest layer; {human_bytes(sum(per.values()) * n_samples)} for all of "
+            "them (uncompressed)"
+        )
+    if any(r.clone for r in table.rows):
+        out.append(
+            "clone: written in place later in the forward, so the output is copied where it is "
+            "produced (only those layers pay the copy)"
         )
     return "\n".join(out)
+
+
+def _shape(row: Any) -> str:
+    if row.shape is not None:
+        return str(row.shape)
+    return "(no batch axis)" if row.problem and "batch" in row.problem else "(not a tensor)"
+
+
+def _note(row: Any) -> str:
+    """A layer's note in the table: why it is cloned, where its batch axis was, or why it
+    cannot be stored."""
+    if row.shape is None:
+        return row.problem or ""
+    notes = []
+    if row.clone:
+        notes.append(f"clone ({row.clone.removeprefix('written in place later, ')})")
+    if row.batch_axis:
+        notes.append(f"batch axis {row.batch_axis} moved to the front")
+    if row.problem:
+        notes.append(row.problem)
+    return "; ".join(notes)
 
 
 def format_layer_summary(table: Any, dtype: str, n_samples: int | None = None) -> str:
@@ -60,7 +94,7 @@ def format_layer_summary(table: Any, dtype: str, n_samples: int | None = None) -
         (
             r.name,
             r.kind,
-            str(r.shape) if r.shape is not None else "(not a tensor)",
+            _shape(r),
             _params(r.params, r.nested),
             human_bytes(r.bytes_per_sample(torch_dtype)) if r.shape is not None else "-",
         )
@@ -144,13 +178,28 @@ def format_info(d: dict) -> str:
     ]
     name_w = max([len(a["name"]) for a in d["arrays"]] + [4])
     lines.append(
-        f"    {'name':<{name_w}}  {'shape':<22}  {'reduce':<6}  {'raw':>10}  {'on disk':>10}  ratio"
+        f"    {'name':<{name_w}}  {'shape':<22}  {'layout':<7} {'reduce':<6}  {'raw':>10}  "
+        f"{'on disk':>10}  ratio"
     )
     for a in d["arrays"]:
         ratio = a["raw_bytes"] / a["disk_bytes"] if a["disk_bytes"] else float("nan")
         lines.append(
-            f"    {a['name']:<{name_w}}  {a['shape']!s:<22}  {a['reduce']:<6}  "
-            f"{human_bytes(a['raw_bytes']):>10}  {human_bytes(a['disk_bytes']):>10}  {ratio:.1f}x"
+            f"    {a['name']:<{name_w}}  {a['shape']!s:<22}  {a.get('layout') or '?':<7} "
+            f"{a['reduce']:<6}  {human_bytes(a['raw_bytes']):>10}  "
+            f"{human_bytes(a['disk_bytes']):>10}  {ratio:.1f}x"
+        )
+    cloned = [a for a in d["arrays"] if a.get("clone")]
+    if cloned:
+        lines.append("  cloned at capture (written in place later in the forward)")
+        lines += [
+            f"    {a['name']}: {a['clone'].removeprefix('written in place later, ')}"
+            for a in cloned
+        ]
+    moved = [a for a in d["arrays"] if a.get("batch_axis")]
+    if moved:
+        lines.append(
+            "  batch axis moved to the front: "
+            + ", ".join(f"{a['name']} (was axis {a['batch_axis']})" for a in moved)
         )
     if d.get("stats"):
         summed = d.get("blocks_summed")

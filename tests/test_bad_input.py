@@ -164,6 +164,94 @@ def test_skip_records_the_bad_files_and_leaves_their_rows_empty(tmp_path):
     np.testing.assert_allclose(fc[[0, 2, 4]], ref.numpy(), rtol=1e-5, atol=1e-5)
 
 
+# -- 1b. images of mixed sizes: the first sample's size is the run's -------------------------
+
+ANY_SIZE = Preprocess(resize=0, crop=0)  # no resize, no crop: the files' own sizes
+SMALL, LARGE = (12, 10), (14, 16)  # (width, height): inputs (3, 10, 12) and (3, 16, 14)
+
+
+def _mixed_sizes(tmp_path: Path) -> Path:
+    """a.png and f.png small, b-e.png large: the first sample is of the minority size, and so
+    is the first batch of 4 (a-d) in its most common size."""
+    root = tmp_path / "sizes"
+    root.mkdir()
+    for i, name in enumerate("abcdef"):
+        _rgb(i, SMALL if name in "af" else LARGE).save(root / f"{name}.png")
+    return root
+
+
+def _any_size_cnn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+
+
+def _extract_sizes(root: Path, out: Path, model: torch.nn.Module, on_bad_sample: str):
+    return actextract.extract(
+        model,
+        f"folder:{root}",
+        layers=["1"],
+        out=out,
+        preprocess=ANY_SIZE,
+        reduce="none",
+        on_bad_sample=on_bad_sample,
+        dtype="float32",
+        batch_size=4,
+        device="cpu",
+        progress=False,
+    )
+
+
+def test_inputs_of_another_size_than_the_first_are_skipped(tmp_path):
+    root = _mixed_sizes(tmp_path)
+    model = _any_size_cnn()
+    store = _extract_sizes(root, tmp_path / "x.zarr", model, "skip")
+    assert store.complete
+    skipped = {s["id"]: s["error"] for s in store.attrs["skipped"]}
+    assert sorted(skipped) == ["b.png", "c.png", "d.png", "e.png"]
+    assert skipped["b.png"].startswith(
+        "input shape (3, 16, 14) differs from the run's (3, 10, 12) (that of the first sample"
+    )
+    acts = store["1"][:]
+    assert acts.shape == (6, 4, 8, 10)
+    assert np.isnan(acts[1:5]).all() and np.isfinite(acts[[0, 5]]).all()
+    x = torch.stack([ANY_SIZE.transform()(_as_rgb(root / f"{n}.png")) for n in "af"])
+    with torch.no_grad():
+        np.testing.assert_allclose(acts[[0, 5]], model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_an_input_of_another_size_than_the_first_stops_the_run_naming_it(tmp_path):
+    root = _mixed_sizes(tmp_path)
+    with pytest.raises(BadSampleError) as info:
+        _extract_sizes(root, tmp_path / "x.zarr", _any_size_cnn(), "error")
+    message = str(info.value)
+    assert "sample 1 ('b.png')" in message
+    assert "differs from the run's (3, 10, 12)" in message
+    assert "pass --resize and --crop to bring every input to one size" in message
+
+
+def test_the_device_decoder_keeps_the_runs_shape(tmp_path):
+    """--decode gpu with --crop 0: decoded images of several sizes meet at the device's stack."""
+    root = tmp_path / "sizes"
+    root.mkdir()
+    _rgb(0, SMALL).save(root / "a.jpg")
+    _rgb(1, LARGE).save(root / "b.png")  # pixels decoded in the loader
+    _rgb(2, LARGE).save(root / "c.jpg")  # bytes decoded by the decoder
+    enc = open_source(f"folder:{root}", ANY_SIZE, decode="gpu")
+    batch = collate_encoded([enc.dataset[i] for i in range(3)])
+    first = DeviceDecoder(enc.preprocess, "cpu").decode_sample(enc.dataset[0])
+    out = DeviceDecoder(enc.preprocess, "cpu", input_shape=first.input.shape)(batch)
+    assert out.ids == ["a.jpg"] and out.inputs.shape == (1, 3, 10, 12)
+    assert [b.id for b in out.bad] == ["b.png", "c.jpg"]
+    assert out.bad[0].error == (
+        "input shape (3, 16, 14) differs from the run's (3, 10, 12) (that of the first sample, "
+        "which decided the layers' shapes); pass --resize and --crop to bring every input to "
+        "one size"
+    )
+    # without the run's shape: the batch's most common one, as before
+    out = DeviceDecoder(enc.preprocess, "cpu")(collate_encoded([enc.dataset[i] for i in range(3)]))
+    assert out.ids == ["b.png", "c.jpg"] and [b.id for b in out.bad] == ["a.jpg"]
+
+
 # -- 2. image modes the model does not take: converted, and noted ---------------------------
 
 

@@ -48,6 +48,24 @@ def test_layers_of_resnet_with_an_input_shape(runner):
     assert "(512, 1, 1)" in lines["avgpool"]
 
 
+def test_layers_filters_by_pattern_counts_matches_and_says_what_is_cloned(runner):
+    args = ["layers", "resnet18", "--input-shape", "3,64,64"]
+    res = runner.invoke(main, [*args, "--layers", "layer*.**.conv2,features.*,bn1"])
+    assert res.exit_code == 2 and "'features.*' matches none" in res.output  # resnet has none
+    res = runner.invoke(main, [*args, "--layers", "layer*.**.bn1,layer1.*"])
+    assert res.exit_code == 0, res.output
+    assert "'layer*.**.bn1' matches 8 names" in res.output
+    assert "'layer1.*' matches 2 names" in res.output  # layer1.0, layer1.1: the children
+    lines = {line.split()[0]: line for line in res.output.splitlines()[4:] if line.strip()}
+    assert set(lines) == {
+        "layer1.0",
+        "layer1.1",
+        *(f"layer{i}.{j}.bn1" for i in range(1, 5) for j in (0, 1)),
+        "clone:",
+    }
+    assert "nchw" in lines["layer1.0"] and "clone (by 'layer1.0.relu')" in lines["layer1.0.bn1"]
+
+
 def _summary_rows(output: str) -> dict[str, list[str]]:
     rows = {}
     for line in output.splitlines():
@@ -293,7 +311,7 @@ def test_bad_run_options_exit_2_before_anything_is_written(runner, tmp_path):
     base = extract_args(out)
     cases = [
         (["--device", "tpu"], "--device 'tpu'"),
-        (["--reduce", "fc1=mean"], "no spatial dims"),
+        (["--reduce", "fc1=mean"], "with layout vector"),
         (["--codec", "lz4", "--level", "3"], "--level has no meaning"),
         (["--decode", "gpu", "--device", "cpu"], "--decode gpu decodes JPEGs on a CUDA device"),
     ]

@@ -280,7 +280,9 @@ def test_bad_requests_are_refused_with_the_fix(tmp_path, blob_store):
     with pytest.raises(StoreError, match="layer 'nope' is not in"):
         cluster(store, "nope", K, device="cpu")
     flat = make_store(tmp_path / "flat.zarr", data.reshape(len(data), -1)[:, :4], truth)
-    with pytest.raises(OptionError, match="no spatial axes to pool; leave --pool out"):
+    with pytest.raises(
+        OptionError, match="layout vector, with no spatial axes or tokens to pool; leave --pool out"
+    ):
         cluster(flat, "maps", K, pool="mean", device="cpu")
     few = make_store(tmp_path / "few.zarr", data[:4], truth[:4])
     with pytest.raises(OptionError, match="--k 5: only 4 rows"):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from actextract.axes import reduced_shape
 from actextract.errors import OptionError
-from actextract.reduce import Reducer, parse_reductions, reduced_shape
+from actextract.reduce import Reducer, parse_reductions
 
 LAYERS = ["layer1", "layer2.0", "layer2.1", "fc"]
 
@@ -23,17 +24,19 @@ def test_parse_names_globs_and_a_bare_reduction():
 
 
 def test_bad_reductions():
-    with pytest.raises(OptionError, match="'median' is not one of none, mean, max"):
+    with pytest.raises(OptionError, match="'median' is not one of none, mean, max, cls, tokens"):
         parse_reductions("layer1=median", LAYERS)
     with pytest.raises(OptionError, match="matches none of the captured layers"):
         parse_reductions("layer9=mean", LAYERS)
-    with pytest.raises(OptionError, match="no spatial dims"):
-        reduced_shape("fc", (1000,), "mean")
+    with pytest.raises(OptionError, match=r"layout vector.*for vector choose from: none"):
+        reduced_shape("fc", (1000,), "vector", "mean")
 
 
 def test_reducer_pools_in_float32_and_casts():
     x = torch.randn(2, 3, 4, 4, dtype=torch.bfloat16)
-    out = Reducer({"a": "mean", "b": "max", "c": "none"}, torch.float16)({"a": x, "b": x, "c": x})
+    plan = {"a": "mean", "b": "max", "c": "none"}
+    reducer = Reducer(plan, torch.float16, layouts=dict.fromkeys(plan, "nchw"))
+    out = reducer({"a": x, "b": x, "c": x})
     assert out["a"].dtype == torch.float16 and out["a"].shape == (2, 3)
     torch.testing.assert_close(out["a"], x.float().mean((2, 3)).half())
     assert torch.equal(out["b"], x.amax((2, 3)).half())

@@ -132,7 +132,7 @@ def test_resume_with_other_statistics_is_refused(tmp_path):
     [
         (dict(stats="conv1=class-median"), OptionError, "'class-median' is not one of"),
         (dict(stats="layer9=class-mean"), LayerNotFoundError, "matches none of the captured"),
-        (dict(stats="fc=channel-mean"), OptionError, "no spatial dims"),
+        (dict(stats="fc=channel-mean"), OptionError, "layout vector, with no spatial axes"),
         (dict(stats="fc=class-mean", store_layers="fc"), OptionError, "conv1 would be computed"),
         (dict(hist_range=(1.0, 1.0)), OptionError, "LO < HI"),
     ],

@@ -13,7 +13,7 @@ import actextract
 from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, create_store
 
 GOLDEN_ATTRS = {
-    "format_version": 3,
+    "format_version": 4,
     "n_samples": 16,
     "chunk_rows": 8,
     "dtype": "float16",
@@ -43,6 +43,9 @@ GOLDEN_ATTRS = {
             "shape": [4, 8, 8],
             "output_shape": [4, 8, 8],
             "reduce": "none",
+            "layout": "nchw",
+            "clone": None,
+            "batch_axis": 0,
             "model_output": False,
             "array": "acts/conv1",
         },
@@ -52,6 +55,9 @@ GOLDEN_ATTRS = {
             "shape": [8],
             "output_shape": [8, 8, 8],
             "reduce": "mean",
+            "layout": "nchw",
+            "clone": None,
+            "batch_axis": 0,
             "model_output": False,
             "array": "acts/block",
         },
@@ -61,6 +67,9 @@ GOLDEN_ATTRS = {
             "shape": [5],
             "output_shape": [5],
             "reduce": "none",
+            "layout": "vector",
+            "clone": None,
+            "batch_axis": 0,
             "model_output": True,
             "array": "acts/fc",
         },
