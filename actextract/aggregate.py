@@ -7,6 +7,11 @@ holds one block and the accumulators, never the layer. When the run kept statist
 device (``--stats``), :func:`summarize` takes them instead: the per-class totals and the
 stored channel means, also for layers whose maps were never stored.
 
+"Channel" is the layout's (:mod:`actextract.axes`): a map's channels whether first (``nchw``)
+or last (``nhwc``), a token layer's features (its channel mean is the mean over the tokens),
+a vector's features (their own means). A layer in the ``other`` layout has no channel axis, so
+no channel means.
+
 Rows count when their block is recorded done and they hold data: skipped samples and blocks
 not yet written read as NaN (the store's fill value) and are left out.
 """
@@ -18,10 +23,28 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from actextract.axes import channel_axis, stored_layout, to_channels_first
 from actextract.stats import read_stats
 from actextract.store import Store
 
-__all__ = ["LayerStats", "layer_stats", "predictions", "stored_blocks", "summarize"]
+__all__ = [
+    "MAPS",
+    "LayerStats",
+    "channel_means",
+    "channel_unit",
+    "layer_stats",
+    "predictions",
+    "stored_blocks",
+    "summarize",
+]
+
+MAPS = ("nchw", "nhwc")  # the layouts whose channel axis is a map's channels
+
+
+def channel_unit(layout: str) -> str:
+    """What one entry of the channel axis is called: 'channel' for maps, 'feature' for tokens
+    and vectors."""
+    return "channel" if layout in MAPS else "feature"
 
 
 @dataclass
@@ -38,6 +61,7 @@ class LayerStats:
     source: str  # where the numbers came from, for the report
     channel_source: str = ""  # where the channel means came from, when not ``source``
     stds: np.ndarray | None = None  # (K, *shape) per-class standard deviation (--stats class-std)
+    layout: str = ""  # the layout of ``sums``' per-row axes (:mod:`actextract.axes`)
 
     @property
     def means(self) -> np.ndarray:
@@ -73,10 +97,14 @@ def _empty_rows(data: np.ndarray) -> np.ndarray:
     return empty
 
 
-def _channel_means(data: np.ndarray, max_channels: int) -> np.ndarray:
-    """Per row, the mean of each of the first ``max_channels`` channels (axis 1) over the
-    remaining axes; a 1-D layer's features are their own means."""
-    part = data[:, :max_channels]
+def channel_means(data: np.ndarray, layout: str, max_channels: int = 64) -> np.ndarray:
+    """Rows (N, *shape) in ``layout`` → (N, C') float64: per row, the mean of each of its first
+    ``max_channels`` channels over the other axes (nchw (N, C, H, W) and nhwc (N, H, W, C): over
+    H, W; tokens (N, T, D): over T, per feature); a vector's features are their own means. The
+    ``other`` layout has no channel axis: (N, 0)."""
+    if channel_axis(layout, data.ndim - 1) is None:
+        return np.zeros((len(data), 0))
+    part = to_channels_first(data, layout)[:, :max_channels]
     if part.ndim == 2:
         return part.astype(np.float64)
     return part.mean(axis=tuple(range(2, part.ndim)), dtype=np.float64)
@@ -88,9 +116,11 @@ def layer_stats(
     *,
     max_channels: int = 64,
 ) -> LayerStats:
-    """Per-class sums and counts, and per-row channel means, of ``layer`` in one streaming
-    pass. Exact: float64 accumulation of the stored values."""
+    """Per-class sums and counts, and per-row channel means (of the channels of the stored
+    rows' layout, :func:`channel_means`), of ``layer`` in one streaming pass. Exact: float64
+    accumulation of the stored values."""
     shape = tuple(store[layer].shape[1:])
+    layout = store.layout(layer)
     sums: dict[int, np.ndarray] = {}
     counts: dict[int, int] = {}
     means: list[np.ndarray] = []
@@ -108,10 +138,11 @@ def layer_stats(
             else:
                 sums[key] = total
             counts[key] = counts.get(key, 0) + int(mask.sum())
-        means.append(_channel_means(data, max_channels))
+        means.append(channel_means(data, layout, max_channels))
         labels.append(block_labels)
     keys = sorted(sums)
-    width = min(shape[0], max_channels) if shape else 1
+    axis = channel_axis(layout, len(shape))
+    width = 0 if axis is None else min(shape[axis], max_channels)
     return LayerStats(
         layer=layer,
         classes=np.array(keys, dtype=np.int64),
@@ -121,6 +152,7 @@ def layer_stats(
         labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
         rows_missing=store.n - used,
         source=f"one pass over the {used} stored rows (float64 sums)",
+        layout=layout,
     )
 
 
@@ -163,6 +195,7 @@ def summarize(store: Store, layer: str, *, max_channels: int = 64) -> LayerStats
             source=f"on-device float64 sums over {int(counts.sum())} rows (stats/{layer})",
             channel_source=channel[2],
             stds=totals.std,
+            layout=stored_layout(store.stats_layers()[layer]),  # the output's, not pooled
         )
     if base is not None:
         return replace(base, channel_means=channel[0], labels=channel[1], channel_source=channel[2])
@@ -179,6 +212,7 @@ def summarize(store: Store, layer: str, *, max_channels: int = 64) -> LayerStats
             else "no per-class sums: the layer is not stored and --stats has no class-mean"
         ),
         channel_source=channel[2],
+        layout=store.layout(layer),
     )
 
 

@@ -1,7 +1,8 @@
 """The pictures of ``actextract cluster``'s results, mixed into :class:`actextract.pictures.Drawer`:
 for each clustering of a layer, its rows on the first two principal components coloured by
 label and by cluster, and the samples nearest each centre (their inputs when the store can give
-them back, else their activations).
+them back, else their activations: a map layer's mean map over its channels, whichever axis
+the layout puts them on, a token layer's (tokens × features) map).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from actextract.aggregate import MAPS
+from actextract.axes import to_channels_first
 from actextract.clustering import Clustering, clusterings
 from actextract.figures import normalize_maps
 
@@ -168,7 +171,7 @@ class ClusterPictures:
             self.report.note(
                 layer, f"{result.name}: nearest samples of the first {MAX_CLUSTER_ROWS} of {k}."
             )
-        maps = self._row_maps(layer, nearest[:MAX_CLUSTER_ROWS])
+        maps, drawn = self._row_maps(layer, nearest[:MAX_CLUSTER_ROWS])
         used_inputs = False
         cells = []
         for line in nearest[:MAX_CLUSTER_ROWS]:
@@ -180,7 +183,7 @@ class ClusterPictures:
                     image = maps.get(r)
                 out.append((image, f"{self.name_of(int(self.labels[r]))} · {r}"))
             cells.append(out or [(None, "empty")])
-        what = "inputs" if used_inputs else "mean maps over channels" if maps else "rows"
+        what = "inputs" if used_inputs else drawn if maps else "rows"
         fig = nearest_figure(
             cells,
             [f"cluster {c}\n(n={int(sizes[c])})" for c in range(len(cells))],
@@ -195,15 +198,20 @@ class ClusterPictures:
             f"nearest first ({what}; captions: label · row)",
         )
 
-    def _row_maps(self, layer: str, nearest: np.ndarray) -> dict[int, np.ndarray]:
-        """For rows without an input: their mean map over channels, each on its own scale
-        (layers of spatial maps only)."""
+    def _row_maps(self, layer: str, nearest: np.ndarray) -> tuple[dict[int, np.ndarray], str]:
+        """For rows without an input: a picture of each, on its own scale, and what it is: the
+        mean map over channels of (C, H, W) or (H, W, C) maps, a token layer's (T, D) map;
+        none for other layouts."""
         if self.inputs() is not None:  # type: ignore[attr-defined]
-            return {}
-        arr = self.store[layer]
-        if arr.ndim != 4:
-            return {}
+            return {}, ""
+        arr, layout = self.store[layer], self.store.layout(layer)
+        drawable = (arr.ndim == 4 and layout in MAPS) or (arr.ndim == 3 and layout == "tokens")
+        if not drawable:
+            return {}, ""
         rows = np.unique(nearest[nearest >= 0])
-        data = np.asarray(arr.get_orthogonal_selection((rows,)), dtype=np.float64).mean(1)
+        data = np.asarray(arr.get_orthogonal_selection((rows,)), dtype=np.float64)
+        if layout in MAPS:
+            data = to_channels_first(data, layout).mean(1)
         scaled = normalize_maps(data)
-        return {int(r): m for r, m in zip(rows, scaled, strict=True)}
+        drawn = "mean maps over channels" if layout in MAPS else "tokens × features maps"
+        return {int(r): m for r, m in zip(rows, scaled, strict=True)}, drawn

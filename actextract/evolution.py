@@ -8,7 +8,9 @@ every epoch, one line per epoch (``<layer>.evolution.<row>.png``, grids). The la
 also drawn as a run's store is (:class:`actextract.pictures.Drawer` on an
 :class:`~actextract.epochs.EpochView`). :class:`Evolution` reads the store and hands each
 picture (kinds ``evolution`` and ``evolution-sample``) to the report's writer; the figure
-functions are pure, as in :mod:`actextract.figures`.
+functions are pure, as in :mod:`actextract.figures`. Each layer's maps are read in its layout
+(:mod:`actextract.axes`): channels-last maps are drawn channels first, a token layer's
+(T, D) as one map with the tokens down.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from actextract import figures
-from actextract.aggregate import predictions, stored_blocks
+from actextract.aggregate import MAPS, predictions, stored_blocks
+from actextract.axes import channel_axis
+from actextract.classpictures import as_maps, describe_maps
 from actextract.epochs import EpochStore, EpochView, format_epochs
 from actextract.errors import StoreError
 from actextract.pictures import (
@@ -79,14 +83,16 @@ def class_cells(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One epoch's per-class average cell of ``layer``, streamed block by block: (classes,
     counts, cells (K, h, w) float64). A cell is the class average of the channel-mean map for
-    (C, H, W) layers, the whole (C, L) map for 2-D ones, and the first ``max_features``
-    features as one row (1, F) for 1-D ones."""
+    3-axis maps (nchw (C, H, W), nhwc (H, W, C)), the whole 2-axis map (a token layer's (T, D),
+    a (C, L) map channels first), and the first ``max_features`` features as one row (1, F) for
+    1-D ones."""
+    layout = view.layout(layer)
     sums: dict[int, np.ndarray] = {}
     counts: dict[int, int] = {}
     for _rows, labels, data in stored_blocks(view, layer):
         data = np.asarray(data, dtype=np.float64)
-        if data.ndim == 4:
-            data = data.mean(axis=1)
+        if data.ndim in (3, 4):
+            data = as_maps(data, layout).mean(axis=1)  # (N, C, h, w): one map is C = 1
         elif data.ndim == 2:
             data = data[:, None, :max_features]
         for cls in np.unique(labels):
@@ -281,10 +287,12 @@ class Evolution:
 
     def samples(self, layer: str, shape: tuple[int, ...], rows: list[int]) -> None:
         """One figure per sample: its maps (or features) at each shown epoch."""
+        layout = self.view.layout(layer)
         width = self.options.max_channels if len(shape) == 3 else MAX_STRIP_FEATURES
         picked: tuple[Any, ...] = (np.array(self.shown), np.array(rows))
-        if len(shape) != 2:  # the first channels (maps) or features (1-D)
-            picked += (slice(0, width),)
+        if len(shape) != 2:  # the first channels (maps, on the layout's axis) or features (1-D)
+            axis = channel_axis(layout, len(shape)) if layout in MAPS else 0
+            picked += (slice(None),) * (axis or 0) + (slice(0, width),)
         data = self.store[layer].get_orthogonal_selection(picked)  # (E, R, *shape')
         epochs = [f"epoch {e}" for e in self.shown]
         same = self.options.same_scale
@@ -299,7 +307,8 @@ class Evolution:
                 caption = f"{layer}: row {r} ({name}), its values at each epoch"
                 self._save(fig, stem, layer, caption, "evolution-sample")
                 continue
-            scaled = scale_channels(maps if len(shape) == 3 else maps[:, None])
+            maps = as_maps(maps, layout)  # (E, C, h, w), channels first; one map: C = 1
+            scaled = scale_channels(maps)
             if same:
                 scaled = figures.normalize_maps(maps, same_scale=True)
             grids = [
@@ -314,10 +323,8 @@ class Evolution:
                 height = grids[0].shape[0]
                 lines.insert(0, ("input", None, figures.upscale(figures.input_rgb(image), height)))
             scale = "one scale for all" if same else "each channel on one scale across epochs"
-            count = min(shape[0], width) if len(shape) == 3 else 1
-            fig = figures.maps_figure(
-                lines, title=f"{layer}: {name} (row {r}), {count} of {shape[0]} maps ({scale})"
-            )
+            drawn = describe_maps(shape, layout, width)
+            fig = figures.maps_figure(lines, title=f"{layer}: {name} (row {r}), {drawn} ({scale})")
             caption = f"{layer}: row {r} ({name}) at each epoch ({scale})"
             self._save(fig, stem, layer, caption, "evolution-sample")
 
@@ -333,6 +340,8 @@ class Evolution:
                 layer, f"the evolution shows the first {MAX_SAMPLE_ROWS} of {len(classes)} classes."
             )
         what = {3: "channel-mean map", 2: "map", 1: "features"}[len(shape)]
+        if self.view.layout(layer) == "tokens":
+            what = "tokens × features map"
         if len(shape) == 1 and shape[0] > MAX_CELL_FEATURES:
             what = f"first {MAX_CELL_FEATURES} of {shape[0]} features"
         scale = "one scale for all" if self.options.same_scale else "each epoch on its own scale"

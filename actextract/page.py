@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from actextract import __version__
+from actextract.axes import stored_layout
 from actextract.text import human_bytes
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ def _provenance(store: Store, attrs: dict[str, Any]) -> str:
 def _layer_table(store: Store, attrs: dict[str, Any], layers: list[str]) -> str:
     head = (
         "<tr><th>layer</th><th>kind</th><th>stored shape</th><th>output shape</th>"
-        "<th>reduction</th><th>statistics</th><th>on disk</th></tr>"
+        "<th>layout</th><th>reduction</th><th>statistics</th><th>on disk</th></tr>"
     )
     stats = store.stats_layers()
     specs = {spec["name"]: spec for spec in attrs["layers"]}
@@ -191,6 +192,7 @@ def _layer_table(store: Store, attrs: dict[str, Any], layers: list[str]) -> str:
             f"<tr><td>{link}</td><td>{escape(str((spec or kept).get('kind', '')))}</td>"
             f"<td>{tuple(spec['shape']) if spec else 'not stored'}</td>"
             f"<td>{tuple(output)}</td>"
+            f"<td>{escape(stored_layout(spec or kept))}</td>"
             f"<td>{escape(str((spec or {}).get('reduce', '-')))}</td>"
             f"<td>{escape(', '.join(kept.get('kinds', [])) or '-')}</td>"
             f"<td>{human_bytes(disk)}</td></tr>"

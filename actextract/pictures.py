@@ -1,9 +1,11 @@
 """What to draw for each layer of a store, as figures and images, without writing a file.
 
 :class:`Drawer` reads what it needs from the store (rows, dataset-wide aggregates, the inputs
-and the model rebuilt from provenance), picks the pictures that fit each layer's shape, and
-hands each one, with its file name and caption, to the writer that :mod:`actextract.report`
-gives it.
+and the model rebuilt from provenance), picks the pictures that fit each layer's shape and
+layout (:mod:`actextract.axes`: channels-last maps are drawn as channels-first ones, a token
+layer as one tokens × features map per sample, a layer in the ``other`` layout without
+per-channel pictures), and hands each one, with its file name and caption, to the writer that
+:mod:`actextract.report` gives it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from matplotlib.figure import Figure
 
 from actextract import figures
 from actextract.aggregate import predictions, summarize
-from actextract.classpictures import ClassPictures
+from actextract.axes import stored_layout
+from actextract.classpictures import ClassPictures, as_maps, describe_maps
 from actextract.clusterpictures import ClusterPictures
 from actextract.errors import OptionError
 from actextract.rebuild import Inputs, RebuildError, conv_weights, open_inputs, rebuild_model
@@ -101,6 +104,21 @@ class Report:
     def note(self, layer: str | None, line: str, *, level: int = logging.INFO) -> None:
         log.log(level, "%s%s", f"{layer}: " if layer else "", line)
         self.notes.setdefault(layer or "", []).append(line)
+
+
+def _other_note(layer: str, shape: tuple[int, ...], drawable: bool) -> str:
+    """Why a layer in the ``other`` layout has no per-channel pictures, and how to give it a
+    layout."""
+    drawn = ""
+    if drawable and len(shape) > 1:
+        drawn = "; its maps are drawn as stored" + (
+            ", the first axis as channels" if len(shape) == 3 else ", as one map"
+        )
+    return (
+        f"layout 'other' (shape {shape}): no channel axis, so no per-channel pictures (no "
+        f"histograms of channel means){drawn}. If it has channels, give its layout when "
+        f"extracting: --layout '{layer}=nchw|nhwc|tokens'."
+    )
 
 
 def file_stem(layer: str) -> str:
@@ -195,14 +213,17 @@ class Drawer(ClassPictures, ClusterPictures):
         stored = layer in self.specs
         spec = self.specs.get(layer) or self.stats_specs[layer]
         shape = tuple(self.store[layer].shape[1:] if stored else spec["shape"])
+        layout = self.store.layout(layer)  # of the stored rows (vector once pooled)
         opts = self.options
         drawable = len(shape) in (1, 2, 3)
         if not drawable:
             self.report.note(layer, f"shape {shape} has no picture (1, 2 or 3 axes are drawn).")
+        if layout == "other":
+            self.report.note(layer, _other_note(layer, shape, drawable))
         if not stored:
             self.report.note(layer, "not stored in full (--store): statistics only.")
         if opts.wants("grids") and drawable and rows and stored:
-            self.samples(layer, shape, rows)
+            self.samples(layer, shape, rows, layout)
         if opts.wants("filters") and spec.get("kind") == "Conv2d":
             self.filters(layer)
         if drawable and (opts.wants("averages") or opts.wants("histograms")):
@@ -210,9 +231,9 @@ class Drawer(ClassPictures, ClusterPictures):
             if opts.wants("averages"):
                 self.averages(layer, tuple(stats.sums.shape[1:]) or shape, stats)
             if opts.wants("histograms"):
-                self.histograms(layer, shape, stats)
+                self.histograms(layer, layout, stats)
         if opts.wants("histograms") and layer in self.stats_specs:
-            self.value_histograms(layer, shape)
+            self.value_histograms(layer, stored_layout(self.stats_specs[layer]))  # the output's
         if opts.wants("confusion") and stored and spec.get("model_output") and len(shape) == 1:
             self.confusion(layer, shape[0])
         if opts.wants("clusters") and stored:
@@ -230,7 +251,10 @@ class Drawer(ClassPictures, ClusterPictures):
             value_range=value_range,
         )
 
-    def samples(self, layer: str, shape: tuple[int, ...], rows: list[int]) -> None:
+    def samples(self, layer: str, shape: tuple[int, ...], rows: list[int], layout: str) -> None:
+        """The chosen rows of ``layer`` (one row: ``shape`` in ``layout``): a strip of values
+        for 1-D layers; else per row its maps (:func:`~actextract.classpictures.as_maps`) beside
+        its input, and all rows in one figure."""
         data = np.asarray(self.store[layer].get_orthogonal_selection((np.array(rows),)))
         stem = file_stem(layer)
         labels = [f"{self.name_of(int(self.labels[r]))}\nrow {r}" for r in rows]
@@ -250,24 +274,22 @@ class Drawer(ClassPictures, ClusterPictures):
             )
             return
         lines = []
-        for r, label, maps in zip(rows, labels, data, strict=True):
+        for r, label, maps in zip(rows, labels, as_maps(data, layout), strict=True):
             grid = self._grid(maps)
             image = self.input_image(r)
             lines.append((label, image, grid))
             parts = [figures.input_rgb(image)] if image is not None else []
             picture = figures.side_by_side([figures.upscale(p, MIN_PIXELS) for p in [*parts, grid]])
             self._save(picture, f"{stem}.grid.{r}.png", "grid", layer, label)
-        count = min(shape[0], self.options.max_channels) if len(shape) == 3 else 1
+        drawn = describe_maps(shape, layout, self.options.max_channels)
         scale = "one scale for all maps" if self.options.same_scale else "each map on its own scale"
-        fig = figures.maps_figure(
-            lines, title=f"{layer}: {count} of {shape[0] if len(shape) == 3 else 1} maps ({scale})"
-        )
+        fig = figures.maps_figure(lines, title=f"{layer}: {drawn} ({scale})")
         self._save(
             fig,
             f"{stem}.samples.png",
             "grids",
             layer,
-            f"{layer}: the chosen samples, input then feature maps ({scale})",
+            f"{layer}: the chosen samples, input then feature maps: {drawn} ({scale})",
         )
 
     def filters(self, layer: str) -> None:
