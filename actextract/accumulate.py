@@ -194,7 +194,7 @@ class _LayerSums:
         n, c = len(x), self.spec.channels
         axis = self.spec.channel_axis
         if axis:  # channels-last maps, tokens: the channel axis next to the rows
-            x = x.movedim(1 + axis, 1)
+            x = x.movedim(1 + axis, 1).contiguous()
         v = x.reshape(n, c, -1).float()
         # edges[i-1] <= v < edges[i] → i; below → 0; at or above the last, and NaN → last
         bins = torch.bucketize(v, self.edges, right=True)

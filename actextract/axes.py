@@ -175,9 +175,12 @@ def parse_layouts(spec: str | Mapping[str, str] | None, names: Sequence[str]) ->
 
 
 def stored_layout(spec: Mapping[str, Any]) -> str:
-    """The layout of a layer as a store records it (stores before format 4: from the rank)."""
-    shape = spec.get("output_shape", spec.get("shape", ()))
-    return spec.get("layout") or default_layout(len(shape))
+    """The layout of a layer as a store records it. Stores from before layouts (format 3 and
+    older) read every layer of two or more axes as channels first, as they were written."""
+    if spec.get("layout"):
+        return spec["layout"]
+    rank = len(spec.get("output_shape", spec.get("shape", ())))
+    return "vector" if rank == 1 else "nchw" if rank >= 2 else "other"
 
 
 # -- reductions ---------------------------------------------------------------------------------

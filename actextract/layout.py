@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
-from actextract.axes import array_layout, default_layout, dimension_names
+from actextract.axes import array_layout, dimension_names, stored_layout
 from actextract.errors import StoreError
 
 __all__ = [
@@ -113,7 +113,7 @@ class ArraySpec:
     output_shape: tuple[int, ...] | None = None  # before reduction
     model_output: bool = False  # the layer's output is the model's own output (its logits)
     path: str = ""  # the array's path when not acts/<name> (stats/<name>/channel_means)
-    layout: str = ""  # of the layer's output; "" for a spec made before layouts (its rank's)
+    layout: str = ""  # of the layer's output; "": as stores before layouts (channels first)
     clone: str | None = None  # why the output is cloned where it is produced
     batch_axis: int = 0  # where the output's batch axis was (moved to the front)
 
@@ -129,7 +129,7 @@ class ArraySpec:
 
     @property
     def output_layout(self) -> str:
-        return self.layout or default_layout(len(self.output_shape or self.shape))
+        return self.layout or stored_layout({"output_shape": self.output_shape or self.shape})
 
     def dimension_names(self) -> tuple[str, ...]:
         """As the layout names them: ("sample", "channel", "y", "x"), ("sample", "token",

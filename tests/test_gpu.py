@@ -247,3 +247,40 @@ def test_cuda_recorder_leaves_training_and_the_cuda_rng_as_they_were(tmp_path):
     assert torch.equal(plain[1], recorded[1])
     store = actextract.open_store(tmp_path / "train.zarr")
     assert store.epochs() == [0, 1] and store.attrs["device"].startswith("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("capture", ["fx", "hooks"])
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "swin_t", "vit_b_16"])
+def test_the_zoo_on_cuda_stores_what_each_layer_produced(name, capture, tmp_path, monkeypatch):
+    """On the GPU too: every module called once (clones where later code writes in place,
+    moved to the device with the caller's model left on the CPU), in float32, against hooks
+    that clone each output as it is produced on the same device. cuDNN may pick other kernels
+    for the run than for the reference (TF32 off, so that they differ by rounding only): a
+    float tolerance."""
+    from _zoo import ZOO, Images, batch, build, mismatches
+    from _zoo import reference as zoo_reference
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    model = build(name)
+    data = Images(ZOO[name].shape)
+    ref = zoo_reference(model.cuda(), batch(data).cuda())
+    layers = ref.once()
+    model.cpu()
+    store = actextract.extract(
+        model,
+        data,
+        layers=layers,
+        out=tmp_path / "x.zarr",
+        dtype="float32",
+        capture=capture,
+        batch_size=len(data),
+        device="cuda",
+        progress=False,
+    )
+    assert next(model.parameters()).device.type == "cpu"  # as the caller left it
+    stored = {n: store[n][:] for n in layers}
+    want = {n: ref.outputs[n].cpu() for n in layers}
+    assert not mismatches(stored, want, rtol=1e-3, atol=1e-4)
+    assert store.attrs["device"].startswith("cuda")
