@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 from _fixtures import reference, tiny_cnn, untraceable
@@ -287,3 +288,61 @@ def test_fx_reaches_the_modules_inside_torchvisions_containers():
     cands = candidates(torchvision.models.mobilenet_v3_small())
     assert "features.0.0" in cands.names  # the Conv2d inside a Conv2dNormActivation
     assert "features.1.block.1.fc1" in cands.names  # inside a SqueezeExcitation
+
+
+@pytest.mark.parametrize("method", ["fx", "hooks"])
+def test_an_lstm_stored_by_extract_at_batch_four(method, tmp_path):
+    """h_n is (layers, B, H): stored (N, layers, H), equal to the model's, at any batch size."""
+    import actextract
+    from actextract.text import format_info
+
+    torch.manual_seed(0)
+    model = Recurrent().eval()
+    x = torch.randn(10, 7, 3)
+    data = [(x[i], i % 2) for i in range(len(x))]
+    store = actextract.extract(
+        model,
+        data,
+        layers=["lstm[0]", "lstm[1][0]", "fc"],
+        reduce="lstm[0]=mean",
+        out=tmp_path / "rnn.zarr",
+        dtype="float32",
+        batch_size=4,
+        capture=method,
+        device="cpu",
+        progress=False,
+    )
+    with torch.no_grad():
+        seq, (h, _) = model.lstm(x)
+        logits = model(x)
+    np.testing.assert_array_equal(store["lstm[1][0]"][:], h.movedim(1, 0).numpy())
+    np.testing.assert_allclose(store["lstm[0]"][:], seq.mean(1).numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(store["fc"][:], logits.numpy())
+    specs = {s["name"]: s for s in store.attrs["layers"]}
+    assert specs["lstm[1][0]"]["batch_axis"] == 1 and specs["lstm[0]"]["layout"] == "tokens"
+    assert "batch axis moved to the front: lstm[1][0] (was axis 1)" in format_info(store.info())
+
+
+def test_a_star_means_the_direct_children_on_efficientnet():
+    import torchvision
+
+    cands = candidates(torchvision.models.efficientnet_b0())
+    chosen = select_layers(["features.*"], cands, model_name="efficientnet_b0")
+    assert chosen == [f"features.{i}" for i in range(9)]
+
+
+def test_info_says_which_layers_are_cloned_and_why(tmp_path):
+    from _fixtures import SeededImages
+
+    import actextract
+    from actextract.text import format_info
+
+    store = actextract.extract(
+        tiny_cnn(), SeededImages(), layers="bn1,block", out=tmp_path / "s.zarr", device="cpu"
+    )
+    assert {s["name"]: s["clone"] for s in store.attrs["layers"]} == {
+        "bn1": "written in place later, by 'relu'",
+        "block": None,
+    }
+    text = format_info(store.info())
+    assert "cloned at capture (written in place later in the forward)\n    bn1: by 'relu'" in text

@@ -312,6 +312,8 @@ def test_bad_run_options_exit_2_before_anything_is_written(runner, tmp_path):
     cases = [
         (["--device", "tpu"], "--device 'tpu'"),
         (["--reduce", "fc1=mean"], "with layout vector"),
+        (["--layout", "fc1=tokens"], "layer 'fc1' has shape (10,)"),
+        (["--layout", "fc1"], "give LAYER=LAYOUT pairs"),
         (["--codec", "lz4", "--level", "3"], "--level has no meaning"),
         (["--decode", "gpu", "--device", "cpu"], "--decode gpu decodes JPEGs on a CUDA device"),
     ]
@@ -321,3 +323,28 @@ def test_bad_run_options_exit_2_before_anything_is_written(runner, tmp_path):
         res = runner.invoke(main, [*base, *extra])
         assert res.exit_code == 2 and message in res.output, (extra, res.output)
         assert not out.exists()
+
+
+def test_extract_with_a_layout_override_names_the_dimensions_by_it(runner, tmp_path):
+    """digits-cnn's conv1 read as channels last (as a user would for a model that is): the
+    store says so, names its axes so, and pools over what are then its spatial axes."""
+    out = tmp_path / "o.zarr"
+    res = runner.invoke(
+        main,
+        extract_args(
+            out,
+            "--layout",
+            "conv1=nhwc",
+            "--reduce",
+            "relu1=max",
+            "--limit",
+            "40",
+            layers="conv1,relu1",
+        ),
+    )
+    assert res.exit_code == 0, res.output
+    store = actextract.open_store(out)
+    layouts = {s["name"]: s["layout"] for s in store.attrs["layers"]}
+    assert layouts == {"conv1": "nhwc", "relu1": "nchw"}
+    assert store["conv1"].metadata.dimension_names == ("sample", "y", "x", "channel")
+    assert store["relu1"].shape == (40, 32)  # pooled over its 26x26
