@@ -1,4 +1,4 @@
-"""The Python API: ``extract``, ``list_layers``, ``open_store``.
+"""The Python API: ``extract``, ``list_layers`` (:mod:`actextract.discover`), ``open_store``.
 
 ``extract`` decides everything once (model, source, layers, shapes, store layout), refuses bad
 input before anything is written, then hands the stages to :func:`actextract.engine.run`.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from actextract import distributed
 from actextract.accumulate import DEFAULT_BINS, Accumulator
 from actextract.capture import Method, build_capture
 from actextract.decode import DeviceDecoder
+from actextract.discover import LayerTable, list_layers
 from actextract.engine import (
     RunOptions,
     Summary,
@@ -27,10 +28,9 @@ from actextract.engine import (
     resolve_device,
     run,
 )
-from actextract.errors import LayerNotFoundError, OptionError
+from actextract.errors import OptionError
 from actextract.location import Location
 from actextract.models import borrowed, load_model
-from actextract.names import count_matches, match_names
 from actextract.plan import (
     choose_chunk_rows_for,
     choose_outputs,
@@ -38,7 +38,6 @@ from actextract.plan import (
     plan_arrays,
     provenance,
 )
-from actextract.probe import LayerInfo, layer_table
 from actextract.resume import NewStore, open_run
 from actextract.sink import Sink, check_nonfinite_policy
 from actextract.source import (
@@ -380,59 +379,3 @@ def _open(dataset: str | Source | Any, preprocess: Preprocess, decode: str) -> S
             " object is fed as it is. Pass the folder spec, or leave decode at 'cpu'."
         )
     return source
-
-
-@dataclass(frozen=True)
-class LayerTable:
-    """What ``actextract layers`` shows."""
-
-    model: str
-    input_shape: tuple[int, ...]
-    method: str
-    rows: list[LayerInfo]
-    params: tuple[int, int] = (0, 0)  # the model's (trainable, total) parameters, each once
-    param_bytes: int = 0  # their bytes, at their own dtypes
-    matched: dict[str, int] = field(default_factory=dict)  # --layers pattern → names matched
-
-
-def list_layers(
-    model: str | nn.Module,
-    *,
-    input_shape: Sequence[int] | None = None,
-    weights: str | Path | None = None,
-    capture: Method = "auto",
-    layers: Sequence[str] | str | None = None,
-) -> LayerTable:
-    """Every capturable layer of ``model``: name, kind, per-sample output shape, layout and
-    whether it is cloned at capture, found by a probe with (1, *input_shape) zeros on the
-    CPU (the model is left as it was). ``layers``: only the names these patterns match
-    (``LayerTable.matched`` counts them per pattern)."""
-    loaded = load_model(model, weights=weights)
-    shape = tuple(input_shape) if input_shape else loaded.input_shape
-    if not shape:
-        raise OptionError(
-            f"model '{loaded.spec}' implies no input shape; pass --input-shape, e.g. 3,224,224."
-        )
-    with borrowed(loaded.module) as module:
-        rows, method = layer_table(module, shape, method=capture)
-    matched: dict[str, int] = {}
-    patterns = names_option(layers)
-    if patterns:
-        names = [r.name for r in rows]
-        matched = count_matches(patterns, names)
-        chosen = set(match_names(patterns, names, lambda pat: _no_match(pat, loaded.spec, names)))
-        rows = [r for r in rows if r.name in chosen]
-    params = list(loaded.module.parameters())
-    trainable = sum(p.numel() for p in params if p.requires_grad)
-    total = (trainable, sum(p.numel() for p in params))
-    size = sum(p.numel() * p.element_size() for p in params)
-    return LayerTable(loaded.spec, shape, method, rows, total, size, matched)
-
-
-def _no_match(pattern: str, model: str, names: Sequence[str]) -> Exception:
-    from actextract.names import wider_hint
-
-    return LayerNotFoundError(
-        f"--layers '{pattern}' matches none of the layers of {model}"
-        f"{wider_hint(pattern, names)}; run 'actextract layers {model}' to list them."
-    )

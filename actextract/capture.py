@@ -239,7 +239,7 @@ class Capture:
             for name in names:
                 if name in self._outputs:
                     continue  # first call wins, as fx's plain node name
-                value = _select(out, self.index[name][1])
+                value = select_element(out, self.index[name][1])
                 if isinstance(value, torch.Tensor):
                     if name in self.clones:
                         value = value.clone()
@@ -337,7 +337,7 @@ class Capture:
         self._handles = []
 
 
-def _select(value: object, index: tuple[int, ...]) -> object:
+def select_element(value: object, index: tuple[int, ...]) -> object:
     """``value[i][j]...``; an index a tuple does not have is kept as the IndexError."""
     for i in index:
         if not isinstance(value, tuple | list) or i >= len(value):

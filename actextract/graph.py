@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 from torch.fx import Graph, Node
 
-from actextract.api import LayerTable, list_layers
 from actextract.capture import Candidates, Method, select_layers
+from actextract.discover import LayerTable, list_layers
 from actextract.errors import ActextractError, OptionError
 from actextract.fxgraph import trace
 from actextract.models import load_model
@@ -123,7 +123,7 @@ def layer_graph(
     module: nn.Module, table: LayerTable, layers: Sequence[str] | str | None = None
 ) -> graphviz.Digraph:
     """``module``'s graph with the names, kinds and shapes of ``table`` (its
-    :func:`~actextract.api.list_layers`): the fx graph, or the module tree when ``table`` was
+    :func:`~actextract.discover.list_layers`): the fx graph, or the module tree when ``table`` was
     captured with hooks. ``layers``: names or globs to highlight."""
     chosen = _select(table, layers)
     if table.method == "fx":

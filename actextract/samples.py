@@ -76,6 +76,24 @@ class Preprocess:
         steps.append(v2.ToPureTensor())
         return v2.Compose(steps)
 
+    def describe(self, *, pil: bool = False) -> str:
+        """The steps as the store's provenance records them (``pil``: images PIL opened, and
+        :func:`convert_image` converted to the model's channels)."""
+        pre = self
+        converted = pil and pre.channels in CONVERSIONS
+        parts = [CONVERSIONS[pre.channels], "to_float[0,1]"] if converted else ["to_float[0,1]"]
+        if pre.channels and not converted:
+            parts.append("grayscale" if pre.channels == 1 else "rgb")
+        if pre.resize:
+            parts.append(f"resize({pre.resize})")
+        if pre.crop:
+            parts.append(f"center_crop({pre.crop})")
+        if pre.mean is not None and pre.std is not None:
+            mean = ", ".join(f"{m:.4g}" for m in pre.mean)
+            std = ", ".join(f"{s:.4g}" for s in pre.std)
+            parts.append(f"normalize(mean=[{mean}], std=[{std}])")
+        return " → ".join(parts)
+
 
 # PIL image modes, by how they reach the tensor steps (ToImage, then RGB or Grayscale to the
 # model's channel count). 8-bit RGB and grayscale go as they are, and 16-bit grayscale too:

@@ -11,16 +11,14 @@ from actextract.axes import (
     LOST,
     check_layout,
     dimension_names,
-    follow,
-    function_axis,
     layout_of,
-    module_axis,
     parse_layouts,
     pool,
     reduced_shape,
     to_channels_first,
 )
 from actextract.errors import OptionError
+from actextract.trace import follow, function_axis, module_axis
 
 
 def test_layouts_from_the_channel_axis_and_the_rank():
