@@ -92,16 +92,18 @@ def probe(
     *,
     layouts: Mapping[str, str] | None = None,
     strict: bool = True,
+    keep: bool = True,
 ) -> tuple[dict[str, LayerProbe], dict[str, torch.Tensor]]:
     """Probe ``cap`` with ``single`` (1, *input) and ``pair`` (2, *input; None: ``single``
     twice), configure it (clones, batch axes, shapes), and return what it found per layer and
     the layers' outputs for ``single`` ({layer: (1, *shape)}). ``layouts``: the user's
     --layout per layer. ``strict``: a layer that cannot be stored is a CaptureError (else its
-    ``problem`` says why)."""
+    ``problem`` says why). ``keep``: the outputs returned are each as it was produced, a copy
+    (without: as the forward left them, for a probe that only needs their shapes)."""
     pair = torch.cat([single, single]) if pair is None else pair
     try:
         with torch.no_grad():
-            values, written, axes = trace_forward(cap, single)
+            values, written, axes = trace_forward(cap, single, keep=keep)
             doubled = cap.raw(pair, verify=False)
     except CaptureError:
         raise
@@ -268,7 +270,7 @@ def layer_table(
 def _probe_all(module, names, cands, example) -> dict[str, LayerProbe]:
     cap = Capture(module, names, cands)
     try:
-        found, _ = probe(cap, example, strict=False)
+        found, _ = probe(cap, example, strict=False, keep=False)
     except OptionError:
         raise
     except Exception as e:

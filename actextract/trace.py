@@ -178,25 +178,35 @@ def _moved(name: str, rest: tuple, kwargs: Mapping[str, Any], axis: int, rank: i
     return b if axis == a else a if axis == b else axis
 
 
-def trace_forward(cap: Capture, x: torch.Tensor) -> tuple[dict[str, object], dict[str, str], dict]:
-    """One forward of ``x`` watched step by step: {layer: output}, {layer: why it must be
-    cloned} for the outputs written after capture, {layer: channel axis of its (B, ...)
-    output (None: unknown)}."""
-    if cap.method == "fx":
-        return _FxTrace(cap).trace(x)
-    return _HookTrace(cap).trace(x)
+def trace_forward(
+    cap: Capture, x: torch.Tensor, *, keep: bool = True
+) -> tuple[dict[str, object], dict[str, str], dict]:
+    """One forward of ``x`` watched step by step: {layer: output} (``keep``: each tensor as it
+    was when produced, a copy; else as the forward left it), {layer: why it must be cloned}
+    for the outputs written after capture, {layer: channel axis of its (B, ...) output (None:
+    unknown)}."""
+    trace = _FxTrace(cap, keep) if cap.method == "fx" else _HookTrace(cap, keep)
+    return trace.trace(x)
 
 
 class _Watch:
-    """Captured outputs and their version counters as they were when produced."""
+    """Captured outputs and their version counters as they were when produced (and, with
+    ``keep``, a copy of each)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
         self.tensors: dict[str, tuple[torch.Tensor, int]] = {}
         self.written: dict[str, str] = {}
+        self.kept: dict[str, torch.Tensor] = {}
 
     def add(self, name: str, value: object) -> None:
         if isinstance(value, torch.Tensor) and name not in self.tensors:
             self.tensors[name] = (value, value._version)
+            if self.keep:
+                self.kept[name] = value.detach().clone()
+
+    def as_produced(self, values: Mapping[str, object]) -> dict[str, object]:
+        return {n: self.kept.get(n, v) for n, v in values.items()}
 
     def check(self, by: str) -> None:
         for name, (t, version) in self.tensors.items():
@@ -227,13 +237,13 @@ def _input_axis(x: object) -> object:
 class _FxTrace(torch.fx.Interpreter):
     """The capture's graph run node by node."""
 
-    def __init__(self, cap: Capture):
+    def __init__(self, cap: Capture, keep: bool):
         super().__init__(cap.graph_module)
         out = next(n for n in cap.graph_module.graph.nodes if n.op == "output")
         self.names: dict[torch.fx.Node, list[str]] = {}
         for name, node in out.args[0].items():
             self.names.setdefault(node, []).append(name)
-        self.watch = _Watch()
+        self.watch = _Watch(keep)
         self.axes: dict[torch.fx.Node, object] = {}
         self.shapes: dict[torch.fx.Node, object] = {}
 
@@ -241,7 +251,7 @@ class _FxTrace(torch.fx.Interpreter):
         outputs = self.run(x)
         self.watch.check("after the last step of the forward")
         axes = {n: self.axes.get(node) for node, names in self.names.items() for n in names}
-        return dict(outputs), dict(self.watch.written), axes
+        return self.watch.as_produced(outputs), dict(self.watch.written), axes
 
     def run_node(self, n: torch.fx.Node) -> Any:
         value = super().run_node(n)
@@ -320,9 +330,9 @@ def _describe(n: torch.fx.Node) -> str:
 class _HookTrace:
     """The module run with a forward hook on every module, for one forward."""
 
-    def __init__(self, cap: Capture):
+    def __init__(self, cap: Capture, keep: bool):
         self.cap = cap
-        self.watch = _Watch()
+        self.watch = _Watch(keep)
         self.known: dict[int, tuple[torch.Tensor, object]] = {}  # id → (tensor, axis)
         self.axes: dict[str, object] = {}  # module name → axis of its first call's output
         self.values: dict[str, object] = {}  # captured layer → output
@@ -348,7 +358,7 @@ class _HookTrace:
             for base, names in self.by_base.items()
             for n in names
         }
-        return dict(self.values), dict(self.watch.written), axes
+        return self.watch.as_produced(self.values), dict(self.watch.written), axes
 
     def _remember(self, value: object, axes: object) -> None:
         if isinstance(value, torch.Tensor):

@@ -111,9 +111,11 @@ def test_only_outputs_written_later_are_cloned_and_the_model_stays_in_place(meth
     model = tiny_cnn()  # relu is in place, right after bn1
     cap = build_capture(model, ["bn1", "block", "fc"], model_name="tiny", method=method)
     x = torch.randn(2, 3, 8, 8)
-    found, _ = probe(cap, x[:1], x)
+    found, first = probe(cap, x[:1], x)
     assert {n for n, f in found.items() if f.clone} == {"bn1"}
     assert model.relu.inplace  # nothing of the model is switched out of place
+    # the probe's outputs (histogram edges, the model-output check) are as produced too
+    torch.testing.assert_close(first["bn1"], reference(model, x[:1])["bn1"], rtol=0, atol=0)
     with cap.grad_mode():
         out = cap(x)
     want = reference(model, x)
