@@ -126,7 +126,9 @@ def set_outputs(gm: fx.GraphModule, returned: dict[str, fx.Node]) -> None:
     last = max((order[n] for n in returned.values()), default=-1)
     for node in reversed([n for n in graph.nodes if order[n] > last and n is not out]):
         graph.erase_node(node)
-    graph.eliminate_dead_code(is_impure_node=lambda n: _writes(n, gm))
+    for node in reversed(list(graph.nodes)):  # last first: a chain of unused nodes goes too
+        if not node.users and not _writes(node, gm):
+            graph.erase_node(node)
     graph.lint()
     gm.recompile()
 
