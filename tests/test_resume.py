@@ -118,6 +118,7 @@ def _checkpoint(path):
         ({"layers": "conv1"}, "layers"),
         ({"dtype": "float32"}, "dtype"),
         ({"reduce": "conv1=mean"}, "reductions"),
+        ({"layout": "conv1=nhwc"}, "layouts"),
         ({"chunk_rows": 32}, "chunk rows"),
         ({"limit": 100}, "samples"),
         ({"dataset": "synthetic:128:1:28:28"}, "dataset"),
