@@ -121,7 +121,7 @@ def format_layer_summary(table: Any, dtype: str, n_samples: int | None = None) -
         f"total params: {total:,} ({human_bytes(table.param_bytes)})",
         f"trainable params: {trainable:,}",
         f"non-trainable params: {total - trainable:,}",
-        f"every row stored (--layers '*'): {human_bytes(per_sample)} per sample at {dtype}",
+        f"every row stored (--layers '**'): {human_bytes(per_sample)} per sample at {dtype}",
     ]
     if n_samples:
         out.append(
