@@ -41,7 +41,7 @@ from actextract.capture import (
     split_index,
     tensor_paths,
 )
-from actextract.errors import CaptureError, OptionError
+from actextract.errors import CaptureError
 from actextract.trace import trace_forward
 
 __all__ = ["LayerInfo", "LayerProbe", "layer_table", "model_output_layers", "probe"]
@@ -108,9 +108,10 @@ def probe(
     except CaptureError:
         raise
     except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""  # fx adds the node and a traceback
         raise CaptureError(
             f"a forward pass of one sample of shape {tuple(single.shape[1:])} "
-            f"failed: {type(e).__name__}: {e}. Check the input shape "
+            f"failed: {type(e).__name__}: {first}. Check the input shape "
             "(--input-shape, or the dataset's transform)."
         ) from e
     if strict:
@@ -270,17 +271,9 @@ def layer_table(
 def _probe_all(module, names, cands, example) -> dict[str, LayerProbe]:
     cap = Capture(module, names, cands)
     try:
-        found, _ = probe(cap, example, strict=False, keep=False)
-    except OptionError:
-        raise
-    except Exception as e:
-        raise CaptureError(
-            f"a forward pass of one sample of shape {tuple(example.shape[1:])} "
-            f"failed: {type(e).__name__}: {e}. Check --input-shape."
-        ) from e
+        return probe(cap, example, strict=False, keep=False)[0]
     finally:
         cap.close()
-    return found
 
 
 def _parameters(module: nn.Module, name: str) -> tuple[tuple[int, int], bool]:
