@@ -279,8 +279,8 @@ def measurement_lines(
             "rss_growth_mb": round(max(r.rss_growth for r in rs) / MB, 1),
             # the profile of where CPU time went: user (forward, casts, codecs) and system
             # (the kernel: page-cache copies of the writes, page faults of fresh memory)
-            "cpu_user_s": round(mid.cpu[0], 2),
-            "cpu_sys_s": round(mid.cpu[1], 2),
+            "cpu_user_s": round(mid.cpu[0], 3),
+            "cpu_sys_s": round(mid.cpu[1], 3),
         }
         for other in ("ceiling", "hooks"):  # throughput ratios: other's time ÷ this one's
             if other in median and other != method:

@@ -43,7 +43,7 @@ def test_benchmark_runs_end_to_end_in_tiny_mode(tmp_path, capsys):
         assert "skipped" not in x
         assert x["images_per_s"] > 0 and x["seconds"] > 0 and x["n"] in (32, 64)
         assert x["peak_rss_mb"] > 0 and "rss_growth_mb" in x
-        assert x["cpu_user_s"] > 0 and x["cpu_sys_s"] >= 0
+        assert x["cpu_user_s"] >= 0 and x["cpu_sys_s"] >= 0
         if x["method"] == "actextract":
             assert {"vs_hooks", "mb_per_s", "disk_bytes", "loop_images_per_s"} <= set(x)
             assert set(x["split"]) == {"data_wait", "compute", "d2h", "write_wait"}
@@ -52,6 +52,9 @@ def test_benchmark_runs_end_to_end_in_tiny_mode(tmp_path, capsys):
         if x["workload"] != "scale" and x["method"] != "ceiling":
             assert x["vs_ceiling"] > 0
 
+    # the kernel counts CPU time in scheduler ticks (4 ms at HZ=250): a tiny call of ~20 ms
+    # may be given none, the whole suite of calls never
+    assert sum(x["cpu_user_s"] for x in measured) > 0
     maps = next(x for x in measured if x["case"] == "maps" and x["method"] == "actextract")
     assert maps["vs_disk_plain"] > 0 and maps["vs_disk_fsync"] > 0
     disk = next(x for x in lines if x["kind"] == "disk")
