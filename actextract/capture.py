@@ -180,6 +180,9 @@ class Capture:
         self._outputs: dict[str, object] = {}
         self._versions: dict[str, int] = {}
         self.index = {n: split_index(n) for n in self.names}
+        self.by_base: dict[str, list[str]] = {}  # a module (or node) → the layers read from it
+        for n, (base, _) in self.index.items():
+            self.by_base.setdefault(base, []).append(n)
         self.kinds = {n: cands.kinds.get(self.index[n][0], "?") for n in self.names}
         self.clones: dict[str, str] = {}  # layer → why it is cloned at capture
         self.batch_axes: dict[str, int] = {}  # layer → where its batch axis is (moved to 0)
@@ -194,12 +197,9 @@ class Capture:
         else:
             self._fn = module
             modules = dict(module.named_modules())
-            by_base: dict[str, list[str]] = {}
-            for n, (base, _) in self.index.items():
-                by_base.setdefault(base, []).append(n)
             self._handles = [
                 modules[base].register_forward_hook(self._hook(names))
-                for base, names in by_base.items()
+                for base, names in self.by_base.items()
             ]
 
     # -- fx: the graph's outputs ---------------------------------------------------------------

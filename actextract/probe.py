@@ -44,7 +44,7 @@ from actextract.capture import (
 from actextract.errors import CaptureError
 from actextract.trace import trace_forward
 
-__all__ = ["LayerInfo", "LayerProbe", "layer_table", "model_output_layers", "probe"]
+__all__ = ["LayerInfo", "LayerProbe", "configure", "layer_table", "model_output_layers", "probe"]
 
 log = logging.getLogger(__name__)
 
@@ -133,25 +133,24 @@ def probe(
             continue
         other = doubled.get(name)
         axis, problem = _batch_axis(name, value, other)
-        shape = tuple(value.shape[:axis]) + tuple(value.shape[axis + 1 :]) if axis >= 0 else ()
+        if axis < 0:
+            found[name] = LayerProbe(name, kind, None, problem=problem)
+            continue
+        shape = tuple(value.shape[:axis]) + tuple(value.shape[axis + 1 :])
         channel = axes.get(name)
-        if isinstance(channel, int) and channel not in (LOST, axis) and axis >= 0:
+        if isinstance(channel, int) and channel not in (LOST, axis):
             channel -= int(channel > axis)
-        elif channel == axis and axis >= 0:
+        elif channel == axis:
             channel = LOST
         inferred = layout_of(channel if isinstance(channel, int) else None, len(shape))
         layout = inferred
         if layouts and name in layouts:
             layout = check_layout(name, layouts[name], shape)
-        found[name] = LayerProbe(
-            name, kind, shape, layout, inferred, written.get(name), max(axis, 0), problem
-        )
+        found[name] = LayerProbe(name, kind, shape, layout, inferred, written.get(name), axis)
         if axis > 0:
             log.info("%s: batch axis %d of %s moved to the front", name, axis, tuple(value.shape))
-        if axis >= 0:
-            outputs[name] = value.movedim(axis, 0)
-            if isinstance(other, torch.Tensor) and not problem:
-                _check_independent(name, outputs[name], other.movedim(axis, 0))
+        outputs[name] = value.movedim(axis, 0)
+        _check_independent(name, outputs[name], other.movedim(axis, 0))  # type: ignore[union-attr]
     problems = [f"{p.name}: {p.problem}" for p in found.values() if p.problem]
     if strict and problems:
         raise CaptureError(
@@ -166,12 +165,18 @@ def probe(
             "cloned at capture (written in place later in the forward): %s",
             "; ".join(f"{n} ({why})" for n, why in cloned.items()),
         )
-    cap.configure(
-        clones=cloned,
-        batch_axes={n: p.batch_axis for n, p in found.items() if p.shape is not None},
-        shapes={n: p.shape for n, p in found.items() if p.shape is not None and not p.problem},
-    )
+    configure(cap, found)
     return found, outputs
+
+
+def configure(cap: Capture, found: Mapping[str, LayerProbe]) -> None:
+    """Set ``cap`` (or a new capture of the same layers) up as the probe ``found`` them:
+    clones, batch axes, per-sample shapes."""
+    cap.configure(
+        clones={n: p.clone for n, p in found.items() if p.clone},
+        batch_axes={n: p.batch_axis for n, p in found.items() if p.shape is not None},
+        shapes={n: p.shape for n, p in found.items() if p.shape is not None},
+    )
 
 
 def _batch_axis(name: str, one: torch.Tensor, two: object) -> tuple[int, str | None]:

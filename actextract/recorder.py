@@ -51,7 +51,7 @@ from actextract.layout import (
 from actextract.location import Location, writable
 from actextract.models import borrowed
 from actextract.plan import layer_arrays, software, state_sha256
-from actextract.probe import LayerProbe, model_output_layers, probe
+from actextract.probe import configure, model_output_layers, probe
 from actextract.probes import Rows, bad_sample_error, first_sample, probe_source
 from actextract.reduce import STORAGE_DTYPES, Reducer
 from actextract.samples import Source, make_loader
@@ -360,15 +360,6 @@ def preserved(model: nn.Module, device: torch.device) -> Iterator[None]:
     finally:
         random.setstate(python_rng)
         np.random.set_state(numpy_rng)
-
-
-def configure(cap: Capture, found: Mapping[str, LayerProbe]) -> None:
-    """A new capture of the same layers set up as the probe found them."""
-    cap.configure(
-        clones={n: p.clone for n, p in found.items() if p.clone},
-        batch_axes={n: p.batch_axis for n, p in found.items()},
-        shapes={n: p.shape for n, p in found.items() if p.shape is not None},
-    )
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -208,19 +208,17 @@ def _finalize_layer(store: Store, spec: LayerStatsSpec, parts, slots, counts) ->
     _write(group, "classes", (slots - 1).astype(np.int64), ("class",))
     _write(group, "count", counts.astype(np.int64), ("class",))
     k = len(slots)
-    layer = ArraySpec(spec.layer, tuple(spec.shape), layout=spec.layout)
-    maps = ("class", *layer.dimension_names()[1:])
+    names = ArraySpec(spec.layer, tuple(spec.shape), layout=spec.layout).dimension_names()
+    maps = ("class", *names[1:])
     out = {}
     if "class-mean" in spec.kinds:
         out["mean"] = (k, *spec.shape), np.float64, maps
     if "class-std" in spec.kinds:
         out["std"] = (k, *spec.shape), np.float64, maps
-    if "channel-hist" in spec.kinds:
-        out["hist"] = (
-            (k, spec.channels, len(spec.edges) + 1),
-            np.int64,
-            ("class", _channel_name(spec), "bin"),
-        )
+    if "channel-hist" in spec.kinds:  # the channel axis named as the layer's dimensions are
+        c = spec.channel_axis
+        channel = names[1 + c] if c is not None else "channel"
+        out["hist"] = (k, spec.channels, len(spec.edges) + 1), np.int64, ("class", channel, "bin")
     arrays = {
         name: checked_array(group, name, shape, (1, *shape[1:]), t, dims=dims)
         for name, (shape, t, dims) in out.items()
@@ -236,13 +234,6 @@ def _finalize_layer(store: Store, spec: LayerStatsSpec, parts, slots, counts) ->
                 arrays["std"][j] = np.sqrt(np.maximum(total["sumsq"] / n - mean * mean, 0.0))
         if "hist" in arrays:
             arrays["hist"][j] = total["hist"]
-
-
-def _channel_name(spec: LayerStatsSpec) -> str:
-    """The histogram's channel axis as the layer's dimension names call it."""
-    names = ArraySpec(spec.layer, tuple(spec.shape), layout=spec.layout).dimension_names()
-    c = spec.channel_axis
-    return names[1 + c] if c is not None else "channel"
 
 
 def _class_total(parts, layer: str, name: str, slot: int) -> np.ndarray | None:

@@ -77,12 +77,15 @@ def _note(row: Any) -> str:
         return row.problem or ""
     notes = []
     if row.clone:
-        notes.append(f"clone ({row.clone.removeprefix('written in place later, ')})")
+        notes.append(f"clone ({_written_by(row.clone)})")
     if row.batch_axis:
         notes.append(f"batch axis {row.batch_axis} moved to the front")
-    if row.problem:
-        notes.append(row.problem)
     return "; ".join(notes)
+
+
+def _written_by(clone: str) -> str:
+    """What writes a cloned layer's output, from the reason recorded: "by 'relu'"."""
+    return clone.removeprefix("written in place later, ")
 
 
 def format_layer_summary(table: Any, dtype: str, n_samples: int | None = None) -> str:
@@ -191,10 +194,7 @@ def format_info(d: dict) -> str:
     cloned = [a for a in d["arrays"] if a.get("clone")]
     if cloned:
         lines.append("  cloned at capture (written in place later in the forward)")
-        lines += [
-            f"    {a['name']}: {a['clone'].removeprefix('written in place later, ')}"
-            for a in cloned
-        ]
+        lines += [f"    {a['name']}: {_written_by(a['clone'])}" for a in cloned]
     moved = [a for a in d["arrays"] if a.get("batch_axis")]
     if moved:
         lines.append(

@@ -336,9 +336,6 @@ class _HookTrace:
         self.known: dict[int, tuple[torch.Tensor, object]] = {}  # id → (tensor, axis)
         self.axes: dict[str, object] = {}  # module name → axis of its first call's output
         self.values: dict[str, object] = {}  # captured layer → output
-        self.by_base: dict[str, list[str]] = {}
-        for n, (base, _) in cap.index.items():
-            self.by_base.setdefault(base, []).append(n)
 
     def trace(self, x: torch.Tensor):
         handles = [
@@ -355,7 +352,7 @@ class _HookTrace:
         self.watch.check("after the last module returned")
         axes = {
             n: _element(self.axes.get(base), self.cap.index[n][1])
-            for base, names in self.by_base.items()
+            for base, names in self.cap.by_base.items()
             for n in names
         }
         return self.watch.as_produced(self.values), dict(self.watch.written), axes
@@ -374,7 +371,7 @@ class _HookTrace:
                 axes = self._axes(module, [*_flat(args), *_flat(kwargs)], out)
                 self.axes[name] = axes
                 self._remember(out, axes)
-                for layer in self.by_base.get(name, ()):
+                for layer in self.cap.by_base.get(name, ()):
                     if layer not in self.values:
                         value = select_element(out, self.cap.index[layer][1])
                         self.values[layer] = value
