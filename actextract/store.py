@@ -145,6 +145,11 @@ class Store:
                 self._nodes[path] = arr  # type: ignore[assignment]
             return self._nodes[path]
 
+    def forget_nodes(self) -> None:
+        """Open every array afresh on next use (after its metadata was rewritten)."""
+        with self._lock:
+            self._nodes.clear()
+
     def __contains__(self, layer: object) -> bool:
         return layer in self.layers
 

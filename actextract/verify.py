@@ -23,6 +23,7 @@ from zarr.core.sync import sync
 
 from actextract import clustering, stats
 from actextract.errors import OptionError, StoreError
+from actextract.integrity import MetaProblem, metadata_problems, restore_metadata
 from actextract.layout import quiet_numcodecs
 from actextract.location import writable
 from actextract.store import Store
@@ -68,10 +69,18 @@ class VerifyReport:
     stats_dropped: list[str] = field(default_factory=list)  # removed by ``repair``
     cluster_problems: list[tuple[str, str]] = field(default_factory=list)  # (array, what)
     clusters_dropped: list[str] = field(default_factory=list)  # results removed by ``repair``
+    metadata: list[MetaProblem] = field(default_factory=list)  # missing or wrong zarr.json
+    metadata_restored: list[str] = field(default_factory=list)  # rewritten by ``repair``
+    read: bool = True  # False: the metadata kept the blocks from being read
+
+    @property
+    def repairable(self) -> bool:
+        """False when the root attributes themselves are damaged."""
+        return all(p.repairable for p in self.metadata)
 
     @property
     def damaged(self) -> bool:
-        if self.stats_problems or self.cluster_problems:
+        if self.stats_problems or self.cluster_problems or self.metadata:
             return True
         return any(p.kind in DAMAGE for p in self.problems)
 
@@ -99,14 +108,48 @@ def verify(
 ) -> VerifyReport:
     """Read every chunk of every array of ``store``, block by block, ``workers`` chunks at a
     time (one chunk in memory per worker); ``progress(n)`` is called as ``n`` more chunks are
-    checked, out of :func:`count_chunks`. ``repair`` (a store opened with mode 'r+') marks the
-    blocks with a missing or undecodable chunk not done: ``extract --resume`` redoes them."""
+    checked, out of :func:`count_chunks`. First the metadata files are checked against the root
+    attributes (:mod:`actextract.integrity`). ``repair`` (a store opened with mode 'r+')
+    rewrites the missing or wrong ones from the root attributes, then marks the blocks with a
+    missing or undecodable chunk not done: ``extract --resume`` redoes them. When the root
+    attributes themselves are damaged nothing is read or repaired: the report says so."""
     if workers < 1:
         raise OptionError(f"workers={workers} must be at least 1.")
     if repair and store.group.store.read_only:
         raise StoreError(f"'{store.location}' is open read-only; open it with mode='r+' to repair.")
+    metadata = metadata_problems(store)
+    restored: list[str] = []
+    if repair and metadata and all(p.repairable for p in metadata):
+        with writable(store.location, "rewrite the damaged metadata files"):
+            restored = restore_metadata(store, metadata)
+        metadata = metadata_problems(store)
+    if not all(p.repairable for p in metadata) or any(
+        p.path == "progress/done" for p in metadata
+    ):  # nothing below can be trusted, or no block can be known done
+        report = VerifyReport(str(store.location), store.status, _blocks(store), read=False)
+        report.metadata, report.metadata_restored = metadata, restored
+        return report
+    report = _verify(store, progress, workers, repair, skip={p.path for p in metadata})
+    report.metadata, report.metadata_restored = metadata, restored
+    return report
+
+
+def _blocks(store: Store) -> int:
+    try:
+        return store.n_blocks
+    except Exception:  # the root's sample count or chunk rows are unusable
+        return 0
+
+
+def _verify(
+    store: Store,
+    progress: Callable[[int], None] | None,
+    workers: int,
+    repair: bool,
+    skip: set[str],
+) -> VerifyReport:
     tick = progress or (lambda n: None)
-    entries, found = _arrays(store)
+    entries, found = _arrays(store, skip)
     done_entry, rest = entries[0], entries[1:]
     report = VerifyReport(str(store.location), store.status, store.n_blocks)
     crc = {n for n, a, _ in entries if any(isinstance(c, Crc32cCodec) for c in a.metadata.codecs)}
@@ -144,13 +187,19 @@ def verify(
 
 
 def count_chunks(store: Store) -> int:
-    """How many chunks :func:`verify` checks (the total of its ``progress``)."""
-    return sum(math.prod(arr.cdata_shape) for _, arr, _ in _arrays(store)[0])
+    """How many chunks :func:`verify` checks (the total of its ``progress``; 0 when the
+    metadata must be repaired first)."""
+    try:
+        return sum(math.prod(arr.cdata_shape) for _, arr, _ in _arrays(store, set())[0])
+    except Exception:
+        return 0
 
 
 def format_verify(report: VerifyReport) -> str:
     """The report as terminal text: a headline, one line per problem range, what to do."""
     done = f"{report.blocks_done}/{report.n_blocks} blocks done"
+    if not report.read:
+        done = "no block read (the metadata must be mended first)"
     resume = "`actextract extract ... --resume`"
     head = {
         "complete": f"complete: {done}, every chunk reads back.",
@@ -158,10 +207,31 @@ def format_verify(report: VerifyReport) -> str:
         f"{resume} seals it.",
         "incomplete": f"incomplete (status '{report.status}'): {done}.",
         "damaged": f"DAMAGED: {done}; {sum(p.kind in DAMAGE for p in report.problems)} "
-        f"damaged row ranges, {len(report.stats_problems)} damaged arrays of statistics, "
+        f"damaged row ranges, {len(report.metadata)} damaged metadata files, "
+        f"{len(report.stats_problems)} damaged arrays of statistics, "
         f"{len(report.cluster_problems)} of clustering results.",
     }[report.state]
     lines = [f"{report.path}: {head}"]
+    if report.metadata_restored:
+        lines.append(
+            f"rewrote the metadata of {', '.join(report.metadata_restored)} from the root "
+            "attributes; their chunks were then read."
+        )
+    for m in report.metadata:
+        lines.append(f"  {m.path or 'zarr.json (root attributes)'}: {m.what}.")
+    if not report.repairable:
+        lines.append(
+            "The root attributes (zarr.json) are damaged: they are the record of the run that "
+            "every other file is checked against, so this store cannot be repaired. Restore its "
+            "zarr.json from a copy, or extract again into a new store (--overwrite)."
+        )
+        return "\n".join(lines)
+    if report.metadata:
+        lines.append(
+            "`actextract verify --repair` rewrites these metadata files from the root "
+            "attributes, reads the chunks, and marks the blocks whose chunks are missing not "
+            f"done; {resume} then redoes them."
+        )
     for p in report.problems:
         first, stop = p.blocks
         blocks = f"block {first}" if stop - first == 1 else f"blocks {first}-{stop - 1}"
@@ -212,9 +282,10 @@ def format_verify(report: VerifyReport) -> str:
     return "\n".join(lines)
 
 
-def _arrays(store: Store) -> tuple[list[Entry], list[Found]]:
-    """progress/done, then the layers, labels, ids and progress records known by the schema;
-    an array whose metadata cannot be read is 'missing' in every block."""
+def _arrays(store: Store, skip: set[str]) -> tuple[list[Entry], list[Found]]:
+    """progress/done, then the layers, labels, ids and progress records known by the schema,
+    but those at ``skip`` (metadata problems, reported as such); an array whose metadata
+    cannot be read is 'missing' in every block (stores without a schema to check it)."""
     try:
         entries: list[Entry] = [("progress/done", store._node("progress/done"), True)]
     except Exception as e:
@@ -222,10 +293,15 @@ def _arrays(store: Store) -> tuple[list[Entry], list[Found]]:
     paths = [(s["name"], s.get("array", f"acts/{s['name']}"), False) for s in store.attrs["layers"]]
     paths += [(key, key, False) for key in store.row_keys if "/" in key]  # channel means
     paths += [("labels", "labels", False), ("ids", "ids", False)]
-    records = sorted(store.group["progress"].array_keys())  # type: ignore[union-attr]
+    try:
+        records = sorted(store.group["progress"].array_keys())  # type: ignore[union-attr]
+    except Exception:  # the group's metadata is missing: reported by integrity
+        records = ["done", "nonfinite", "skipped"]
     paths += [(f"progress/{r}", f"progress/{r}", True) for r in records if r != "done"]
     found: list[Found] = []
     for name, path, per_block in paths:
+        if path in skip:
+            continue
         try:
             arr = store._node(path)
         except Exception as e:

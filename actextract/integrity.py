@@ -1,0 +1,330 @@
+"""Integrity: what a run's store must hold, derived from its root attributes, and the check
+every reader runs before it trusts a store.
+
+The root attributes (``zarr.json``) are the record of the run: they say which arrays exist and
+their shapes, chunking and dtype, and a resume checks a new run against them. Every other
+metadata file follows from them, so :func:`expected_metadata` rebuilds each one exactly as
+:func:`~actextract.layout.build_store` wrote it, :func:`metadata_problems` compares the store's
+with those (a file missing, unreadable, or disagreeing on shape, chunks or dtype) and
+:func:`restore_metadata` writes them back. Attributes that disagree with every array, or with
+themselves, are damage of the record itself: nothing can tell which side is true, and
+``verify`` says so instead of advising a repair.
+
+:func:`check` is the quick check of ``info``, ``render`` and ``--resume``: the metadata, then one
+listing of each row array's chunk keys against the completion records (a done block must have
+every chunk: arrays are written with ``write_empty_chunks``, and zarr reads a missing chunk as
+the fill value without a word). ``verify`` reads every chunk on top of it (checksums).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from actextract.axes import reduced_shape, stored_layout
+from actextract.errors import StoreError
+from actextract.layout import ArraySpec, StoreOptions, build_store
+
+if TYPE_CHECKING:
+    from actextract.store import Store
+
+__all__ = [
+    "Damage",
+    "MetaProblem",
+    "check",
+    "chunk_gaps",
+    "damage_error",
+    "expected_metadata",
+    "metadata_problems",
+    "restore_metadata",
+    "schema",
+]
+
+RECORDS = ("progress/skipped", "progress/nonfinite", "progress/done")  # one chunk per block
+_COMPARED = ("shape", "data_type", "chunk_grid", "node_type")
+
+
+@dataclass(frozen=True)
+class MetaProblem:
+    """The metadata file of ``path`` ('' for the root) is ``what``; ``repairable``: it can be
+    rewritten from the root attributes (False: the root attributes themselves are wrong)."""
+
+    path: str
+    what: str
+    repairable: bool = True
+
+
+@dataclass
+class Damage:
+    """What :func:`check` found: metadata problems, and (array, first row, last row + 1,
+    detail) for each done row range whose chunks are not all in the store."""
+
+    metadata: list[MetaProblem] = field(default_factory=list)
+    gaps: list[tuple[str, int, int, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.metadata or self.gaps)
+
+    def lines(self) -> list[str]:
+        out = [f"{p.path or 'zarr.json (root)'}: {p.what}" for p in self.metadata]
+        out += [f"{array}: rows {a}-{b - 1}: {detail}" for array, a, b, detail in self.gaps]
+        return out
+
+
+def schema(attrs: Mapping[str, Any]) -> tuple[list[ArraySpec], StoreOptions]:
+    """The row arrays and storage options a run's root attributes describe (what
+    :func:`~actextract.layout.build_store` was given)."""
+    layers = {s["name"]: s for s in attrs["layers"]}
+    stats = attrs.get("stats") or {}
+    specs = []
+    for path in attrs.get("row_arrays") or [
+        s.get("array") or f"acts/{n}" for n, s in layers.items()
+    ]:
+        if path.startswith("acts/"):
+            s = layers[path.removeprefix("acts/")]
+            specs.append(
+                ArraySpec(
+                    s["name"],
+                    tuple(s["shape"]),
+                    s.get("kind", ""),
+                    s.get("reduce", "none"),
+                    tuple(s.get("output_shape") or s["shape"]),
+                    bool(s.get("model_output")),
+                    layout=s.get("layout") or "",
+                    clone=s.get("clone"),
+                    batch_axis=int(s.get("batch_axis", 0)),
+                )
+            )
+        else:  # stats/<layer>/channel_means
+            name = path.split("/")[1]
+            kept = stats[name]
+            layout = stored_layout(kept)
+            shape = tuple(kept["shape"])
+            specs.append(
+                ArraySpec(
+                    name,
+                    reduced_shape(name, shape, layout, "mean", "--stats"),
+                    kept.get("kind", ""),
+                    "mean",
+                    shape,
+                    path=path,
+                    layout=kept.get("layout") or "",
+                )
+            )
+    codec = attrs.get("codec") or {}
+    name = codec.get("name", "none")
+    level = codec.get("level") if name not in ("lz4", "none") else None
+    return specs, StoreOptions(dtype=attrs["dtype"], codec=name, level=level)
+
+
+def expected_metadata(attrs: Mapping[str, Any]) -> dict[str, bytes]:
+    """{node path: its zarr.json} for every node below the root that creating a store with
+    these attributes writes (built in memory, byte for byte as creation wrote it)."""
+    specs, options = schema(attrs)
+    memory = zarr.storage.MemoryStore()
+    n, rows = int(attrs["n_samples"]), int(attrs["chunk_rows"])
+    build_store(n, specs, options, rows, {"stats": attrs.get("stats")})(memory)
+    return {
+        key.removesuffix("/zarr.json"): bytes(value.to_bytes())
+        for key, value in memory._store_dict.items()
+        if key.endswith("/zarr.json")
+    }
+
+
+def metadata_problems(store: Store) -> list[MetaProblem]:
+    """The metadata files of ``store`` that are missing, unreadable, or disagree with the root
+    attributes (shape, chunks, dtype), and root attributes that disagree with the arrays or
+    with themselves. [] for stores before per-block records (format 1), which keep no
+    schema to check against, and for a Recorder's stores."""
+    attrs = store.attrs
+    if not store.has_records() or attrs.get("axis") == "epoch":
+        return []
+    root = _root_problems(attrs)
+    if root:
+        return root
+    zstore = store.group.store
+    found, rows_agree, rows_differ = [], 0, 0
+    for path, want in expected_metadata(attrs).items():
+        raw = sync(zstore.get(f"{path}/zarr.json", prototype=default_buffer_prototype()))
+        if raw is None:
+            found.append(MetaProblem(path, "metadata file (zarr.json) missing"))
+            continue
+        try:
+            have = json.loads(raw.to_bytes())
+        except ValueError as e:
+            found.append(MetaProblem(path, f"metadata file (zarr.json) unreadable: {e}"))
+            continue
+        want = json.loads(want)
+        differs = _differs(have, want)
+        if want["node_type"] == "array" and not path.startswith("progress/"):  # a row array
+            if _rows(have) == _rows(want):
+                rows_agree += 1
+            else:
+                rows_differ += 1
+        if differs:
+            found.append(
+                MetaProblem(path, f"metadata disagrees with the root attributes: {differs}")
+            )
+    if rows_differ and not rows_agree:
+        return [
+            MetaProblem(
+                "",
+                f"the root attributes n_samples ({attrs['n_samples']}) and chunk_rows "
+                f"({attrs['chunk_rows']}) disagree with every array's rows and chunking",
+                repairable=False,
+            )
+        ]
+    if "acts" in store.group:  # a layer array that the attributes do not list
+        listed = {s["name"] for s in attrs["layers"]}
+        with warnings.catch_warnings():  # zarr warns of a folder without its zarr.json
+            warnings.simplefilter("ignore")
+            keys = set(store.group["acts"].array_keys())  # type: ignore[union-attr]
+        unknown = sorted(keys - listed)
+        found += [
+            MetaProblem(
+                "",
+                f"acts/{name} is not among the layers of the root attributes",
+                repairable=False,
+            )
+            for name in unknown
+        ]
+    return found
+
+
+def restore_metadata(store: Store, problems: Iterable[MetaProblem]) -> list[str]:
+    """Rewrite the metadata files of ``problems`` (all repairable) from the root attributes;
+    their chunks are left as they are (``verify`` then reads them). Returns the paths."""
+    problems = list(problems)
+    if not all(p.repairable for p in problems):
+        raise StoreError(
+            f"'{store.location}': the root attributes are damaged; nothing to restore."
+        )
+    expected = expected_metadata(store.attrs)
+    prototype = default_buffer_prototype()
+    paths = [p.path for p in problems]
+    for path in paths:
+        sync(
+            store.group.store.set(f"{path}/zarr.json", prototype.buffer.from_bytes(expected[path]))
+        )
+    store.forget_nodes()
+    return paths
+
+
+def chunk_gaps(store: Store, skip: Iterable[str] = ()) -> list[tuple[str, int, int, str]]:
+    """(array, first row, last row + 1, detail) of each run of done row blocks with a chunk
+    missing in a row array (layers, channel means, labels, ids) or a block record; one
+    listing of keys per array. ``skip``: paths whose metadata is known to be bad."""
+    skip = set(skip)
+    done = store.done()
+    blocks = np.flatnonzero(done)
+    names = {s.get("array") or f"acts/{s['name']}": s["name"] for s in store.attrs["layers"]}
+    paths = [*(k if "/" in k else f"acts/{k}" for k in store.row_keys), "labels", "ids"]
+    out = []
+    for path in [*paths, *RECORDS[:2]]:
+        if path in skip:
+            continue
+        arr = store._node(path)
+        keys = sync(_keys(store.group.store, f"{path}/"))
+        rest = list(itertools.product(*(range(n) for n in arr.cdata_shape[1:])))
+        missing = [
+            b
+            for b in blocks.tolist()
+            if any(f"{path}/{arr.metadata.encode_chunk_key((b, *r))}" not in keys for r in rest)
+        ]
+        for first, last in _runs(missing):
+            rows = (store.block_range(first).start, store.block_range(last).stop)
+            what = "block" if first == last else "blocks"
+            span = f"{first}" if first == last else f"{first}-{last}"
+            out.append((names.get(path, path), *rows, f"chunks of done {what} {span} missing"))
+    return out
+
+
+def check(store: Store) -> Damage:
+    """The quick check: metadata, then done blocks without their chunks (see the module
+    docstring); reads no chunk but progress/done's."""
+    damage = Damage(metadata_problems(store))
+    if not damage.metadata and store.has_records() and store.attrs.get("axis") != "epoch":
+        damage.gaps = chunk_gaps(store)
+    return damage
+
+
+def damage_error(store: Store, damage: Damage, doing: str) -> StoreError:
+    """The error of a reader that will not go on: what is damaged and what to run."""
+    lines = damage.lines()
+    more = f" (and {len(lines) - 4} more)" if len(lines) > 4 else ""
+    return StoreError(
+        f"'{store.location}' is DAMAGED, so {doing} would show rows that are not there: "
+        f"{'; '.join(lines[:4])}{more}. Run `actextract verify {store.location}` for the whole "
+        "picture; `verify --repair` then `extract ... --resume` mends it."
+    )
+
+
+def _root_problems(attrs: Mapping[str, Any]) -> list[MetaProblem]:
+    """Root attributes that contradict themselves: a layer whose stored shape is not its
+    output's after its reduction, an impossible sample count or chunking."""
+    out = []
+    for key in ("n_samples", "chunk_rows"):
+        value = attrs.get(key)
+        if not isinstance(value, int) or value <= 0:
+            out.append(MetaProblem("", f"the root attribute {key} is {value!r}", repairable=False))
+    for s in attrs.get("layers") or []:
+        try:
+            want = reduced_shape(
+                s["name"], tuple(s["output_shape"]), stored_layout(s), s.get("reduce", "none")
+            )
+        except Exception as e:
+            want = f"unusable ({e})"
+        if "output_shape" in s and tuple(s["shape"]) != want:
+            out.append(
+                MetaProblem(
+                    "",
+                    f"layer {s['name']}: stored shape {tuple(s['shape'])} does not follow from "
+                    f"its output {tuple(s['output_shape'])} reduced by {s.get('reduce', 'none')}",
+                    repairable=False,
+                )
+            )
+    return out
+
+
+def _differs(have: Mapping[str, Any], want: Mapping[str, Any]) -> str:
+    """What decides where the bytes of a chunk go (shape, chunks, dtype, kind of node)."""
+    diffs = []
+    for key in _COMPARED:
+        if have.get(key) != want.get(key):
+            name, was, should = key.replace("_", " "), _short(have.get(key)), _short(want.get(key))
+            diffs.append(f"{name} {was} (expected {should})")
+    return "; ".join(diffs)
+
+
+def _rows(meta: Mapping[str, Any]) -> tuple[Any, Any]:
+    """(rows, rows per chunk) of an array's metadata."""
+    chunks = ((meta.get("chunk_grid") or {}).get("configuration") or {}).get("chunk_shape")
+    return (meta.get("shape") or [None])[0], (chunks or [None])[0]
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict) and "configuration" in value:
+        value = value["configuration"].get("chunk_shape", value)
+    return json.dumps(value)
+
+
+async def _keys(zstore: Any, prefix: str) -> set[str]:
+    return {key async for key in zstore.list_prefix(prefix)}
+
+
+def _runs(blocks: list[int]) -> list[tuple[int, int]]:
+    """[1, 2, 3, 7] → [(1, 3), (7, 7)]."""
+    out: list[tuple[int, int]] = []
+    for _, run in itertools.groupby(enumerate(blocks), key=lambda ib: ib[1] - ib[0]):
+        run = list(run)
+        out.append((run[0][1], run[-1][1]))
+    return out
