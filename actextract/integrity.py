@@ -44,9 +44,11 @@ __all__ = [
     "chunk_gaps",
     "damage_error",
     "expected_metadata",
+    "is_damage",
     "metadata_problems",
     "restore_metadata",
     "schema",
+    "undecodable",
 ]
 
 RECORDS = ("progress/skipped", "progress/nonfinite", "progress/done")  # one chunk per block
@@ -250,22 +252,63 @@ def chunk_gaps(store: Store, skip: Iterable[str] = ()) -> list[tuple[str, int, i
 
 def check(store: Store) -> Damage:
     """The quick check: metadata, then done blocks without their chunks (see the module
-    docstring); reads no chunk but progress/done's."""
+    docstring), then the small arrays every reader reads whole (labels, ids, the block
+    records) are read; the row arrays' chunks are left to ``verify``."""
     damage = Damage(metadata_problems(store))
     if not damage.metadata and store.has_records() and store.attrs.get("axis") != "epoch":
         damage.gaps = chunk_gaps(store)
+        damage.gaps += _unreadable(store, ["labels", "ids"], per_block=False)
+        damage.gaps += _unreadable(store, list(RECORDS[:2]), per_block=True)
     return damage
 
 
-def damage_error(store: Store, damage: Damage, doing: str) -> StoreError:
-    """The error of a reader that will not go on: what is damaged and what to run."""
+def _unreadable(store: Store, paths: list[str], per_block: bool) -> list[tuple[str, int, int, str]]:
+    """(array, rows, what) of the done blocks of ``paths`` whose chunks do not decode: each
+    array read whole, then block by block only when that fails."""
+    out = []
+    done = np.flatnonzero(store.done()).tolist()
+    for path in paths:
+        arr = store._node(path)
+        try:
+            arr[:]
+            continue
+        except Exception as e:
+            if not is_damage(e):
+                raise
+        for b in done:
+            rows = store.block_range(b)
+            try:
+                arr[b : b + 1] if per_block else arr[rows.start : rows.stop]
+            except Exception as e:
+                if not is_damage(e):
+                    raise
+                out.append((path, rows.start, rows.stop, f"block {b}: {undecodable(e)}"))
+    return out
+
+
+def damage_error(store: Store, damage: Damage, consequence: str) -> StoreError:
+    """The error of a reader that will not go on: what is damaged, why it stops
+    (``consequence``) and what to run."""
     lines = damage.lines()
     more = f" (and {len(lines) - 4} more)" if len(lines) > 4 else ""
     return StoreError(
-        f"'{store.location}' is DAMAGED, so {doing} would show rows that are not there: "
-        f"{'; '.join(lines[:4])}{more}. Run `actextract verify {store.location}` for the whole "
-        "picture; `verify --repair` then `extract ... --resume` mends it."
+        f"'{store.location}' is DAMAGED: {'; '.join(lines[:4])}{more}. {consequence} Run "
+        f"`actextract verify {store.location}` for the whole picture; `verify --repair` then "
+        "`extract ... --resume` mends it."
     )
+
+
+def undecodable(e: Exception) -> str:
+    """What a chunk read that failed means (zarr's Crc32cCodec raises "Stored and computed
+    checksum do not match")."""
+    if "checksum" in str(e):
+        return "crc32c checksum mismatch: corrupt or truncated"
+    return f"{type(e).__name__}: {e}"
+
+
+def is_damage(e: BaseException) -> bool:
+    """A read error that means a damaged chunk (not a bug, not an unreachable store)."""
+    return isinstance(e, ValueError) and "checksum" in str(e)
 
 
 def _root_problems(attrs: Mapping[str, Any]) -> list[MetaProblem]:

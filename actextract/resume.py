@@ -16,6 +16,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from actextract import integrity
 from actextract.errors import OutputExistsError, StoreError
 from actextract.layout import ArraySpec, StoreOptions, build_store, store_attrs
 from actextract.location import Location, writable
@@ -128,6 +129,14 @@ def _reopen(location: Location, new: NewStore, blocks: Collection[int] | None) -
             "be resumed. Write it again with --overwrite."
         )
     check_same_run(store.attrs, new, location)
+    damage = integrity.check(store)
+    if damage:
+        raise integrity.damage_error(
+            store,
+            damage,
+            "A resume only writes the blocks not recorded done, so it would seal "
+            "the store with these rows missing.",
+        )
     with writable(location, "clean up after the interrupted run"):
         removed = location.clean_partials(blocks)
     if removed:

@@ -23,7 +23,7 @@ from zarr.core.sync import sync
 
 from actextract import clustering, stats
 from actextract.errors import OptionError, StoreError
-from actextract.integrity import MetaProblem, metadata_problems, restore_metadata
+from actextract.integrity import MetaProblem, metadata_problems, restore_metadata, undecodable
 from actextract.layout import quiet_numcodecs
 from actextract.location import writable
 from actextract.store import Store
@@ -342,7 +342,7 @@ def _check(
     except OSError:  # the store cannot be read at all (permissions, network): not damage
         raise
     except Exception as e:
-        return [*errors, ("undecodable", _undecodable(e))], False
+        return [*errors, ("undecodable", undecodable(e))], False
     return errors, read_done and not errors and bool(data.all())
 
 
@@ -352,13 +352,6 @@ def _absent(arr: zarr.Array, coords: Iterable[tuple[int, ...]]) -> str:
     absent = [k for k in keys if not sync(arr.store_path.store.exists(k))]
     more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
     return f"chunk '{absent[0]}'{more} not in the store" if absent else ""
-
-
-def _undecodable(e: Exception) -> str:
-    """zarr's Crc32cCodec raises "Stored and computed checksum do not match"."""
-    if "checksum" in str(e):
-        return "crc32c checksum mismatch: corrupt or truncated"
-    return f"{type(e).__name__}: {e}"
 
 
 def _check_whole(arr: zarr.Array) -> str:
@@ -373,7 +366,7 @@ def _check_whole(arr: zarr.Array) -> str:
         except OSError:
             raise
         except Exception as e:
-            return _undecodable(e)
+            return undecodable(e)
     return ""
 
 
