@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from actextract import clustering
 from actextract.axes import pool as pool_rows
 from actextract.axes import reduced_shape, reductions_for
 from actextract.clustering import ROOT, Clustering, RowWriter, Settings, label_scores, result_array
@@ -97,7 +98,8 @@ def cluster(
     progress: Progress | None = None,
 ) -> Clustering:
     """Cluster the rows of ``layer`` into ``k`` groups and write the result into the store
-    under ``clusters/<layer>/<settings name>`` (a result of the same settings is replaced).
+    under ``clusters/<layer>/<settings name>``; a result of the same settings is replaced
+    once the new one is complete (a kill leaves one of them).
     ``pool`` ('mean', 'max') reduces spatial maps to one value per channel first; ``pca`` projects
     the rows on that many principal components before k-means. ``progress(phase, rows)`` is
     called as rows pass. Same store, settings and device: the same result."""
@@ -276,15 +278,17 @@ def _write(
     max_label: int,
     tick: Progress,
 ) -> Clustering:
-    """The assignment pass, written as it goes; the attributes (status 'complete') last."""
+    """The assignment pass, written as it goes under a hidden name, the attributes (status
+    'complete') last, then put in place of an older result of the same settings."""
     from actextract.plan import software
 
     n, k = store.n, s.k
     with writable(store.location, f"write the clustering of '{layer}'"):
         parent = store.group.require_group(ROOT).require_group(layer)
-        if s.name in parent:
-            del parent[s.name]
-        group = parent.create_group(s.name, attributes={"status": "writing", "started": now()})
+        clustering.tidy(parent)  # what killed runs left
+        hidden = clustering.new_name(s.name)
+        started = {"status": "writing", "started": now(), "writer": clustering.writer()}
+        group = parent.create_group(hidden, attributes=started)
         out = {
             "assignments": result_array(group, "assignments", (n,), np.int32, -1, ("sample",)),
             "distances": result_array(group, "distances", (n,), np.float32, np.nan, ("sample",)),
@@ -339,6 +343,7 @@ def _write(
             "software": software(torchvision=False),
         }
         group.update_attributes(attrs)
+        group = clustering.install(parent, hidden, s.name)
     return Clustering(layer, s.name, dict(group.attrs), group)
 
 
