@@ -148,7 +148,7 @@ def metadata_problems(store: Store) -> list[MetaProblem]:
     with themselves. [] for stores before per-block records (format 1), which keep no
     schema to check against, and for a Recorder's stores."""
     attrs = store.attrs
-    if not store.has_records() or attrs.get("axis") == "epoch":
+    if attrs.get("axis") == "epoch" or not store.has_records():
         return []
     root = _root_problems(attrs)
     if root:
@@ -255,7 +255,7 @@ def check(store: Store) -> Damage:
     docstring), then the small arrays every reader reads whole (labels, ids, the block
     records) are read; the row arrays' chunks are left to ``verify``."""
     damage = Damage(metadata_problems(store))
-    if not damage.metadata and store.has_records() and store.attrs.get("axis") != "epoch":
+    if not damage.metadata and store.attrs.get("axis") != "epoch" and store.has_records():
         damage.gaps = chunk_gaps(store)
         damage.gaps += _unreadable(store, ["labels", "ids"], per_block=False)
         damage.gaps += _unreadable(store, list(RECORDS[:2]), per_block=True)

@@ -77,11 +77,14 @@ class Store:
     touches. ``labels`` (N,) int64, ``ids`` (N,) str, ``attrs`` the provenance.
     """
 
+    this_run: dict[str, Any] | None = None  # what the extract() that returned it did (text.py)
+
     def __init__(self, location: str | Path | Location, group: zarr.Group):
         self.location = Location.parse(location)
         self.group = group
         self._nodes: dict[str, zarr.Array] = {}
         self._lock = threading.Lock()
+        self._left_out: list[int] = []
 
     @property
     def path(self) -> Path | str:
@@ -180,8 +183,15 @@ class Store:
         return range(block * self.chunk_rows, min(self.n, (block + 1) * self.chunk_rows))
 
     def done(self) -> np.ndarray:
-        """(n_blocks,) bool: which row blocks are completely written."""
-        return self._node("progress/done")[:].astype(bool)  # chunks are read afresh
+        """(n_blocks,) bool: which row blocks are completely written (and not left out)."""
+        done = self._node("progress/done")[:].astype(bool)  # chunks are read afresh
+        done[self._left_out] = False
+        return done
+
+    def leave_out(self, blocks: Sequence[int]) -> None:
+        """Readers of this Store object treat ``blocks`` as not done: ``render
+        --allow-damaged`` draws around the rows of damaged chunks."""
+        self._left_out = sorted(set(blocks))
 
     @property
     def status(self) -> str:
@@ -270,64 +280,11 @@ class Store:
         return self.location.disk_bytes(node)
 
     def info(self) -> dict[str, Any]:
-        """What ``actextract info`` shows: arrays, shapes, codec, sizes, labels, status."""
-        attrs = self.attrs
-        done = self.done()
-        arrays = []
-        for spec in attrs["layers"]:
-            arr = self[spec["name"]]
-            raw = arr.nbytes
-            disk = self.disk_bytes(f"acts/{spec['name']}")
-            arrays.append(
-                {
-                    "name": spec["name"],
-                    "shape": tuple(arr.shape),
-                    "dtype": str(arr.dtype),
-                    "chunks": tuple(arr.chunks),
-                    "reduce": spec.get("reduce", "none"),
-                    "layout": spec.get("layout"),  # the layer's output's (None: before format 4)
-                    "clone": spec.get("clone"),
-                    "batch_axis": spec.get("batch_axis", 0),
-                    "raw_bytes": raw,
-                    "disk_bytes": disk,
-                }
-            )
-        labels = self.labels[:]
-        values, counts = np.unique(labels, return_counts=True)
-        from actextract.clustering import clusterings  # they read stores: imported on use
-        from actextract.stats import summed_blocks
+        """What ``actextract info`` shows: arrays, shapes, codec, sizes, labels, status, and
+        the damage the quick check finds (:func:`actextract.storeinfo.store_info`)."""
+        from actextract.storeinfo import store_info  # it checks the store: imported on use
 
-        stats = {
-            layer: {"kinds": a["kinds"], "disk_bytes": self.disk_bytes(f"stats/{layer}")}
-            for layer, a in self.stats_layers().items()
-        }
-        return {
-            "path": str(self.location),
-            "status": attrs.get("status"),
-            "blocks_done": int(done.sum()),
-            "n_blocks": len(done),
-            "n_samples": self.n,
-            "chunk_rows": self.chunk_rows,
-            "dtype": attrs.get("dtype"),
-            "codec": attrs.get("codec"),
-            "model": attrs.get("model"),
-            "dataset": attrs.get("dataset"),
-            "precision": attrs.get("precision"),
-            "arrays": arrays,
-            "disk_bytes": self.disk_bytes(),
-            "labels": {int(v): int(c) for v, c in zip(values, counts, strict=True)},
-            "skipped": attrs.get("skipped", []),
-            "error": attrs.get("error"),
-            "nonfinite": attrs.get("nonfinite"),
-            "summary": attrs.get("summary"),
-            "stats": stats,
-            "blocks_summed": int(summed_blocks(self).sum()) if stats else None,
-            "clusters": [
-                {"layer": c.layer, "name": c.name}
-                | {k: c.attrs.get(k) for k in ("status", "settings", "metrics")}
-                for c in clusterings(self)
-            ],
-        }
+        return store_info(self)
 
 
 def check_output(path: str | Path | Location, overwrite: bool) -> None:
