@@ -15,6 +15,7 @@ import asyncio
 import errno
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -123,6 +124,30 @@ class Location:
             p.unlink(missing_ok=True)
         return len(stale)
 
+    @property
+    def _creating(self) -> str:
+        """The name prefix of the hidden folders a new local store is built in."""
+        return f".{self.name}.creating-"
+
+    def clean_creations(self, *, exclusive: bool) -> int:
+        """Remove the hidden folders of creations a killed process left beside a local store
+        (``.run.zarr.creating-<host>-<pid>-<hex>``); returns how many. ``exclusive``: the
+        caller holds the store's writer lock alone, so no creation can be running; else only
+        those of processes of this host that are gone."""
+        if self.local is None:
+            return 0
+        removed = 0
+        for path in self.local.parent.glob(f"{self._creating}*"):
+            host, _, rest = (
+                path.name.removeprefix(self._creating).rpartition("-")[0].rpartition("-")
+            )
+            pid = int(rest) if rest.isdigit() else None
+            gone = host == socket.gethostname() and pid is not None and not _alive(pid)
+            if path.is_dir() and (exclusive or gone):
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        return removed
+
     def create(self, build: Callable[[zarr.abc.store.Store], None]) -> bool:
         """Create the store with ``build(zarr_store)``. Local stores are built in a hidden
         sibling folder and renamed into place, so nobody ever sees half of one; returns False
@@ -133,7 +158,10 @@ class Location:
         parent = self.local.parent
         with writable(self, "create the store"):
             parent.mkdir(parents=True, exist_ok=True)
-            tmp = parent / f".{self.local.name}.creating-{uuid.uuid4().hex[:12]}"
+            tmp = (
+                parent
+                / f"{self._creating}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            )
             try:
                 try:
                     build(zarr.storage.LocalStore(tmp))
@@ -154,6 +182,16 @@ class Location:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
         return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _block_of_partial(relative: Path) -> int | None:

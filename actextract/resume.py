@@ -16,7 +16,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from actextract import integrity
+from actextract import integrity, lock
 from actextract.errors import OutputExistsError, StoreError
 from actextract.layout import ArraySpec, StoreOptions, build_store, store_attrs
 from actextract.location import Location, writable
@@ -94,12 +94,38 @@ def open_run(
     overwrite: bool,
     join: bool = False,
     blocks: Collection[int] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Store:
     """The store this process writes. ``resume``: finish the store at ``location`` if there
     is one (after checking it is this run's, and removing the ``*.partial`` files of writes a
     killed process left), else create it. ``join`` (``--shard``): the same, but other shards
     may be writing, so only leftovers of this shard's ``blocks`` are removed. Otherwise the
-    store is created, refusing an existing one unless ``overwrite``."""
+    store is created, refusing an existing one unless ``overwrite``. First the store is locked
+    for this process (:mod:`actextract.lock`; shared with the other shards of the run for
+    ``join``, ``shard`` being this one): a live writer is never disturbed, its ``*.partial``
+    files included."""
+    doing = "extract --resume" if resume else "extract"
+    if join and shard:
+        doing = f"extract --shard {shard[0]}/{shard[1]}"
+    held = lock.acquire(location, doing, shard=shard if join else None)
+    try:
+        with writable(location, "remove what a killed creation left"):
+            if location.clean_creations(exclusive=not join):
+                log.info("removed the leftovers of an interrupted creation of %s", location)
+        return _open_run(location, new, resume, overwrite, join, blocks)
+    except BaseException:
+        held.release()
+        raise
+
+
+def _open_run(
+    location: Location,
+    new: NewStore,
+    resume: bool,
+    overwrite: bool,
+    join: bool,
+    blocks: Collection[int] | None,
+) -> Store:
     if resume or join:
         if location.is_store():
             return _reopen(location, new, blocks if join else None)

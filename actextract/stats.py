@@ -49,6 +49,7 @@ __all__ = [
     "accumulated",
     "arrays",
     "finalize",
+    "overlaps",
     "read_stats",
     "repair",
     "summed_blocks",
@@ -164,16 +165,35 @@ def summed_blocks(store: Store) -> np.ndarray:
     if not accumulated(store):
         out[:] = True
         return out
+    twice = overlaps(store)
+    if twice:
+        path, what = twice[0]
+        raise StoreError(
+            f"{store.location}: {path} {what}, so its sums would count twice. Run `actextract "
+            f"verify {store.location} --repair` (it drops that part), then the same extract "
+            "command with --resume, which sums the blocks no part holds."
+        )
     for part in _parts(store):
-        twice = out[part.blocks]
-        if twice.any():
-            block = part.blocks[int(np.flatnonzero(twice)[0])]
-            raise StoreError(
-                f"{store.location}: row block {block} is in two statistics parts (the second: "
-                f"{PARTS}/{part.name}); its sums would count twice. Remove that part and resume "
-                "with --resume, which sums the blocks no part holds."
-            )
         out[part.blocks] = True
+    return out
+
+
+def overlaps(store: Store) -> list[tuple[str, str]]:
+    """(part, what) for each committed part holding a row block that an earlier part holds
+    too (two writers that summed the same block: the later part is dropped by ``repair``)."""
+    seen: dict[int, str] = {}
+    out = []
+    for part in _parts(store):
+        both = [b for b in part.blocks if b in seen]
+        if both:
+            out.append(
+                (
+                    f"{PARTS}/{part.name}",
+                    f"holds row block {both[0]}, which {PARTS}/{seen[both[0]]} holds too",
+                )
+            )
+            continue
+        seen.update(dict.fromkeys(part.blocks, part.name))
     return out
 
 

@@ -21,7 +21,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 from zarr.core.sync import sync
 
-from actextract import clustering, stats
+from actextract import clustering, lock, stats
 from actextract.errors import OptionError, StoreError
 from actextract.integrity import MetaProblem, metadata_problems, restore_metadata, undecodable
 from actextract.layout import quiet_numcodecs
@@ -117,6 +117,15 @@ def verify(
         raise OptionError(f"workers={workers} must be at least 1.")
     if repair and store.group.store.read_only:
         raise StoreError(f"'{store.location}' is open read-only; open it with mode='r+' to repair.")
+    if repair:  # never while a run writes the store
+        with lock.acquire(store.location, "verify --repair"):
+            return _verify_and_repair(store, progress, workers, repair)
+    return _verify_and_repair(store, progress, workers, repair)
+
+
+def _verify_and_repair(
+    store: Store, progress: Callable[[int], None] | None, workers: int, repair: bool
+) -> VerifyReport:
     metadata = metadata_problems(store)
     restored: list[str] = []
     if repair and metadata and all(p.repairable for p in metadata):
@@ -174,6 +183,7 @@ def _verify(
     with quiet_numcodecs():  # the sums of --stats and their totals, the clustering results
         wrong = ((path, _check_whole(store.group[path])) for path in stats.arrays(store))
         report.stats_problems = [(path, what) for path, what in wrong if what]
+        report.stats_problems += stats.overlaps(store)
         wrong = ((path, _check_whole(store.group[path])) for path in clustering.arrays(store))
         report.cluster_problems = [(path, what) for path, what in wrong if what]
     if repair:
