@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actextract import clustering
+from actextract import clustering, integrity
 from actextract.axes import pool as pool_rows
 from actextract.axes import reduced_shape, reductions_for
 from actextract.clustering import ROOT, Clustering, RowWriter, Settings, label_scores, result_array
@@ -153,6 +153,11 @@ def _writable_store(store: Store | str | Path) -> Store:
         raise StoreError(
             f"'{store.location}' is {store.status} ({int(done.sum())} of {len(done)} row blocks "
             "written); finish it with 'actextract extract ... --resume' before clustering it."
+        )
+    damage = integrity.check(store)
+    if damage:
+        raise integrity.damage_error(
+            store, damage, "Clustering it would group rows that are not there (they read as NaN)."
         )
     return store
 
