@@ -13,6 +13,7 @@ __all__ = [
     "int_list",
     "numbers",
     "sample_rows",
+    "trust_option",
 ]
 
 
@@ -70,6 +71,13 @@ def sample_rows(ctx, param, value: str) -> str | tuple[int, ...]:
     return numbers(ctx, param, value, int, "'per-class' or row indices such as 0,17,42")
 
 
+trust_option = click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Let --weights be a whole pickled module (or other pickled objects): unpickling runs "
+    "code from the file, so only for files you trust. Without it such a file is refused.",
+)
+
 # every option of ``actextract extract``, in the order --help lists them
 _EXTRACT_OPTIONS = [
     click.option(
@@ -80,8 +88,10 @@ _EXTRACT_OPTIONS = [
     click.option(
         "--weights",
         type=click.Path(dir_okay=False),
-        help="Local checkpoint: state_dict or whole module; its sha256 is recorded.",
+        help="Local checkpoint: a state_dict (torch.save) or .safetensors file; its sha256 is "
+        "recorded.",
     ),
+    trust_option,
     click.option(
         "--dataset",
         required=True,

@@ -40,12 +40,14 @@ def list_layers(
     weights: str | Path | None = None,
     capture: Method = "auto",
     layers: Sequence[str] | str | None = None,
+    trust_checkpoint: bool = False,
 ) -> LayerTable:
     """Every capturable layer of ``model``: name, kind, per-sample output shape, layout and
     whether it is cloned at capture, found by a probe with (1, *input_shape) zeros on the
     CPU (the model is left as it was). ``layers``: only the names these patterns match
-    (``LayerTable.matched`` counts them per pattern)."""
-    loaded = load_model(model, weights=weights)
+    (``LayerTable.matched`` counts them per pattern). ``trust_checkpoint``: as
+    :func:`actextract.models.load_model` takes it."""
+    loaded = load_model(model, weights=weights, trust_checkpoint=trust_checkpoint)
     shape = tuple(input_shape) if input_shape else loaded.input_shape
     if not shape:
         raise OptionError(

@@ -19,6 +19,7 @@ __all__ = [
     "OutputExistsError",
     "SourceError",
     "StoreError",
+    "UntrustedCheckpointError",
 ]
 
 
@@ -45,6 +46,11 @@ class ModelSpecError(ActextractError, ValueError):
 
 class CheckpointError(ActextractError, ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint only the full unpickler reads (a whole pickled module, other pickled
+    objects), without trust given: unpickling it would run code from the file."""
 
 
 class LayerNotFoundError(ActextractError, KeyError):

@@ -93,13 +93,19 @@ def draw_graph(
     input_shape: Sequence[int] | None = None,
     weights: str | Path | None = None,
     capture: Method = "auto",
+    trust_checkpoint: bool = False,
 ) -> Path:
     """Draw ``model``'s graph into ``out`` (.svg, .png or .dot, by its suffix), ``layers``
     (names or globs, as ``extract`` takes them; default: none) highlighted. Returns ``out``.
     The suffix and the ``dot`` program are checked before the model is loaded."""
     graph_format(out)
     graph = model_graph(
-        model, layers=layers, input_shape=input_shape, weights=weights, capture=capture
+        model,
+        layers=layers,
+        input_shape=input_shape,
+        weights=weights,
+        capture=capture,
+        trust_checkpoint=trust_checkpoint,
     )
     return write_graph(graph, out)
 
@@ -111,10 +117,11 @@ def model_graph(
     input_shape: Sequence[int] | None = None,
     weights: str | Path | None = None,
     capture: Method = "auto",
+    trust_checkpoint: bool = False,
 ) -> graphviz.Digraph:
     """The Graphviz graph :func:`draw_graph` writes. Shapes come from one forward pass of a
     (1, *input_shape) zero tensor on the CPU, as ``actextract layers`` finds them."""
-    loaded = load_model(model, weights=weights)
+    loaded = load_model(model, weights=weights, trust_checkpoint=trust_checkpoint)
     table = _table(loaded.module, loaded.spec, input_shape or loaded.input_shape, capture)
     return layer_graph(loaded.module, table, layers)
 

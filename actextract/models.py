@@ -9,28 +9,27 @@ Specs (``load_model``):
 - ``python:module:callable`` or ``python:file.py:callable``: a callable returning a Module;
 - an ``nn.Module`` object (Python API).
 
-A checkpoint is a state_dict (also inside ``{"state_dict": ...}`` or ``{"model": ...}``, with
-``module.``/``_orig_mod.`` prefixes removed) or a whole pickled module; its sha256 goes into
-the store.
+A checkpoint (:mod:`actextract.checkpoints`) is a state_dict (also inside ``{"state_dict": ...}``
+or ``{"model": ...}``, with ``module.``/``_orig_mod.`` prefixes removed) saved by ``torch.save``
+or safetensors; a whole pickled module only with ``trust_checkpoint=True``, as unpickling it
+runs code from the file. Its sha256 goes into the store.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
-import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from actextract._imports import call_object, load_object
-from actextract.errors import CheckpointError, ModelSpecError
+from actextract.checkpoints import file_sha256, fit_checkpoint, load_checkpoint, read_checkpoint
+from actextract.errors import ModelSpecError
 from actextract.source import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 __all__ = [
@@ -81,6 +80,7 @@ class LoadedModel:
     preprocess: Preprocess  # the model's default input preparation for image sources
     weights: str | None = None
     weights_sha256: str | None = None
+    weights_format: str | None = None  # safetensors, torch (weights_only) or pickle (trusted)
 
 
 _TORCHVISION_PREPROCESS = Preprocess(
@@ -94,10 +94,17 @@ def torchvision_model_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def load_model(model: str | nn.Module, *, weights: str | Path | None = None) -> LoadedModel:
+def load_model(
+    model: str | nn.Module,
+    *,
+    weights: str | Path | None = None,
+    trust_checkpoint: bool = False,
+) -> LoadedModel:
     """Resolve a model spec or Module, load ``weights`` into it, and put a model built from a
     spec in eval mode (a caller's Module is left as it is: captures borrow it, ``borrowed``).
-    A ``torch.compile``d module is unwrapped: captures see the original, with its names."""
+    A ``torch.compile``d module is unwrapped: captures see the original, with its names.
+    ``trust_checkpoint``: let ``weights`` be a pickle that only the full unpickler reads (a
+    whole module), which runs code from the file; without it such a file is refused."""
     own = isinstance(model, nn.Module)  # the caller's: left in its mode (see ``borrowed``)
     if own:
         module = unwrap_compiled(model)
@@ -133,12 +140,14 @@ def load_model(model: str | nn.Module, *, weights: str | Path | None = None) -> 
 
         module = torchvision.models.get_model(model, weights=None)
         spec, shape, pre = model, (3, 224, 224), _TORCHVISION_PREPROCESS
-    sha = None
+    sha = form = None
     if weights is not None:
-        module, sha = load_checkpoint(module, weights)
+        checkpoint = read_checkpoint(weights, trust=trust_checkpoint)
+        module = fit_checkpoint(module, checkpoint.content, Path(weights))
+        sha, form = checkpoint.sha256, checkpoint.format
     if not own:
         module.eval()
-    return LoadedModel(module, spec, shape, pre, str(weights) if weights else None, sha)
+    return LoadedModel(module, spec, shape, pre, str(weights) if weights else None, sha, form)
 
 
 def unwrap_compiled(module: nn.Module) -> nn.Module:
@@ -195,92 +204,3 @@ def borrowed(
             p.data = data
         for m, k, b in buffers:
             m._buffers[k] = b
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def load_checkpoint(module: nn.Module, path: str | Path) -> tuple[nn.Module, str]:
-    """Load a checkpoint file into ``module`` (or replace it by a pickled module).
-
-    Returns (module, sha256 of the file). Raises CheckpointError naming the missing,
-    unexpected and mis-shaped keys when the state_dict does not fit.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"--weights '{path}' does not exist or is not a file.")
-    sha = file_sha256(path)
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # A whole pickled module: unpickling runs code from the file, so only for trusted files.
-        log.warning(
-            "%s is not a plain state_dict; loading it as a pickled module "
-            "(this executes code from the file)",
-            path,
-        )
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise CheckpointError(f"--weights '{path}' cannot be read: {e}") from None
-    except Exception as e:
-        raise CheckpointError(
-            f"--weights '{path}' cannot be read as a torch checkpoint: {e}"
-        ) from None
-    if isinstance(obj, nn.Module):
-        return obj, sha
-    state = _find_state_dict(obj, path)
-    _check_fits(module, state, path)
-    module.load_state_dict(state, strict=True)
-    return module, sha
-
-
-def _find_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(
-            f"--weights '{path}' holds {type(obj).__name__}, not a state_dict "
-            "(a dict of tensors) or an nn.Module."
-        )
-    out = {}
-    for k, v in obj.items():
-        for prefix in ("module.", "_orig_mod."):  # DataParallel / torch.compile wrappers
-            k = k.removeprefix(prefix)
-        out[k] = v
-    return out
-
-
-def _check_fits(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if not (missing or unexpected or shapes):
-        return
-    parts = []
-    for title, items in (
-        ("missing keys", missing),
-        ("unexpected keys", unexpected),
-        ("shape mismatches (checkpoint vs model)", shapes),
-    ):
-        if items:
-            more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
-            parts.append(f"{title}: {', '.join(items[:8])}{more}")
-    raise CheckpointError(
-        f"--weights '{path}' does not fit {type(module).__name__}: "
-        + "; ".join(parts)
-        + ". Is it a checkpoint of this architecture?"
-    )

@@ -4,7 +4,8 @@ checkpoint with its sha256).
 
 Each function raises :class:`RebuildError` with the reason when the store cannot give the thing
 back (a dataset that moved, a checkpoint that changed, random weights); the renderer shows the
-reason instead of the picture.
+reason instead of the picture. The renderer never runs code from a checkpoint: a store made
+from a pickled module (``--trust-checkpoint``) cannot rebuild its model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from actextract.errors import ActextractError
+from actextract.errors import ActextractError, UntrustedCheckpointError
 from actextract.figures import normalize_maps
 from actextract.models import file_sha256, load_model
 from actextract.samples import BadSample, Preprocess, Source
@@ -102,6 +103,8 @@ def rebuild_model(attrs: dict[str, Any]) -> nn.Module:
         )
     if weights is not None:
         path = Path(weights)
+        if model.get("weights_format") == "pickle":
+            raise _pickled(weights)
         if not path.is_file():
             raise RebuildError(f"the checkpoint '{weights}' the run used is gone.")
         if model.get("weights_sha256") and file_sha256(path) != model["weights_sha256"]:
@@ -110,9 +113,19 @@ def rebuild_model(attrs: dict[str, Any]) -> nn.Module:
                 "filters would not be the ones that made the store."
             )
     try:
-        return load_model(spec, weights=weights).module
+        return load_model(spec, weights=weights).module  # never trusted: no code from the file
+    except UntrustedCheckpointError:
+        raise _pickled(weights) from None
     except ActextractError as e:
         raise RebuildError(f"the model cannot be rebuilt: {e}") from None
+
+
+def _pickled(weights: str) -> RebuildError:
+    return RebuildError(
+        f"the checkpoint '{weights}' is a pickled module (or holds other pickled objects), and "
+        "the renderer does not run code from checkpoints; save a state_dict instead "
+        "(torch.save(model.state_dict(), path) or safetensors) and extract with it."
+    )
 
 
 def conv_weights(module: nn.Module, layer: str) -> np.ndarray:

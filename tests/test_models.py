@@ -37,11 +37,13 @@ def test_state_dict_in_a_wrapper_with_prefixes(tmp_path):
     assert loaded.weights_sha256 == file_sha256(ckpt)
 
 
-def test_a_whole_pickled_module(tmp_path):
+def test_a_whole_pickled_module_only_when_trusted(tmp_path):
     ckpt = tmp_path / "whole.pt"
     torch.save(tiny_cnn(), ckpt)
-    loaded = load_model("digits-cnn", weights=ckpt)
-    assert isinstance(loaded.module, TinyCNN)
+    with pytest.raises(CheckpointError, match="--trust-checkpoint"):
+        load_model("digits-cnn", weights=ckpt)
+    loaded = load_model("digits-cnn", weights=ckpt, trust_checkpoint=True)
+    assert isinstance(loaded.module, TinyCNN) and loaded.weights_format == "pickle"
 
 
 def test_shape_mismatch_is_named(tmp_path):

@@ -26,6 +26,7 @@ GOLDEN_ATTRS = {
         "spec": "python-object:TinyCNN",
         "weights": None,
         "weights_sha256": None,
+        "weights_format": None,
         "capture": "fx",
     },
     "dataset": {
