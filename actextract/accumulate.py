@@ -93,10 +93,11 @@ def parse_stats(
 def hist_edges(
     values: torch.Tensor, bins: int, given: tuple[float, float] | None = None
 ) -> list[float]:
-    """``bins + 1`` edges: ``given`` (lo, hi), else the span of ``values`` (one probe sample's
-    output) widened by half its width on each side (never below 0 when the layer's values
-    start at 0, as after a ReLU). Values outside land in the below/above bins, so the
-    totals stay exact whatever the range."""
+    """``bins + 1`` edges: ``given`` (lo, hi), else the span of the finite ``values`` (a probe
+    sample's output; ``plan.finite_probe`` finds others where it has none) widened by half
+    its width on each side (never below 0 when the layer's values start at 0, as after a
+    ReLU). Values outside land in the below/above bins, so the totals stay exact whatever
+    the range."""
     if bins < 1:
         raise OptionError(f"--hist-bins {bins} must be a positive integer.")
     if given is not None:

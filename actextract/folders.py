@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from actextract.errors import SourceError
+from actextract.rules import check_normalize
 from actextract.samples import Preprocess, SampleDataset, Source, convert_image, note_mode
 
 __all__ = ["JPEG_MAGIC", "JPEG_MODES", "open_folder"]
@@ -64,6 +65,7 @@ def open_folder(spec: str, path: str, preprocess: Preprocess, *, on_device: bool
         _check_flat(spec, root, files)
     pre = preprocess.over(Preprocess(channels=3))
     # decoded on the device: the workers only read (and, for non-JPEGs, decode) the files
+    check_normalize(pre.channels, pre.mean, pre.std)  # also where the device normalises
     transform = None if on_device else pre.transform()
     loader = partial(_load_encoded if on_device else _load_pil, channels=pre.channels)
     described = pre.describe(pil=True)

@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from actextract.rules import as_label, check_normalize
+
 __all__ = [
     "BadSample",
     "Batch",
@@ -62,6 +64,7 @@ class Preprocess:
         """A torchvision v2 pipeline: PIL image or (C, H, W) tensor → (C', H', W') float32."""
         from torchvision.transforms import v2
 
+        check_normalize(self.channels, self.mean, self.std)
         steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
         if self.channels == 3:
             steps.append(v2.RGB())
@@ -323,7 +326,7 @@ class SampleDataset(Dataset):
             if self.transform is not None:
                 x = self.transform(x)
             x = torch.as_tensor(x)
-            label = int(label) if label is not None else -1
+            label = as_label(label)  # an integer class index, or -1 (see actextract.rules)
         except Exception as e:  # any failure of user data becomes a reported bad sample
             log.debug("sample %d (%s) failed", index, self.sample_id(index), exc_info=True)
             return BadSample(index, self.sample_id(index), f"{type(e).__name__}: {e}")
