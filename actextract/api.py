@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from actextract import distributed
+from actextract import distributed, lock
 from actextract.accumulate import DEFAULT_BINS, Accumulator
 from actextract.capture import Method, build_capture
 from actextract.decode import DeviceDecoder
@@ -39,6 +39,7 @@ from actextract.plan import (
     provenance,
 )
 from actextract.resume import NewStore, open_run
+from actextract.rules import check_out
 from actextract.sink import Sink, check_nonfinite_policy
 from actextract.source import (
     Preprocess,
@@ -55,7 +56,7 @@ from actextract.store import (
     check_output,
     open_store,
 )
-from actextract.text import format_summary
+from actextract.text import format_summary, run_report
 from actextract.transfer import ring_slots
 from actextract.work import Shard, Work
 
@@ -76,6 +77,7 @@ def extract(
     hist_range: tuple[float, float] | None = None,
     stats_every: float = 300.0,
     weights: str | Path | None = None,
+    trust_checkpoint: bool = False,
     batch_size: int = 64,
     num_workers: int = 0,
     device: str | torch.device = "auto",
@@ -113,12 +115,15 @@ def extract(
     ``'features.*=nhwc'`` overrides the layout the probe infers (nchw, nhwc, tokens, vector,
     other; :mod:`actextract.axes`). ``model`` is left as it was (mode, flags, device), also
     after an error.
-    ``out``: a folder, a ``file://`` URL or another fsspec URL zarr opens.
+    ``out``: a folder, a ``file://`` URL or another fsspec URL zarr opens. ``weights``: a
+    state_dict (``torch.save``) or safetensors file; ``trust_checkpoint=True`` also lets it be
+    a whole pickled module, whose unpickling runs code from the file.
     ``store_layers``: the layers written in full (names or globs, also captured when not in
     ``layers``; default: every layer of ``layers``; ``"none"``: none). ``stats``: aggregates
     computed on the device, ``'layer*=class-mean,class-std,channel-hist;fc1=channel-mean'``
     (:mod:`actextract.accumulate`), written under ``stats/<layer>/``; ``hist_bins`` and
-    ``hist_range`` (lo, hi) fix channel-hist's bins (default range: a probe sample's, widened);
+    ``hist_range`` (lo, hi) fix channel-hist's bins (default range: the finite values of a
+    probe sample's output, or of the next samples' where it has none, widened);
     ``stats_every``: seconds between commits of the sums (what a killed run keeps).
     ``resume``: finish the store at ``out`` (same run: same model, data, layers, settings),
     computing only the row blocks not recorded done; ``shard="i/n"``: write only shard i of
@@ -143,7 +148,8 @@ def extract(
     check_nonfinite_policy(on_nonfinite)
     group = distributed.from_env()
     try:
-        return _extract(**locals())  # every argument above, and the torchrun group
+        with lock.session():  # the store's writer lock (actextract.lock), however this ends
+            return _extract(**locals())  # every argument above, and the torchrun group
     finally:
         if group is not None:
             group.close()
@@ -161,6 +167,7 @@ def _extract(
     hist_range,
     stats_every,
     weights,
+    trust_checkpoint,
     batch_size,
     num_workers,
     device,
@@ -215,6 +222,7 @@ def _extract(
             f"{options.device}; use --device cuda, or --decode cpu (decoding in the loader's "
             "workers)."
         )
+    check_out(out)  # not empty, no file on the way: before the model and data are loaded
     location = Location.parse(out)
     if not (resume or join):  # before any slow work: refuse early, touch nothing
         lead(lambda: check_output(location, overwrite))
@@ -223,7 +231,7 @@ def _extract(
     # of a sharded, torchrun or resumed run (the caller's RNG state is left as it was)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        loaded = load_model(model, weights=weights)
+        loaded = load_model(model, weights=weights, trust_checkpoint=trust_checkpoint)
     source = _open(dataset, (preprocess or Preprocess()).over(loaded.preprocess), decode)
     decoder = DeviceDecoder(source.preprocess, options.device) if source.encoded else None
     rows = range(min(len(source), limit) if limit else len(source))
@@ -271,7 +279,13 @@ def _extract(
             mine = work.blocks(part)
             store = lead(
                 lambda: open_run(
-                    location, new, resume=resume, overwrite=overwrite, join=join, blocks=mine
+                    location,
+                    new,
+                    resume=resume,
+                    overwrite=overwrite,
+                    join=join,
+                    blocks=mine,
+                    shard=(part.index, part.count),
                 )
             ) or open_store(location, mode="r+")
             specs = accumulated(store)  # the store's: a resumed run adopts its histogram edges
@@ -339,20 +353,23 @@ def _extract(
                 raise
         finally:
             cap.close()
-    _seal(store, summary, part, group, join)
+    _seal(store, summary, part, group, join, ran=bool(todo) or group is not None)
     store = open_store(location)  # the sealed attributes, whichever process wrote them
-    log.info("%s\n%s", store.location, format_summary(store.attrs))
+    if group is None:  # what this process did, for the summary it prints
+        store.this_run = run_report(store, part, len(mine), len(todo), summary.as_dict())
+    log.info("%s\n%s", store.location, format_summary(store.attrs, store.this_run))
     return store
 
 
-def _seal(store: Store, summary: Summary, part: Shard, group, join: bool) -> None:
+def _seal(store: Store, summary: Summary, part: Shard, group, join: bool, ran: bool) -> None:
     """Seal the store once every block is done: under torchrun rank 0 does it with every
-    rank's summary; a shard only when it finds every block done (the last to finish)."""
+    rank's summary; a shard only when it finds every block done (the last to finish). A
+    process that computed nothing (``ran`` False) leaves the recorded summary as it was."""
     mine = {**summary.as_dict(), "shard": str(part)}
 
     def seal(summary: dict) -> None:  # the statistics' totals first: they decide "complete"
         summed = bool(store.done().all()) and finalize(store)
-        store.seal("incomplete", summed=summed, summary=summary)
+        store.seal("incomplete", summed=summed, **({"summary": summary} if ran else {}))
 
     if group is not None:
         parts = group.gather(mine)

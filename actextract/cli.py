@@ -22,6 +22,7 @@ from actextract.cli_params import (
     extract_options,
     int_list,
     sample_rows,
+    trust_option,
 )
 from actextract.errors import ActextractError
 from actextract.text import (
@@ -67,6 +68,7 @@ def main(verbose: int) -> None:
     "(default: the model's own, 1,28,28 for digits-cnn).",
 )
 @click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint to load first.")
+@trust_option
 @dtype_option("Storage dtype the byte counts assume.")
 @click.option(
     "--n",
@@ -95,7 +97,17 @@ def main(verbose: int) -> None:
 @capture_option
 @click.pass_context
 def layers(
-    ctx, model, input_shape, weights, dtype, n_samples, summary, graph, layer_names, capture
+    ctx,
+    model,
+    input_shape,
+    weights,
+    trust_checkpoint,
+    dtype,
+    n_samples,
+    summary,
+    graph,
+    layer_names,
+    capture,
 ) -> None:
     """Every capturable layer of MODEL: name, kind, output shape, layout, bytes per sample and
     whether it is cloned at capture; or, with --graph, a drawing of the model's graph (add
@@ -112,6 +124,7 @@ def layers(
                 input_shape=input_shape,
                 weights=weights,
                 capture=capture,
+                trust_checkpoint=trust_checkpoint,
             )
             click.echo(f"wrote {path}")
         if graph is None or summary:
@@ -121,6 +134,7 @@ def layers(
                 weights=weights,
                 capture=capture,
                 layers=layer_names if graph is None else None,
+                trust_checkpoint=trust_checkpoint,
             )
             show = format_layer_summary if summary else format_layer_table
             click.echo(show(table, dtype, n_samples))
@@ -154,11 +168,12 @@ def extract(
             **options,
         )
     stats = [f"{name} ({', '.join(a['kinds'])})" for name, a in store.stats_layers().items()]
+    wrote = "wrote" if store.this_run is None or store.this_run["computed"] else "store"
     click.echo(
-        f"wrote {store.location} ({store.status}): {', '.join(store.layers) or 'no layer'} in "
+        f"{wrote} {store.location} ({store.status}): {', '.join(store.layers) or 'no layer'} in "
         f"full" + (f"; statistics of {'; '.join(stats)}" if stats else "")
     )
-    click.echo(format_summary(store.attrs))
+    click.echo(format_summary(store.attrs, store.this_run))
 
 
 @contextmanager
@@ -198,10 +213,13 @@ def info(ctx, path, as_json) -> None:
 
     with _user_errors(ctx):
         data = open_store(path).info()
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
-        return
-    click.echo(format_info(data))
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else format_info(data))
+    if data.get("damage"):
+        click.echo(
+            f"Error: '{path}' is DAMAGED; run `actextract verify {path}` for the whole picture.",
+            err=True,
+        )
+        ctx.exit(2)
 
 
 @main.command(context_settings=CONTEXT)
@@ -254,8 +272,16 @@ def verify(ctx, path, repair, workers) -> None:
 @click.option("--same-scale", is_flag=True, help="All maps of a grid on one colour scale.")
 @click.option("--cmap", default="viridis", show_default=True, help="A matplotlib colour map.")
 @click.option("--bins", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option(
+    "--allow-damaged",
+    is_flag=True,
+    help="Draw a damaged store without its damaged rows (the page lists them); without it a "
+    "damaged store is refused.",
+)
 @click.pass_context
-def render(ctx, path, out, layer_names, samples, max_channels, only, same_scale, cmap, bins):
+def render(
+    ctx, path, out, layer_names, samples, max_channels, only, same_scale, cmap, bins, allow_damaged
+):
     """Pictures of a store: feature-map grids, per-class averages, histograms, filters, a
     confusion matrix, and OUT/index.html to browse them."""
     from tqdm import tqdm
@@ -282,6 +308,7 @@ def render(ctx, path, out, layer_names, samples, max_channels, only, same_scale,
                 cmap=cmap,
                 bins=bins,
                 progress=progress,
+                allow_damaged=allow_damaged,
             )
     click.echo(format_report(report))
 

@@ -320,6 +320,24 @@ def _root_problems(attrs: Mapping[str, Any]) -> list[MetaProblem]:
         if not isinstance(value, int) or value <= 0:
             out.append(MetaProblem("", f"the root attribute {key} is {value!r}", repairable=False))
     for s in attrs.get("layers") or []:
+        if s.get("array", f"acts/{s['name']}") != f"acts/{s['name']}":
+            out.append(
+                MetaProblem("", f"layer {s['name']} names the array {s['array']}", repairable=False)
+            )
+    if out:
+        return out
+    layers = [f"acts/{s['name']}" for s in attrs.get("layers") or []]
+    listed = [p for p in attrs.get("row_arrays") or layers if p.startswith("acts/")]
+    if sorted(listed) != sorted(layers):
+        out.append(
+            MetaProblem(
+                "",
+                f"the row arrays {listed} are not the layers {layers} of the root attributes",
+                repairable=False,
+            )
+        )
+        return out
+    for s in attrs.get("layers") or []:
         try:
             want = reduced_shape(
                 s["name"], tuple(s["output_shape"]), stored_layout(s), s.get("reduce", "none")

@@ -7,7 +7,8 @@ it shared (they write disjoint row blocks), each with an exclusive lock of its o
 (``.run.zarr.shard-1-of-4.lock``), so the same shard started twice is refused too. Under
 torchrun rank 0 holds the exclusive lock for every rank. The kernel drops a lock when its
 process ends, however it ends: a killed run leaves nothing to clean up, and the lock files
-themselves are left in place (removing one could race with a process that just opened it).
+themselves are removed by the last holder that releases them (a killed process leaves its
+file, which the next run takes over).
 
 The holder writes who it is (pid, host, start time, what it does) into the file, so that a
 refused process names the other. Object stores (``s3://``, ...) have no such lock: there the
@@ -42,12 +43,20 @@ class WriterLock:
     """The open lock files of one store (closing them releases the locks)."""
 
     location: Location
-    fds: list[int] = field(default_factory=list)
+    held: list[tuple[int, Path]] = field(default_factory=list)
 
     def release(self) -> None:
-        for fd in self.fds:
+        """Release the locks; a lock file nobody else holds is removed first (while still
+        held, so that no process can take it between; see :func:`_take`)."""
+        for fd, path in reversed(self.held):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no other holder
+                if _same_file(fd, path):
+                    path.unlink()
+            except OSError:
+                pass  # other shards hold it: the last of them removes it
             os.close(fd)
-        self.fds.clear()
+        self.held.clear()
 
     def __enter__(self) -> WriterLock:
         return self
@@ -82,10 +91,12 @@ def acquire(location: Location, doing: str, *, shard: tuple[int, int] | None = N
     try:
         with writable(location, "lock the store for writing"):
             location.local.parent.mkdir(parents=True, exist_ok=True)
-            lock.fds.append(_take(Path(f"{base}.lock"), shard is not None, doing, location))
+            path = Path(f"{base}.lock")
+            lock.held.append((_take(path, shard is not None, doing, location), path))
             if shard is not None:
                 path = Path(f"{base}.shard-{shard[0]}-of-{shard[1]}.lock")
-                lock.fds.append(_take(path, False, doing, location, f"shard {shard[0]}/{shard[1]}"))
+                what = f"shard {shard[0]}/{shard[1]}"
+                lock.held.append((_take(path, False, doing, location, what), path))
     except BaseException:
         lock.release()
         raise
@@ -96,14 +107,20 @@ def acquire(location: Location, doing: str, *, shard: tuple[int, int] | None = N
 
 
 def _take(path: Path, shared: bool, doing: str, location: Location, what: str = "") -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except OSError as e:
+    """Lock ``path``, created if need be. The file locked must still be the one at ``path``
+    once locked: a releasing holder may have removed it meanwhile (then it is opened again)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise StoreError(_refusal(path, location, what)) from None
+        if _same_file(fd, path):
+            break
         os.close(fd)
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise
-        raise StoreError(_refusal(path, location, what)) from None
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": now(), "doing": doing}
     line = (json.dumps(me) + "\n").encode()
     if shared:  # the other shards' lines stay: the last few name the holders
@@ -113,6 +130,13 @@ def _take(path: Path, shared: bool, doing: str, location: Location, what: str = 
         os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, line)
     return fd
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _refusal(path: Path, location: Location, what: str) -> str:

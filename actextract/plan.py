@@ -17,12 +17,13 @@ from actextract.accumulate import DEFAULT_BINS, hist_edges, parse_stats
 from actextract.axes import parse_layouts, reduced_shape, reductions_for
 from actextract.decode import DeviceDecoder
 from actextract.engine import RunOptions, autocast, check_bad, device_inputs
-from actextract.errors import OptionError
+from actextract.errors import CaptureError, OptionError
 from actextract.location import Location
 from actextract.models import LoadedModel
 from actextract.names import match_names
 from actextract.probe import LayerProbe, model_output_layers, probe
 from actextract.reduce import STORAGE_DTYPES, Reducer, parse_reductions
+from actextract.rules import channels_hint
 from actextract.source import Preprocess, Sample, Source
 from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, open_store
 
@@ -61,12 +62,19 @@ def plan_arrays(
     single = device_inputs(examples[0].input.unsqueeze(0), options)
     pair = device_inputs(torch.stack([e.input for e in examples]), options)
     with autocast(options.device, options.precision):
-        found, outputs = probe(
-            cap,
-            single,
-            pair if len(examples) > 1 else None,
-            layouts=parse_layouts(layouts, cap.names),
-        )
+        try:
+            found, outputs = probe(
+                cap,
+                single,
+                pair if len(examples) > 1 else None,
+                layouts=parse_layouts(layouts, cap.names),
+            )
+        except CaptureError as e:  # a first convolution of other channels: say which
+            hint = channels_hint(cap.module, tuple(examples[0].input.shape))
+            if hint is None or e.__cause__ is None:
+                raise
+            cause = (str(e.__cause__).splitlines() or [""])[0]  # fx adds the node and more
+            raise OptionError(f"{hint} (the probe's forward failed: {cause}).") from e
         final = model_output_layers(cap, outputs, single)
     stored = list(cap.names if stored is None else stored)
     arrays = layer_arrays(found, final, stored, reduce)
@@ -99,7 +107,10 @@ def plan_arrays(
             arrays.append(spec)
             entry["channel_means"] = spec.array
         if "channel-hist" in kinds:
-            entry["edges"] = hist_edges(outputs[name].float(), hist_bins, hist_range)
+            values = outputs[name].float()
+            if hist_range is None and not torch.isfinite(values).any():
+                values = finite_probe(cap, source, rows, options, decoder, name, examples[0])
+            entry["edges"] = hist_edges(values, hist_bins, hist_range)
             entry["bins"] = hist_bins
             entry["range"] = list(hist_range) if hist_range else None
         attrs[name] = entry
@@ -199,6 +210,7 @@ def first_samples(
     """The first good sample of ``rows`` and, where there is one among the next few, a second
     of the same input shape (the probe runs them alone and together to find the batch axis)."""
     found: list[Sample] = []
+    first_bad = None
     for i in rows[:100]:
         item = source.dataset[i]
         if decoder is not None and isinstance(item, Sample):
@@ -212,11 +224,44 @@ def first_samples(
                 break
         elif not found:
             check_bad([item], policy)
+            first_bad = first_bad or item
     if found:
         return found
+    why = ""
+    if first_bad is not None:
+        why = f" (first: sample {first_bad.index} '{first_bad.id}', {first_bad.error})"
     raise OptionError(
         f"none of the first {min(100, len(rows))} samples of '{source.spec}' "
-        "could be loaded; check the dataset."
+        f"could be loaded{why}; check the dataset."
+    )
+
+
+HIST_PROBE_ROWS = 64  # rows looked at for a default histogram range, at most
+
+
+def finite_probe(cap, source, rows, options, decoder, layer: str, first: Sample) -> torch.Tensor:
+    """The outputs of ``layer`` for the first batch of up to 8 samples among the next
+    ``HIST_PROBE_ROWS`` rows that holds a finite value: where the probe sample's hold none
+    (a NaN input), the default histogram range comes from these. None there: an OptionError
+    that asks for --hist-range."""
+    batch: list[torch.Tensor] = []
+    looked = rows[1:HIST_PROBE_ROWS]
+    for k, i in enumerate(looked):
+        item = source.dataset[i]
+        if decoder is not None and isinstance(item, Sample):
+            item = decoder.decode_sample(item)
+        if isinstance(item, Sample) and item.input.shape == first.input.shape:
+            batch.append(item.input)
+        if batch and (len(batch) == 8 or k == len(looked) - 1):
+            x = device_inputs(torch.stack(batch), options)
+            with cap.grad_mode(), autocast(options.device, options.precision):
+                values = cap(x)[layer].float()
+            if torch.isfinite(values).any():
+                return values
+            batch = []
+    raise OptionError(
+        f"--stats {layer}=channel-hist: the layer's outputs hold no finite value for the first "
+        f"{len(looked) + 1} samples, so there is no range to default to; pass --hist-range LO,HI."
     )
 
 
@@ -263,6 +308,7 @@ def provenance(
             "spec": loaded.spec,
             "weights": loaded.weights,
             "weights_sha256": loaded.weights_sha256,
+            "weights_format": loaded.weights_format,  # "pickle": --trust-checkpoint ran it
             "state_sha256": state_sha256(loaded.module),
             "capture": method,
         },

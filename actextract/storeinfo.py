@@ -24,6 +24,8 @@ def store_info(store: Store) -> dict[str, Any]:
     attrs = store.attrs
     damage = integrity.check(store)
     broken = {p.path for p in damage.metadata}
+    if "" in broken:  # the root attributes are damaged: no array is opened by them
+        broken |= {"labels", *(s.get("array") or f"acts/{s['name']}" for s in attrs["layers"])}
     lines = damage.lines()
     done = store.done() if "progress/done" not in broken else np.zeros(0, bool)
     arrays = [_array(store, spec, broken) for spec in attrs["layers"]]

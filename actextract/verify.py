@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -304,7 +305,9 @@ def _arrays(store: Store, skip: set[str]) -> tuple[list[Entry], list[Found]]:
     paths += [(key, key, False) for key in store.row_keys if "/" in key]  # channel means
     paths += [("labels", "labels", False), ("ids", "ids", False)]
     try:
-        records = sorted(store.group["progress"].array_keys())  # type: ignore[union-attr]
+        with warnings.catch_warnings():  # zarr warns of a folder without its zarr.json
+            warnings.simplefilter("ignore")
+            records = sorted(store.group["progress"].array_keys())  # type: ignore[union-attr]
     except Exception:  # the group's metadata is missing: reported by integrity
         records = ["done", "nonfinite", "skipped"]
     paths += [(f"progress/{r}", f"progress/{r}", True) for r in records if r != "done"]
