@@ -6,7 +6,6 @@ exit with code 2 and a message that says how to fix them.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -17,32 +16,16 @@ import click
 
 from actextract import __version__
 from actextract.cli_params import (
+    CONTEXT,
     capture_option,
     dtype_option,
     extract_options,
     int_list,
-    sample_rows,
     trust_option,
+    user_errors,
 )
-from actextract.errors import ActextractError
-from actextract.text import (
-    format_clustering,
-    format_info,
-    format_layer_summary,
-    format_layer_table,
-    format_report,
-    format_summary,
-)
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-@contextmanager
-def _user_errors(ctx: click.Context) -> Iterator[None]:
-    try:
-        yield
-    except ActextractError as e:
-        raise click.UsageError(str(e), ctx) from None
+from actextract.cli_stores import cluster, info, render, verify
+from actextract.text import format_layer_summary, format_layer_table, format_summary
 
 
 @click.group(context_settings=CONTEXT)
@@ -115,7 +98,7 @@ def layers(
     from actextract.api import list_layers
     from actextract.graph import draw_graph
 
-    with _user_errors(ctx):
+    with user_errors(ctx):
         if graph is not None:
             path = draw_graph(
                 model,
@@ -150,7 +133,7 @@ def extract(
     from actextract.api import extract as run_extract
     from actextract.source import Preprocess
 
-    with _user_errors(ctx), _interruptible(ctx, options["out"]):
+    with user_errors(ctx), _interruptible(ctx, options["out"]):
         preprocess = Preprocess(
             channels=int(channels) if channels else None,
             resize=resize,
@@ -203,188 +186,6 @@ def _interruptible(ctx: click.Context, out: str) -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-@main.command(context_settings=CONTEXT)
-@click.argument("path", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_context
-def info(ctx, path, as_json) -> None:
-    """Arrays, shapes, dtype, codec, size on disk, labels and status of a store."""
-    from actextract.store import open_store
-
-    with _user_errors(ctx):
-        data = open_store(path).info()
-    click.echo(json.dumps(data, indent=2, default=str) if as_json else format_info(data))
-    if data.get("damage"):
-        click.echo(
-            f"Error: '{path}' is DAMAGED; run `actextract verify {path}` for the whole picture.",
-            err=True,
-        )
-        ctx.exit(2)
-
-
-@main.command(context_settings=CONTEXT)
-@click.argument("path", type=click.Path())
-@click.option(
-    "--repair",
-    is_flag=True,
-    help="Mark the row blocks with missing or damaged chunks not done, so that "
-    "'extract ... --resume' computes them again.",
-)
-@click.option(
-    "--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Reader threads."
-)
-@click.pass_context
-def verify(ctx, path, repair, workers) -> None:
-    """Read every chunk of a store (checksums included) and report missing, damaged and
-    unfinished row blocks by layer and row range. Exits 1 unless the store is complete."""
-    from tqdm import tqdm
-
-    from actextract.store import open_store
-    from actextract.verify import count_chunks, format_verify
-    from actextract.verify import verify as verify_store
-
-    with _user_errors(ctx):
-        store = open_store(path, mode="r+" if repair else "r")
-        with tqdm(total=count_chunks(store), unit="chunk", disable=None) as bar:
-            report = verify_store(store, progress=bar.update, workers=workers, repair=repair)
-    click.echo(format_verify(report))
-    if not report.ok:
-        ctx.exit(1)
-
-
-@main.command(context_settings=CONTEXT)
-@click.argument("path", type=click.Path())
-@click.option("--out", required=True, type=click.Path(), help="Report folder (new or a report).")
-@click.option("--layers", "layer_names", help="Comma-separated names or globs (default: all).")
-@click.option(
-    "--samples",
-    default="per-class",
-    show_default=True,
-    callback=sample_rows,
-    help="'per-class' (the first stored sample of each label) or row indices, e.g. 0,17,42.",
-)
-@click.option("--max-channels", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option(
-    "--only",
-    help="Comma-separated picture kinds: grids, averages, histograms, filters, confusion, "
-    "clusters.",
-)
-@click.option("--same-scale", is_flag=True, help="All maps of a grid on one colour scale.")
-@click.option("--cmap", default="viridis", show_default=True, help="A matplotlib colour map.")
-@click.option("--bins", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option(
-    "--allow-damaged",
-    is_flag=True,
-    help="Draw a damaged store without its damaged rows (the page lists them); without it a "
-    "damaged store is refused.",
-)
-@click.pass_context
-def render(
-    ctx, path, out, layer_names, samples, max_channels, only, same_scale, cmap, bins, allow_damaged
-):
-    """Pictures of a store: feature-map grids, per-class averages, histograms, filters, a
-    confusion matrix, and OUT/index.html to browse them."""
-    from tqdm import tqdm
-
-    from actextract.report import render as render_report
-    from actextract.store import open_store
-
-    with _user_errors(ctx):
-        store = open_store(path)
-        with tqdm(total=len(store.layers), unit="layer", disable=None) as bar:
-
-            def progress(layer: str) -> None:
-                bar.set_postfix_str(layer)
-                bar.update(1)
-
-            report = render_report(
-                store,
-                out,
-                layers=layer_names,
-                samples=samples,
-                max_channels=max_channels,
-                only=only,
-                same_scale=same_scale,
-                cmap=cmap,
-                bins=bins,
-                progress=progress,
-                allow_damaged=allow_damaged,
-            )
-    click.echo(format_report(report))
-
-
-@main.command(context_settings=CONTEXT)
-@click.argument("path", type=click.Path())
-@click.option("--layer", required=True, help="The stored layer whose rows are clustered.")
-@click.option("--k", type=click.IntRange(min=2), required=True, help="Number of clusters.")
-@click.option(
-    "--pool",
-    type=click.Choice(["none", "mean", "max"]),
-    default="none",
-    show_default=True,
-    help="Reduce each channel's map to one value first (spatial mean or max).",
-)
-@click.option(
-    "--pca",
-    type=click.IntRange(min=1),
-    help="Run k-means on this many principal components (a streaming PCA) instead of the rows.",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
-@click.option(
-    "--nearest",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Rows kept as the nearest to each centre (the report shows them).",
-)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result's attributes as JSON.")
-@click.pass_context
-def cluster(ctx, path, layer, k, pool, pca, seed, epochs, batch_size, nearest, device, as_json):
-    """Mini-batch k-means (k-means++ seeding, fixed seed) of one stored layer, streamed chunk by
-    chunk, on the device. The assignments, centres and PCA basis go into the store under
-    clusters/LAYER/; with labels, prints purity, adjusted Rand index and NMI."""
-    from tqdm import tqdm
-
-    from actextract.cluster import cluster as cluster_layer
-    from actextract.store import open_store
-
-    bars: dict[str, tqdm] = {}
-
-    def progress(phase: str, rows: int) -> None:
-        if phase not in bars:
-            for bar in bars.values():
-                bar.close()
-            bars[phase] = tqdm(total=store.n, desc=phase, unit="row", disable=None, leave=False)
-        bars[phase].update(rows)
-
-    with _user_errors(ctx):
-        store = open_store(path)
-        try:
-            result = cluster_layer(
-                store,
-                layer,
-                k,
-                pool=pool,
-                pca=pca,
-                seed=seed,
-                epochs=epochs,
-                batch_size=batch_size,
-                nearest=nearest,
-                device=device,
-                progress=progress,
-            )
-        finally:
-            for bar in bars.values():
-                bar.close()
-    if as_json:
-        click.echo(json.dumps({"layer": layer, "name": result.name, **result.attrs}, indent=2))
-    else:
-        click.echo(format_clustering(result, str(store.location)))
-
-
 @main.command("train-demo", context_settings=CONTEXT)
 @click.option(
     "--out",
@@ -406,7 +207,7 @@ def train_demo(ctx, out, epochs, seed, record) -> None:
     """Train digits-cnn on the embedded digits data (seconds on a CPU)."""
     from actextract.train import train_digits_cnn
 
-    with _user_errors(ctx):
+    with user_errors(ctx):
         result = train_digits_cnn(out, epochs=epochs, seed=seed, record=record)
     click.echo(
         f"trained digits-cnn for {result.epochs} epochs on {result.train_samples} digits: "
@@ -415,6 +216,10 @@ def train_demo(ctx, out, epochs, seed, record) -> None:
     )
     if result.record is not None:
         click.echo(f"recorded epochs 0-{result.epochs} (0: before training) in {result.record}")
+
+
+for command in (info, verify, render, cluster):
+    main.add_command(command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,11 +1,18 @@
 """Option types of the ``actextract`` command: click callbacks that parse comma lists into
-numbers, and the options that several commands share. Parsing only; no library calls."""
+numbers, the options that several commands share, and how every command reports a user error.
+Parsing only; no library calls."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
 
+from actextract.errors import ActextractError
+
 __all__ = [
+    "CONTEXT",
     "capture_option",
     "dtype_option",
     "extract_options",
@@ -14,7 +21,20 @@ __all__ = [
     "numbers",
     "sample_rows",
     "trust_option",
+    "user_errors",
 ]
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@contextmanager
+def user_errors(ctx: click.Context) -> Iterator[None]:
+    """An :class:`ActextractError` becomes a usage error: exit code 2, its message, no
+    traceback."""
+    try:
+        yield
+    except ActextractError as e:
+        raise click.UsageError(str(e), ctx) from None
 
 
 def numbers(ctx, param, value: str, convert, example: str) -> tuple:
