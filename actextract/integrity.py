@@ -252,12 +252,12 @@ def chunk_gaps(store: Store, skip: Iterable[str] = ()) -> list[tuple[str, int, i
 
 def check(store: Store) -> Damage:
     """The quick check: metadata, then done blocks without their chunks (see the module
-    docstring), then the small arrays every reader reads whole (labels, ids, the block
-    records) are read; the row arrays' chunks are left to ``verify``."""
+    docstring), then the small arrays readers read whole (labels, the block records) are
+    read; the ids and the row arrays' chunks are left to ``verify``."""
     damage = Damage(metadata_problems(store))
     if not damage.metadata and store.attrs.get("axis") != "epoch" and store.has_records():
         damage.gaps = chunk_gaps(store)
-        damage.gaps += _unreadable(store, ["labels", "ids"], per_block=False)
+        damage.gaps += _unreadable(store, ["labels"], per_block=False)  # ids: N strings
         damage.gaps += _unreadable(store, list(RECORDS[:2]), per_block=True)
     return damage
 

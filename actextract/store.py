@@ -339,7 +339,11 @@ def open_store(path: str | Path | Location, *, mode: str = "r") -> Store:
     try:
         group = zarr.open_group(location.zarr_store(read_only=mode == "r"), mode=mode)
     except Exception as e:
-        raise StoreError(f"'{location}' cannot be opened as a Zarr v3 group: {e}") from None
+        raise StoreError(
+            f"'{location}' cannot be opened as a Zarr v3 group ({type(e).__name__}: {e}). If "
+            "actextract wrote it, its root zarr.json (the record of the run) is damaged: restore "
+            "that file from a copy, or extract again into a new store."
+        ) from None
     version = group.attrs.get("format_version")
     if version is None or "layers" not in group.attrs:
         raise StoreError(

@@ -346,3 +346,13 @@ def test_the_lock_file_is_beside_the_store_names_its_holder_and_goes_with_it(tmp
     actextract.extract(**SMALL, out=out)
     assert [p.name for p in tmp_path.iterdir()] == ["r.zarr"]
     assert not list(out.rglob("*lock*"))
+
+
+def test_an_unreadable_root_zarr_json_says_what_it_is_and_what_to_do(run, runner):
+    (run / "zarr.json").write_text('{"zarr_format": 3, "node_type": "gro')  # cut short
+    for command in ("info", "verify", "render"):
+        args = [command, str(run)] + (["--out", str(run.parent / "report")] * (command == "render"))
+        result = cli(runner, *args)
+        assert result.exit_code == 2, result.output
+        assert "root zarr.json (the record of the run) is damaged" in result.output
+        assert "restore that file from a copy" in result.output
