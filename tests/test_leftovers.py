@@ -105,14 +105,20 @@ def test_a_cluster_run_killed_in_its_swap_loses_nothing(
     assert verify(open_store(path)).ok
 
 
-def test_a_run_killed_while_writing_leaves_the_old_result(clustered, monkeypatch, runner):
-    path, _ = clustered
-    layer_dir = path / "clusters" / "maps"
+def killed_while_writing(path, layer_dir, monkeypatch) -> str:
+    """A cluster run killed while it writes its new result; the hidden name it leaves."""
     monkeypatch.setattr(clustering.RowWriter, "close", lambda self: (_ for _ in ()).throw(Killed))
     with pytest.raises(Killed):
         cluster(path, "maps", K, pca=3, device="cpu")
     monkeypatch.undo()
     (left,) = hidden(layer_dir)
+    return left
+
+
+def test_a_run_killed_while_writing_leaves_the_old_result(clustered, monkeypatch, runner):
+    path, _ = clustered
+    layer_dir = path / "clusters" / "maps"
+    left = killed_while_writing(path, layer_dir, monkeypatch)
     assert left.startswith(".k5-poolnone-pca3-seed0.new-")
     assert json.loads((layer_dir / left / "zarr.json").read_text())["attributes"]["status"] == (
         "writing"
@@ -131,11 +137,7 @@ def test_the_new_result_of_a_live_process_is_left_alone(clustered, monkeypatch):
     """Two cluster runs on one layer at once: neither deletes what the other is writing."""
     path, _ = clustered
     layer_dir = path / "clusters" / "maps"
-    monkeypatch.setattr(clustering.RowWriter, "close", lambda self: (_ for _ in ()).throw(Killed))
-    with pytest.raises(Killed):
-        cluster(path, "maps", K, pca=3, device="cpu")
-    monkeypatch.undo()
-    (left,) = hidden(layer_dir)
+    left = killed_while_writing(path, layer_dir, monkeypatch)
     meta = layer_dir / left / "zarr.json"
     data = json.loads(meta.read_text())
     data["attributes"]["writer"]["pid"] = os.getppid()  # another process, alive
