@@ -131,8 +131,8 @@ def _around_damage(store: Store, allow: bool, report: Report) -> tuple[set[str],
     broken = {p.path for p in damage.metadata}
     arrays = {s.get("array") or f"acts/{s['name']}": s["name"] for s in store.attrs["layers"]}
     names = set(arrays.values())
-    if broken - set(arrays) or any(g[0] not in names for g in damage.gaps):
-        # the root, labels, ids or the completion records: every picture reads them
+    if broken - set(arrays) or any(g[0] not in names for g in damage.gaps) or damage.stats:
+        # the root, labels, ids, the completion records or the sums: pictures read them
         raise StoreError(
             f"'{store.location}' cannot be drawn even with --allow-damaged: "
             f"{'; '.join(damage.lines())}. Run `actextract verify {store.location}`."

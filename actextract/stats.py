@@ -30,6 +30,7 @@ import os
 import socket
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,7 @@ __all__ = [
     "accumulated",
     "arrays",
     "finalize",
+    "missing_totals",
     "overlaps",
     "read_stats",
     "repair",
@@ -178,6 +180,26 @@ def summed_blocks(store: Store) -> np.ndarray:
     return out
 
 
+TOTALS = {"class-mean": "mean", "class-std": "std", "channel-hist": "hist"}  # kind: array
+
+
+def missing_totals(store: Store) -> list[tuple[str, str]]:
+    """(array, what) for each total a sealed store must hold under ``stats/<layer>/`` whose
+    metadata cannot be read (a deleted file or folder; ``repair`` drops the totals, and the
+    resume that seals the store again rewrites them)."""
+    if store.status != "complete":
+        return []
+    out = []
+    for spec in accumulated(store):
+        for name in ("classes", "count", *(TOTALS[k] for k in spec.kinds if k in TOTALS)):
+            path = f"stats/{spec.layer}/{name}"
+            try:
+                store.group[path]
+            except (KeyError, FileNotFoundError):
+                out.append((path, "missing: its metadata cannot be read"))
+    return out
+
+
 def overlaps(store: Store) -> list[tuple[str, str]]:
     """(part, what) for each committed part holding a row block that an earlier part holds
     too (two writers that summed the same block: the later part is dropped by ``repair``)."""
@@ -279,9 +301,12 @@ def arrays(store: Store) -> list[str]:
 
 
 def _tree(group, prefix: str = "") -> Iterator[str]:
-    for name, _ in group.arrays():
+    with warnings.catch_warnings():  # zarr warns of a folder without its zarr.json
+        warnings.simplefilter("ignore")
+        arrays, groups = list(group.arrays()), list(group.groups())
+    for name, _ in arrays:
         yield f"{prefix}{name}"
-    for name, sub in group.groups():
+    for name, sub in groups:
         yield from _tree(sub, f"{prefix}{name}/")
 
 

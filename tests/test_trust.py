@@ -356,3 +356,23 @@ def test_an_unreadable_root_zarr_json_says_what_it_is_and_what_to_do(run, runner
         assert result.exit_code == 2, result.output
         assert "root zarr.json (the record of the run) is damaged" in result.output
         assert "restore that file from a copy" in result.output
+
+
+@pytest.mark.parametrize("gone", ["stats/conv1/mean/zarr.json", "stats/conv1"])
+def test_missing_statistics_totals_are_damage_that_repair_and_resume_mend(tmp_path, runner, gone):
+    settings = {**SMALL, "stats": STATS}
+    whole = actextract.extract(**settings, out=tmp_path / "whole.zarr")
+    out = Path(shutil.copytree(whole.path, tmp_path / "r.zarr"))
+    path = out / gone
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    info = cli(runner, "info", str(out))
+    assert info.exit_code == 2 and "stats/conv1/mean: missing" in info.output, info.output
+    render = cli(runner, "render", str(out), "--out", str(tmp_path / "report"))
+    assert render.exit_code == 2 and "DAMAGED" in render.output
+    text = cli(runner, "verify", str(out))
+    assert text.exit_code == 1 and "stats/conv1/mean: damaged statistics" in text.output
+    repaired = cli(runner, "verify", str(out), "--repair")
+    assert "dropped" in repaired.output, repaired.output
+    resumed = actextract.extract(**settings, out=out, resume=True)
+    assert resumed.complete and verify(resumed).ok
+    same_stats(resumed, whole)
