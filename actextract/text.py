@@ -143,11 +143,7 @@ def _params(params: tuple[int, int], nested: bool) -> str:
 def format_info(d: dict) -> str:
     """``actextract info``, from :meth:`actextract.store.Store.info`."""
     status = d["status"]
-    if d.get("axis") == "epoch":  # a Recorder's store: blocks_done counts epochs
-        from actextract.epochs import format_epochs
-
-        status = f"{status} recording, epochs {format_epochs(d['epochs'])} captured"
-    elif d.get("damage"):
+    if d.get("damage"):
         status = (
             f"DAMAGED ({d['blocks_done']}/{d['n_blocks']} row blocks recorded done, status "
             f"'{d.get('recorded_status')}'): "
@@ -155,6 +151,10 @@ def format_info(d: dict) -> str:
             + (f" (and {len(d['damage']) - 6} more)" if len(d["damage"]) > 6 else "")
             + f". `actextract verify {d['path']}` reads every chunk and says how to mend it"
         )
+    elif d.get("axis") == "epoch":  # a Recorder's store: blocks_done counts epochs
+        from actextract.epochs import format_epochs
+
+        status = f"{status} recording, epochs {format_epochs(d['epochs'])} captured"
     elif status != "complete" and d["blocks_done"] == d["n_blocks"]:
         status = (
             f"NOT SEALED: all {d['n_blocks']} row blocks written, the final status not (the "
