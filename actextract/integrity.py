@@ -18,6 +18,7 @@ the fill value without a word). ``verify`` reads every chunk on top of it (check
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import warnings
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 from zarr.core.buffer import default_buffer_prototype
+from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.core.sync import sync
 
 from actextract.axes import reduced_shape, stored_layout
@@ -52,7 +54,6 @@ __all__ = [
 ]
 
 RECORDS = ("progress/skipped", "progress/nonfinite", "progress/done")  # one chunk per block
-_COMPARED = ("shape", "data_type", "chunk_grid", "node_type")
 
 
 @dataclass(frozen=True)
@@ -297,10 +298,15 @@ def damage_error(store: Store, damage: Damage, consequence: str) -> StoreError:
     (``consequence``) and what to run."""
     lines = damage.lines()
     more = f" (and {len(lines) - 4} more)" if len(lines) > 4 else ""
+    mend = (
+        "`verify --repair` then `extract ... --resume` mends it."
+        if all(p.repairable for p in damage.metadata)
+        else "its root attributes cannot be repaired: restore its zarr.json from a copy, or "
+        "extract again into a new store (--overwrite)."
+    )
     return StoreError(
         f"'{store.location}' is DAMAGED: {'; '.join(lines[:4])}{more}. {consequence} Run "
-        f"`actextract verify {store.location}` for the whole picture; `verify --repair` then "
-        "`extract ... --resume` mends it."
+        f"`actextract verify {store.location}` for the whole picture; {mend}"
     )
 
 
@@ -363,12 +369,26 @@ def _root_problems(attrs: Mapping[str, Any]) -> list[MetaProblem]:
 
 
 def _differs(have: Mapping[str, Any], want: Mapping[str, Any]) -> str:
-    """What decides where the bytes of a chunk go (shape, chunks, dtype, kind of node)."""
+    """What decides where the bytes of a chunk go: the kind of node and, for an array, its
+    shape, chunks and dtype (as zarr parses them: their JSON may be spelt differently)."""
+    kind = have.get("node_type")
+    if kind != want["node_type"]:
+        return f"node type {json.dumps(kind)} (expected {json.dumps(want['node_type'])})"
+    if kind != "array":
+        return ""
+    try:
+        h = ArrayV3Metadata.from_dict(copy.deepcopy(dict(have)))
+    except Exception as e:
+        return f"unusable ({type(e).__name__}: {e})"
+    w = ArrayV3Metadata.from_dict(copy.deepcopy(dict(want)))
     diffs = []
-    for key in _COMPARED:
-        if have.get(key) != want.get(key):
-            name, was, should = key.replace("_", " "), _short(have.get(key)), _short(want.get(key))
-            diffs.append(f"{name} {was} (expected {should})")
+    for name, was, should in (
+        ("shape", list(h.shape), list(w.shape)),
+        ("chunks", list(h.chunks), list(w.chunks)),
+        ("dtype", str(h.data_type.to_native_dtype()), str(w.data_type.to_native_dtype())),
+    ):
+        if was != should:
+            diffs.append(f"{name} {json.dumps(was)} (expected {json.dumps(should)})")
     return "; ".join(diffs)
 
 
@@ -376,12 +396,6 @@ def _rows(meta: Mapping[str, Any]) -> tuple[Any, Any]:
     """(rows, rows per chunk) of an array's metadata."""
     chunks = ((meta.get("chunk_grid") or {}).get("configuration") or {}).get("chunk_shape")
     return (meta.get("shape") or [None])[0], (chunks or [None])[0]
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, dict) and "configuration" in value:
-        value = value["configuration"].get("chunk_shape", value)
-    return json.dumps(value)
 
 
 async def _keys(zstore: Any, prefix: str) -> set[str]:

@@ -189,6 +189,9 @@ def test_edited_root_attributes_are_damage_that_is_not_repairable(run, runner, e
     assert files(run) == before  # nothing was touched
     info = cli(runner, "info", str(run))
     assert info.exit_code == 2 and "DAMAGED" in info.output
+    render = cli(runner, "render", str(run), "--out", str(run.parent / "report"))
+    assert render.exit_code == 2 and "root attributes cannot be repaired" in render.output
+    assert "--repair" not in render.output
 
 
 def test_an_edited_array_shape_is_rewritten_from_the_root_attributes(
