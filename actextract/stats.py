@@ -153,7 +153,10 @@ class _Part:
 def _parts(store: Store) -> Iterator[_Part]:
     if PARTS not in store.group:
         return
-    for name, group in store.group[PARTS].groups():
+    with warnings.catch_warnings():  # zarr warns of a *.partial file among the parts
+        warnings.simplefilter("ignore")
+        groups = list(store.group[PARTS].groups())
+    for name, group in groups:
         slot = group.attrs.get("slot")
         if slot:
             blocks = [int(b) for b in group.attrs.get("blocks", [])]
