@@ -3,17 +3,18 @@ every reader runs before it trusts a store.
 
 The root attributes (``zarr.json``) are the record of the run: they say which arrays exist and
 their shapes, chunking and dtype, and a resume checks a new run against them. Every other
-metadata file follows from them, so :func:`expected_metadata` rebuilds each one exactly as
-:func:`~actextract.layout.build_store` wrote it, :func:`metadata_problems` compares the store's
-with those (a file missing, unreadable, or disagreeing on shape, chunks or dtype) and
+metadata file follows from them: :func:`~actextract.layout.expected_metadata` rebuilds each one
+as :func:`~actextract.layout.build_store` wrote it, :func:`metadata_problems` compares the
+store's with those (a file missing, unreadable, or disagreeing on shape, chunks or dtype) and
 :func:`restore_metadata` writes them back. Attributes that disagree with every array, or with
 themselves, are damage of the record itself: nothing can tell which side is true, and
 ``verify`` says so instead of advising a repair.
 
-:func:`check` is the quick check of ``info``, ``render`` and ``--resume``: the metadata, then one
-listing of each row array's chunk keys against the completion records (a done block must have
-every chunk: arrays are written with ``write_empty_chunks``, and zarr reads a missing chunk as
-the fill value without a word). ``verify`` reads every chunk on top of it (checksums).
+:func:`check` is the quick check of ``info``, ``render``, ``cluster`` and ``--resume``: the
+metadata, then one listing of each row array's chunk keys against the completion records (a
+done block must have every chunk: arrays are written with ``write_empty_chunks``, and zarr
+reads a missing chunk as the fill value without a word), then the labels, the block records
+and the statistics' parts and totals. ``verify`` reads every chunk on top of it (checksums).
 """
 
 from __future__ import annotations
@@ -27,14 +28,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.core.sync import sync
 
 from actextract.axes import reduced_shape, stored_layout
 from actextract.errors import StoreError
-from actextract.layout import ArraySpec, StoreOptions, build_store
+from actextract.layout import expected_metadata, list_keys
 
 if TYPE_CHECKING:
     from actextract.store import Store
@@ -45,11 +45,9 @@ __all__ = [
     "check",
     "chunk_gaps",
     "damage_error",
-    "expected_metadata",
     "is_damage",
     "metadata_problems",
     "restore_metadata",
-    "schema",
     "undecodable",
 ]
 
@@ -83,67 +81,6 @@ class Damage:
         out += [f"{array}: rows {a}-{b - 1}: {detail}" for array, a, b, detail in self.gaps]
         out += [f"{array}: {what}" for array, what in self.stats]
         return out
-
-
-def schema(attrs: Mapping[str, Any]) -> tuple[list[ArraySpec], StoreOptions]:
-    """The row arrays and storage options a run's root attributes describe (what
-    :func:`~actextract.layout.build_store` was given)."""
-    layers = {s["name"]: s for s in attrs["layers"]}
-    stats = attrs.get("stats") or {}
-    specs = []
-    for path in attrs.get("row_arrays") or [
-        s.get("array") or f"acts/{n}" for n, s in layers.items()
-    ]:
-        if path.startswith("acts/"):
-            s = layers[path.removeprefix("acts/")]
-            specs.append(
-                ArraySpec(
-                    s["name"],
-                    tuple(s["shape"]),
-                    s.get("kind", ""),
-                    s.get("reduce", "none"),
-                    tuple(s.get("output_shape") or s["shape"]),
-                    bool(s.get("model_output")),
-                    layout=s.get("layout") or "",
-                    clone=s.get("clone"),
-                    batch_axis=int(s.get("batch_axis", 0)),
-                )
-            )
-        else:  # stats/<layer>/channel_means
-            name = path.split("/")[1]
-            kept = stats[name]
-            layout = stored_layout(kept)
-            shape = tuple(kept["shape"])
-            specs.append(
-                ArraySpec(
-                    name,
-                    reduced_shape(name, shape, layout, "mean", "--stats"),
-                    kept.get("kind", ""),
-                    "mean",
-                    shape,
-                    path=path,
-                    layout=kept.get("layout") or "",
-                )
-            )
-    codec = attrs.get("codec") or {}
-    name = codec.get("name", "none")
-    level = codec.get("level") if name not in ("lz4", "none") else None
-    return specs, StoreOptions(dtype=attrs["dtype"], codec=name, level=level)
-
-
-def expected_metadata(attrs: Mapping[str, Any]) -> dict[str, bytes]:
-    """{node path: its zarr.json} for every node below the root that creating a store with
-    these attributes writes (built in memory, byte for byte as creation wrote it)."""
-    specs, options = schema(attrs)
-    memory = zarr.storage.MemoryStore()
-    n, rows = int(attrs["n_samples"]), int(attrs["chunk_rows"])
-    build_store(n, specs, options, rows, {"stats": attrs.get("stats")})(memory)
-    prototype = default_buffer_prototype()
-    keys = sorted(k for k in sync(_keys(memory, "")) if k.endswith("/zarr.json"))
-    return {
-        key.removesuffix("/zarr.json"): sync(memory.get(key, prototype=prototype)).to_bytes()
-        for key in keys
-    }
 
 
 def metadata_problems(store: Store) -> list[MetaProblem]:
@@ -239,7 +176,7 @@ def chunk_gaps(store: Store, skip: Iterable[str] = ()) -> list[tuple[str, int, i
         if path in skip:
             continue
         arr = store._node(path)
-        keys = sync(_keys(store.group.store, f"{path}/"))
+        keys = list_keys(store.group.store, f"{path}/")
         rest = list(itertools.product(*(range(n) for n in arr.cdata_shape[1:])))
         missing = [
             b
@@ -396,10 +333,6 @@ def _rows(meta: Mapping[str, Any]) -> tuple[Any, Any]:
     """(rows, rows per chunk) of an array's metadata."""
     chunks = ((meta.get("chunk_grid") or {}).get("configuration") or {}).get("chunk_shape")
     return (meta.get("shape") or [None])[0], (chunks or [None])[0]
-
-
-async def _keys(zstore: Any, prefix: str) -> set[str]:
-    return {key async for key in zstore.list_prefix(prefix)}
 
 
 def _runs(blocks: list[int]) -> list[tuple[int, int]]:

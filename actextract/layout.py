@@ -2,7 +2,9 @@
 
 ``StoreOptions`` (dtype, codec, level, chunk rows) and ``ArraySpec`` (one layer's array) are
 the store's schema decisions; ``choose_chunk_rows`` sizes a row block; ``build_store`` lays a
-new store out (the schema is in :mod:`actextract.store`).
+new store out (the schema is in :mod:`actextract.store`); ``schema`` and ``expected_metadata``
+go back from a store's root attributes to what ``build_store`` was given and wrote (for
+:mod:`actextract.integrity`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
-from actextract.axes import array_layout, dimension_names, stored_layout
+from actextract.axes import array_layout, dimension_names, reduced_shape, stored_layout
 from actextract.errors import StoreError
 
 __all__ = [
@@ -31,9 +35,12 @@ __all__ = [
     "build_store",
     "checked_array",
     "choose_chunk_rows",
+    "expected_metadata",
+    "list_keys",
     "now",
     "quiet_numcodecs",
     "row_keys",
+    "schema",
 ]
 
 # 2: per-block records (progress/skipped, progress/nonfinite), crc32c; 3: stats/ and
@@ -235,6 +242,76 @@ def build_store(
         group.update_attributes(store_attrs(n, arrays, options, chunk_rows, attrs))
 
     return build
+
+
+def schema(attrs: Mapping[str, Any]) -> tuple[list[ArraySpec], StoreOptions]:
+    """The row arrays and storage options a run's root attributes describe (what
+    :func:`~actextract.layout.build_store` was given)."""
+    layers = {s["name"]: s for s in attrs["layers"]}
+    stats = attrs.get("stats") or {}
+    specs = []
+    for path in attrs.get("row_arrays") or [
+        s.get("array") or f"acts/{n}" for n, s in layers.items()
+    ]:
+        if path.startswith("acts/"):
+            s = layers[path.removeprefix("acts/")]
+            specs.append(
+                ArraySpec(
+                    s["name"],
+                    tuple(s["shape"]),
+                    s.get("kind", ""),
+                    s.get("reduce", "none"),
+                    tuple(s.get("output_shape") or s["shape"]),
+                    bool(s.get("model_output")),
+                    layout=s.get("layout") or "",
+                    clone=s.get("clone"),
+                    batch_axis=int(s.get("batch_axis", 0)),
+                )
+            )
+        else:  # stats/<layer>/channel_means
+            name = path.split("/")[1]
+            kept = stats[name]
+            layout = stored_layout(kept)
+            shape = tuple(kept["shape"])
+            specs.append(
+                ArraySpec(
+                    name,
+                    reduced_shape(name, shape, layout, "mean", "--stats"),
+                    kept.get("kind", ""),
+                    "mean",
+                    shape,
+                    path=path,
+                    layout=kept.get("layout") or "",
+                )
+            )
+    codec = attrs.get("codec") or {}
+    name = codec.get("name", "none")
+    level = codec.get("level") if name not in ("lz4", "none") else None
+    return specs, StoreOptions(dtype=attrs["dtype"], codec=name, level=level)
+
+
+def expected_metadata(attrs: Mapping[str, Any]) -> dict[str, bytes]:
+    """{node path: its zarr.json} for every node below the root that creating a store with
+    these attributes writes (built in memory, byte for byte as creation wrote it)."""
+    specs, options = schema(attrs)
+    memory = zarr.storage.MemoryStore()
+    n, rows = int(attrs["n_samples"]), int(attrs["chunk_rows"])
+    build_store(n, specs, options, rows, {"stats": attrs.get("stats")})(memory)
+    prototype = default_buffer_prototype()
+    keys = sorted(k for k in list_keys(memory, "") if k.endswith("/zarr.json"))
+    return {
+        key.removesuffix("/zarr.json"): sync(memory.get(key, prototype=prototype)).to_bytes()
+        for key in keys
+    }
+
+
+def list_keys(zstore: zarr.abc.store.Store, prefix: str) -> set[str]:
+    """Every key of ``zstore`` under ``prefix``, in one listing."""
+
+    async def keys() -> set[str]:
+        return {key async for key in zstore.list_prefix(prefix)}
+
+    return sync(keys())
 
 
 def row_keys(attrs: Mapping[str, Any]) -> list[str]:
