@@ -34,7 +34,7 @@ from zarr.core.sync import sync
 
 from actextract.axes import reduced_shape, stored_layout
 from actextract.errors import StoreError
-from actextract.layout import expected_metadata, list_keys
+from actextract.layout import expected_metadata, layer_arrays, list_keys, row_paths
 
 if TYPE_CHECKING:
     from actextract.store import Store
@@ -162,19 +162,14 @@ def restore_metadata(store: Store, problems: Iterable[MetaProblem]) -> list[str]
     return paths
 
 
-def chunk_gaps(store: Store, skip: Iterable[str] = ()) -> list[tuple[str, int, int, str]]:
+def chunk_gaps(store: Store) -> list[tuple[str, int, int, str]]:
     """(array, first row, last row + 1, detail) of each run of done row blocks with a chunk
     missing in a row array (layers, channel means, labels, ids) or a block record; one
-    listing of keys per array. ``skip``: paths whose metadata is known to be bad."""
-    skip = set(skip)
-    done = store.done()
-    blocks = np.flatnonzero(done)
-    names = {s.get("array") or f"acts/{s['name']}": s["name"] for s in store.attrs["layers"]}
-    paths = [*(k if "/" in k else f"acts/{k}" for k in store.row_keys), "labels", "ids"]
+    listing of keys per array."""
+    blocks = np.flatnonzero(store.done())
+    names = layer_arrays(store.attrs)
     out = []
-    for path in [*paths, *RECORDS[:2]]:
-        if path in skip:
-            continue
+    for path in [*row_paths(store.attrs), "labels", "ids", *RECORDS[:2]]:
         arr = store._node(path)
         keys = list_keys(store.group.store, f"{path}/")
         rest = list(itertools.product(*(range(n) for n in arr.cdata_shape[1:])))
@@ -202,7 +197,7 @@ def check(store: Store) -> Damage:
         damage.gaps += _unreadable(store, list(RECORDS[:2]), per_block=True)
         from actextract import stats  # it reads stores: imported on use
 
-        damage.stats = stats.overlaps(store) + stats.missing_totals(store)
+        damage.stats = stats.problems(store)
     return damage
 
 

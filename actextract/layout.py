@@ -36,10 +36,12 @@ __all__ = [
     "checked_array",
     "choose_chunk_rows",
     "expected_metadata",
+    "layer_arrays",
     "list_keys",
     "now",
     "quiet_numcodecs",
     "row_keys",
+    "row_paths",
     "schema",
 ]
 
@@ -250,9 +252,7 @@ def schema(attrs: Mapping[str, Any]) -> tuple[list[ArraySpec], StoreOptions]:
     layers = {s["name"]: s for s in attrs["layers"]}
     stats = attrs.get("stats") or {}
     specs = []
-    for path in attrs.get("row_arrays") or [
-        s.get("array") or f"acts/{n}" for n, s in layers.items()
-    ]:
+    for path in row_paths(attrs):
         if path.startswith("acts/"):
             s = layers[path.removeprefix("acts/")]
             specs.append(
@@ -314,11 +314,21 @@ def list_keys(zstore: zarr.abc.store.Store, prefix: str) -> set[str]:
     return sync(keys())
 
 
+def layer_arrays(attrs: Mapping[str, Any]) -> dict[str, str]:
+    """{array path: layer name} of the layers stored in full (``acts/<layer>``)."""
+    return {s.get("array") or f"acts/{s['name']}": s["name"] for s in attrs["layers"]}
+
+
+def row_paths(attrs: Mapping[str, Any]) -> list[str]:
+    """The paths of the arrays written per row block, in the order of
+    ``progress/nonfinite``'s columns (stores before format 3: the layers)."""
+    return list(attrs.get("row_arrays") or layer_arrays(attrs))
+
+
 def row_keys(attrs: Mapping[str, Any]) -> list[str]:
     """The arrays written per row block, as a run names them (see :attr:`ArraySpec.key`), in
-    the order of ``progress/nonfinite``'s columns (stores before format 3: the layers)."""
-    paths = attrs.get("row_arrays") or [f"acts/{s['name']}" for s in attrs["layers"]]
-    return [p.removeprefix("acts/") for p in paths]
+    the order of ``progress/nonfinite``'s columns."""
+    return [p.removeprefix("acts/") for p in row_paths(attrs)]
 
 
 def store_attrs(

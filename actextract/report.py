@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from actextract import figures, integrity
 from actextract.errors import LayerNotFoundError, OutputExistsError, StoreError
 from actextract.evolution import Evolution
+from actextract.layout import layer_arrays
 from actextract.names import match_names
 from actextract.pictures import KINDS, Drawer, Picture, RenderOptions, Report
 from actextract.store import Store, open_store
@@ -129,7 +130,7 @@ def _around_damage(store: Store, allow: bool, report: Report) -> tuple[set[str],
             "only with --allow-damaged, which leaves those rows out and lists them on the page.",
         )
     broken = {p.path for p in damage.metadata}
-    arrays = {s.get("array") or f"acts/{s['name']}": s["name"] for s in store.attrs["layers"]}
+    arrays = layer_arrays(store.attrs)
     names = set(arrays.values())
     if broken - set(arrays) or any(g[0] not in names for g in damage.gaps) or damage.stats:
         # the root, labels, ids, the completion records or the sums: pictures read them

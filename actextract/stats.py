@@ -52,6 +52,7 @@ __all__ = [
     "finalize",
     "missing_totals",
     "overlaps",
+    "problems",
     "read_stats",
     "repair",
     "summed_blocks",
@@ -184,6 +185,13 @@ def summed_blocks(store: Store) -> np.ndarray:
 
 
 TOTALS = {"class-mean": "mean", "class-std": "std", "channel-hist": "hist"}  # kind: array
+
+
+def problems(store: Store) -> list[tuple[str, str]]:
+    """(array, what) of the statistics' bookkeeping that is wrong without a chunk being
+    damaged: a row block in two parts (:func:`overlaps`), a total the sealed store lacks
+    (:func:`missing_totals`); ``verify --repair`` mends both."""
+    return overlaps(store) + missing_totals(store)
 
 
 def missing_totals(store: Store) -> list[tuple[str, str]]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from actextract import integrity
+from actextract.layout import layer_arrays
 from actextract.store import Store
 
 __all__ = ["store_info"]
@@ -25,13 +26,14 @@ def store_info(store: Store) -> dict[str, Any]:
     damage = integrity.check(store)
     broken = {p.path for p in damage.metadata}
     if "" in broken:  # the root attributes are damaged: no array is opened by them
-        broken |= {"labels", *(s.get("array") or f"acts/{s['name']}" for s in attrs["layers"])}
+        broken |= {"labels", *layer_arrays(attrs)}
     lines = damage.lines()
     done = store.done() if "progress/done" not in broken else np.zeros(0, bool)
-    arrays = [_array(store, spec, broken) for spec in attrs["layers"]]
+    paths = {name: path for path, name in layer_arrays(attrs).items()}
+    arrays = [_array(store, spec, paths[spec["name"]], broken) for spec in attrs["layers"]]
     labels: dict[int, int] = {}
-    if "labels" not in broken:
-        try:
+    if "labels" not in broken and not any(g[0] == "labels" for g in damage.gaps):
+        try:  # (the check reads the labels of a run's store; a recording's are read here)
             values, counts = np.unique(store.labels[:], return_counts=True)
             labels = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
         except Exception as e:  # a chunk that does not decode (checksum)
@@ -77,10 +79,9 @@ def store_info(store: Store) -> dict[str, Any]:
     }
 
 
-def _array(store: Store, spec: dict[str, Any], broken: set[str]) -> dict[str, Any]:
-    """One layer's row of the table; shape and chunks from the root attributes when its
-    metadata is missing (then its raw size is not known)."""
-    path = spec.get("array") or f"acts/{spec['name']}"
+def _array(store: Store, spec: dict[str, Any], path: str, broken: set[str]) -> dict[str, Any]:
+    """One layer's row of the table (its array at ``path``); shape and chunks from the root
+    attributes when its metadata is missing (then its raw size is not known)."""
     if path in broken:
         shape = (store.n, *spec["shape"])
         chunks, dtype, raw = (store.chunk_rows, *spec["shape"]), str(store.attrs.get("dtype")), 0

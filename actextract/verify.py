@@ -123,7 +123,7 @@ def _verify(
     with quiet_numcodecs():  # the sums of --stats and their totals, the clustering results
         wrong = ((path, _check_whole(store.group[path])) for path in stats.arrays(store))
         report.stats_problems = [(path, what) for path, what in wrong if what]
-        report.stats_problems += stats.overlaps(store) + stats.missing_totals(store)
+        report.stats_problems += stats.problems(store)
         wrong = ((path, _check_whole(store.group[path])) for path in clustering.arrays(store))
         report.cluster_problems = [(path, what) for path, what in wrong if what]
     if repair:

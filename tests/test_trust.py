@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import zarr
-from _runner import ARGS, ENV, SMALL, same_stats, same_store, start, wait_for_done_blocks
+from _runner import ARGS, ENV, SMALL, same_store, start, wait_for_done_blocks
 from _runner import run as run_cli
 
 import actextract
@@ -77,11 +77,11 @@ def refused_everywhere(runner, out: Path, tmp_path: Path, *expect: str) -> None:
         actextract.extract(**SMALL, out=out, resume=True)
 
 
-def repair_and_resume(runner, out: Path, reference) -> str:
+def repair_and_resume(runner, out: Path, reference, settings=SMALL) -> str:
     """verify --repair, then the same run with --resume: the store is the reference's."""
     repaired = cli(runner, "verify", str(out), "--repair")
     assert repaired.exit_code in (0, 1), repaired.output
-    resumed = actextract.extract(**SMALL, out=out, resume=True)
+    resumed = actextract.extract(**settings, out=out, resume=True)
     assert resumed.complete and verify(resumed).ok
     same_store(resumed, reference)
     return repaired.output
@@ -310,11 +310,8 @@ def test_a_block_in_two_statistics_parts_is_reported_and_repair_makes_it_resumab
         actextract.extract(**settings, out=out, resume=True)
     text = cli(runner, "verify", str(out))
     assert text.exit_code == 1 and "damaged statistics" in text.output
-    repaired = cli(runner, "verify", str(out), "--repair")
-    assert "dropped progress/parts/" in repaired.output, repaired.output
-    resumed = actextract.extract(**settings, out=out, resume=True)
-    assert resumed.complete and verify(resumed).ok
-    same_stats(resumed, whole)
+    repaired = repair_and_resume(runner, out, whole, settings)
+    assert "dropped progress/parts/" in repaired, repaired
 
 
 # -- leftovers of a killed creation -------------------------------------------------------------
@@ -374,8 +371,5 @@ def test_missing_statistics_totals_are_damage_that_repair_and_resume_mend(tmp_pa
     assert render.exit_code == 2 and "DAMAGED" in render.output
     text = cli(runner, "verify", str(out))
     assert text.exit_code == 1 and "stats/conv1/mean: damaged statistics" in text.output
-    repaired = cli(runner, "verify", str(out), "--repair")
-    assert "dropped" in repaired.output, repaired.output
-    resumed = actextract.extract(**settings, out=out, resume=True)
-    assert resumed.complete and verify(resumed).ok
-    same_stats(resumed, whole)
+    repaired = repair_and_resume(runner, out, whole, settings)
+    assert "dropped" in repaired, repaired
