@@ -13,12 +13,11 @@ rec.capture(epoch)   # in the training loop: the probe's activations at this epo
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from actextract.api import LayerTable, extract, list_layers
-from actextract.cluster import cluster
-from actextract.clustering import Clustering, clusterings
-from actextract.ecosystem import to_xarray
+from actextract.check.verification import VerifyReport, verify
+from actextract.clusters.job import cluster
+from actextract.clusters.results import Clustering, clusterings
+from actextract.core.versions import __version__
+from actextract.data.source import Preprocess
 from actextract.errors import (
     ActextractError,
     BadSampleError,
@@ -32,12 +31,12 @@ from actextract.errors import (
     SourceError,
     StoreError,
 )
-from actextract.graph import draw_graph
-from actextract.recorder import Recorder
-from actextract.report import Report, render
-from actextract.source import Preprocess
-from actextract.store import Store, open_store
-from actextract.verify import VerifyReport, verify
+from actextract.extraction.api import LayerTable, extract, list_layers
+from actextract.record.recorder import Recorder
+from actextract.report.graph import draw_graph
+from actextract.report.writer import Report, render
+from actextract.store.run import Store, open_store
+from actextract.store.xarray import to_xarray
 
 __all__ = [
     "ActextractError",

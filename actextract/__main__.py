@@ -1,6 +1,6 @@
 """``python -m actextract``: the command line (what ``torchrun -m actextract`` runs)."""
 
-from actextract.cli import main
+from actextract.cli.commands import main
 
 if __name__ == "__main__":
     main()

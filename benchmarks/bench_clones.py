@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_extract import all_cases
 
 import actextract
-from actextract.capture import Capture
-from actextract.models import DigitsCNN
+from actextract.model.capture import Capture
+from actextract.model.zoo import DigitsCNN
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = {

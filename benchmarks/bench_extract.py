@@ -67,8 +67,8 @@ from bench_tools import (
     sync,
 )
 
-from actextract.models import load_model
-from actextract.source import Preprocess, open_source
+from actextract.data.source import Preprocess, open_source
+from actextract.model.zoo import load_model
 
 WORKLOADS = ("compute", "maps", "scale")
 DIGITS_MAPS = ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2")

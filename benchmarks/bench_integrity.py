@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 import actextract
-from actextract import layout, transfer
+from actextract.extraction import transfer
+from actextract.store import layout
 
 RESULTS = Path(__file__).parent / "results"
 LAYERS = "conv1,relu1,pool1,conv2,relu2,pool2"  # the maps workload of bench_extract.py

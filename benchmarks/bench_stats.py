@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import actextract
-from actextract.aggregate import layer_stats
+from actextract.stats.aggregate import layer_stats
 
 RESULTS = Path(__file__).parent / "results"
 MAPS = "conv1,conv2"  # digits-cnn's two convolutions: (32, 26, 26) and (64, 11, 11)

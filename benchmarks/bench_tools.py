@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 import actextract
-from actextract.engine import RunOptions, autocast, cudnn_autotune, device_inputs
-from actextract.source import Source, make_loader
+from actextract.data.source import Source, make_loader
+from actextract.extraction.engine import RunOptions, autocast, cudnn_autotune, device_inputs
 
 MB = 1e6
 

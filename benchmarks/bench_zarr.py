@@ -115,8 +115,8 @@ def make_activations(n: int, seed: int) -> dict[str, np.ndarray]:
     """digits-cnn's conv1 and relu1 for ``n`` seeded random inputs: (n, 32, 26, 26) float16."""
     import torch
 
-    from actextract.capture import build_capture
-    from actextract.models import load_model
+    from actextract.model.capture import build_capture
+    from actextract.model.zoo import load_model
 
     torch.manual_seed(seed)  # the model's initial weights
     module = load_model("digits-cnn").module
@@ -138,7 +138,7 @@ def make_activations(n: int, seed: int) -> dict[str, np.ndarray]:
 def compressors_json(codec: str) -> list[dict[str, Any]] | None:
     """actextract's compressors for ``codec`` (StoreOptions.compressors), as zarr JSON, so
     that the child processes need not import actextract (and torch)."""
-    from actextract.layout import StoreOptions, quiet_numcodecs
+    from actextract.store.layout import StoreOptions, quiet_numcodecs
 
     with quiet_numcodecs():
         comps = StoreOptions(codec=codec).compressors()

@@ -109,7 +109,7 @@ def digits_run(root, layers: str, limit: int):
     """A run of digits-cnn from a checkpoint (seeded weights) on the first ``limit`` digits,
     under ``root``: its inputs, filters and model can be rebuilt."""
     import actextract
-    from actextract.models import DigitsCNN
+    from actextract.model.zoo import DigitsCNN
 
     torch.manual_seed(0)
     torch.save(DigitsCNN().state_dict(), root / "cnn.pt")

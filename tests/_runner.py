@@ -127,7 +127,7 @@ def same_store(a, b) -> None:
 
 
 def same_stats(a, b) -> None:
-    from actextract.stats import accumulated, read_stats
+    from actextract.stats.parts import accumulated, read_stats
 
     assert a.stats_layers() == b.stats_layers()
     for spec in accumulated(a):
@@ -146,7 +146,7 @@ def same_stats(a, b) -> None:
 
 def record_writes(monkeypatch) -> list[int]:
     """The blocks ``Store.write_block`` is called for, in order, from now on (in this process)."""
-    from actextract.store import Store
+    from actextract.store.run import Store
 
     written: list[int] = []
     write_block = Store.write_block
@@ -180,8 +180,8 @@ def _main() -> None:
     parser.add_argument("args", nargs=argparse.REMAINDER)
     opts = parser.parse_args()
 
-    from actextract.cli import main
-    from actextract.store import Store
+    from actextract.cli.commands import main
+    from actextract.store.run import Store
 
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -208,7 +208,7 @@ def _main() -> None:
     if opts.kill and opts.kill.startswith("mid-commit:"):
         import zarr
 
-        from actextract.stats import PartWriter
+        from actextract.stats.parts import PartWriter
 
         commit, commits = PartWriter.commit, []
 

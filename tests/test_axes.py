@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from actextract.axes import (
+from actextract.core.axes import (
     LOST,
     check_layout,
     dimension_names,
@@ -18,7 +18,7 @@ from actextract.axes import (
     to_channels_first,
 )
 from actextract.errors import OptionError
-from actextract.trace import follow, function_axis, module_axis
+from actextract.model.trace import follow, function_axis, module_axis
 
 
 def test_layouts_from_the_channel_axis_and_the_rank():

@@ -16,13 +16,13 @@ import torch
 from _fixtures import tiny_cnn
 
 import actextract
-from actextract import samples
-from actextract.capture import build_capture, candidates, select_layers
-from actextract.decode import DeviceDecoder
+from actextract.data import samples
+from actextract.data.decode import DeviceDecoder
+from actextract.data.samples import BadSample, Preprocess, Sample, collate, collate_encoded
+from actextract.data.source import open_source
 from actextract.errors import BadSampleError, LayerNotFoundError, ModelSpecError, SourceError
-from actextract.models import DigitsCNN, load_model
-from actextract.samples import BadSample, Preprocess, Sample, collate, collate_encoded
-from actextract.source import open_source
+from actextract.model.capture import build_capture, candidates, select_layers
+from actextract.model.zoo import DigitsCNN, load_model
 
 TINY = Preprocess(resize=8, crop=8)  # TinyCNN takes (3, 8, 8)
 
@@ -281,7 +281,7 @@ def test_every_mode_reaches_an_rgb_model_as_pil_converts_it(tmp_path, caplog):
     root = tmp_path / "modes"
     names = _mixed_modes(root)
     pre = Preprocess(channels=3, resize=0, crop=0)
-    with caplog.at_level(logging.INFO, logger="actextract.samples"):
+    with caplog.at_level(logging.INFO, logger="actextract.data.samples"):
         src = open_source(f"folder:{root}", pre)
         items = [src.dataset[i] for i in range(len(src))]
     for name, item in zip(names, items, strict=True):
@@ -315,7 +315,7 @@ def test_every_mode_reaches_a_grayscale_model_as_one_channel(tmp_path, caplog):
     root = tmp_path / "modes"
     names = _mixed_modes(root)
     pre = Preprocess(channels=1, resize=0, crop=0)
-    with caplog.at_level(logging.INFO, logger="actextract.samples"):
+    with caplog.at_level(logging.INFO, logger="actextract.data.samples"):
         src = open_source(f"folder:{root}", pre)
         items = [src.dataset[i] for i in range(len(src))]
     for name, item in zip(names, items, strict=True):
@@ -349,7 +349,7 @@ def test_an_rgb_model_end_to_end_sees_the_converted_images(tmp_path, caplog):
     root = tmp_path / "modes"
     names = _mixed_modes(root)
     model = tiny_cnn()
-    with caplog.at_level(logging.INFO, logger="actextract.samples"):
+    with caplog.at_level(logging.INFO, logger="actextract.data.samples"):
         store = actextract.extract(
             model,
             f"folder:{root}",
@@ -525,7 +525,7 @@ def test_a_module_raising_at_import_is_shown_with_its_file_and_line(
     for spec in _specs(path, name):
         caplog.clear()
         with (
-            caplog.at_level(logging.DEBUG, logger="actextract._imports"),
+            caplog.at_level(logging.DEBUG, logger="actextract.core.references"),
             pytest.raises(ERRORS[kind]) as info,
         ):
             _load(kind, spec)
@@ -591,14 +591,14 @@ def test_jpegs_left_to_the_device_decoder_are_noted_like_pil_images(
     channels; the loader reads its frame header to note the conversion as the CPU path does."""
     from PIL import Image
 
-    import actextract.samples
+    import actextract.data.samples
 
-    monkeypatch.setattr(actextract.samples, "_noted", set())
+    monkeypatch.setattr(actextract.data.samples, "_noted", set())
     root = tmp_path / "jpegs"
     root.mkdir()
     Image.new(mode, (12, 10)).save(root / "a.jpg")
     enc = open_source(f"folder:{root}", Preprocess(channels=3), decode="gpu")
-    with caplog.at_level(logging.INFO, logger="actextract.samples"):
+    with caplog.at_level(logging.INFO, logger="actextract.data.samples"):
         item = enc.dataset[0]
     assert item.input.dtype == torch.uint8 and item.input.ndim == 1  # the file's bytes
     notes = [r.getMessage() for r in caplog.records if "are converted to RGB" in r.getMessage()]

@@ -10,9 +10,9 @@ import torch
 from _fixtures import reference, tiny_cnn, untraceable
 from torch import nn
 
-from actextract.capture import Capture, build_capture, candidates, select_layers
 from actextract.errors import CaptureError, LayerNotFoundError
-from actextract.probe import layer_table, model_output_layers, probe
+from actextract.model.capture import Capture, build_capture, candidates, select_layers
+from actextract.model.probe import layer_table, model_output_layers, probe
 
 NAMES = ("conv1", "bn1", "relu", "block.0", "block.1", "block", "pool", "flatten", "fc")
 
@@ -296,7 +296,7 @@ def test_fx_reaches_the_modules_inside_torchvisions_containers():
 def test_an_lstm_stored_by_extract_at_batch_four(method, tmp_path):
     """h_n is (layers, B, H): stored (N, layers, H), equal to the model's, at any batch size."""
     import actextract
-    from actextract.text import format_info
+    from actextract.check.text import format_info
 
     torch.manual_seed(0)
     model = Recurrent().eval()
@@ -337,7 +337,7 @@ def test_info_says_which_layers_are_cloned_and_why(tmp_path):
     from _fixtures import SeededImages
 
     import actextract
-    from actextract.text import format_info
+    from actextract.check.text import format_info
 
     store = actextract.extract(
         tiny_cnn(), SeededImages(), layers="bn1,block", out=tmp_path / "s.zarr", device="cpu"

@@ -13,11 +13,11 @@ import torch
 from _fixtures import TinyCNN, tiny_cnn
 
 import actextract
-from actextract import checkpoints
-from actextract.cli import main
+from actextract.cli.commands import main
 from actextract.errors import CheckpointError, UntrustedCheckpointError
-from actextract.models import DigitsCNN, file_sha256, load_model
-from actextract.rebuild import RebuildError, rebuild_model
+from actextract.model import checkpoints
+from actextract.model.zoo import DigitsCNN, file_sha256, load_model
+from actextract.report.rebuild import RebuildError, rebuild_model
 
 
 class Payload:
@@ -291,7 +291,7 @@ def test_cli_trust_checkpoint_loads_a_whole_module(runner, tmp_path, fixtures_fi
 
 
 def _synthetic(n: int):
-    from actextract.source import open_source
+    from actextract.data.source import open_source
 
     source = open_source("synthetic:8:3:8:8", None)
     return torch.stack([source.dataset[i].input for i in range(n)]).numpy()

@@ -12,7 +12,7 @@ from _fixtures import tiny_cnn
 from sklearn.datasets import load_digits
 
 import actextract
-from actextract.cli import main
+from actextract.cli.commands import main
 
 
 def extract_args(out, *extra, model="digits-cnn", dataset="digits", layers="fc1"):

@@ -14,12 +14,12 @@ from click.testing import CliRunner
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 import actextract
-from actextract.cli import main
-from actextract.cluster import cluster
-from actextract.clustering import Settings, clusterings, label_scores
+from actextract.cli.commands import main
+from actextract.clusters.job import cluster
+from actextract.clusters.kmeans import MiniBatchKMeans, StreamingPca, kmeans_pp
+from actextract.clusters.results import Settings, clusterings, label_scores
 from actextract.errors import OptionError, StoreError
-from actextract.kmeans import MiniBatchKMeans, StreamingPca, kmeans_pp
-from actextract.store import ArraySpec, StoreOptions, create_store, open_store
+from actextract.store.run import ArraySpec, StoreOptions, create_store, open_store
 
 K, SHAPE = 5, (6, 3, 3)
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from actextract.decode import DeviceDecoder
+from actextract.data.decode import DeviceDecoder
+from actextract.data.samples import BadSample, Encoded, Preprocess, Sample, collate, collate_encoded
+from actextract.data.source import IMAGENET_MEAN, IMAGENET_STD, open_source
 from actextract.errors import OptionError, SourceError
-from actextract.samples import BadSample, Encoded, Preprocess, Sample, collate, collate_encoded
-from actextract.source import IMAGENET_MEAN, IMAGENET_STD, open_source
 
 PRE = Preprocess(resize=16, crop=16, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 CPU = torch.device("cpu")
@@ -209,7 +209,7 @@ def test_encoded_packs_mixed_items_in_one_buffer():
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_loader_and_decoder(jpegs, num_workers):
-    from actextract.samples import make_loader
+    from actextract.data.samples import make_loader
 
     (jpegs / "c.jpg").write_bytes((jpegs / "c.jpg").read_bytes()[:300])
     cpu, enc = _both(f"folder:{jpegs}")
@@ -244,13 +244,13 @@ def test_the_engine_runs_decoded_batches_into_the_store(tmp_path, jpegs):
     it): the stored activations equal those of a CPU-path run, and a JPEG that does not
     decode is skipped with its id."""
     import actextract
-    from actextract.capture import build_capture
-    from actextract.engine import RunOptions, run
-    from actextract.layout import ArraySpec, StoreOptions
-    from actextract.models import load_model
-    from actextract.samples import make_loader
-    from actextract.sink import Sink
-    from actextract.store import create_store
+    from actextract.data.samples import make_loader
+    from actextract.extraction.engine import RunOptions, run
+    from actextract.extraction.sink import Sink
+    from actextract.model.capture import build_capture
+    from actextract.model.zoo import load_model
+    from actextract.store.layout import ArraySpec, StoreOptions
+    from actextract.store.run import create_store
 
     (jpegs / "b.jpg").write_bytes((jpegs / "b.jpg").read_bytes()[:200])
     model, layer = load_model("resnet18").module.eval(), "layer1.0.conv1"

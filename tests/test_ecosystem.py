@@ -1,5 +1,5 @@
 """The store opens in the ecosystem's tools: xarray and dask read a layer with its named
-dimensions, and ``actextract.ecosystem.to_xarray`` adds the labels and ids (README:
+dimensions, and ``actextract.store.xarray.to_xarray`` adds the labels and ids (README:
 "Opening a store with xarray or dask")."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import actextract
 xr = pytest.importorskip("xarray")
 da = pytest.importorskip("dask.array")
 
-from actextract.ecosystem import to_xarray  # noqa: E402
+from actextract.store.xarray import to_xarray  # noqa: E402
 
 SKIPPED = 5  # FailsAt's bad sample: label -1, NaN in every layer
 

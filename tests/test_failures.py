@@ -27,7 +27,7 @@ from _runner import SMALL_BLOCKS as N_BLOCKS
 from _runner import check_done_blocks, record_writes, same_store
 
 import actextract
-from actextract.verify import verify
+from actextract.check.verification import verify
 
 
 def _fail_set(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from actextract import figures
+from actextract.report import figures
 
 
 def known_maps(k: int = 5, h: int = 4, w: int = 3) -> np.ndarray:

@@ -57,7 +57,7 @@ def test_cuda_pinned_ring_with_slow_writers_and_straddling_batches(tmp_path, mon
     write waits for the event of the last copy into it)."""
     import threading
 
-    from actextract.store import Store
+    from actextract.store.run import Store
 
     write_block = Store.write_block
 
@@ -198,7 +198,7 @@ def test_cuda_statistics_equal_numpy_on_the_stored_rows(tmp_path):
         chunk_rows=16,
         out=tmp_path / "r.zarr",
     )
-    from actextract.stats import read_stats
+    from actextract.stats.parts import read_stats
 
     assert store.complete
     labels = store.labels[:]

@@ -14,9 +14,9 @@ import pytest
 from _fixtures import SeededImages, digits_run, tiny_cnn, untraceable
 
 import actextract
-from actextract.cli import main
+from actextract.cli.commands import main
 from actextract.errors import OptionError
-from actextract.graph import GraphvizError, draw_graph, model_graph
+from actextract.report.graph import GraphvizError, draw_graph, model_graph
 
 needs_dot = pytest.mark.skipif(
     shutil.which("dot") is None,

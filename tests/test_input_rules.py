@@ -20,12 +20,13 @@ from _fixtures import SeededImages, tiny_cnn
 from _fixtures import reference as tiny_reference
 
 import actextract
-from actextract import rules
-from actextract.cli import main
+from actextract.cli.commands import main
+from actextract.data import rules
+from actextract.data.rules import as_label
+from actextract.data.samples import Preprocess
 from actextract.errors import ActextractError, OptionError
-from actextract.rules import as_label
-from actextract.samples import Preprocess
-from actextract.stats import read_stats
+from actextract.stats.parts import read_stats
+from actextract.store import location
 
 FIXTURES = str(Path(__file__).parent / "_fixtures.py")
 TINY = f"python:{FIXTURES}:tiny_cnn"
@@ -72,7 +73,7 @@ def _no_model(monkeypatch) -> None:
     def load_model(*args, **kwargs):
         raise AssertionError("the model was loaded before --out was checked")
 
-    monkeypatch.setattr(actextract.api, "load_model", load_model)
+    monkeypatch.setattr(actextract.extraction.api, "load_model", load_model)
 
 
 def _one_line(output: str) -> str:
@@ -267,7 +268,7 @@ def test_an_out_below_a_file_is_refused_before_the_model_is_loaded(runner, tmp_p
 
 def test_an_out_whose_folder_cannot_be_created_is_refused_first(runner, tmp_path, monkeypatch):
     _no_model(monkeypatch)
-    monkeypatch.setattr(rules.os, "access", lambda path, mode: Path(path) != tmp_path)
+    monkeypatch.setattr(location.os, "access", lambda path, mode: Path(path) != tmp_path)
     res = runner.invoke(main, _extract_args(str(tmp_path / "new" / "run.zarr")))
     assert res.exit_code == 2, res.output
     text = _one_line(res.output)

@@ -15,12 +15,12 @@ import pytest
 from test_cluster import K, blobs, make_store
 
 import actextract
-from actextract import clustering
-from actextract.cli import main
-from actextract.cluster import cluster
-from actextract.clustering import clusterings
-from actextract.store import open_store
-from actextract.verify import verify
+from actextract.check.verification import verify
+from actextract.cli.commands import main
+from actextract.clusters import results as clustering
+from actextract.clusters.job import cluster
+from actextract.clusters.results import clusterings
+from actextract.store.run import open_store
 
 ARGS = ["--layer", "maps", "--k", str(K), "--pca", "3", "--device", "cpu"]
 

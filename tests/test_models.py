@@ -7,7 +7,7 @@ import torch
 from _fixtures import TinyCNN, tiny_cnn
 
 from actextract.errors import CheckpointError, ModelSpecError
-from actextract.models import DigitsCNN, file_sha256, load_model
+from actextract.model.zoo import DigitsCNN, file_sha256, load_model
 
 
 def test_torchvision_model_by_name_is_random_and_in_eval_mode():

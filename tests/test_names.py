@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actextract.names import count_matches, match_names, wider_hint
+from actextract.core.names import count_matches, match_names, wider_hint
 
 NAMES = [
     "conv1",

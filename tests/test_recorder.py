@@ -18,8 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import actextract
-from actextract.cli import main
-from actextract.epochs import EpochStore, EpochView
+from actextract.cli.commands import main
 from actextract.errors import (
     BadSampleError,
     LayerNotFoundError,
@@ -27,8 +26,9 @@ from actextract.errors import (
     OutputExistsError,
     StoreError,
 )
-from actextract.models import DigitsCNN
-from actextract.plan import state_sha256
+from actextract.extraction.plan import state_sha256
+from actextract.model.zoo import DigitsCNN
+from actextract.store.epochs import EpochStore, EpochView
 
 LAYERS = ["conv1", "relu", "frozen", "fc"]
 N_PROBE = 12
@@ -186,7 +186,7 @@ def test_store_reads_back_per_epoch(runs):
 def test_probe_loader_sampler_is_ignored_with_a_note(tmp_path, caplog):
     model, _ = new_model()
     probe = DataLoader(SeededImages(N_PROBE), batch_size=5, shuffle=True)
-    with caplog.at_level(logging.INFO, logger="actextract.probes"):
+    with caplog.at_level(logging.INFO, logger="actextract.data.probes"):
         rec = actextract.Recorder(model, layers=["fc"], probe=probe, out=tmp_path / "r.zarr")
     notes = [r.getMessage() for r in caplog.records if "is ignored" in r.getMessage()]
     assert len(notes) == 1 and "RandomSampler" in notes[0]
@@ -222,7 +222,7 @@ def test_resume_appends_and_recapture_replaces(tmp_path, caplog):
     again = actextract.Recorder(model, dtype="float32", **settings)
     assert again.store.epochs() == [0, 1]
     assert again.capture(2)
-    with caplog.at_level(logging.INFO, logger="actextract.recorder"):
+    with caplog.at_level(logging.INFO, logger="actextract.record.recorder"):
         again.capture(1)  # weights have changed since: epoch 1 is rewritten
     assert any("already recorded" in r.getMessage() for r in caplog.records)
     store = actextract.open_store(out)

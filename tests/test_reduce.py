@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actextract.axes import reduced_shape
+from actextract.core.axes import reduced_shape
 from actextract.errors import OptionError
-from actextract.reduce import Reducer, parse_reductions
+from actextract.model.reduce import Reducer, parse_reductions
 
 LAYERS = ["layer1", "layer2.0", "layer2.1", "fc"]
 

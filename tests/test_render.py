@@ -13,13 +13,13 @@ import torch
 from _fixtures import FailsAt, digits_run, tiny_cnn
 
 import actextract
-from actextract.aggregate import layer_stats, predictions
-from actextract.cli import main
+from actextract.cli.commands import main
 from actextract.errors import LayerNotFoundError, OptionError, OutputExistsError, StoreError
-from actextract.layout import ArraySpec, StoreOptions
-from actextract.models import DigitsCNN
-from actextract.rebuild import RebuildError, open_inputs
-from actextract.store import create_store, open_store
+from actextract.model.zoo import DigitsCNN
+from actextract.report.rebuild import RebuildError, open_inputs
+from actextract.stats.aggregate import layer_stats, predictions
+from actextract.store.layout import ArraySpec, StoreOptions
+from actextract.store.run import create_store, open_store
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,12 @@ from PIL import Image
 from torch import nn
 
 import actextract
-from actextract import figures
-from actextract.aggregate import layer_stats, summarize
-from actextract.evolution import class_cells
-from actextract.pictures import MIN_PIXELS, Drawer, RenderOptions, Report
-from actextract.stats import read_stats
-from actextract.store import open_store
+from actextract.report import figures
+from actextract.report.evolution import class_cells
+from actextract.report.pictures import MIN_PIXELS, Drawer, RenderOptions, Report
+from actextract.stats.aggregate import layer_stats, summarize
+from actextract.stats.parts import read_stats
+from actextract.store.run import open_store
 
 N = 12  # rows, labels i % 3, blocks of 4
 

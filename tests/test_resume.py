@@ -23,8 +23,8 @@ from _runner import (
 )
 
 import actextract
-from actextract.stats import summed_blocks
-from actextract.verify import format_verify, verify
+from actextract.check.verification import format_verify, verify
+from actextract.stats.parts import summed_blocks
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ def small_store(tmp_path_factory):
 
 
 def _checkpoint(path):
-    from actextract.models import load_model
+    from actextract.model.zoo import load_model
 
     torch.manual_seed(1)
     torch.save(load_model("digits-cnn").module.state_dict(), path)
@@ -131,7 +131,7 @@ def _checkpoint(path):
 def test_resume_refuses_another_run_naming_the_field_and_both_values(
     small_store, tmp_path, change, field
 ):
-    from actextract.models import load_model
+    from actextract.model.zoo import load_model
 
     if change.get("weights") == "CHECKPOINT":
         change = {"weights": _checkpoint(tmp_path / "other.pt")}

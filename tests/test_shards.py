@@ -11,8 +11,8 @@ import pytest
 from _runner import ARGS, ENV, N_BLOCKS, run, same_store
 
 import actextract
-from actextract.verify import verify
-from actextract.work import Shard, Work
+from actextract.check.verification import verify
+from actextract.extraction.work import Shard, Work
 
 
 # -- the split ---------------------------------------------------------------------------------

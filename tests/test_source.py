@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import _png
 
+from actextract.data.samples import BadSample, Preprocess, Sample, collate, make_loader
+from actextract.data.source import open_source, wrap_dataset
 from actextract.errors import SourceError
-from actextract.samples import BadSample, Preprocess, Sample, collate, make_loader
-from actextract.source import open_source, wrap_dataset
 
 
 def test_digits_is_the_embedded_default():

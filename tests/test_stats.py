@@ -12,10 +12,10 @@ from _runner import same_stats
 from click.testing import CliRunner
 
 import actextract
-from actextract.accumulate import parse_stats
-from actextract.cli import main
+from actextract.cli.commands import main
 from actextract.errors import LayerNotFoundError, OptionError, StoreError
-from actextract.stats import read_stats, summed_blocks
+from actextract.stats.accumulate import parse_stats
+from actextract.stats.parts import read_stats, summed_blocks
 
 N = 60  # rows: 5 blocks of 12, batches of 8 (straddling blocks), labels i % 3
 RUN = dict(batch_size=8, chunk_rows=12, device="cpu", dtype="float32", progress=False)
@@ -188,7 +188,7 @@ def test_the_report_draws_statistics_only_layers_and_names_the_source(tmp_path):
     assert "per-class standard deviations" in captions[("averages", "conv1", "conv1.stds.png")]
     assert not any(kind == "grids" and layer == "conv1" for kind, layer, _ in captions)
     assert "not stored in full (--store): statistics only." in report.notes["conv1"]
-    from actextract.aggregate import summarize
+    from actextract.stats.aggregate import summarize
 
     summary = summarize(store, "conv1")
     np.testing.assert_allclose(summary.means, read_stats(store, "conv1").mean)
@@ -198,8 +198,8 @@ def test_the_report_draws_statistics_only_layers_and_names_the_source(tmp_path):
 
 
 def test_verify_finds_damaged_statistics_and_repair_lets_resume_redo_them(tmp_path, stats_store):
-    from actextract.stats import PARTS
-    from actextract.verify import format_verify, verify
+    from actextract.check.verification import format_verify, verify
+    from actextract.stats.parts import PARTS
 
     out = tmp_path / "s.zarr"
     store = _extract(out)
@@ -229,7 +229,7 @@ def test_verify_finds_damaged_statistics_and_repair_lets_resume_redo_them(tmp_pa
 
 
 def test_histogram_bins_below_above_and_nan_and_block_accounting():
-    from actextract.accumulate import Accumulator, LayerStatsSpec
+    from actextract.stats.accumulate import Accumulator, LayerStatsSpec
 
     spec = LayerStatsSpec("x", ("class-mean", "channel-hist"), (1, 3), (0.0, 1.0, 2.0))
     acc = Accumulator([spec], torch.device("cpu"), chunk_rows=2, n=3, blocks=[0, 1])
@@ -253,7 +253,7 @@ def test_every_chunk_of_the_sums_is_written_whatever_zarr_global_config_says(tmp
 
     import zarr
 
-    from actextract.verify import verify
+    from actextract.check.verification import verify
 
     monkeypatch.setattr(zarr.config, "set", lambda *a, **k: contextlib.nullcontext())
     store = _extract(tmp_path / "s.zarr", stats_every=0)

@@ -14,8 +14,8 @@ from _fixtures import FailsAt, SeededImages, reference, tiny_cnn
 
 import actextract
 from actextract.errors import OptionError
-from actextract.store import Store
-from actextract.transfer import BlockRing, blocks_open_at_once, nonfinite_rows
+from actextract.extraction.transfer import BlockRing, blocks_open_at_once, nonfinite_rows
+from actextract.store.run import Store
 
 
 def _ring(slots: int = 1) -> BlockRing:

@@ -20,12 +20,12 @@ from _runner import ARGS, ENV, SMALL, same_store, start, wait_for_done_blocks
 from _runner import run as run_cli
 
 import actextract
-from actextract import lock
-from actextract.cli import main
+from actextract.check.verification import format_verify, verify
+from actextract.cli.commands import main
 from actextract.errors import StoreError
-from actextract.location import Location
-from actextract.store import open_store
-from actextract.verify import format_verify, verify
+from actextract.store import lock
+from actextract.store.location import Location
+from actextract.store.run import open_store
 
 STATS = "conv1=class-mean,channel-hist"
 
@@ -251,7 +251,7 @@ def test_a_lock_goes_with_its_process_however_it_ends(tmp_path, small_reference)
         [
             sys.executable,
             "-c",
-            "import sys, time; from actextract import lock; from actextract.location import "
+            "import sys, time; from actextract.store import lock; from actextract.store.location import "
             "Location; lock.acquire(Location.parse(sys.argv[1]), 'a holder'); print('held', "
             "flush=True); time.sleep(600)",
             str(out),

@@ -11,8 +11,8 @@ from _runner import SMALL_BLOCKS as N_BLOCKS
 from _runner import record_writes, same_store
 
 import actextract
-from actextract.location import Location
-from actextract.verify import verify
+from actextract.check.verification import verify
+from actextract.store.location import Location
 
 
 # -- store URLs ---------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ import pytest
 import zarr
 
 import actextract
+from actextract.check.verification import count_chunks, format_verify, verify
 from actextract.errors import OptionError, StoreError
-from actextract.store import open_store
-from actextract.verify import count_chunks, format_verify, verify
+from actextract.store.run import open_store
 
 N, ROWS, BLOCKS = 300, 64, 5
 
@@ -184,7 +184,7 @@ def test_fsspec_store(run):
 
 
 def test_the_command_exits_0_only_for_a_complete_store_and_repairs(run, runner):
-    from actextract.cli import main
+    from actextract.cli.commands import main
 
     ok = runner.invoke(main, ["verify", str(run)])
     assert ok.exit_code == 0 and "complete" in ok.output, ok.output
@@ -199,7 +199,7 @@ def test_the_command_exits_0_only_for_a_complete_store_and_repairs(run, runner):
 
 
 def test_the_command_names_a_path_that_is_not_a_store(tmp_path, runner):
-    from actextract.cli import main
+    from actextract.cli.commands import main
 
     out = runner.invoke(main, ["verify", str(tmp_path / "nothing.zarr")])
     assert out.exit_code == 2 and "not a Zarr store" in out.output
@@ -220,6 +220,6 @@ def test_a_damaged_clustering_result_is_found_and_deleted_by_repair(run):
     assert repaired.clusters_dropped == [f"clusters/fc1/{bad.name}"]
     after = check(run)
     assert after.ok and open_store(run).status == "complete"
-    from actextract.clustering import clusterings
+    from actextract.clusters.results import clusterings
 
     assert [c.name for c in clusterings(open_store(run))] == [good.name]

@@ -1,0 +1,227 @@
+"""The ``actextract`` command: parses options and calls the library, nothing more.
+
+User errors (an :class:`ActextractError` from the library, or an option that does not parse)
+exit with code 2 and a message that says how to fix them.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+
+from actextract.cli.params import (
+    CONTEXT,
+    capture_option,
+    dtype_option,
+    extract_options,
+    int_list,
+    trust_option,
+    user_errors,
+)
+from actextract.cli.stores import cluster, info, render, verify
+from actextract.core.versions import __version__
+from actextract.extraction.text import format_summary
+from actextract.model.text import format_layer_summary, format_layer_table
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="actextract")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """Extract intermediate activations of PyTorch models over whole datasets into chunked
+    Zarr v3 stores.
+
+    Start with 'actextract layers MODEL' to see what can be captured, then 'actextract
+    extract', then 'actextract info' on the store.
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model")
+@click.option(
+    "--input-shape",
+    callback=int_list,
+    help="Per-sample input shape, e.g. 3,224,224 "
+    "(default: the model's own, 1,28,28 for digits-cnn).",
+)
+@click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint to load first.")
+@trust_option
+@dtype_option("Storage dtype the byte counts assume.")
+@click.option(
+    "--n",
+    "n_samples",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Show the projected store size for N samples (uncompressed).",
+)
+@click.option(
+    "--summary",
+    is_flag=True,
+    help="A table like torchinfo's: parameters (trainable / total) per layer, and totals.",
+)
+@click.option(
+    "--graph",
+    type=click.Path(dir_okay=False),
+    help="Draw the torch.fx graph into this file instead (.svg or .png: needs Graphviz's "
+    "'dot' program; .dot: needs nothing); models fx cannot trace are drawn as module trees.",
+)
+@click.option(
+    "--layers",
+    "layer_names",
+    help="Only the layers these comma-separated names or globs match, as 'extract --layers' "
+    "takes them, and how many each matched; with --graph, the layers to highlight.",
+)
+@capture_option
+@click.pass_context
+def layers(
+    ctx,
+    model,
+    input_shape,
+    weights,
+    trust_checkpoint,
+    dtype,
+    n_samples,
+    summary,
+    graph,
+    layer_names,
+    capture,
+) -> None:
+    """Every capturable layer of MODEL: name, kind, output shape, layout, bytes per sample and
+    whether it is cloned at capture; or, with --graph, a drawing of the model's graph (add
+    --summary for the table too)."""
+    from actextract.extraction.api import list_layers
+    from actextract.report.graph import draw_graph
+
+    with user_errors(ctx):
+        if graph is not None:
+            path = draw_graph(
+                model,
+                graph,
+                layers=layer_names,
+                input_shape=input_shape,
+                weights=weights,
+                capture=capture,
+                trust_checkpoint=trust_checkpoint,
+            )
+            click.echo(f"wrote {path}")
+        if graph is None or summary:
+            table = list_layers(
+                model,
+                input_shape=input_shape,
+                weights=weights,
+                capture=capture,
+                layers=layer_names if graph is None else None,
+                trust_checkpoint=trust_checkpoint,
+            )
+            show = format_layer_summary if summary else format_layer_table
+            click.echo(show(table, dtype, n_samples))
+
+
+@main.command(context_settings=CONTEXT)
+@extract_options
+@click.pass_context
+def extract(
+    ctx, layer_names, reduce_spec, compile_, resize, crop, mean, std, channels, **options
+) -> None:
+    """Run MODEL over DATASET and store the outputs of the chosen layers."""
+    from actextract.data.source import Preprocess
+    from actextract.extraction.api import extract as run_extract
+
+    with user_errors(ctx), _interruptible(ctx, options["out"]):
+        preprocess = Preprocess(
+            channels=int(channels) if channels else None,
+            resize=resize,
+            crop=crop,
+            mean=mean,
+            std=std,
+        )
+        store = run_extract(
+            options.pop("model"),
+            options.pop("dataset"),
+            layers=layer_names,
+            reduce=reduce_spec,
+            compile=compile_,
+            preprocess=preprocess,
+            **options,
+        )
+    stats = [f"{name} ({', '.join(a['kinds'])})" for name, a in store.stats_layers().items()]
+    wrote = "wrote" if store.this_run is None or store.this_run["computed"] else "store"
+    click.echo(
+        f"{wrote} {store.location} ({store.status}): {', '.join(store.layers) or 'no layer'} in "
+        f"full" + (f"; statistics of {'; '.join(stats)}" if stats else "")
+    )
+    click.echo(format_summary(store.attrs, store.this_run))
+
+
+@contextmanager
+def _interruptible(ctx: click.Context, out: str) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM (what schedulers send before a kill) stop the run cleanly:
+    blocks being written finish or stay unrecorded, the store says 'interrupted', and the
+    exit code is 128 + the signal (130 for Ctrl-C)."""
+    stopped_by = [signal.SIGINT]
+
+    def on_term(signum, frame):
+        stopped_by[0] = signal.Signals(signum)
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ninterrupted ({stopped_by[0].name}): every row block recorded done in '{out}' "
+            "is kept; run the same command with --resume to finish it.",
+            err=True,
+        )
+        ctx.exit(128 + stopped_by[0])
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+@main.command("train-demo", context_settings=CONTEXT)
+@click.option(
+    "--out",
+    default="demo/digits-cnn.pt",
+    show_default=True,
+    type=click.Path(),
+    help="Where to save the checkpoint (a state_dict).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--record",
+    type=click.Path(),
+    help="Also record conv1, conv2 and fc1 of 100 held-out digits before training and after "
+    "every epoch into this store (replaced if it exists); 'actextract render' draws it.",
+)
+@click.pass_context
+def train_demo(ctx, out, epochs, seed, record) -> None:
+    """Train digits-cnn on the embedded digits data (seconds on a CPU)."""
+    from actextract.record.train import train_digits_cnn
+
+    with user_errors(ctx):
+        result = train_digits_cnn(out, epochs=epochs, seed=seed, record=record)
+    click.echo(
+        f"trained digits-cnn for {result.epochs} epochs on {result.train_samples} digits: "
+        f"test accuracy {result.test_accuracy:.1%} on {result.test_samples} held-out "
+        f"digits; saved {result.path}"
+    )
+    if result.record is not None:
+        click.echo(f"recorded epochs 0-{result.epochs} (0: before training) in {result.record}")
+
+
+for command in (info, verify, render, cluster):
+    main.add_command(command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,399 @@
+"""Clustering: the results of ``actextract cluster`` in a store — their schema, the writer of
+the per-row arrays, the reader, and the scores against the labels.
+
+::
+
+    clusters/<layer>/<name>/     one result per settings, e.g. k10-poolmean-pca64-seed0
+      assignments  (N,) int32      each row's cluster; -1 where a row was not clustered (a
+                                   skipped sample, or NaN/Inf in its activations)
+      distances    (N,) float32    squared distance to its centre, in the space k-means ran in
+      coords       (N, 2) float32  the first two principal components (the report's scatter)
+      centroids    (K, d) float32  in the space k-means ran in: the first --pca components, or
+                                   the pooled rows themselves
+      sizes        (K,) int64      rows per cluster
+      nearest      (K, M) int64    the rows nearest each centre, nearest first (-1: none)
+      pca/mean (D,), pca/components (n, D), pca/explained_variance (n,)   float64
+    attributes: settings, metrics (inertia; purity, ARI, NMI against the labels), software,
+    status ('complete', written after every array: anything else is an interrupted result)
+
+Every array has named dimensions and a crc32c checksum on each chunk, and every chunk is
+written (a chunk of fill values too), so a missing chunk is damage, not a silent fill value.
+
+A result is written beside the one it replaces, under a hidden name (``.<name>.new-<hex>``),
+and put in place only when complete (:func:`install`), so a kill at any moment leaves the old
+result or the new one: local stores rename folders (the old one to ``.<name>.old-<hex>``, the
+new one into place, then the old one is deleted); other stores (``s3://``, ``memory://``)
+have no rename, and the new result is copied into place, its ``zarr.json`` last, once the old
+one is deleted. Between the two steps a name has no result of its own, and the readers take
+its complete hidden copy. Hidden names are never listed otherwise; the next ``cluster`` run on
+the layer finishes a swap cut short and deletes the rest (:func:`tidy`), except those of a run
+still going on this host.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from actextract.clusters.kmeans import Pca
+from actextract.errors import OptionError
+from actextract.store.layout import checked_array, quiet_numcodecs
+from actextract.store.run import Store
+
+__all__ = [
+    "OUT_CHUNK",
+    "POOLS",
+    "ROOT",
+    "Clustering",
+    "RowWriter",
+    "Settings",
+    "arrays",
+    "clusterings",
+    "drop",
+    "install",
+    "label_scores",
+    "new_name",
+    "result_array",
+    "tidy",
+    "writer",
+]
+
+POOLS = ("none", "mean", "max")
+ROOT = "clusters"
+OUT_CHUNK = 1 << 16  # rows per chunk of the per-row results
+HIDDEN = re.compile(r"^\.(?P<name>.+)\.(?P<kind>new|old)-(?P<token>[0-9a-f]+)$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a clustering result depends on; its ``name`` keeps results of other settings
+    apart (the defaults of epochs and batch size are left out of the name)."""
+
+    k: int
+    pool: str = "none"
+    pca: int | None = None
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 1024
+    n_init: int = 3
+    init_size: int | None = None  # the k-means++ sample; None: max(3 × batch, 20 × k) rows
+    nearest: int = 8
+
+    @property
+    def name(self) -> str:
+        parts = [f"k{self.k}", f"pool{self.pool}", f"pca{self.pca or 'off'}", f"seed{self.seed}"]
+        defaults = Settings(k=self.k)
+        for field in ("epochs", "batch_size", "n_init", "init_size"):
+            if getattr(self, field) != getattr(defaults, field):
+                parts.append(f"{field.replace('_', '')}{getattr(self, field)}")
+        return "-".join(parts)
+
+    def check(self) -> None:
+        if self.k < 2:
+            raise OptionError(f"--k {self.k}: k-means needs at least 2 clusters.")
+        if self.pool not in POOLS:
+            raise OptionError(f"--pool '{self.pool}' is not one of {', '.join(POOLS)}.")
+        if self.pca is not None and self.pca < 1:
+            raise OptionError(f"--pca {self.pca}: give a number of components, at least 1.")
+        for field in ("epochs", "batch_size", "n_init", "nearest"):
+            if getattr(self, field) < 1:
+                raise OptionError(f"--{field.replace('_', '-')} must be at least 1.")
+
+
+@dataclass
+class Clustering:
+    """A clustering result in a store; the arrays are read when asked for."""
+
+    layer: str
+    name: str
+    attrs: dict[str, Any]
+    group: zarr.Group
+
+    @property
+    def complete(self) -> bool:
+        return self.attrs.get("status") == "complete"
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(**self.attrs["settings"])
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.attrs.get("metrics") or {})
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """An array of the result: assignments, distances, coords, centroids, sizes, nearest."""
+        with quiet_numcodecs():
+            return np.asarray(self.group[name][:])
+
+    @property
+    def pca(self) -> Pca:
+        a = self.attrs["pca"]
+        return Pca(
+            mean=self["pca/mean"],
+            components=self["pca/components"],
+            explained_variance=self["pca/explained_variance"],
+            total_variance=float(a["total_variance"]),
+            n_samples=int(a["n_samples"]),
+            method=a.get("method", "covariance"),
+            passes=int(a.get("passes", 1)),
+            converged=bool(a.get("converged", True)),
+        )
+
+
+def clusterings(store: Store, layer: str | None = None) -> list[Clustering]:
+    """The clustering results in ``store`` (of ``layer``), complete or not, by layer and name."""
+    if ROOT not in store.group:
+        return []
+    out = []
+    with _quiet_listing():
+        for name, layer_group in sorted(store.group[ROOT].groups()):
+            if layer is None or name == layer:
+                for result, group in sorted(_results(layer_group).items()):
+                    out.append(Clustering(name, result, dict(group.attrs), group))
+    return out
+
+
+def arrays(store: Store) -> list[str]:
+    """Every array of every clustering result (not of the leftovers of killed runs), for
+    ``verify`` to read whole."""
+    out = []
+    for c in clusterings(store):
+        base = f"{ROOT}/{c.layer}/{c.group.basename}"
+        members = c.group.members(max_depth=None)
+        out += [f"{base}/{path}" for path, node in members if isinstance(node, zarr.Array)]
+    return sorted(out)
+
+
+def _results(parent: zarr.Group) -> dict[str, zarr.Group]:
+    """One layer's results by name: its groups with a plain name, and for a name without one
+    (a swap cut short between its two steps) its complete hidden copy."""
+    groups = dict(parent.groups())
+    found = {name: g for name, g in groups.items() if not name.startswith(".")}
+    return found | {name: groups[hidden] for name, hidden in _stand_ins(groups).items()}
+
+
+def _stand_ins(groups: dict[str, zarr.Group]) -> dict[str, str]:
+    """name → the hidden group that stands in for it: the newest complete one, where the name
+    has no group of its own."""
+    best: dict[str, tuple[tuple[bool, str], str]] = {}
+    for hidden, group in groups.items():
+        m = HIDDEN.match(hidden)
+        if m is None or m["name"] in groups or group.attrs.get("status") != "complete":
+            continue
+        rank = (m["kind"] == "new", str(group.attrs.get("finished", "")))
+        if m["name"] not in best or rank > best[m["name"]][0]:
+            best[m["name"]] = (rank, hidden)
+    return {name: hidden for name, (_, hidden) in best.items()}
+
+
+@contextmanager
+def _quiet_listing() -> Iterator[None]:
+    """zarr warns of a folder (or prefix) without zarr.json: one half deleted or copied."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not recognized as a component")
+        yield
+
+
+# -- writing a result beside the old one, then swapping ----------------------------------------
+def new_name(name: str) -> str:
+    """The hidden name a new result of ``name`` is written under."""
+    return f".{name}.new-{uuid.uuid4().hex[:12]}"
+
+
+def writer() -> dict[str, Any]:
+    """Who writes a result: :func:`tidy` leaves the hidden results of live processes alone."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def install(parent: zarr.Group, hidden: str, name: str) -> zarr.Group:
+    """Put the complete result ``hidden`` of the layer group ``parent`` in place of ``name``:
+    every state in between has a complete result (see the module's notes)."""
+    trash = f".{name}.old-{HIDDEN.match(hidden)['token']}"  # type: ignore[index]
+    with _quiet_listing():
+        if name in parent:
+            _retire(parent, name, trash)
+        _move(parent, hidden, name)
+        _remove(parent, trash)
+        return parent[name]  # type: ignore[return-value]
+
+
+def tidy(parent: zarr.Group) -> list[str]:
+    """Finish the swaps cut short in the layer group ``parent`` and delete the other hidden
+    results (killed runs, the old halves of swaps), but not the new ones of a live process on
+    this host (it may be writing them). Returns the hidden names deleted."""
+    with _quiet_listing():
+        groups = dict(parent.groups())
+        for name, hidden in _stand_ins(groups).items():
+            if not _live(groups[hidden]):
+                _move(parent, hidden, name)
+                groups.pop(hidden)
+        kinds = {n: m["kind"] for n in groups if (m := HIDDEN.match(n))}
+        gone = [n for n, kind in kinds.items() if kind == "old" or not _live(groups[n])]
+        for hidden in gone:
+            _remove(parent, hidden)
+    return gone
+
+
+def _live(group: zarr.Group) -> bool:
+    """Written by another process on this host that still runs (POSIX; elsewhere: no)."""
+    w = group.attrs.get("writer") or {}
+    pid, here = w.get("pid"), os.name == "posix" and w.get("host") == socket.gethostname()
+    if not here or not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _folder(parent: zarr.Group) -> Path | None:
+    store = parent.store
+    if isinstance(store, zarr.storage.LocalStore):
+        return Path(store.root) / parent.path
+    return None
+
+
+def _retire(parent: zarr.Group, name: str, trash: str) -> None:
+    """The old result out of the way: renamed to ``trash`` (local), or deleted."""
+    folder = _folder(parent)
+    if folder is None:
+        _remove(parent, name)
+    else:
+        _rename(folder / name, folder / trash)
+
+
+def _move(parent: zarr.Group, src: str, dst: str) -> None:
+    folder = _folder(parent)
+    if folder is not None:
+        _rename(folder / src, folder / dst)
+        return
+    store, s, d = parent.store, _key(parent, src), _key(parent, dst)
+
+    async def copy() -> None:
+        await store.delete_dir(d)  # what a copy cut short left
+        keys = [k async for k in store.list_prefix(f"{s}/")]
+        for key in sorted(keys, key=lambda k: k == f"{s}/zarr.json"):  # the group's last
+            value = await store.get(key, prototype=default_buffer_prototype())
+            if value is not None:
+                await store.set(d + key[len(s) :], value)
+
+    sync(copy())
+    _remove(parent, src)
+
+
+def _rename(src: Path, dst: Path) -> None:
+    os.rename(src, dst)
+
+
+def _remove(parent: zarr.Group, name: str) -> None:
+    """Delete a result's folder or keys; local: deepest first, each ``zarr.json`` last, so
+    every folder left is a group or array while it goes."""
+    folder = _folder(parent)
+    if folder is None:
+        sync(parent.store.delete(f"{_key(parent, name)}/zarr.json"))
+        sync(parent.store.delete_dir(_key(parent, name)))
+        return
+    for root, _, files in os.walk(folder / name, topdown=False):
+        for f in sorted(files, key=lambda f: f == "zarr.json"):
+            Path(root, f).unlink(missing_ok=True)
+        with suppress(FileNotFoundError):
+            Path(root).rmdir()
+
+
+def _key(parent: zarr.Group, name: str) -> str:
+    return f"{parent.path}/{name}" if parent.path else name
+
+
+def drop(store: Store, damaged: list[str]) -> list[str]:
+    """Delete the results holding the ``damaged`` arrays (``verify --repair``): a result is
+    remade whole by running ``actextract cluster`` again. Returns the results deleted."""
+    from actextract.store.location import writable
+
+    results = sorted({"/".join(p.split("/")[:3]) for p in damaged if p.startswith(f"{ROOT}/")})
+    with writable(store.location, "delete the damaged clustering results"):
+        for path in results:
+            del store.group[path]
+    return results
+
+
+def label_scores(contingency: np.ndarray) -> dict[str, float]:
+    """Purity, adjusted Rand index and normalised mutual information (arithmetic mean, as
+    scikit-learn's default) of a (labels, clusters) table of counts."""
+    from sklearn.metrics import mutual_info_score
+
+    c = contingency[contingency.sum(1) > 0][:, contingency.sum(0) > 0].astype(np.float64)
+    n = c.sum()
+    pairs = lambda v: (v * (v - 1) / 2).sum()  # noqa: E731
+    rows, cols = c.sum(1), c.sum(0)
+    expected = pairs(rows) * pairs(cols) / pairs(np.array([n]))
+    top = (pairs(rows) + pairs(cols)) / 2
+    ari = 1.0 if top == expected else (pairs(c) - expected) / (top - expected)
+    entropy = lambda v: -(v / n * np.log(v / n)).sum()  # noqa: E731
+    mi = mutual_info_score(None, None, contingency=c)
+    h = (entropy(rows) + entropy(cols)) / 2
+    nmi = 1.0 if h == 0 else mi / h
+    return {"purity": float(c.max(0).sum() / n), "ari": float(ari), "nmi": float(nmi)}
+
+
+class RowWriter:
+    """Per-row results arriving in increasing row order, written a chunk at a time."""
+
+    def __init__(self, arrays: dict[str, zarr.Array], n: int):
+        self.arrays, self.n = arrays, n
+        self.start = 0
+        self._new()
+
+    def _new(self) -> None:
+        size = min(OUT_CHUNK, self.n - self.start)
+        self.buf = {
+            name: np.full((size, *a.shape[1:]), a.fill_value, a.dtype)
+            for name, a in self.arrays.items()
+        }
+
+    def put(self, rows: np.ndarray, labels, dist, coords) -> None:
+        values = [labels.cpu().numpy(), dist.cpu().numpy(), coords.cpu().numpy()]
+        while len(rows):
+            while rows[0] >= self.start + OUT_CHUNK:
+                self.flush()
+            here = rows < self.start + OUT_CHUNK
+            for name, v in zip(self.buf, values, strict=True):
+                self.buf[name][rows[here] - self.start] = v[here]
+            rows, values = rows[~here], [v[~here] for v in values]
+
+    def close(self) -> None:
+        """Write the last chunks (those past the last clustered row hold fill values)."""
+        while self.start < self.n:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.start >= self.n:
+            return
+        with quiet_numcodecs():
+            for name, arr in self.arrays.items():
+                arr[self.start : self.start + len(self.buf[name])] = self.buf[name]
+        self.start += OUT_CHUNK
+        if self.start < self.n:
+            self._new()
+
+
+def result_array(group, path, shape, dtype, fill, dims) -> zarr.Array:
+    """A result array (see :func:`~actextract.store.layout.checked_array`), OUT_CHUNK rows a chunk."""
+    chunks = (min(OUT_CHUNK, shape[0]) or 1, *shape[1:])
+    return checked_array(group, path, shape, chunks, dtype, fill=fill, dims=dims)

@@ -1,0 +1,232 @@
+"""Sources: dataset specs → a Dataset of samples with a row index and an id, and its loader.
+
+Specs (``open_source``):
+
+- ``digits``: scikit-learn's 1,797 handwritten 8×8 digits (shipped inside the package),
+  upsampled to 1×28×28 and normalised; labels 0-9. The embedded default: nothing downloaded.
+- ``folder:PATH``: class subfolders (labels from the folder names) or a flat folder of images
+  (label -1), never both (:mod:`actextract.data.folders`).
+- ``mnist:ROOT[:split]``, ``cifar10:ROOT``, ...: torchvision datasets already on disk
+  (``download=False``); split ``train`` (default) or ``test``.
+- ``synthetic:N:C:H:W``: N seeded random inputs, fed to the model as they are (benchmarks).
+- ``python:module:callable``: a user Dataset (or a callable returning one); items are an input
+  tensor or ``(input, label, ...)``, fed as they are.
+
+Items and batches are described in :mod:`actextract.data.samples`; this module resolves specs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from actextract.core.references import call_object, load_object
+from actextract.data.folders import open_folder
+from actextract.data.samples import (  # re-exported: the source stage's public names
+    BadSample,
+    Batch,
+    Preprocess,
+    Sample,
+    SampleDataset,
+    Source,
+    make_loader,
+)
+from actextract.errors import OptionError, SourceError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BadSample",
+    "Batch",
+    "Preprocess",
+    "Sample",
+    "Source",
+    "check_decode",
+    "make_loader",
+    "open_source",
+    "wrap_dataset",
+]
+
+log = logging.getLogger(__name__)
+
+DECODE_MODES = ("cpu", "gpu")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# name -> (torchvision class name, how the split is passed)
+TORCHVISION_DATASETS: dict[str, tuple[str, str]] = {
+    "mnist": ("MNIST", "train"),
+    "fashionmnist": ("FashionMNIST", "train"),
+    "kmnist": ("KMNIST", "train"),
+    "qmnist": ("QMNIST", "train"),
+    "cifar10": ("CIFAR10", "train"),
+    "cifar100": ("CIFAR100", "train"),
+    "svhn": ("SVHN", "split"),
+    "stl10": ("STL10", "split"),
+    "flowers102": ("Flowers102", "split"),
+    "food101": ("Food101", "split"),
+    "dtd": ("DTD", "split"),
+    "imagenet": ("ImageNet", "split"),
+}
+
+
+class _Synthetic(Dataset):
+    """N seeded standard-normal inputs of one shape; item i is the same whatever the worker."""
+
+    def __init__(self, n: int, shape: tuple[int, ...], seed: int = 0):
+        self.n, self.shape, self.seed = n, shape, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        return torch.randn(self.shape, generator=g), index % 10
+
+
+def open_source(spec: str, preprocess: Preprocess | None = None, *, decode: str = "cpu") -> Source:
+    """Resolve a dataset spec (see the module docstring). ``preprocess`` overrides the source's
+    own defaults for image sources; synthetic and python sources are fed as they are.
+
+    ``decode="gpu"`` (``folder:`` sources only) leaves decoding to the run's device: the
+    source's items are undecoded and ``Source.encoded`` is True (see
+    :class:`actextract.data.decode.DeviceDecoder`)."""
+    preprocess = preprocess or Preprocess()
+    kind, _, rest = spec.partition(":")
+    kind = kind.lower()
+    check_decode(decode)
+    if decode == "gpu" and kind != "folder":
+        raise SourceError(
+            f"--dataset {spec}: --decode gpu only applies to folder: image datasets (JPEG files "
+            "decoded on the device); drop --decode gpu (or pass --decode cpu) for this dataset."
+        )
+    if kind == "digits":
+        return _digits(spec, preprocess)
+    if kind == "folder":
+        return open_folder(spec, rest, preprocess, on_device=decode == "gpu")
+    if kind == "synthetic":
+        return _synthetic(spec, rest)
+    if kind == "python":
+        what = f"--dataset {spec}"
+        base = load_object(rest, what=what, error=SourceError)
+        dataset = base
+        if callable(base) and not isinstance(base, Dataset):
+            dataset = call_object(base, what=what, error=SourceError, returns="a Dataset")
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise SourceError(
+                f"--dataset {spec} gave {type(dataset).__name__}, not a map-style "
+                "Dataset with __len__ and __getitem__."
+            )
+        return wrap_dataset(dataset, spec=spec)
+    if kind in TORCHVISION_DATASETS:
+        return _torchvision(spec, kind, rest, preprocess)
+    known = ["digits", "folder:PATH", "synthetic:N:C:H:W", "python:module:callable"]
+    known += [f"{k}:ROOT" for k in TORCHVISION_DATASETS]
+    raise SourceError(f"unknown dataset '{spec}'; use one of: {', '.join(known)}.")
+
+
+def check_decode(decode: str) -> None:
+    """``decode`` names where images are decoded: ``cpu`` (the loader's workers) or ``gpu``."""
+    if decode not in DECODE_MODES:
+        raise OptionError(f"--decode '{decode}' is not one of {', '.join(DECODE_MODES)}.")
+
+
+def wrap_dataset(dataset: Any, *, spec: str | None = None) -> Source:
+    """A user's own Dataset (items: tensor, or (tensor, label, ...)), fed as it is."""
+    if isinstance(dataset, Source):
+        return dataset
+    classes = getattr(dataset, "classes", None)
+    return Source(
+        spec=spec or f"python-object:{type(dataset).__module__}.{type(dataset).__qualname__}",
+        dataset=SampleDataset(dataset, transform=None, ids=None),
+        transform="as given by the dataset",
+        classes=tuple(map(str, classes)) if classes is not None else None,
+    )
+
+
+def _digits(spec: str, preprocess: Preprocess) -> Source:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().div_(16.0).unsqueeze(1)  # (N,1,8,8) [0,1]
+    # The digits' own statistics at the size they are fed, so that a model trained on them
+    # sees zero-mean, unit-std inputs.
+    size = preprocess.over(Preprocess(resize=28, crop=0))
+    sized = Preprocess(resize=size.resize, crop=size.crop).transform()(images)
+    own = Preprocess(
+        channels=1, resize=28, crop=0, mean=(float(sized.mean()),), std=(float(sized.std()),)
+    )
+    pre = preprocess.over(own)
+    base = list(zip(images, digits.target.tolist(), strict=True))
+    return Source(
+        spec,
+        SampleDataset(base, transform=pre.transform(), ids=None),
+        transform=pre.describe(),
+        classes=tuple(str(c) for c in range(10)),
+        preprocess=pre,
+    )
+
+
+def _torchvision(spec: str, kind: str, rest: str, preprocess: Preprocess) -> Source:
+    import torchvision.datasets as tvd
+
+    root_str, _, split = rest.partition(":")
+    split = split or "train"
+    cls_name, split_arg = TORCHVISION_DATASETS[kind]
+    root = Path(root_str).expanduser()
+    if not root_str or not root.is_dir():
+        raise SourceError(
+            f"--dataset {spec}: root folder '{root}' does not exist. Give the "
+            f"folder that holds the {cls_name} files, e.g. {kind}:./data."
+        )
+    if split_arg == "train":
+        if split not in ("train", "test"):
+            raise SourceError(f"--dataset {spec}: split '{split}' is not 'train' or 'test'.")
+        kwargs: dict[str, Any] = {"train": split == "train"}
+    else:
+        kwargs = {"split": split}
+    if kind != "imagenet":
+        kwargs["download"] = False
+    try:
+        base = getattr(tvd, cls_name)(str(root), **kwargs)
+    except (RuntimeError, FileNotFoundError, OSError, ValueError) as e:
+        raise SourceError(
+            f"--dataset {spec}: torchvision's {cls_name} found no usable files under '{root}' "
+            f"({e}). actextract never downloads: place the dataset there first (for example "
+            f"with torchvision.datasets.{cls_name}('{root}', download=True) on a machine with "
+            "internet)."
+        ) from None
+    pre = preprocess.over(Preprocess(channels=3))
+    classes = getattr(base, "classes", None)
+    return Source(
+        spec,
+        SampleDataset(base, transform=pre.transform(), ids=None),
+        transform=pre.describe(),
+        classes=tuple(map(str, classes)) if classes is not None else None,
+        preprocess=pre,
+    )
+
+
+def _synthetic(spec: str, rest: str) -> Source:
+    try:
+        n, *shape = (int(v) for v in rest.split(":"))
+    except ValueError:
+        n, shape = 0, []
+    if n <= 0 or not shape or any(d <= 0 for d in shape):
+        raise SourceError(
+            f"--dataset {spec}: expected synthetic:N:C:H:W with positive "
+            "integers, e.g. synthetic:1024:3:224:224."
+        )
+    return Source(
+        spec,
+        SampleDataset(_Synthetic(n, tuple(shape)), transform=None, ids=None),
+        transform="seeded standard normal, fed as is (label = index % 10)",
+        classes=tuple(str(c) for c in range(10)),
+    )

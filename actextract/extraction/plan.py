@@ -1,0 +1,313 @@
+"""Plan: real samples through the capture (the probe) decide each layer's array (shape,
+layout, reduction, dtype, clone), and the provenance a new store records."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from actextract.core.axes import parse_layouts, reduced_shape, reductions_for
+from actextract.core.dtypes import STORAGE_DTYPES
+from actextract.core.names import match_names
+from actextract.core.versions import software
+from actextract.data.decode import DeviceDecoder
+from actextract.data.rules import channels_hint
+from actextract.data.source import Preprocess, Sample, Source
+from actextract.errors import CaptureError, OptionError
+from actextract.extraction.engine import RunOptions, autocast, check_bad, device_inputs
+from actextract.model.probe import LayerProbe, model_output_layers, probe
+from actextract.model.reduce import Reducer, parse_reductions
+from actextract.model.zoo import LoadedModel
+from actextract.stats.accumulate import DEFAULT_BINS, hist_edges, parse_stats
+from actextract.store.location import Location
+from actextract.store.run import ArraySpec, StoreOptions, choose_chunk_rows, open_store
+
+__all__ = [
+    "choose_outputs",
+    "first_samples",
+    "layer_arrays",
+    "names_option",
+    "plan_arrays",
+    "provenance",
+    "state_sha256",
+]
+
+
+def plan_arrays(
+    cap,
+    source: Source,
+    rows: range,
+    options: RunOptions,
+    reduce: str | Mapping[str, str] | None,
+    store_options: StoreOptions,
+    decoder: DeviceDecoder | None,
+    *,
+    stored: Sequence[str] | None = None,
+    stats: Mapping[str, Sequence[str]] | None = None,
+    hist_bins: int = DEFAULT_BINS,
+    hist_range: tuple[float, float] | None = None,
+    layouts: str | Mapping[str, str] | None = None,
+) -> tuple[list[ArraySpec], Reducer, dict[str, Any], tuple[int, ...]]:
+    """Probe real samples through the capture (:func:`actextract.model.probe.probe`, which also
+    configures it): the row arrays (``stored`` layers, default all, and the ``channel-mean``
+    statistics), their reducer, the ``stats`` attributes of the store ({layer: kinds, output
+    shape, layout, histogram edges}) and the per-sample input shape every sample must have."""
+    examples = first_samples(source, rows, options.on_bad_sample, decoder)
+    single = device_inputs(examples[0].input.unsqueeze(0), options)
+    pair = device_inputs(torch.stack([e.input for e in examples]), options)
+    with autocast(options.device, options.precision):
+        try:
+            found, outputs = probe(
+                cap,
+                single,
+                pair if len(examples) > 1 else None,
+                layouts=parse_layouts(layouts, cap.names),
+            )
+        except CaptureError as e:  # a first convolution of other channels: say which
+            hint = channels_hint(cap.module, tuple(examples[0].input.shape))
+            if hint is None or e.__cause__ is None:
+                raise
+            cause = (str(e.__cause__).splitlines() or [""])[0]  # fx adds the node and more
+            raise OptionError(f"{hint} (the probe's forward failed: {cause}).") from e
+        final = model_output_layers(cap, outputs, single)
+    stored = list(cap.names if stored is None else stored)
+    arrays = layer_arrays(found, final, stored, reduce)
+    attrs: dict[str, Any] = {}
+    for name, kinds in (stats or {}).items():
+        layer = found[name]
+        shape = layer.shape or ()
+        entry: dict[str, Any] = {"kinds": list(kinds), "shape": list(shape), "kind": layer.kind}
+        entry["layout"] = layer.layout
+        if "channel-mean" in kinds:
+            if reductions_for(layer.layout) == ("none",):
+                raise OptionError(
+                    f"--stats {name}=channel-mean: layer '{name}' has shape {shape} with layout "
+                    f"{layer.layout}, with no spatial axes or tokens to average over"
+                    + (
+                        ": its values are their own means; store it (--store) instead."
+                        if layer.layout == "vector"
+                        else f"; set its layout with --layout '{name}=nchw|nhwc|tokens'."
+                    )
+                )
+            spec = ArraySpec(
+                name,
+                reduced_shape(name, shape, layer.layout, "mean", "--stats"),
+                layer.kind,
+                "mean",
+                shape,
+                path=f"stats/{name}/channel_means",
+                layout=layer.layout,
+            )
+            arrays.append(spec)
+            entry["channel_means"] = spec.array
+        if "channel-hist" in kinds:
+            values = outputs[name].float()
+            if hist_range is None and not torch.isfinite(values).any():
+                values = finite_probe(cap, source, rows, options, decoder, name, examples[0])
+            entry["edges"] = hist_edges(values, hist_bins, hist_range)
+            entry["bins"] = hist_bins
+            entry["range"] = list(hist_range) if hist_range else None
+        attrs[name] = entry
+    # On a GPU the cast to the storage dtype happens before the copy to the host (half the bytes
+    # over the bus for float16); on the CPU the copy into the host buffer casts, in one pass.
+    cast = STORAGE_DTYPES[store_options.dtype] if options.device.type != "cpu" else None
+    reducer = Reducer(
+        {a.key: a.reduce for a in arrays},
+        cast,
+        {a.key: a.name for a in arrays},
+        {a.key: a.output_layout for a in arrays},
+    )
+    return arrays, reducer, attrs, tuple(examples[0].input.shape)
+
+
+def names_option(spec: Sequence[str] | str | None) -> list[str] | None:
+    """A --layers/--store value as names (``none``: no layer), or None when not given."""
+    if spec is None:
+        return None
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [n.strip() for n in names if n.strip()]
+    return [] if names == ["none"] else names
+
+
+def choose_outputs(
+    captured: Sequence[str],
+    full: Sequence[str] | None,
+    stats: str | Mapping[str, str | Sequence[str]] | None,
+) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """The captured layers written in full (``full``'s, else all) and each layer's
+    statistics; every captured layer must be one or the other."""
+
+    def not_found(pat: str) -> Exception:
+        return OptionError(f"--store '{pat}' matches none of the captured layers.")
+
+    stored = list(captured) if full is None else match_names(full, captured, not_found)
+    wanted = parse_stats(stats, captured)
+    idle = [n for n in captured if n not in stored and n not in wanted]
+    if idle:
+        raise OptionError(
+            f"layer(s) {', '.join(idle)} would be computed and thrown away: neither --store "
+            "nor --stats names them. Add them to --store or --stats, or drop them from --layers."
+        )
+    return stored, wanted
+
+
+def choose_chunk_rows_for(
+    location: Location,
+    options: StoreOptions,
+    reuse: bool,
+    batch_size: int,
+    arrays: Sequence[ArraySpec],
+    n: int,
+) -> int:
+    """Rows per chunk: as asked, else the existing store's (when resuming or joining it), else
+    chosen from the batch size and the largest layer."""
+    if options.chunk_rows:
+        return options.chunk_rows
+    if reuse and location.is_store():
+        return open_store(location).chunk_rows
+    per_sample = max(
+        (math.prod(a.shape) * STORAGE_DTYPES[options.dtype].itemsize for a in arrays), default=1
+    )
+    return choose_chunk_rows(batch_size, per_sample, n)
+
+
+def layer_arrays(
+    found: Mapping[str, LayerProbe], final, names: Sequence[str], reduce
+) -> list[ArraySpec]:
+    """The arrays of the layers ``names`` stored in full, from what the probe ``found``:
+    shape after the ``reduce`` plan (which must fit each layer's layout), layout, kind, why it
+    is cloned, and whether it is the model's own output (``final``)."""
+    plan = parse_reductions(reduce, names)
+    arrays = []
+    for name in names:
+        layer = found[name]
+        shape = layer.shape or ()
+        arrays.append(
+            ArraySpec(
+                name,
+                reduced_shape(name, shape, layer.layout, plan[name]),
+                layer.kind,
+                plan[name],
+                shape,
+                model_output=name in final and plan[name] == "none",
+                layout=layer.layout,
+                clone=layer.clone,
+                batch_axis=layer.batch_axis,
+            )
+        )
+    return arrays
+
+
+def first_samples(
+    source: Source, rows: range, policy: str, decoder: DeviceDecoder | None = None
+) -> list[Sample]:
+    """The first good sample of ``rows`` and, where there is one among the next few, a second
+    of the same input shape (the probe runs them alone and together to find the batch axis)."""
+    found: list[Sample] = []
+    first_bad = None
+    for i in rows[:100]:
+        item = source.dataset[i]
+        if decoder is not None and isinstance(item, Sample):
+            item = decoder.decode_sample(item)
+        if isinstance(item, Sample):
+            if not found:
+                found.append(item)
+            elif item.input.shape == found[0].input.shape:
+                return [*found, item]
+            if i - rows[0] >= 8:  # no second sample of this shape nearby: probe with one
+                break
+        elif not found:
+            check_bad([item], policy)
+            first_bad = first_bad or item
+    if found:
+        return found
+    why = ""
+    if first_bad is not None:
+        why = f" (first: sample {first_bad.index} '{first_bad.id}', {first_bad.error})"
+    raise OptionError(
+        f"none of the first {min(100, len(rows))} samples of '{source.spec}' "
+        f"could be loaded{why}; check the dataset."
+    )
+
+
+HIST_PROBE_ROWS = 64  # rows looked at for a default histogram range, at most
+
+
+def finite_probe(cap, source, rows, options, decoder, layer: str, first: Sample) -> torch.Tensor:
+    """The outputs of ``layer`` for the first batch of up to 8 samples among the next
+    ``HIST_PROBE_ROWS`` rows that holds a finite value: where the probe sample's hold none
+    (a NaN input), the default histogram range comes from these. None there: an OptionError
+    that asks for --hist-range."""
+    batch: list[torch.Tensor] = []
+    looked = rows[1:HIST_PROBE_ROWS]
+    for k, i in enumerate(looked):
+        item = source.dataset[i]
+        if decoder is not None and isinstance(item, Sample):
+            item = decoder.decode_sample(item)
+        if isinstance(item, Sample) and item.input.shape == first.input.shape:
+            batch.append(item.input)
+        if batch and (len(batch) == 8 or k == len(looked) - 1):
+            x = device_inputs(torch.stack(batch), options)
+            with cap.grad_mode(), autocast(options.device, options.precision):
+                values = cap(x)[layer].float()
+            if torch.isfinite(values).any():
+                return values
+            batch = []
+    raise OptionError(
+        f"--stats {layer}=channel-hist: the layer's outputs hold no finite value for the first "
+        f"{len(looked) + 1} samples, so there is no range to default to; pass --hist-range LO,HI."
+    )
+
+
+def state_sha256(module: torch.nn.Module) -> str:
+    """sha256 of the module's parameters and buffers (names, dtypes, shapes, values): the
+    weights a run used, also when no checkpoint file names them."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def provenance(
+    loaded: LoadedModel,
+    source: Source,
+    method: str,
+    precision: str,
+    options: RunOptions,
+    batch_size: int,
+) -> dict[str, Any]:
+    return {
+        "software": software(),
+        "model": {
+            "spec": loaded.spec,
+            "weights": loaded.weights,
+            "weights_sha256": loaded.weights_sha256,
+            "weights_format": loaded.weights_format,  # "pickle": --trust-checkpoint ran it
+            "state_sha256": state_sha256(loaded.module),
+            "capture": method,
+        },
+        "dataset": {
+            "spec": source.spec,
+            "transform": source.transform,
+            "n": len(source),
+            "classes": list(source.classes) if source.classes else None,
+            "preprocess": _preprocess_attrs(source.preprocess),
+            "decode": "gpu" if source.encoded else "cpu",
+        },
+        "precision": precision,
+        "device": str(options.device),
+        "batch_size": batch_size,
+    }
+
+
+def _preprocess_attrs(pre: Preprocess | None) -> dict[str, Any] | None:
+    if pre is None:
+        return None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(pre).items()}

@@ -1,0 +1,57 @@
+"""A store's arrays as xarray objects, for analysis in the PyData tools.
+
+``to_xarray(store, "conv1")`` is one layer as a lazy (dask-backed) ``xarray.DataArray`` with the
+store's dimension names (``sample``, ``channel``, ``y``, ``x``, ...) and the run's ``labels`` and
+``ids`` as coordinates on ``sample``. One layer at a time, because layers share dimension names
+with different sizes (``channel`` is 64 in one layer, 256 in another), which one
+``xarray.Dataset`` cannot hold: ``xarray.open_zarr(path, group="acts")`` fails on a store of
+several layers.
+
+Needs ``pip install xarray dask`` (imported on first use, not with actextract).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from actextract.store.run import Store, open_store
+
+if TYPE_CHECKING:
+    import xarray
+
+__all__ = ["to_xarray"]
+
+
+def to_xarray(store: Store | str | Path, layer: str) -> xarray.DataArray:
+    """One row array of ``store`` (a path, URL or open :class:`Store`) as a lazy DataArray.
+
+    ``layer`` is a stored layer, or another per-sample array by its path
+    (``stats/conv1/channel_means``). Its dask chunks are the store's row blocks; values are as
+    stored (float16 by default: cast with ``.astype("float32")`` before sums and means, which
+    overflow in float16). Coordinates: ``sample`` (the row index, kept through selections),
+    ``labels`` (-1 where a sample has none) and ``ids``. Skipped or unwritten rows read as NaN.
+    A Recorder's store gives (``epoch``, ``sample``, ...).
+    """
+    try:
+        import dask.array as da
+        import xarray as xr
+    except ImportError as e:
+        raise ImportError(
+            f"to_xarray needs xarray and dask ({e}); install them: pip install xarray dask"
+        ) from None
+    if not isinstance(store, Store):
+        store = open_store(store)
+    # an unknown one: store[layer]'s StoreError, naming the layers
+    arr = store.row_array(layer) if layer in store.row_keys else store[layer]
+    labels, ids = store.labels[:], store.ids[:]
+    coords = {
+        "sample": np.arange(len(labels)),
+        "labels": ("sample", labels),
+        "ids": ("sample", ids),
+    }
+    return xr.DataArray(
+        da.from_zarr(arr), dims=arr.metadata.dimension_names, coords=coords, name=layer
+    )
