@@ -13,30 +13,32 @@ rec.capture(epoch)   # in the training loop: the probe's activations at this epo
 
 from __future__ import annotations
 
-from actextract.check.verification import VerifyReport, verify
-from actextract.clusters.job import cluster
-from actextract.clusters.results import Clustering, clusterings
+from actextract.check import VerifyReport, store_info, verify
+from actextract.clusters import Clustering, cluster, clusterings
 from actextract.core.versions import __version__
-from actextract.data.source import Preprocess
+from actextract.data import Preprocess
 from actextract.errors import (
     ActextractError,
     BadSampleError,
     CaptureError,
     CheckpointError,
+    GraphvizError,
     LayerNotFoundError,
     ModelSpecError,
     NonFiniteError,
     OptionError,
     OutputExistsError,
+    RankError,
+    RebuildError,
     SourceError,
     StoreError,
+    UntrustedCheckpointError,
 )
-from actextract.extraction.api import LayerTable, extract, list_layers
-from actextract.record.recorder import Recorder
-from actextract.report.graph import draw_graph
-from actextract.report.writer import Report, render
-from actextract.store.run import Store, open_store
-from actextract.store.xarray import to_xarray
+from actextract.extraction import ExtractOptions, extract
+from actextract.model import LayerTable, list_layers
+from actextract.record import Recorder
+from actextract.report import Report, draw_graph, render
+from actextract.store import EpochStore, Store, open_store, to_xarray
 
 __all__ = [
     "ActextractError",
@@ -44,6 +46,9 @@ __all__ = [
     "CaptureError",
     "CheckpointError",
     "Clustering",
+    "EpochStore",
+    "ExtractOptions",
+    "GraphvizError",
     "LayerNotFoundError",
     "LayerTable",
     "ModelSpecError",
@@ -51,11 +56,14 @@ __all__ = [
     "OptionError",
     "OutputExistsError",
     "Preprocess",
+    "RankError",
+    "RebuildError",
     "Recorder",
     "Report",
     "SourceError",
     "Store",
     "StoreError",
+    "UntrustedCheckpointError",
     "VerifyReport",
     "__version__",
     "cluster",
@@ -65,6 +73,7 @@ __all__ = [
     "list_layers",
     "open_store",
     "render",
+    "store_info",
     "to_xarray",
     "verify",
 ]

@@ -12,15 +12,26 @@ __all__ = [
     "BadSampleError",
     "CaptureError",
     "CheckpointError",
+    "GraphvizError",
     "LayerNotFoundError",
     "ModelSpecError",
     "NonFiniteError",
     "OptionError",
     "OutputExistsError",
+    "RankError",
+    "RebuildError",
     "SourceError",
     "StoreError",
     "UntrustedCheckpointError",
+    "option",
 ]
+
+
+def option(keyword: str, flag: str | None = None) -> str:
+    """How a message names a run option, for callers of the CLI and of Python alike: the
+    keyword, then the flag (by default ``--`` and the keyword, ``_`` as ``-``).
+    ``option("batch_size")`` → ``"batch_size (--batch-size)"``."""
+    return f"{keyword} ({flag or '--' + keyword.replace('_', '-')})"
 
 
 class ActextractError(Exception):
@@ -75,3 +86,15 @@ class StoreError(ActextractError, ValueError):
 
 class OutputExistsError(StoreError, FileExistsError):
     """The output path exists and neither ``overwrite`` nor ``resume`` was asked for."""
+
+
+class RebuildError(ActextractError):
+    """The store's inputs or model cannot be rebuilt; the message says why."""
+
+
+class GraphvizError(ActextractError, RuntimeError):
+    """Graphviz's ``dot`` program is missing or failed; the message says how to get it."""
+
+
+class RankError(ActextractError, RuntimeError):
+    """Another rank (rank 0, preparing the store) failed; its message is repeated here."""

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_tools, also wh
 from bench_tools import PeakRSS
 
 import actextract
-from actextract.store.run import ArraySpec, StoreOptions, create_store
+from actextract.store import ArraySpec, StoreOptions, create_store
 
 RESULTS = Path(__file__).parent / "results"
 SHAPE, K, PCA, CHUNK = (64, 8, 8), 10, 32, 1024

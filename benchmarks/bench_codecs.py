@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from actextract.store import open_store
 from actextract.store.layout import CODECS, StoreOptions, quiet_numcodecs
-from actextract.store.run import open_store
 
 
 def measure(data: np.ndarray, codec: str, scratch: Path, repeats: int) -> dict:

@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 import actextract
+from actextract.core.devices import autocast
 from actextract.data.source import Source, make_loader
-from actextract.extraction.engine import RunOptions, autocast, cudnn_autotune, device_inputs
+from actextract.extraction.engine import RunOptions, cudnn_autotune, device_inputs
 
 MB = 1e6
 

@@ -146,7 +146,7 @@ def same_stats(a, b) -> None:
 
 def record_writes(monkeypatch) -> list[int]:
     """The blocks ``Store.write_block`` is called for, in order, from now on (in this process)."""
-    from actextract.store.run import Store
+    from actextract.store import Store
 
     written: list[int] = []
     write_block = Store.write_block
@@ -181,7 +181,7 @@ def _main() -> None:
     opts = parser.parse_args()
 
     from actextract.cli.commands import main
-    from actextract.store.run import Store
+    from actextract.store import Store
 
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -10,6 +10,7 @@ import torch
 from _fixtures import reference, tiny_cnn, untraceable
 from torch import nn
 
+from actextract.check import store_info
 from actextract.errors import CaptureError, LayerNotFoundError
 from actextract.model.capture import Capture, build_capture, candidates, select_layers
 from actextract.model.probe import layer_table, model_output_layers, probe
@@ -322,7 +323,8 @@ def test_an_lstm_stored_by_extract_at_batch_four(method, tmp_path):
     np.testing.assert_array_equal(store["fc"][:], logits.numpy())
     specs = {s["name"]: s for s in store.attrs["layers"]}
     assert specs["lstm[1][0]"]["batch_axis"] == 1 and specs["lstm[0]"]["layout"] == "tokens"
-    assert "batch axis moved to the front: lstm[1][0] (was axis 1)" in format_info(store.info())
+    text = format_info(store_info(store))
+    assert "batch axis moved to the front: lstm[1][0] (was axis 1)" in text
 
 
 def test_a_star_means_the_direct_children_on_efficientnet():
@@ -346,5 +348,5 @@ def test_info_says_which_layers_are_cloned_and_why(tmp_path):
         "bn1": "written in place later, by 'relu'",
         "block": None,
     }
-    text = format_info(store.info())
+    text = format_info(store_info(store))
     assert "cloned at capture (written in place later in the forward)\n    bn1: by 'relu'" in text

@@ -14,12 +14,14 @@ from click.testing import CliRunner
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 import actextract
+from actextract.check import store_info
 from actextract.cli.commands import main
 from actextract.clusters.job import cluster
 from actextract.clusters.kmeans import MiniBatchKMeans, StreamingPca, kmeans_pp
-from actextract.clusters.results import Settings, clusterings, label_scores
+from actextract.clusters.results import Settings, clusterings
+from actextract.clusters.rows import label_scores
 from actextract.errors import OptionError, StoreError
-from actextract.store.run import ArraySpec, StoreOptions, create_store, open_store
+from actextract.store import ArraySpec, StoreOptions, create_store, open_store
 
 K, SHAPE = 5, (6, 3, 3)
 
@@ -175,7 +177,7 @@ def test_results_survive_reopening_and_other_settings_stay_apart(tmp_path):
     group = open_store(path).group[f"clusters/maps/{first.name}"]
     assert group["assignments"].metadata.dimension_names == ("sample",)
     assert group["centroids"].metadata.dimension_names == ("cluster", "feature")
-    info = open_store(path).info()["clusters"]
+    info = store_info(open_store(path))["clusters"]
     assert {c["name"] for c in info} == {first.name, other.name}
 
 

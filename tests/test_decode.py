@@ -249,8 +249,8 @@ def test_the_engine_runs_decoded_batches_into_the_store(tmp_path, jpegs):
     from actextract.extraction.sink import Sink
     from actextract.model.capture import build_capture
     from actextract.model.zoo import load_model
+    from actextract.store import create_store
     from actextract.store.layout import ArraySpec, StoreOptions
-    from actextract.store.run import create_store
 
     (jpegs / "b.jpg").write_bytes((jpegs / "b.jpg").read_bytes()[:200])
     model, layer = load_model("resnet18").module.eval(), "layer1.0.conv1"

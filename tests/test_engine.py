@@ -220,7 +220,7 @@ def test_skip_leaves_the_row_empty_and_lists_it(tmp_path):
 
 
 def test_a_writer_error_stops_the_run_and_marks_the_store_failed(tmp_path, monkeypatch):
-    from actextract.store.run import Store
+    from actextract.store import Store
 
     def disk_full(self, block, *args, **kwargs):
         raise OSError(f"No space left on device (block {block})")

@@ -57,7 +57,7 @@ def test_cuda_pinned_ring_with_slow_writers_and_straddling_batches(tmp_path, mon
     write waits for the event of the last copy into it)."""
     import threading
 
-    from actextract.store.run import Store
+    from actextract.store import Store
 
     write_block = Store.write_block
 

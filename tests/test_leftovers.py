@@ -15,12 +15,14 @@ import pytest
 from test_cluster import K, blobs, make_store
 
 import actextract
+from actextract.check import store_info
 from actextract.check.verification import verify
 from actextract.cli.commands import main
 from actextract.clusters import results as clustering
 from actextract.clusters.job import cluster
 from actextract.clusters.results import clusterings
-from actextract.store.run import open_store
+from actextract.clusters.rows import RowWriter
+from actextract.store import open_store
 
 ARGS = ["--layer", "maps", "--k", str(K), "--pca", "3", "--device", "cpu"]
 
@@ -90,7 +92,7 @@ def test_a_cluster_run_killed_in_its_swap_loses_nothing(
     assert ("mark" in found.attrs) == (survivor == "old")
     np.testing.assert_array_equal(found["assignments"], assignments)  # same settings
     # info and verify see the one result, never the leftovers
-    info = open_store(path).info()["clusters"]
+    info = store_info(open_store(path))["clusters"]
     assert [c["name"] for c in info] == [found.name] and info[0]["status"] == "complete"
     report = verify(open_store(path))
     assert report.ok and not report.cluster_problems
@@ -107,7 +109,7 @@ def test_a_cluster_run_killed_in_its_swap_loses_nothing(
 
 def killed_while_writing(path, layer_dir, monkeypatch) -> str:
     """A cluster run killed while it writes its new result; the hidden name it leaves."""
-    monkeypatch.setattr(clustering.RowWriter, "close", lambda self: (_ for _ in ()).throw(Killed))
+    monkeypatch.setattr(RowWriter, "close", lambda self: (_ for _ in ()).throw(Killed))
     with pytest.raises(Killed):
         cluster(path, "maps", K, pca=3, device="cpu")
     monkeypatch.undo()

@@ -18,8 +18,8 @@ from actextract.errors import LayerNotFoundError, OptionError, OutputExistsError
 from actextract.model.zoo import DigitsCNN
 from actextract.report.rebuild import RebuildError, open_inputs
 from actextract.stats.aggregate import layer_stats, predictions
+from actextract.store import create_store, open_store
 from actextract.store.layout import ArraySpec, StoreOptions
-from actextract.store.run import create_store, open_store
 
 
 @pytest.fixture(scope="module")

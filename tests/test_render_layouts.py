@@ -21,7 +21,7 @@ from actextract.report.evolution import class_cells
 from actextract.report.pictures import MIN_PIXELS, Drawer, RenderOptions, Report
 from actextract.stats.aggregate import layer_stats, summarize
 from actextract.stats.parts import read_stats
-from actextract.store.run import open_store
+from actextract.store import open_store
 
 N = 12  # rows, labels i % 3, blocks of 4
 

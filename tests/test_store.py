@@ -10,7 +10,7 @@ import zarr
 from _fixtures import SeededImages, tiny_cnn
 
 import actextract
-from actextract.store.run import ArraySpec, StoreOptions, choose_chunk_rows, create_store
+from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, create_store
 
 GOLDEN_ATTRS = {
     "format_version": 4,

@@ -15,7 +15,7 @@ from _fixtures import FailsAt, SeededImages, reference, tiny_cnn
 import actextract
 from actextract.errors import OptionError
 from actextract.extraction.transfer import BlockRing, blocks_open_at_once, nonfinite_rows
-from actextract.store.run import Store
+from actextract.store import Store
 
 
 def _ring(slots: int = 1) -> BlockRing:

@@ -23,9 +23,8 @@ import actextract
 from actextract.check.verification import format_verify, verify
 from actextract.cli.commands import main
 from actextract.errors import StoreError
-from actextract.store import lock
+from actextract.store import lock, open_store
 from actextract.store.location import Location
-from actextract.store.run import open_store
 
 STATS = "conv1=class-mean,channel-hist"
 
@@ -251,9 +250,9 @@ def test_a_lock_goes_with_its_process_however_it_ends(tmp_path, small_reference)
         [
             sys.executable,
             "-c",
-            "import sys, time; from actextract.store import lock; from actextract.store.location import "
-            "Location; lock.acquire(Location.parse(sys.argv[1]), 'a holder'); print('held', "
-            "flush=True); time.sleep(600)",
+            "import sys, time; from actextract.store import lock; from actextract.store.location "
+            "import Location; lock.acquire(Location.parse(sys.argv[1]), 'a holder'); "
+            "print('held', flush=True); time.sleep(600)",
             str(out),
         ],
         env=ENV,

@@ -11,6 +11,7 @@ from _runner import SMALL_BLOCKS as N_BLOCKS
 from _runner import record_writes, same_store
 
 import actextract
+from actextract.check import store_info
 from actextract.check.verification import verify
 from actextract.store.location import Location
 
@@ -24,7 +25,7 @@ def test_a_file_url_works_end_to_end(tmp_path, small_reference, monkeypatch):
     same_store(store, small_reference)
 
     opened = actextract.open_store(url)
-    info = opened.info()
+    info = store_info(opened)
     assert info["path"] == url and info["status"] == "complete"
     assert info["blocks_done"] == info["n_blocks"] == N_BLOCKS
     assert info["disk_bytes"] > 0 and info["arrays"][0]["disk_bytes"] > 0
@@ -79,7 +80,7 @@ def test_a_memory_url_round_trips(small_reference):
         opened = actextract.open_store(url)
         same_store(opened, small_reference)
         assert verify(opened).ok
-        assert opened.info()["disk_bytes"] > 0
+        assert store_info(opened)["disk_bytes"] > 0
         with pytest.raises(actextract.OutputExistsError, match="--resume"):
             actextract.extract(**BASE, out=url)
     finally:

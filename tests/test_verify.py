@@ -11,7 +11,7 @@ import zarr
 import actextract
 from actextract.check.verification import count_chunks, format_verify, verify
 from actextract.errors import OptionError, StoreError
-from actextract.store.run import open_store
+from actextract.store import open_store
 
 N, ROWS, BLOCKS = 300, 64, 5
 

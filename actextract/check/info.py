@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from actextract.store import integrity
+from actextract.store import EpochStore, StoreReader, integrity
+from actextract.store.epochs import AXIS
 from actextract.store.layout import layer_arrays
-from actextract.store.run import Store
 
 __all__ = ["store_info"]
 
 
-def store_info(store: Store) -> dict[str, Any]:
+def store_info(store: StoreReader) -> dict[str, Any]:
     """See the module docstring; ``damage`` lists what is wrong, one line each ([] when
     the store is whole)."""
     attrs = store.attrs
@@ -48,7 +48,7 @@ def store_info(store: Store) -> dict[str, Any]:
     summed = None
     if stats and not damage:  # e.g. a block in two parts: the sum would be wrong
         summed = int(summed_blocks(store).sum())
-    return {
+    info = {
         "path": str(store.location),
         "status": "damaged" if lines else attrs.get("status"),
         "recorded_status": attrs.get("status"),
@@ -77,9 +77,13 @@ def store_info(store: Store) -> dict[str, Any]:
             for c in clusterings(store)
         ],
     }
+    if isinstance(store, EpochStore):  # blocks_done/n_blocks count epochs here
+        info.update(axis=AXIS, epochs=store.epochs(), every=attrs.get("every"))
+        info["nonfinite"] = store.nonfinite()
+    return info
 
 
-def _array(store: Store, spec: dict[str, Any], path: str, broken: set[str]) -> dict[str, Any]:
+def _array(store: StoreReader, spec: dict[str, Any], path: str, broken: set[str]) -> dict[str, Any]:
     """One layer's row of the table (its array at ``path``); shape and chunks from the root
     attributes when its metadata is missing (then its raw size is not known)."""
     if path in broken:

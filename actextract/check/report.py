@@ -1,5 +1,5 @@
-"""What :func:`actextract.check.verification.verify` reports: the problems it found by array and row range,
-the state they sum up to, and the report as terminal text with what to do about each."""
+"""What :func:`actextract.check.verification.verify` reports: the problems it found by array and row
+range, the state they sum up to, and the report as terminal text with what to do about each."""
 
 from __future__ import annotations
 

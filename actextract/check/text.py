@@ -125,7 +125,8 @@ def _scores(c: dict) -> str:
 
 
 def format_clustering(result: Any, location: str) -> str:
-    """What ``actextract cluster`` prints, from a :class:`~actextract.clusters.results.Clustering`."""
+    """What ``actextract cluster`` prints, from a
+    :class:`~actextract.clusters.results.Clustering`."""
     a, s, m = result.attrs, result.settings, result.metrics
     pca = a["pca"]
     ratio = pca["explained_variance_ratio"]

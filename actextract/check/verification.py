@@ -27,11 +27,10 @@ from actextract.check.report import DAMAGE, EVERY_ARRAY, Problem, VerifyReport, 
 from actextract.clusters import results as clustering
 from actextract.errors import OptionError, StoreError
 from actextract.stats import parts as stats
-from actextract.store import lock, parts
+from actextract.store import Store, lock, parts
 from actextract.store.integrity import metadata_problems, restore_metadata, undecodable
 from actextract.store.layout import quiet_numcodecs
 from actextract.store.location import writable
-from actextract.store.run import Store
 
 __all__ = ["Problem", "VerifyReport", "count_chunks", "format_verify", "verify"]
 

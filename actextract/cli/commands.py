@@ -127,29 +127,14 @@ def layers(
 @main.command(context_settings=CONTEXT)
 @extract_options
 @click.pass_context
-def extract(
-    ctx, layer_names, reduce_spec, compile_, resize, crop, mean, std, channels, **options
-) -> None:
+def extract(ctx, channels, **options) -> None:
     """Run MODEL over DATASET and store the outputs of the chosen layers."""
-    from actextract.data.source import Preprocess
     from actextract.extraction.api import extract as run_extract
 
     with user_errors(ctx), _interruptible(ctx, options["out"]):
-        preprocess = Preprocess(
-            channels=int(channels) if channels else None,
-            resize=resize,
-            crop=crop,
-            mean=mean,
-            std=std,
-        )
+        channels = int(channels) if channels else None
         store = run_extract(
-            options.pop("model"),
-            options.pop("dataset"),
-            layers=layer_names,
-            reduce=reduce_spec,
-            compile=compile_,
-            preprocess=preprocess,
-            **options,
+            options.pop("model"), options.pop("dataset"), channels=channels, **options
         )
     stats = [f"{name} ({', '.join(a['kinds'])})" for name, a in store.stats_layers().items()]
     wrote = "wrote" if store.this_run is None or store.this_run["computed"] else "store"

@@ -120,7 +120,6 @@ _EXTRACT_OPTIONS = [
     ),
     click.option(
         "--layers",
-        "layer_names",
         required=True,
         help="Comma-separated names or globs, e.g. 'layer3,avgpool', 'features.*' (direct "
         "children), 'layer*.**.conv2' (any depth), 'lstm[1][0]' (an element of a tuple).",
@@ -133,7 +132,6 @@ _EXTRACT_OPTIONS = [
     ),
     click.option(
         "--store",
-        "store_layers",
         default=None,
         help="Layers written in full (names or globs; captured even when not in --layers; "
         "'none': none). Default: every layer of --layers.",
@@ -185,7 +183,6 @@ _EXTRACT_OPTIONS = [
     dtype_option("Storage dtype (cast on the device)."),
     click.option(
         "--reduce",
-        "reduce_spec",
         default=None,
         help="Per-layer pooling by layout: 'layer3=mean,layer4=max' (maps: over the spatial "
         "axes; tokens: over the tokens), 'encoder.**=cls' (the first token), or 'mean' for "
@@ -281,7 +278,6 @@ _EXTRACT_OPTIONS = [
     ),
     click.option(
         "--compile",
-        "compile_",
         is_flag=True,
         help="torch.compile the capture and reductions (compiles for a while first; pays off on "
         "long GPU runs).",

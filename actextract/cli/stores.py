@@ -1,6 +1,6 @@
 """The store commands of ``actextract``: ``info``, ``verify``, ``render`` and ``cluster`` read a
-store (and write beside it); like :mod:`actextract.cli.commands`, they only parse options and call the
-library. :mod:`actextract.cli.commands` adds them to its group.
+store (and write beside it); like :mod:`actextract.cli.commands`, they only parse options and call
+the library. :mod:`actextract.cli.commands` adds them to its group.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import json
 
 import click
 
+from actextract.check import store_info
 from actextract.check.text import format_clustering, format_info, format_report
 from actextract.cli.params import CONTEXT, sample_rows, user_errors
 
@@ -21,10 +22,10 @@ __all__ = ["cluster", "info", "render", "verify"]
 @click.pass_context
 def info(ctx, path, as_json) -> None:
     """Arrays, shapes, dtype, codec, size on disk, labels and status of a store."""
-    from actextract.store.run import open_store
+    from actextract.store import open_store
 
     with user_errors(ctx):
-        data = open_store(path).info()
+        data = store_info(open_store(path))
     click.echo(json.dumps(data, indent=2, default=str) if as_json else format_info(data))
     if data.get("damage"):
         click.echo(
@@ -53,7 +54,7 @@ def verify(ctx, path, repair, workers) -> None:
 
     from actextract.check.verification import count_chunks, format_verify
     from actextract.check.verification import verify as verify_store
-    from actextract.store.run import open_store
+    from actextract.store import open_store
 
     with user_errors(ctx):
         store = open_store(path, mode="r+" if repair else "r")
@@ -99,7 +100,7 @@ def render(
     from tqdm import tqdm
 
     from actextract.report.writer import render as render_report
-    from actextract.store.run import open_store
+    from actextract.store import open_store
 
     with user_errors(ctx):
         store = open_store(path)
@@ -161,7 +162,7 @@ def cluster(ctx, path, layer, k, pool, pca, seed, epochs, batch_size, nearest, d
     from tqdm import tqdm
 
     from actextract.clusters.job import cluster as cluster_layer
-    from actextract.store.run import open_store
+    from actextract.store import open_store
 
     bars: dict[str, tqdm] = {}
 

@@ -29,23 +29,16 @@ from actextract.clusters.kmeans import (
     kmeans_pp,
     sq_distances,
 )
-from actextract.clusters.results import (
-    ROOT,
-    Clustering,
-    RowWriter,
-    Settings,
-    label_scores,
-    result_array,
-)
+from actextract.clusters.results import ROOT, Clustering, Settings
+from actextract.clusters.rows import RowWriter, label_scores, result_array
 from actextract.core.axes import pool as pool_rows
 from actextract.core.axes import reduced_shape, reductions_for
 from actextract.core.devices import resolve_device
 from actextract.core.versions import software
-from actextract.errors import OptionError, StoreError
-from actextract.store import integrity
+from actextract.errors import OptionError, StoreError, option
+from actextract.store import Store, StoreReader, integrity, open_store
 from actextract.store.layout import now, quiet_numcodecs
 from actextract.store.location import writable
-from actextract.store.run import Store, open_store
 
 __all__ = ["cluster"]
 
@@ -63,10 +56,11 @@ class Rows:
         self.layout = store.layout(layer)
         if pool != "none" and pool not in reductions_for(self.layout):
             raise OptionError(
-                f"--pool {pool}: the rows of '{layer}' have shape {shape} with layout "
-                f"{self.layout}, with no spatial axes or tokens to pool; leave --pool out."
+                f"{option('pool')} '{pool}': the rows of '{layer}' have shape {shape} with "
+                f"layout {self.layout}, with no spatial axes or tokens to pool; leave --pool out "
+                "(pool='none')."
             )
-        self.dim = math.prod(reduced_shape(layer, shape, self.layout, pool, "--pool"))
+        self.dim = math.prod(reduced_shape(layer, shape, self.layout, pool, option("pool")))
         self.excluded = 0  # rows left out, counted by the first pass
 
     def blocks(self, order: list[int] | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -127,22 +121,32 @@ def cluster(
     if layer not in store.layers:
         if layer in store.stats_layers():
             raise StoreError(
-                f"layer '{layer}' was kept as statistics only (--store); its rows are not in "
-                f"{store.location}. Extract it with --store including '{layer}' to cluster it."
+                f"layer '{layer}' was kept as statistics only, not named in {option('store')}; "
+                f"its rows are not in {store.location}. Extract it with --store including "
+                f"'{layer}' (store=[..., '{layer}']) to cluster it."
             )
         store[layer]  # raises, naming the layers the store holds
     dev = resolve_device(device)
     tick = progress or (lambda phase, n: None)
     rows = Rows(store, layer, pool, dev)
     if pca is not None and pca > rows.dim:
-        raise OptionError(f"--pca {pca}: the rows of '{layer}' have only {rows.dim} features.")
+        raise OptionError(
+            f"--pca {pca}: the rows of '{layer}' have only {rows.dim} features; give "
+            f"{option('pca')} at most {rows.dim}."
+        )
     if pca is not None and pca > store.n:
-        raise OptionError(f"--pca {pca}: the store has only {store.n} rows.")
+        raise OptionError(
+            f"--pca {pca}: the store has only {store.n} rows; give {option('pca')} at most "
+            f"{store.n}."
+        )
 
     fitted, max_label = _fit_pca(rows, max(pca or 0, 2), tick)
     clustered = fitted.n_samples
     if clustered < k:
-        raise OptionError(f"--k {k}: only {clustered} rows of '{layer}' can be clustered.")
+        raise OptionError(
+            f"--k {k}: only {clustered} rows of '{layer}' can be clustered; give {option('k')} "
+            f"at most {clustered}."
+        )
     space = _Space(fitted, pca, dev)
     cache, sample = _project(rows, space, settings, clustered, cache_bytes, tick)
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -157,7 +161,7 @@ def cluster(
 
 
 def _writable_store(store: Store | str | Path) -> Store:
-    location = store.location if isinstance(store, Store) else store
+    location = store.location if isinstance(store, StoreReader) else store
     store = open_store(location, mode="r+")
     if store.attrs.get("axis") == "epoch":
         raise StoreError(

@@ -1,5 +1,6 @@
-"""Clustering: the results of ``actextract cluster`` in a store — their schema, the writer of
-the per-row arrays, the reader, and the scores against the labels.
+"""Clustering: the results of ``actextract cluster`` in a store — their schema, the reader,
+and the swap that puts a new result in place (the per-row arrays' writer and the scores
+against the labels: :mod:`actextract.clusters.rows`).
 
 ::
 
@@ -49,31 +50,26 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from actextract.clusters.kmeans import Pca
-from actextract.errors import OptionError
-from actextract.store.layout import checked_array, quiet_numcodecs
-from actextract.store.run import Store
+from actextract.errors import OptionError, option
+from actextract.store import Store
+from actextract.store.layout import quiet_numcodecs
 
 __all__ = [
-    "OUT_CHUNK",
     "POOLS",
     "ROOT",
     "Clustering",
-    "RowWriter",
     "Settings",
     "arrays",
     "clusterings",
     "drop",
     "install",
-    "label_scores",
     "new_name",
-    "result_array",
     "tidy",
     "writer",
 ]
 
 POOLS = ("none", "mean", "max")
 ROOT = "clusters"
-OUT_CHUNK = 1 << 16  # rows per chunk of the per-row results
 HIDDEN = re.compile(r"^\.(?P<name>.+)\.(?P<kind>new|old)-(?P<token>[0-9a-f]+)$")
 
 
@@ -103,14 +99,15 @@ class Settings:
 
     def check(self) -> None:
         if self.k < 2:
-            raise OptionError(f"--k {self.k}: k-means needs at least 2 clusters.")
+            raise OptionError(f"{option('k')} {self.k}: k-means needs at least 2 clusters.")
         if self.pool not in POOLS:
-            raise OptionError(f"--pool '{self.pool}' is not one of {', '.join(POOLS)}.")
+            raise OptionError(f"--pool '{self.pool}': give {option('pool')} {'|'.join(POOLS)}.")
         if self.pca is not None and self.pca < 1:
-            raise OptionError(f"--pca {self.pca}: give a number of components, at least 1.")
+            raise OptionError(f"{option('pca')} {self.pca}: give at least 1 component.")
         for field in ("epochs", "batch_size", "n_init", "nearest"):
             if getattr(self, field) < 1:
-                raise OptionError(f"--{field.replace('_', '-')} must be at least 1.")
+                name = field if field == "n_init" else option(field)  # n_init: Python only
+                raise OptionError(f"{name} {getattr(self, field)} must be at least 1.")
 
 
 @dataclass
@@ -331,69 +328,3 @@ def drop(store: Store, damaged: list[str]) -> list[str]:
         for path in results:
             del store.group[path]
     return results
-
-
-def label_scores(contingency: np.ndarray) -> dict[str, float]:
-    """Purity, adjusted Rand index and normalised mutual information (arithmetic mean, as
-    scikit-learn's default) of a (labels, clusters) table of counts."""
-    from sklearn.metrics import mutual_info_score
-
-    c = contingency[contingency.sum(1) > 0][:, contingency.sum(0) > 0].astype(np.float64)
-    n = c.sum()
-    pairs = lambda v: (v * (v - 1) / 2).sum()  # noqa: E731
-    rows, cols = c.sum(1), c.sum(0)
-    expected = pairs(rows) * pairs(cols) / pairs(np.array([n]))
-    top = (pairs(rows) + pairs(cols)) / 2
-    ari = 1.0 if top == expected else (pairs(c) - expected) / (top - expected)
-    entropy = lambda v: -(v / n * np.log(v / n)).sum()  # noqa: E731
-    mi = mutual_info_score(None, None, contingency=c)
-    h = (entropy(rows) + entropy(cols)) / 2
-    nmi = 1.0 if h == 0 else mi / h
-    return {"purity": float(c.max(0).sum() / n), "ari": float(ari), "nmi": float(nmi)}
-
-
-class RowWriter:
-    """Per-row results arriving in increasing row order, written a chunk at a time."""
-
-    def __init__(self, arrays: dict[str, zarr.Array], n: int):
-        self.arrays, self.n = arrays, n
-        self.start = 0
-        self._new()
-
-    def _new(self) -> None:
-        size = min(OUT_CHUNK, self.n - self.start)
-        self.buf = {
-            name: np.full((size, *a.shape[1:]), a.fill_value, a.dtype)
-            for name, a in self.arrays.items()
-        }
-
-    def put(self, rows: np.ndarray, labels, dist, coords) -> None:
-        values = [labels.cpu().numpy(), dist.cpu().numpy(), coords.cpu().numpy()]
-        while len(rows):
-            while rows[0] >= self.start + OUT_CHUNK:
-                self.flush()
-            here = rows < self.start + OUT_CHUNK
-            for name, v in zip(self.buf, values, strict=True):
-                self.buf[name][rows[here] - self.start] = v[here]
-            rows, values = rows[~here], [v[~here] for v in values]
-
-    def close(self) -> None:
-        """Write the last chunks (those past the last clustered row hold fill values)."""
-        while self.start < self.n:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.start >= self.n:
-            return
-        with quiet_numcodecs():
-            for name, arr in self.arrays.items():
-                arr[self.start : self.start + len(self.buf[name])] = self.buf[name]
-        self.start += OUT_CHUNK
-        if self.start < self.n:
-            self._new()
-
-
-def result_array(group, path, shape, dtype, fill, dims) -> zarr.Array:
-    """A result array (see :func:`~actextract.store.layout.checked_array`), OUT_CHUNK rows a chunk."""
-    chunks = (min(OUT_CHUNK, shape[0]) or 1, *shape[1:])
-    return checked_array(group, path, shape, chunks, dtype, fill=fill, dims=dims)

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from actextract import errors
 from actextract.core.names import match_names
-from actextract.errors import OptionError
+from actextract.errors import OptionError, option
 
 __all__ = [
     "LAYOUTS",
@@ -111,7 +112,7 @@ def check_layout(name: str, layout: str, shape: Sequence[int], given: bool = Tru
     canonical = ALIASES.get(str(layout).lower())
     if canonical is None:
         raise OptionError(
-            f"--layout {name}={layout}: '{layout}' is not a layout; choose from "
+            f"{option('layout')} '{name}={layout}': '{layout}' is not a layout; choose from "
             f"{', '.join(LAYOUTS)}."
         )
     rank = len(shape)
@@ -132,7 +133,8 @@ def check_layout(name: str, layout: str, shape: Sequence[int], given: bool = Tru
         fitting = [n for n in LAYOUTS if n == layout_of(None, rank) or n == "other"]
         raise OptionError(
             f"--layout {name}={layout}: layer '{name}' has shape {tuple(shape)}, and "
-            f"{canonical} is {need}; for {rank} axes choose from {', '.join(fitting)}."
+            f"{canonical} is {need}; for {rank} axes set {option('layout')} to one of "
+            f"{', '.join(fitting)}."
             if given
             else f"layer '{name}' has shape {tuple(shape)}, not {need} as {canonical} is."
         )
@@ -148,7 +150,7 @@ def parse_layouts(spec: str | Mapping[str, str] | None, names: Sequence[str]) ->
             pat, sep, layout = part.rpartition("=")
             if not sep or not pat.strip():
                 raise OptionError(
-                    f"--layout '{part}': give LAYER=LAYOUT pairs, e.g. 'features.*=nhwc'."
+                    f"{option('layout')} '{part}': give LAYER=LAYOUT pairs, e.g. 'features.*=nhwc'."
                 )
             items.append((pat.strip(), layout.strip()))
     else:
@@ -157,12 +159,12 @@ def parse_layouts(spec: str | Mapping[str, str] | None, names: Sequence[str]) ->
     for pat, layout in items:
         if str(layout).lower() not in ALIASES:
             raise OptionError(
-                f"--layout {pat}={layout}: '{layout}' is not a layout; choose from "
+                f"{option('layout')} '{pat}={layout}': '{layout}' is not a layout; choose from "
                 f"{', '.join(LAYOUTS)}."
             )
 
         def not_found(p: str) -> Exception:
-            return OptionError(f"--layout '{p}' matches none of the captured layers.")
+            return OptionError(f"{option('layout')} '{p}' matches none of the captured layers.")
 
         for name in match_names([pat], names, not_found):
             out[name] = layout
@@ -184,7 +186,7 @@ def reductions_for(layout: str) -> tuple[str, ...]:
 
 
 def reduced_shape(
-    name: str, shape: tuple[int, ...], layout: str, how: str, option: str = "--reduce"
+    name: str, shape: tuple[int, ...], layout: str, how: str, option: str = errors.option("reduce")
 ) -> tuple[int, ...]:
     """The per-sample shape after ``how``: (C,) or (D,) for mean/max/cls, unchanged for
     none/tokens; a reduction that does not fit the layout is an error naming both."""
@@ -195,9 +197,10 @@ def reduced_shape(
     if how not in _BY_LAYOUT[layout]:
         fits = ", ".join(_BY_LAYOUT[layout])
         raise OptionError(
-            f"{option} {name}={how}: layer '{name}' has shape {tuple(shape)} with layout "
+            f"{option} '{name}={how}': layer '{name}' has shape {tuple(shape)} with layout "
             f"{layout}, and {how} keeps {_WHAT[how]}; for {layout} choose from: {fits}. "
-            f"If the layout is wrong, set it with --layout '{name}=nchw|nhwc|tokens'."
+            f"If the layout is wrong, set it with {errors.option('layout')} "
+            f"'{name}=nchw|nhwc|tokens'."
         )
     if how in ("none", "tokens"):
         return shape

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 
-__all__ = ["count_matches", "glob_regex", "is_glob", "match_names", "wider_hint"]
+__all__ = ["count_matches", "glob_regex", "is_glob", "match_names", "names_option", "wider_hint"]
 
 
 def is_glob(pattern: str) -> bool:
@@ -103,3 +103,12 @@ def wider_hint(pattern: str, names: Sequence[str]) -> str:
     if wider and wider != pattern and _hits(wider, names):
         return f" ('*' stays within one dotted level; '{wider}' matches at any depth)"
     return ""
+
+
+def names_option(spec: Sequence[str] | str | None) -> list[str] | None:
+    """A --layers/--store value as names (``none``: no layer), or None when not given."""
+    if spec is None:
+        return None
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [n.strip() for n in names if n.strip()]
+    return [] if names == ["none"] else names

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from actextract.data.rules import check_normalize
 from actextract.data.samples import Preprocess, SampleDataset, Source, convert_image, note_mode
-from actextract.errors import SourceError
+from actextract.errors import SourceError, option
 
 __all__ = ["JPEG_MAGIC", "JPEG_MODES", "open_folder"]
 
@@ -58,7 +58,7 @@ def open_folder(spec: str, path: str, preprocess: Preprocess, *, on_device: bool
     root = Path(path).expanduser()
     if not path or not root.is_dir():
         raise SourceError(
-            f"--dataset {spec}: folder '{root}' does not exist or is not a directory."
+            f"{option('dataset')} {spec}: folder '{root}' does not exist or is not a directory."
         )
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
     if files:
@@ -87,8 +87,9 @@ def open_folder(spec: str, path: str, preprocess: Preprocess, *, on_device: bool
         folder = ImageFolder(str(root), loader=loader)
     except (FileNotFoundError, RuntimeError) as e:
         raise SourceError(
-            f"--dataset {spec}: no images found in '{root}' ({e}). A folder source holds image "
-            f"files ({', '.join(IMG_EXTENSIONS)}) directly, or in one subfolder per class."
+            f"{option('dataset')} {spec}: no images found in '{root}' ({e}). A folder source "
+            f"holds image files ({', '.join(IMG_EXTENSIONS)}) directly, or in one subfolder per "
+            "class."
         ) from None
     ids = [Path(p).relative_to(root).as_posix() for p, _ in folder.samples]
     return Source(
@@ -112,12 +113,13 @@ def _check_flat(spec: str, root: Path, files: Sequence[Path]) -> None:
     if not classes:
         return
     raise SourceError(
-        f"--dataset {spec}: folder '{root}' holds {_count(len(files), 'image')} at its top "
-        f"level ({_some([p.name for p in files], 3)}) and {_count(len(classes), 'subfolder')} "
-        f"with images ({_some([f'{c}/' for c in classes], 5)}); a folder source is either a "
-        "flat folder of images or one subfolder of images per class, not both (read as either, "
-        "this one would leave images out). Move the loose images into a class subfolder (or out "
-        "of the folder), or point --dataset at a folder that holds only one kind."
+        f"{option('dataset')} {spec}: folder '{root}' holds {_count(len(files), 'image')} at "
+        f"its top level ({_some([p.name for p in files], 3)}) and "
+        f"{_count(len(classes), 'subfolder')} with images "
+        f"({_some([f'{c}/' for c in classes], 5)}); a folder source is either a flat folder of "
+        "images or one subfolder of images per class, not both (read as either, this one would "
+        "leave images out). Move the loose images into a class subfolder (or out of the "
+        "folder), or point --dataset at a folder that holds only one kind."
     )
 
 

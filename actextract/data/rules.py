@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from actextract.errors import OptionError
+from actextract.errors import OptionError, option
 
 __all__ = ["as_label", "channels_hint", "check_normalize"]
 
@@ -75,23 +75,25 @@ def check_normalize(
     """``mean`` and ``std`` (the run's, given or the model's and dataset's defaults) fit the
     images after ``--channels``: one value, or one per channel; std positive; both or none."""
     if (mean is None) != (std is None):
-        given, missing = ("--mean", "--std") if std is None else ("--std", "--mean")
+        given, missing = ("mean", "std") if std is None else ("std", "mean")
         raise OptionError(
-            f"{given} is set and {missing} is not (nor by the model's defaults): normalisation "
-            f"needs both; pass {missing} too, or neither."
+            f"{option(given)} is set and {option(missing)} is not (nor by the model's "
+            f"defaults): normalisation needs both; pass {option(missing)} too, or neither."
         )
     if mean is None or std is None:
         return
     if any(not (math.isfinite(s) and s > 0) for s in std) or not all(map(math.isfinite, mean)):
         raise OptionError(
-            f"--mean {_values(mean)} --std {_values(std)}: give finite values, and std values "
-            "above 0 (the normalisation divides by them)."
+            f"--mean {_values(mean)} --std {_values(std)}: give finite values for "
+            f"{option('mean')} and {option('std')}, and std values above 0 (the normalisation "
+            "divides by them)."
         )
     if channels is None or (len(mean) in (1, channels) and len(std) in (1, channels)):
         return
     s = "s" if channels > 1 else ""
     other = f", or --channels {len(mean)}" if len(mean) == len(std) == 4 - channels else ""
     raise OptionError(
+        f"{option('channels')}, {option('mean')} and {option('std')} do not fit: "
         f"--channels {channels} makes images of {channels} channel{s}, but --mean has "
         f"{len(mean)} value{'s' * (len(mean) > 1)} ({_values(mean)}) and --std {len(std)} "
         f"({_values(std)}) (where not given: the model's or the dataset's defaults); give "
@@ -119,8 +121,8 @@ def channels_hint(module: nn.Module, input_shape: tuple[int, ...]) -> str | None
         return None
     have = input_shape[0]
     fix = (
-        f"pass --channels {want} (with --mean and --std of {want} value{'s' * (want > 1)}, or "
-        "one each) to convert the images"
+        f"pass --channels {want} (channels={want}; with --mean and --std of {want} "
+        f"value{'s' * (want > 1)}, or one each) to convert the images"
         if want in (1, 3)
         else f"give the model inputs of {want} channels"
     )

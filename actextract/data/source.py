@@ -35,7 +35,7 @@ from actextract.data.samples import (  # re-exported: the source stage's public 
     Source,
     make_loader,
 )
-from actextract.errors import OptionError, SourceError
+from actextract.errors import OptionError, SourceError, option
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -104,8 +104,9 @@ def open_source(spec: str, preprocess: Preprocess | None = None, *, decode: str 
     check_decode(decode)
     if decode == "gpu" and kind != "folder":
         raise SourceError(
-            f"--dataset {spec}: --decode gpu only applies to folder: image datasets (JPEG files "
-            "decoded on the device); drop --decode gpu (or pass --decode cpu) for this dataset."
+            f"{option('dataset')} {spec}: --decode gpu only applies to folder: image datasets "
+            f"(JPEG files decoded on the device); drop --decode gpu (or pass {option('decode')} "
+            "cpu) for this dataset."
         )
     if kind == "digits":
         return _digits(spec, preprocess)
@@ -114,14 +115,14 @@ def open_source(spec: str, preprocess: Preprocess | None = None, *, decode: str 
     if kind == "synthetic":
         return _synthetic(spec, rest)
     if kind == "python":
-        what = f"--dataset {spec}"
+        what = f"{option('dataset')} {spec}"
         base = load_object(rest, what=what, error=SourceError)
         dataset = base
         if callable(base) and not isinstance(base, Dataset):
             dataset = call_object(base, what=what, error=SourceError, returns="a Dataset")
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
             raise SourceError(
-                f"--dataset {spec} gave {type(dataset).__name__}, not a map-style "
+                f"{option('dataset')} {spec} gave {type(dataset).__name__}, not a map-style "
                 "Dataset with __len__ and __getitem__."
             )
         return wrap_dataset(dataset, spec=spec)
@@ -135,7 +136,10 @@ def open_source(spec: str, preprocess: Preprocess | None = None, *, decode: str 
 def check_decode(decode: str) -> None:
     """``decode`` names where images are decoded: ``cpu`` (the loader's workers) or ``gpu``."""
     if decode not in DECODE_MODES:
-        raise OptionError(f"--decode '{decode}' is not one of {', '.join(DECODE_MODES)}.")
+        raise OptionError(
+            f"--decode '{decode}' is not one of {', '.join(DECODE_MODES)}; give "
+            f"{option('decode')} one of these."
+        )
 
 
 def wrap_dataset(dataset: Any, *, spec: str | None = None) -> Source:
@@ -183,12 +187,14 @@ def _torchvision(spec: str, kind: str, rest: str, preprocess: Preprocess) -> Sou
     root = Path(root_str).expanduser()
     if not root_str or not root.is_dir():
         raise SourceError(
-            f"--dataset {spec}: root folder '{root}' does not exist. Give the "
+            f"{option('dataset')} {spec}: root folder '{root}' does not exist. Give the "
             f"folder that holds the {cls_name} files, e.g. {kind}:./data."
         )
     if split_arg == "train":
         if split not in ("train", "test"):
-            raise SourceError(f"--dataset {spec}: split '{split}' is not 'train' or 'test'.")
+            raise SourceError(
+                f"{option('dataset')} {spec}: split '{split}' is not 'train' or 'test'."
+            )
         kwargs: dict[str, Any] = {"train": split == "train"}
     else:
         kwargs = {"split": split}
@@ -198,10 +204,10 @@ def _torchvision(spec: str, kind: str, rest: str, preprocess: Preprocess) -> Sou
         base = getattr(tvd, cls_name)(str(root), **kwargs)
     except (RuntimeError, FileNotFoundError, OSError, ValueError) as e:
         raise SourceError(
-            f"--dataset {spec}: torchvision's {cls_name} found no usable files under '{root}' "
-            f"({e}). actextract never downloads: place the dataset there first (for example "
-            f"with torchvision.datasets.{cls_name}('{root}', download=True) on a machine with "
-            "internet)."
+            f"{option('dataset')} {spec}: torchvision's {cls_name} found no usable files under "
+            f"'{root}' ({e}). actextract never downloads: place the dataset there first (for "
+            f"example with torchvision.datasets.{cls_name}('{root}', download=True) on a machine "
+            "with internet)."
         ) from None
     pre = preprocess.over(Preprocess(channels=3))
     classes = getattr(base, "classes", None)
@@ -221,7 +227,7 @@ def _synthetic(spec: str, rest: str) -> Source:
         n, shape = 0, []
     if n <= 0 or not shape or any(d <= 0 for d in shape):
         raise SourceError(
-            f"--dataset {spec}: expected synthetic:N:C:H:W with positive "
+            f"{option('dataset')} {spec}: expected synthetic:N:C:H:W with positive "
             "integers, e.g. synthetic:1024:3:224:224."
         )
     return Source(

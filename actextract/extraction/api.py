@@ -7,25 +7,23 @@ input before anything is written, then hands the stages to :func:`actextract.ext
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from actextract.core.devices import resolve_device
+from actextract.core.names import names_option
 from actextract.data.decode import DeviceDecoder
 from actextract.data.source import (
     Preprocess,
     Source,
-    check_decode,
     make_loader,
     open_source,
     wrap_dataset,
 )
-from actextract.errors import OptionError
+from actextract.errors import OptionError, option
 from actextract.extraction import distributed
 from actextract.extraction.engine import (
     RunOptions,
@@ -34,76 +32,38 @@ from actextract.extraction.engine import (
     merge_summaries,
     run,
 )
+from actextract.extraction.options import ExtractOptions
 from actextract.extraction.plan import (
     choose_chunk_rows_for,
     choose_outputs,
-    names_option,
     plan_arrays,
     provenance,
 )
 from actextract.extraction.resume import NewStore, open_run
-from actextract.extraction.sink import Sink, check_nonfinite_policy
+from actextract.extraction.sink import Sink
 from actextract.extraction.text import format_summary, run_report
 from actextract.extraction.transfer import ring_slots
 from actextract.extraction.work import Shard, Work
-from actextract.model.capture import Method, build_capture
+from actextract.model.capture import build_capture
 from actextract.model.discover import LayerTable, list_layers
 from actextract.model.zoo import borrowed, load_model
-from actextract.stats.accumulate import DEFAULT_BINS, Accumulator
+from actextract.stats.accumulate import Accumulator
 from actextract.stats.parts import PartWriter, accumulated, finalize
-from actextract.store import lock
-from actextract.store.location import Location, check_out
-from actextract.store.parts import summed_blocks
-from actextract.store.run import (
+from actextract.store import (
     Store,
-    StoreOptions,
     check_output,
+    lock,
     open_store,
 )
+from actextract.store.location import Location
+from actextract.store.parts import summed_blocks
 
 __all__ = ["LayerTable", "extract", "list_layers", "open_store"]
 
 log = logging.getLogger(__name__)
 
 
-def extract(
-    model: str | nn.Module,
-    dataset: str | Source | torch.utils.data.Dataset,
-    *,
-    layers: Sequence[str] | str,
-    out: str | Path,
-    store_layers: Sequence[str] | str | None = None,
-    stats: str | Mapping[str, str | Sequence[str]] | None = None,
-    hist_bins: int = DEFAULT_BINS,
-    hist_range: tuple[float, float] | None = None,
-    stats_every: float = 300.0,
-    weights: str | Path | None = None,
-    trust_checkpoint: bool = False,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | torch.device = "auto",
-    precision: str = "fp32",
-    dtype: str = "float16",
-    reduce: str | Mapping[str, str] | None = None,
-    layout: str | Mapping[str, str] | None = None,
-    codec: str = "none",
-    level: int | None = None,
-    chunk_rows: int | None = None,
-    overwrite: bool = False,
-    resume: bool = False,
-    shard: str | Shard | None = None,
-    on_bad_sample: str = "error",
-    on_nonfinite: str = "count",
-    limit: int | None = None,
-    capture: Method = "auto",
-    channels_last: bool = False,
-    preprocess: Preprocess | None = None,
-    writers: int = 2,
-    host_buffers: int | None = None,
-    compile: bool = False,
-    decode: str = "cpu",
-    progress: bool | None = None,
-) -> Store:
+def extract(model: str | nn.Module, dataset: Any, **options: Any) -> Store:
     """Run ``model`` over ``dataset`` and store the outputs of ``layers`` in a Zarr store.
 
     ``model``: a spec (``resnet18``, ``digits-cnn``, ``python:mod:fn``) or a Module.
@@ -119,8 +79,9 @@ def extract(
     ``out``: a folder, a ``file://`` URL or another fsspec URL zarr opens. ``weights``: a
     state_dict (``torch.save``) or safetensors file; ``trust_checkpoint=True`` also lets it be
     a whole pickled module, whose unpickling runs code from the file.
-    ``store_layers``: the layers written in full (names or globs, also captured when not in
-    ``layers``; default: every layer of ``layers``; ``"none"``: none). ``stats``: aggregates
+    ``store``: the layers written in full (names or globs, also captured when not in
+    ``layers``; default: every layer of ``layers``; ``"none"``: none; ``store_layers`` is its
+    older name). ``stats``: aggregates
     computed on the device, ``'layer*=class-mean,class-std,channel-hist;fc1=channel-mean'``
     (:mod:`actextract.stats.accumulate`), written under ``stats/<layer>/``; ``hist_bins`` and
     ``hist_range`` (lo, hi) fix channel-hist's bins (default range: the finite values of a
@@ -136,222 +97,127 @@ def extract(
     on a GPU; batches are padded to ``batch_size`` so that the shorter last one reuses the
     compiled code). ``decode="gpu"``: for ``folder:`` datasets on CUDA, the loader workers only
     read the files and JPEGs are decoded (nvJPEG), resized and normalised on the GPU.
+    ``resize``, ``crop``, ``mean``, ``std``, ``channels``: the preprocessing, as on the
+    command line (or a whole ``preprocess=Preprocess(...)``); unset steps take the model's
+    defaults. Every keyword is an option of ``actextract extract`` with ``_`` for ``-``, and
+    the defaults are the same (:class:`~actextract.extraction.options.ExtractOptions`).
     Returns the opened store; ``store[layer]`` is (N, *shape) in ``dtype``.
     """
-    if batch_size <= 0:
-        raise OptionError(f"--batch-size {batch_size} must be a positive integer.")
-    if limit is not None and limit <= 0:
-        raise OptionError(f"--limit {limit} must be a positive integer.")
-    if resume and overwrite:
-        raise OptionError(
-            "--resume finishes the store at --out and --overwrite replaces it; pass one of them."
-        )
-    check_nonfinite_policy(on_nonfinite)
+    return run_extraction(ExtractOptions.from_keywords(model, dataset, **options))
+
+
+def run_extraction(o: ExtractOptions) -> Store:
+    """:func:`extract` with its options built and checked."""
     group = distributed.from_env()
     try:
         with lock.session():  # the store's writer lock (actextract.store.lock), however this ends
-            return _extract(**locals())  # every argument above, and the torchrun group
+            return _extract(o, group)
     finally:
         if group is not None:
             group.close()
 
 
-def _extract(
-    *,
-    model,
-    dataset,
-    layers,
-    out,
-    store_layers,
-    stats,
-    hist_bins,
-    hist_range,
-    stats_every,
-    weights,
-    trust_checkpoint,
-    batch_size,
-    num_workers,
-    device,
-    precision,
-    dtype,
-    reduce,
-    layout,
-    codec,
-    level,
-    chunk_rows,
-    overwrite,
-    resume,
-    shard,
-    on_bad_sample,
-    on_nonfinite,
-    limit,
-    capture,
-    channels_last,
-    preprocess,
-    writers,
-    host_buffers,
-    compile,
-    decode,
-    progress,
-    group,
-) -> Store:
-    if group is not None and shard is not None:
-        raise OptionError(
-            f"--shard {shard} under torchrun: every rank is already shard RANK/WORLD_SIZE "
-            f"({group.rank}/{group.world}); drop --shard."
-        )
-    part = Shard(group.rank, group.world) if group else Shard.parse(shard)
-    join = group is None and part.count > 1  # independent shard processes share the store
-    if join and overwrite:
-        raise OptionError(
-            f"--overwrite with --shard {part}: each shard would delete the others' work. "
-            "Remove the old store first, or run one process with --overwrite."
-        )
+def _extract(o: ExtractOptions, group: Any) -> Store:
+    """Check what needs the process group, load, plan, open the store, compute, seal."""
+    part, join = _shard(o, group)
     lead = group.lead if group else (lambda fn: fn())
-    store_options = StoreOptions(dtype=dtype, codec=codec, level=level, chunk_rows=chunk_rows)
     options = RunOptions(
-        resolve_device(group.device(device) if group else device),
-        precision,
-        channels_last,
-        on_bad_sample,
-        progress if group is None or group.leader else False,
+        resolve_device(group.device(o.device) if group else o.device),
+        o.precision,
+        o.channels_last,
+        o.on_bad_sample,
+        o.progress if group is None or group.leader else False,
     )
-    check_decode(decode)
-    if decode == "gpu" and options.device.type != "cuda":
+    if o.decode == "gpu" and options.device.type != "cuda":
         raise OptionError(
-            f"--decode gpu decodes JPEGs on a CUDA device, and this run is on "
-            f"{options.device}; use --device cuda, or --decode cpu (decoding in the loader's "
-            "workers)."
+            f"--decode gpu decodes JPEGs on a CUDA device (decode='gpu'), and this run is on "
+            f"{options.device}; use --device cuda (device='cuda'), or --decode cpu "
+            "(decode='cpu': decoding in the loader's workers)."
         )
-    check_out(out)  # not empty, no file on the way: before the model and data are loaded
-    location = Location.parse(out)
-    if not (resume or join):  # before any slow work: refuse early, touch nothing
-        lead(lambda: check_output(location, overwrite))
+    location = Location.parse(o.out)
+    if not (o.resume or join):  # before any slow work: refuse early, touch nothing
+        lead(lambda: check_output(location, o.overwrite))
 
     # random weights (no checkpoint) come from a fixed seed: the same model in every process
     # of a sharded, torchrun or resumed run (the caller's RNG state is left as it was)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        loaded = load_model(model, weights=weights, trust_checkpoint=trust_checkpoint)
-    source = _open(dataset, (preprocess or Preprocess()).over(loaded.preprocess), decode)
+        loaded = load_model(o.model, weights=o.weights, trust_checkpoint=o.trust_checkpoint)
+    source = _open(o.dataset, o.preprocess.over(loaded.preprocess), o.decode)
     decoder = DeviceDecoder(source.preprocess, options.device) if source.encoded else None
-    rows = range(min(len(source), limit) if limit else len(source))
+    rows = range(min(len(source), o.limit) if o.limit else len(source))
     if len(rows) == 0:
         raise OptionError(f"dataset '{source.spec}' has no samples.")
-    layers, full = names_option(layers), names_option(store_layers)
-    memory_format = torch.channels_last if channels_last else None
+    layers, full = names_option(o.layers), names_option(o.store)
+    memory_format = torch.channels_last if o.channels_last else None
     with borrowed(loaded.module, options.device, memory_format) as module:
         cap = build_capture(
-            module, [*layers, *(full or ())], model_name=loaded.spec, method=capture
+            module, [*layers, *(full or ())], model_name=loaded.spec, method=o.capture
         )
         try:
-            stored, wanted = choose_outputs(cap.names, full, stats)
+            stored, wanted = choose_outputs(cap.names, full, o.stats)
             arrays, reducer, stats_attrs, input_shape = plan_arrays(
                 cap,
                 source,
                 rows,
                 options,
-                reduce,
-                store_options,
+                o.reduce,
+                o.store_options,
                 decoder,
                 stored=stored,
                 stats=wanted,
-                hist_bins=hist_bins,
-                hist_range=hist_range,
-                layouts=layout,
+                hist_bins=o.hist_bins,
+                hist_range=o.hist_range,
+                layouts=o.layout,
             )
             new = NewStore(
                 len(rows),
                 arrays,
-                store_options,
+                o.store_options,
                 choose_chunk_rows_for(
-                    location, store_options, resume or join, batch_size, arrays, len(rows)
+                    location, o.store_options, o.resume or join, o.batch_size, arrays, len(rows)
                 ),
                 {
-                    **provenance(loaded, source, cap.method, precision, options, batch_size),
+                    **provenance(loaded, source, cap.method, o.precision, options, o.batch_size),
                     "stats": stats_attrs,
                 },
-                chunk_rows_given=chunk_rows is not None,
+                chunk_rows_given=o.chunk_rows is not None,
             )
-            slots = ring_slots(
-                host_buffers, batch_size=batch_size, chunk_rows=new.chunk_rows, writers=writers
+            slots = ring_slots(  # refused before the store is created when too few
+                o.host_buffers,
+                batch_size=o.batch_size,
+                chunk_rows=new.chunk_rows,
+                writers=o.writers,
             )
-            work = Work(len(rows), batch_size, new.chunk_rows)
+            work = Work(len(rows), o.batch_size, new.chunk_rows)
             mine = work.blocks(part)
             store = lead(
                 lambda: open_run(
                     location,
                     new,
-                    resume=resume,
-                    overwrite=overwrite,
+                    resume=o.resume,
+                    overwrite=o.overwrite,
                     join=join,
                     blocks=mine,
                     shard=(part.index, part.count),
                 )
             ) or open_store(location, mode="r+")
-            specs = accumulated(store)  # the store's: a resumed run adopts its histogram edges
-            done, summed = store.done(), summed_blocks(store)
-            write = [b for b in mine if not done[b]]
-            add = [b for b in mine if not summed[b]]
-            todo = sorted({*write, *add})
-            if len(todo) < len(mine):
-                log.warning(
-                    "%s: %d of this run's %d row blocks are already done; computing the other %d",
-                    location,
-                    len(mine) - len(todo),
-                    len(mine),
-                    len(todo),
-                )
-            batches = work.batches(todo)
-            sums = None
-            if specs and add:
-                acc = Accumulator(
-                    specs, options.device, chunk_rows=store.chunk_rows, n=store.n, blocks=add
-                )
-                sums = PartWriter(store, acc, every=stats_every, rank=group.rank if group else None)
-            loader = make_loader(
-                source,
-                [row for batch in batches for row in batch],  # full batches but the dataset's last
-                batch_size=batch_size,
-                num_workers=num_workers,
-                pin_memory=options.device.type == "cuda",
-                input_shape=input_shape,  # every input the probe's shape, or a bad sample
-            )
             if decoder is not None:
                 decoder = replace(decoder, input_shape=input_shape)
-
-            def forward(x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-                out = cap(x)  # the row arrays, and the outputs the statistics sum
-                return reducer(out), {s.layer: out[s.layer] for s in specs}
-
-            if compile:
-                forward = compiled(forward, batch_size, options)
-            try:
-                with Sink(
-                    store,
-                    slots=slots,
-                    writers=writers,
-                    pin=options.device.type == "cuda",
-                    blocks=write,
-                    on_nonfinite=on_nonfinite,
-                ) as sink:
-                    total = sum(len(b) for b in batches)
-                    summary = run(
-                        loader,
-                        forward,
-                        sink,
-                        options,
-                        total=total,
-                        decode=decoder,
-                        stats=sums,
-                        grad_mode=cap.grad_mode,
-                    )
-            except KeyboardInterrupt:
-                _record_stop(store, "interrupted", "interrupted (SIGINT/Ctrl-C)")
-                raise
-            except BaseException as e:
-                _record_stop(store, "failed", f"{type(e).__name__}: {e}")
-                raise
+            todo, summary = _compute(
+                o,
+                store,
+                cap,
+                reducer,
+                source,
+                work,
+                mine,
+                slots,
+                options,
+                decoder,
+                input_shape,
+                group,
+            )
         finally:
             cap.close()
     _seal(store, summary, part, group, join, ran=bool(todo) or group is not None)
@@ -360,6 +226,101 @@ def _extract(
         store.this_run = run_report(store, part, len(mine), len(todo), summary.as_dict())
     log.info("%s\n%s", store.location, format_summary(store.attrs, store.this_run))
     return store
+
+
+def _shard(o: ExtractOptions, group: Any) -> tuple[Shard, bool]:
+    """This process's shard of the run, and whether it joins a store other processes write
+    (``--shard`` given; under torchrun, rank 0 opens the store for every rank)."""
+    if group is not None and o.shard is not None:
+        raise OptionError(
+            f"{option('shard')} {o.shard} under torchrun: every rank is already shard "
+            f"RANK/WORLD_SIZE ({group.rank}/{group.world}); drop --shard."
+        )
+    part = Shard(group.rank, group.world) if group else Shard.parse(o.shard)
+    join = group is None and part.count > 1  # independent shard processes share the store
+    if join and o.overwrite:
+        raise OptionError(
+            f"{option('overwrite')} with {option('shard')} {part}: each shard would delete the "
+            "others' work. Remove the old store first, or run one process with --overwrite."
+        )
+    return part, join
+
+
+def _compute(
+    o: ExtractOptions,
+    store: Store,
+    cap: Any,
+    reducer: Any,
+    source: Source,
+    work: Work,
+    mine: list[int],
+    slots: int,
+    options: RunOptions,
+    decoder: DeviceDecoder | None,
+    input_shape: tuple[int, ...],
+    group: Any,
+) -> tuple[list[int], Summary]:
+    """Compute this process's row blocks not done yet (and the statistics of those not
+    summed yet) through the engine: the blocks it computed, and the run's numbers."""
+    specs = accumulated(store)  # the store's: a resumed run adopts its histogram edges
+    done, summed = store.done(), summed_blocks(store)
+    write = [b for b in mine if not done[b]]
+    add = [b for b in mine if not summed[b]]
+    todo = sorted({*write, *add})
+    if len(todo) < len(mine):
+        log.warning(
+            "%s: %d of this run's %d row blocks are already done; computing the other %d",
+            store.location,
+            len(mine) - len(todo),
+            len(mine),
+            len(todo),
+        )
+    batches = work.batches(todo)
+    sums = None
+    if specs and add:
+        acc = Accumulator(specs, options.device, chunk_rows=store.chunk_rows, n=store.n, blocks=add)
+        sums = PartWriter(store, acc, every=o.stats_every, rank=group.rank if group else None)
+    loader = make_loader(
+        source,
+        [row for batch in batches for row in batch],  # full batches but the dataset's last
+        batch_size=o.batch_size,
+        num_workers=o.num_workers,
+        pin_memory=options.device.type == "cuda",
+        input_shape=input_shape,  # every input the probe's shape, or a bad sample
+    )
+
+    def forward(x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        out = cap(x)  # the row arrays, and the outputs the statistics sum
+        return reducer(out), {s.layer: out[s.layer] for s in specs}
+
+    if o.compile:
+        forward = compiled(forward, o.batch_size, options)
+    try:
+        with Sink(
+            store,
+            slots=slots,
+            writers=o.writers,
+            pin=options.device.type == "cuda",
+            blocks=write,
+            on_nonfinite=o.on_nonfinite,
+        ) as sink:
+            summary = run(
+                loader,
+                forward,
+                sink,
+                options,
+                total=sum(len(b) for b in batches),
+                decode=decoder,
+                stats=sums,
+                grad_mode=cap.grad_mode,
+            )
+    except KeyboardInterrupt:
+        _record_stop(store, "interrupted", "interrupted (SIGINT/Ctrl-C)")
+        raise
+    except BaseException as e:
+        _record_stop(store, "failed", f"{type(e).__name__}: {e}")
+        raise
+    return todo, summary
 
 
 def _seal(store: Store, summary: Summary, part: Shard, group, join: bool, ran: bool) -> None:

@@ -1,8 +1,8 @@
 """Distributed: one run in several processes under ``torchrun``.
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK (and the rendezvous address) in every process.
-Each rank becomes the shard RANK/WORLD_SIZE of the run (:class:`actextract.extraction.work.Shard`), on the
-GPU LOCAL_RANK when the run is on CUDA, else on the CPU. Rank 0 alone creates (or checks, on
+Each rank becomes the shard RANK/WORLD_SIZE of the run (:class:`actextract.extraction.work.Shard`),
+on the GPU LOCAL_RANK when the run is on CUDA, else on the CPU. Rank 0 alone creates (or checks, on
 ``--resume``) the store while the others wait in a collective of a gloo process group, which
 also carries rank 0's error to them, so every rank stops with the same message; at the end
 rank 0 gathers the ranks' summaries and seals the store. Blocks are the unit of exclusion
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from actextract.errors import ActextractError, OptionError
+from actextract.errors import OptionError, RankError, option
 
 __all__ = ["Group", "from_env"]
 
@@ -28,10 +28,6 @@ T = TypeVar("T")
 
 # Ranks finish their shards at different times; the last collective waits for the slowest.
 WAIT = datetime.timedelta(days=7)
-
-
-class RankError(ActextractError, RuntimeError):
-    """Another rank (rank 0, preparing the store) failed; its message is repeated here."""
 
 
 @dataclass
@@ -99,7 +95,8 @@ def from_env() -> Group | None:
     except (KeyError, ValueError):
         raise OptionError(
             f"WORLD_SIZE={world} is set but RANK is missing or not a number; launch with "
-            "torchrun, or unset WORLD_SIZE (use --shard INDEX/COUNT for separate processes)."
+            f"torchrun, or unset WORLD_SIZE (use {option('shard')} INDEX/COUNT for separate "
+            "processes)."
         ) from None
     owned = not dist.is_initialized()
     if owned:

@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm import tqdm
 
+from actextract.core.devices import PRECISIONS, autocast
 from actextract.data.samples import BadSample, Batch
-from actextract.errors import BadSampleError, OptionError
+from actextract.errors import BadSampleError, OptionError, option
 from actextract.extraction.sink import Filled, Sink
 from actextract.extraction.transfer import ToHost
 from actextract.stats.parts import PartWriter
 
 __all__ = [
-    "PRECISIONS",
     "RunOptions",
     "Summary",
-    "autocast",
     "check_bad",
     "compiled",
     "cudnn_autotune",
@@ -36,8 +35,6 @@ __all__ = [
     "run",
     "to_device",
 ]
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -53,10 +50,12 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise OptionError(
-                f"--precision '{self.precision}' is not one of {', '.join(PRECISIONS)}."
+                f"{option('precision')} '{self.precision}' is not one of {', '.join(PRECISIONS)}."
             )
         if self.on_bad_sample not in ("error", "skip"):
-            raise OptionError(f"--on-bad-sample '{self.on_bad_sample}' is not 'error' or 'skip'.")
+            raise OptionError(
+                f"{option('on_bad_sample')} '{self.on_bad_sample}' is not 'error' or 'skip'."
+            )
 
 
 @dataclass
@@ -119,12 +118,6 @@ def merge_summaries(parts: list[dict]) -> dict:
         "nonfinite": nonfinite,
         "processes": len(parts),
     }
-
-
-def autocast(device: torch.device, precision: str):
-    """The forward's autocast context: ``nullcontext`` for fp32 (see RunOptions' check)."""
-    dtype = PRECISIONS[precision]
-    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 Outputs = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
@@ -253,5 +246,6 @@ def check_bad(bad: list[BadSample], policy: str) -> None:
     first = bad[0]
     raise BadSampleError(
         f"sample {first.index} ('{first.id}') could not be used: {first.error}. Fix or remove "
-        "it, or pass --on-bad-sample skip to leave its row empty (NaN, label -1) and go on."
+        "it, or pass --on-bad-sample skip (on_bad_sample='skip') to leave its row empty (NaN, "
+        "label -1) and go on."
     )

@@ -12,26 +12,26 @@ from typing import Any
 import torch
 
 from actextract.core.axes import parse_layouts, reduced_shape, reductions_for
+from actextract.core.devices import autocast
 from actextract.core.dtypes import STORAGE_DTYPES
 from actextract.core.names import match_names
 from actextract.core.versions import software
 from actextract.data.decode import DeviceDecoder
 from actextract.data.rules import channels_hint
 from actextract.data.source import Preprocess, Sample, Source
-from actextract.errors import CaptureError, OptionError
-from actextract.extraction.engine import RunOptions, autocast, check_bad, device_inputs
+from actextract.errors import CaptureError, OptionError, option
+from actextract.extraction.engine import RunOptions, check_bad, device_inputs
 from actextract.model.probe import LayerProbe, model_output_layers, probe
 from actextract.model.reduce import Reducer, parse_reductions
 from actextract.model.zoo import LoadedModel
 from actextract.stats.accumulate import DEFAULT_BINS, hist_edges, parse_stats
+from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, open_store
 from actextract.store.location import Location
-from actextract.store.run import ArraySpec, StoreOptions, choose_chunk_rows, open_store
 
 __all__ = [
     "choose_outputs",
     "first_samples",
     "layer_arrays",
-    "names_option",
     "plan_arrays",
     "provenance",
     "state_sha256",
@@ -86,17 +86,17 @@ def plan_arrays(
         if "channel-mean" in kinds:
             if reductions_for(layer.layout) == ("none",):
                 raise OptionError(
-                    f"--stats {name}=channel-mean: layer '{name}' has shape {shape} with layout "
-                    f"{layer.layout}, with no spatial axes or tokens to average over"
+                    f"{option('stats')} '{name}=channel-mean': layer '{name}' has shape {shape} "
+                    f"with layout {layer.layout}, with no spatial axes or tokens to average over"
                     + (
-                        ": its values are their own means; store it (--store) instead."
+                        f": its values are their own means; name it in {option('store')} instead."
                         if layer.layout == "vector"
-                        else f"; set its layout with --layout '{name}=nchw|nhwc|tokens'."
+                        else f"; set its layout with {option('layout')} '{name}=nchw|nhwc|tokens'."
                     )
                 )
             spec = ArraySpec(
                 name,
-                reduced_shape(name, shape, layer.layout, "mean", "--stats"),
+                reduced_shape(name, shape, layer.layout, "mean", option("stats")),
                 layer.kind,
                 "mean",
                 shape,
@@ -125,15 +125,6 @@ def plan_arrays(
     return arrays, reducer, attrs, tuple(examples[0].input.shape)
 
 
-def names_option(spec: Sequence[str] | str | None) -> list[str] | None:
-    """A --layers/--store value as names (``none``: no layer), or None when not given."""
-    if spec is None:
-        return None
-    names = spec.split(",") if isinstance(spec, str) else list(spec)
-    names = [n.strip() for n in names if n.strip()]
-    return [] if names == ["none"] else names
-
-
 def choose_outputs(
     captured: Sequence[str],
     full: Sequence[str] | None,
@@ -143,15 +134,16 @@ def choose_outputs(
     statistics; every captured layer must be one or the other."""
 
     def not_found(pat: str) -> Exception:
-        return OptionError(f"--store '{pat}' matches none of the captured layers.")
+        return OptionError(f"{option('store')} '{pat}' matches none of the captured layers.")
 
     stored = list(captured) if full is None else match_names(full, captured, not_found)
     wanted = parse_stats(stats, captured)
     idle = [n for n in captured if n not in stored and n not in wanted]
     if idle:
         raise OptionError(
-            f"layer(s) {', '.join(idle)} would be computed and thrown away: neither --store "
-            "nor --stats names them. Add them to --store or --stats, or drop them from --layers."
+            f"layer(s) {', '.join(idle)} would be computed and thrown away: neither "
+            f"{option('store')} nor {option('stats')} names them. Add them to one of these, or "
+            f"drop them from {option('layers')}."
         )
     return stored, wanted
 
@@ -260,7 +252,8 @@ def finite_probe(cap, source, rows, options, decoder, layer: str, first: Sample)
             batch = []
     raise OptionError(
         f"--stats {layer}=channel-hist: the layer's outputs hold no finite value for the first "
-        f"{len(looked) + 1} samples, so there is no range to default to; pass --hist-range LO,HI."
+        f"{len(looked) + 1} samples, so there is no range to default to; pass --hist-range LO,HI "
+        "(hist_range=(LO, HI))."
     )
 
 

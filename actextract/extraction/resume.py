@@ -16,11 +16,11 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from actextract.errors import OutputExistsError, StoreError
-from actextract.store import integrity, lock
+from actextract.errors import StoreError
+from actextract.store import Store, integrity, lock
 from actextract.store.layout import ArraySpec, StoreOptions, build_store, store_attrs
 from actextract.store.location import Location, writable
-from actextract.store.run import Store, check_output, open_store
+from actextract.store.opening import check_identity, open_for_writing, open_store
 
 __all__ = ["NewStore", "identity", "open_run"]
 
@@ -72,18 +72,23 @@ def identity(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_same_run(stored: dict[str, Any], new: NewStore, location: Location) -> None:
-    ours, theirs = identity(new.attrs()), identity(stored)
-    for field, was in theirs.items():
+    """Raise when the store at ``location`` (its attributes ``stored``) is another run's."""
+
+    def skip(field: str, was: Any) -> bool:
         if field == "chunk rows" and not new.chunk_rows_given:
-            continue
-        if field == "layouts (--layout)" and not any(was.values()):
-            continue  # a store from before layouts: its shapes and reductions still decide
-        if ours[field] != was:
-            raise StoreError(
-                f"'{location}' was made by another run: its {field} is {was!r}, this run's is "
-                f"{ours[field]!r}. Resume with the store's settings, or write a new store "
-                "(another --out, or --overwrite)."
-            )
+            return True  # a resumed run adopts the store's chunk rows
+        # a store from before layouts: its shapes and reductions still decide
+        return field == "layouts (--layout)" and not any(was.values())
+
+    check_identity(
+        location,
+        identity(new.attrs()),
+        identity(stored),
+        whose="this run's",
+        fix="Resume with the store's settings, or write a new store (another --out, or "
+        "--overwrite).",
+        skip=skip,
+    )
 
 
 def open_run(
@@ -126,28 +131,23 @@ def _open_run(
     join: bool,
     blocks: Collection[int] | None,
 ) -> Store:
-    if resume or join:
-        if location.is_store():
-            return _reopen(location, new, blocks if join else None)
-        if location.exists() and not location.is_empty_dir():
-            raise OutputExistsError(
-                f"output '{location}' exists and is not a Zarr store; it cannot be resumed. "
-                "Remove it yourself or choose another --out."
-            )
-    else:
-        check_output(location, overwrite)
-        if location.exists():
-            with writable(location, "remove the old store (--overwrite)"):
-                location.remove()
-    if location.create(build_store(new.n, new.arrays, new.options, new.chunk_rows, new.provenance)):
-        return open_store(location, mode="r+")
-    if resume or join:  # another shard created it first
+    def reopen(location: Location) -> Store:
         return _reopen(location, new, blocks if join else None)
-    raise OutputExistsError(f"output '{location}' was created by another process meanwhile.")
+
+    build = build_store(new.n, new.arrays, new.options, new.chunk_rows, new.provenance)
+    store = open_for_writing(
+        location, build, reopen if resume or join else None, overwrite=overwrite
+    )
+    return store  # type: ignore[return-value]
 
 
 def _reopen(location: Location, new: NewStore, blocks: Collection[int] | None) -> Store:
     store = open_store(location, mode="r+")
+    if not isinstance(store, Store):
+        raise StoreError(
+            f"'{location}' has an epoch axis (a Recorder's store); extract cannot resume "
+            "it. Choose another --out, or --overwrite to replace it."
+        )
     if not store.has_records():
         raise StoreError(
             f"'{location}' was written by an older actextract (store format "

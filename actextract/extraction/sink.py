@@ -1,8 +1,8 @@
 """Sink: where each batch's rows land, and the background threads that write full row blocks.
 
 The engine asks :meth:`Sink.place` where a batch's rows go: the sink opens the row blocks they
-fall in, each on a buffer of the :class:`~actextract.extraction.transfer.BlockRing` (waiting for one when
-all are taken: back-pressure), and answers with the views to copy into. Once the copies are
+fall in, each on a buffer of the :class:`~actextract.extraction.transfer.BlockRing` (waiting for one
+when all are taken: back-pressure), and answers with the views to copy into. Once the copies are
 issued the engine calls :meth:`Sink.filled` with the batch's labels, ids and bad samples; a
 block whose rows are all accounted for goes to a small pool of writer threads, which wait for
 its copies to land, compress and write it as whole chunks (numcodecs releases the GIL), mark
@@ -27,9 +27,9 @@ import numpy as np
 
 from actextract.core.dtypes import STORAGE_DTYPES
 from actextract.data.samples import BadSample
-from actextract.errors import NonFiniteError, OptionError
+from actextract.errors import NonFiniteError, OptionError, option
 from actextract.extraction.transfer import BlockRing, Run
-from actextract.store.run import Store
+from actextract.store import Store
 
 __all__ = ["NONFINITE_POLICIES", "Filled", "Sink", "check_nonfinite_policy"]
 
@@ -41,7 +41,7 @@ NONFINITE_POLICIES = ("count", "error")
 def check_nonfinite_policy(policy: str) -> None:
     if policy not in NONFINITE_POLICIES:
         raise OptionError(
-            f"--on-nonfinite '{policy}' is not one of {', '.join(NONFINITE_POLICIES)}."
+            f"{option('on_nonfinite')} '{policy}' is not one of {', '.join(NONFINITE_POLICIES)}."
         )
 
 
@@ -74,9 +74,10 @@ class _Block:
 
 class Sink:
     """Use as a context manager; ``close()`` writes what is left and re-raises any writer
-    error. ``slots``: row blocks in the ring (see :func:`~actextract.extraction.transfer.ring_slots`);
-    ``pin``: page-locked buffers, for asynchronous copies from a GPU; ``blocks``: the row
-    blocks to write (default: all); ``on_nonfinite``: ``count`` or ``error``."""
+    error. ``slots``: row blocks in the ring (see
+    :func:`~actextract.extraction.transfer.ring_slots`); ``pin``: page-locked buffers, for
+    asynchronous copies from a GPU; ``blocks``: the row blocks to write (default: all);
+    ``on_nonfinite``: ``count`` or ``error``."""
 
     def __init__(
         self,
@@ -260,6 +261,7 @@ class Sink:
                 f"('{blk.ids[r]}'), and {sum(counts) - 1} more row(s) of rows "
                 f"{blk.start}-{blk.start + len(blk.labels)} across layers. Check the input and "
                 "the model (a float32 value beyond ±65504 becomes Inf in float16: --dtype "
-                "float32 keeps it), or pass --on-nonfinite count to store them and count them."
+                "float32 (dtype='float32') keeps it), or pass --on-nonfinite count "
+                "(on_nonfinite='count') to store them and count them."
             )
         return counts

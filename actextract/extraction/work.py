@@ -16,7 +16,7 @@ import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from actextract.errors import OptionError
+from actextract.errors import OptionError, option
 
 __all__ = ["Shard", "Work"]
 
@@ -31,12 +31,13 @@ class Shard:
     def __post_init__(self) -> None:
         if self.count < 1:
             raise OptionError(
-                f"--shard {self.index}/{self.count}: the number of shards must be at least 1."
+                f"--shard {self.index}/{self.count}: the number of shards must be at least 1; "
+                f"give {option('shard')} as INDEX/COUNT, e.g. 0/4."
             )
         if not 0 <= self.index < self.count:
             raise OptionError(
                 f"--shard {self.index}/{self.count}: the shard index counts from 0 and must "
-                f"be below the number of shards, e.g. 0/{max(self.count, 2)} … "
+                f"be below the number of shards: give {option('shard')} 0/{max(self.count, 2)} … "
                 f"{max(self.count, 2) - 1}/{max(self.count, 2)}."
             )
 
@@ -54,7 +55,7 @@ class Shard:
         except ValueError:
             raise OptionError(
                 f"--shard '{spec}' is not of the form INDEX/COUNT, e.g. 0/4 for the first of 4 "
-                "processes."
+                f"processes; give {option('shard')} in that form."
             ) from None
         return cls(i, n)
 

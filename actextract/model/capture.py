@@ -1,8 +1,8 @@
 """Capture: which layers, and a callable that returns their outputs for a batch.
 
 Names are fx node names as torchvision's ``get_graph_node_names`` gives them
-(``layer1.0.relu_1``, ``flatten``; :mod:`actextract.model.fxgraph` says where ours differ) and module
-names (``layer3``, containers included: their output is the output of the module's last
+(``layer1.0.relu_1``, ``flatten``; :mod:`actextract.model.fxgraph` says where ours differ) and
+module names (``layer3``, containers included: their output is the output of the module's last
 node). Globs follow path rules (:mod:`actextract.core.names`). An output that is a tuple is reached
 by index: ``lstm[0]``, ``lstm[1][0]``.
 
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from actextract.core.names import match_names, wider_hint
-from actextract.errors import CaptureError, LayerNotFoundError
+from actextract.errors import CaptureError, LayerNotFoundError, option
 from actextract.model.fxgraph import Traced, graph_returning, set_outputs, trace
 
 __all__ = ["Candidates", "Capture", "build_capture", "candidates", "select_layers", "split_index"]
@@ -70,7 +70,7 @@ def candidates(module: nn.Module, method: Method = "auto") -> Candidates:
             if method == "fx":
                 raise CaptureError(
                     f"torch.fx cannot trace {type(module).__name__} ({fx_error}); "
-                    "use --capture hooks (module names only)."
+                    "use --capture hooks (capture='hooks'; module names only)."
                 ) from None
             log.warning(
                 "torch.fx cannot trace %s (%s); capturing with forward hooks on modules instead",
@@ -137,7 +137,8 @@ def select_layers(patterns: Iterable[str], cands: Candidates, *, model_name: str
     patterns = [p.strip() for p in patterns if p and p.strip()]
     if not patterns:
         raise LayerNotFoundError(
-            f"no layers given; run 'actextract layers {model_name}' to see the names."
+            f"no layers given: name them in {option('layers')}; run 'actextract layers "
+            f"{model_name}' to see the names."
         )
     indexed = [p for p in patterns if split_index(p)[1] and split_index(p)[0] in cands.names]
     names = [*cands.names, *(p for p in indexed if p not in cands.names)]

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from actextract.errors import CheckpointError, UntrustedCheckpointError
+from actextract.errors import CheckpointError, UntrustedCheckpointError, option
 
 __all__ = [
     "Checkpoint",
@@ -89,7 +89,8 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
-            f"--weights '{path}' does not exist or is not a file; pass the path of a checkpoint."
+            f"{option('weights')} '{path}' does not exist or is not a file; pass the path of a "
+            "checkpoint."
         )
     size = path.stat().st_size
     if size == 0:
@@ -126,7 +127,10 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> Checkpoint:
             f"{_SAVE} once, and load that."
         )
     log.warning(
-        "%s: unpickling%s with --trust-checkpoint; this runs code from the file", path, what
+        "%s: unpickling%s with %s; this runs code from the file",
+        path,
+        what,
+        option("trust_checkpoint"),
     )
     try:
         content = _torch_load(path, weights_only=False)

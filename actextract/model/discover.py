@@ -10,9 +10,8 @@ from pathlib import Path
 
 from torch import nn
 
-from actextract.core.names import count_matches, match_names, wider_hint
-from actextract.errors import LayerNotFoundError, OptionError
-from actextract.extraction.plan import names_option
+from actextract.core.names import count_matches, match_names, names_option, wider_hint
+from actextract.errors import LayerNotFoundError, OptionError, option
 from actextract.model.capture import Method
 from actextract.model.probe import LayerInfo, layer_table
 from actextract.model.zoo import borrowed, load_model
@@ -51,7 +50,8 @@ def list_layers(
     shape = tuple(input_shape) if input_shape else loaded.input_shape
     if not shape:
         raise OptionError(
-            f"model '{loaded.spec}' implies no input shape; pass --input-shape, e.g. 3,224,224."
+            f"model '{loaded.spec}' implies no input shape; pass {option('input_shape')}, "
+            "e.g. 3,224,224."
         )
     with borrowed(loaded.module) as module:
         rows, method = layer_table(module, shape, method=capture)
@@ -71,6 +71,6 @@ def list_layers(
 
 def _no_match(pattern: str, model: str, names: Sequence[str]) -> Exception:
     return LayerNotFoundError(
-        f"--layers '{pattern}' matches none of the layers of {model}"
+        f"{option('layers')} '{pattern}' matches none of the layers of {model}"
         f"{wider_hint(pattern, names)}; run 'actextract layers {model}' to list them."
     )

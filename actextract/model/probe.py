@@ -33,7 +33,7 @@ from actextract.core.axes import (
     check_layout,
     layout_of,
 )
-from actextract.errors import CaptureError
+from actextract.errors import CaptureError, option
 from actextract.model.capture import (
     Capture,
     Method,
@@ -111,8 +111,8 @@ def probe(
         first = str(e).splitlines()[0] if str(e) else ""  # fx adds the node and a traceback
         raise CaptureError(
             f"a forward pass of one sample of shape {tuple(single.shape[1:])} "
-            f"failed: {type(e).__name__}: {first}. Check the input shape "
-            "(--input-shape, or the dataset's transform)."
+            f"failed: {type(e).__name__}: {first}. Check the input shape: "
+            f"{option('input_shape')}, or the dataset's transform."
         ) from e
     if strict:
         check_outputs(cap.names, values)

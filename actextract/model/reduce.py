@@ -18,7 +18,7 @@ import torch
 
 from actextract.core.axes import REDUCTIONS, pool
 from actextract.core.names import match_names
-from actextract.errors import OptionError
+from actextract.errors import OptionError, option
 
 __all__ = ["REDUCTIONS", "Reducer", "parse_reductions"]
 
@@ -38,12 +38,13 @@ def parse_reductions(spec: str | Mapping[str, str] | None, layers: Sequence[str]
     for pat, how in items:
         if how not in REDUCTIONS:
             raise OptionError(
-                f"--reduce '{pat}={how}': '{how}' is not one of {', '.join(REDUCTIONS)}."
+                f"{option('reduce')} '{pat}={how}': '{how}' is not one of {', '.join(REDUCTIONS)}."
             )
 
         def not_found(p: str, how: str = how) -> Exception:
             return OptionError(
-                f"--reduce '{p}={how}' matches none of the captured layers ({', '.join(layers)})."
+                f"{option('reduce')} '{p}={how}' matches none of the captured layers "
+                f"({', '.join(layers)})."
             )
 
         for name in match_names([pat], layers, not_found):

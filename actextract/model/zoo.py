@@ -9,10 +9,10 @@ Specs (``load_model``):
 - ``python:module:callable`` or ``python:file.py:callable``: a callable returning a Module;
 - an ``nn.Module`` object (Python API).
 
-A checkpoint (:mod:`actextract.model.checkpoints`) is a state_dict (also inside ``{"state_dict": ...}``
-or ``{"model": ...}``, with ``module.``/``_orig_mod.`` prefixes removed) saved by ``torch.save``
-or safetensors; a whole pickled module only with ``trust_checkpoint=True``, as unpickling it
-runs code from the file. Its sha256 goes into the store.
+A checkpoint (:mod:`actextract.model.checkpoints`) is a state_dict (also inside ``{"state_dict":
+...}`` or ``{"model": ...}``, with ``module.``/``_orig_mod.`` prefixes removed) saved by
+``torch.save`` or safetensors; a whole pickled module only with ``trust_checkpoint=True``, as
+unpickling it runs code from the file. Its sha256 goes into the store.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch import nn
 
 from actextract.core.references import call_object, load_object
 from actextract.data.source import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from actextract.errors import ModelSpecError
+from actextract.errors import ModelSpecError, option
 from actextract.model.checkpoints import (
     file_sha256,
     fit_checkpoint,
@@ -119,7 +119,7 @@ def load_model(
         module, spec, shape = DigitsCNN(), model, (1, 28, 28)
         pre = Preprocess(channels=1, resize=28, crop=28)
     elif model.startswith("python:"):
-        what = f"--model {model}"
+        what = f"{option('model')} {model}"
         factory = load_object(model.removeprefix("python:"), what=what, error=ModelSpecError)
         module = (
             factory
@@ -128,7 +128,7 @@ def load_model(
         )
         if not isinstance(module, nn.Module):
             raise ModelSpecError(
-                f"--model {model} returned {type(module).__name__}, not an nn.Module."
+                f"{option('model')} {model} returned {type(module).__name__}, not an nn.Module."
             )
         module = unwrap_compiled(module)
         spec, shape, pre = model, None, Preprocess()
@@ -164,8 +164,9 @@ def unwrap_compiled(module: nn.Module) -> nn.Module:
     ):
         log.info(
             "%s is torch.compile'd: capturing from the original module (names without "
-            "'_orig_mod.'; --compile compiles the capture itself)",
+            "'_orig_mod.'; %s compiles the capture itself)",
             type(inner).__name__,
+            option("compile"),
         )
         return inner
     return module

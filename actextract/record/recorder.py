@@ -36,18 +36,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from actextract.core.devices import PRECISIONS, autocast
 from actextract.core.dtypes import STORAGE_DTYPES
 from actextract.core.versions import software
 from actextract.data.probes import Rows, bad_sample_error, first_sample, probe_source
 from actextract.data.samples import Source, make_loader
 from actextract.errors import OptionError, StoreError
-from actextract.extraction.engine import PRECISIONS, autocast
 from actextract.extraction.plan import layer_arrays, state_sha256
 from actextract.model.capture import Capture, Method, build_capture
 from actextract.model.probe import configure, model_output_layers, probe
 from actextract.model.reduce import Reducer
 from actextract.model.zoo import borrowed
-from actextract.store.epochs import AXIS, EpochStore, open_recording
+from actextract.record.recording import open_recording
+from actextract.store.epochs import AXIS, EpochStore
 from actextract.store.layout import (
     ArraySpec,
     StoreOptions,
@@ -314,8 +315,8 @@ class Recorder:
         )
 
     def _provenance(self, method: str) -> dict[str, Any]:
-        """A run's provenance (:func:`actextract.extraction.plan.provenance`), for a model whose weights
-        change: each epoch's ``state_sha256`` is in its record instead."""
+        """A run's provenance (:func:`actextract.extraction.plan.provenance`), for a model whose
+        weights change: each epoch's ``state_sha256`` is in its record instead."""
         source, model = self.source, self.model
         pre = source.preprocess
         return {

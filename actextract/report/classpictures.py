@@ -1,4 +1,5 @@
-"""The pictures of a layer's per-class aggregates, mixed into :class:`actextract.report.pictures.Drawer`:
+"""The pictures of a layer's per-class aggregates, drawn for
+:class:`actextract.report.pictures.Drawer` on its :class:`~actextract.report.canvas.Canvas`:
 average and standard deviation maps, histograms of each sample's channel means, and the
 distribution of the values per channel (``--stats channel-hist``). They come from
 :func:`actextract.stats.aggregate.summarize` (the run's statistics, or one pass over the stored
@@ -12,17 +13,13 @@ per-channel histograms.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import numpy as np
 
 from actextract.core.axes import to_channels_first
 from actextract.report import figures
+from actextract.report.canvas import Canvas, file_stem
 from actextract.stats.aggregate import MAPS, LayerStats, channel_unit
 from actextract.stats.parts import read_stats
-
-if TYPE_CHECKING:
-    from actextract.report.pictures import RenderOptions, Report
 
 __all__ = ["MAX_CLASS_ROWS", "ClassPictures", "as_maps", "describe_maps"]
 
@@ -57,28 +54,27 @@ def describe_maps(shape: tuple[int, ...], layout: str, shown: int) -> str:
 
 
 class ClassPictures:
-    """What a Drawer provides: ``store``, ``specs``, ``options``, ``report``, ``name_of``,
-    ``stem`` (a layer's file stem), ``_grid`` and ``_save``."""
+    """The per-class pictures of a layer, drawn on ``canvas`` (the store, the options, the
+    report and the writer)."""
 
-    store: Any
-    specs: dict[str, Any]
-    options: RenderOptions
-    report: Report
+    def __init__(self, canvas: Canvas):
+        self.canvas = canvas
 
     def averages(self, layer: str, shape: tuple[int, ...], stats: LayerStats) -> None:
         """Per-class average maps (``shape``: of one class, in ``stats.layout``), and standard
         deviation maps when the run kept them."""
+        canvas = self.canvas
         if not len(stats.classes):
-            why = "no stored rows" if layer in self.specs else stats.source
-            self.report.note(layer, f"no averages: {why}.")
+            why = "no stored rows" if layer in canvas.specs else stats.source
+            canvas.report.note(layer, f"no averages: {why}.")
             return
         keep = slice(0, MAX_CLASS_ROWS)
         if len(stats.classes) > MAX_CLASS_ROWS:
-            self.report.note(
+            canvas.report.note(
                 layer, f"averages show the first {MAX_CLASS_ROWS} of {len(stats.classes)} classes."
             )
         labels = [
-            f"{self.name_of(int(c))} (n={n})"
+            f"{canvas.name_of(int(c))} (n={n})"
             for c, n in zip(stats.classes[keep], stats.counts[keep], strict=True)
         ]
         pictures = [("averages", stats.means, "average")]
@@ -88,27 +84,27 @@ class ClassPictures:
         drawn = (
             f"{shape[0]} features"
             if len(shape) == 1
-            else describe_maps(shape, layout, self.options.max_channels)
+            else describe_maps(shape, layout, canvas.options.max_channels)
         )
         for name, values, what in pictures:
             values = values[keep]
             if len(shape) == 1:
                 fig = figures.strip_figure(
-                    values, labels, title=f"{layer}: per-class {what}", cmap=self.options.cmap
+                    values, labels, title=f"{layer}: per-class {what}", cmap=canvas.options.cmap
                 )
             else:
-                maps = as_maps(values, layout)[:, : self.options.max_channels]
+                maps = as_maps(values, layout)[:, : canvas.options.max_channels]
                 value_range = (float(np.nanmin(maps)), float(np.nanmax(maps)))
                 fig = figures.maps_figure(
                     [
-                        (label, None, self._grid(m, value_range))
+                        (label, None, canvas.grid(m, value_range))
                         for label, m in zip(labels, maps, strict=True)
                     ],
                     title=f"{layer}: per-class {what} maps, {drawn} (one scale for all classes)",
                 )
-            self._save(
+            canvas.save(
                 fig,
-                f"{self.stem(layer)}.{name}.png",
+                f"{file_stem(layer)}.{name}.png",
                 "averages",
                 layer,
                 f"{layer}: per-class {what}s ({drawn}), {stats.source}",
@@ -117,22 +113,23 @@ class ClassPictures:
     def histograms(self, layer: str, layout: str, stats: LayerStats) -> None:
         """Each sample's mean per channel (per feature for tokens and vectors; ``layout``: of
         the stored rows), one colour per class."""
+        canvas = self.canvas
         if not len(stats.labels) or not stats.channel_means.shape[1]:
             return
         edges, counts = figures.histogram_counts(
-            stats.channel_means, stats.labels, stats.classes, bins=self.options.bins
+            stats.channel_means, stats.labels, stats.classes, bins=canvas.options.bins
         )
         what = channel_unit(layout)
         fig = figures.histogram_figure(
             edges,
             counts,
-            [self.name_of(int(c)) for c in stats.classes],
+            [canvas.name_of(int(c)) for c in stats.classes],
             title=f"{layer}: each sample's mean per {what}, by class",
             channel_names=[f"{what} {j}" for j in range(counts.shape[0])],
         )
-        self._save(
+        canvas.save(
             fig,
-            f"{self.stem(layer)}.histograms.png",
+            f"{file_stem(layer)}.histograms.png",
             "histograms",
             layer,
             f"{layer}: mean activation per {what} ({counts.shape[0]} shown), "
@@ -144,10 +141,11 @@ class ClassPictures:
         position of every sample; a token layer's features over every token), one colour per
         class, over the run's fixed bins. ``layout``: the layer output's, whose channel axis
         the histograms were counted on (``other``: one histogram of every value)."""
-        totals = read_stats(self.store, layer)
+        canvas = self.canvas
+        totals = read_stats(canvas.store, layer)
         if totals is None or totals.hist is None:
             return
-        width = min(totals.hist.shape[1], self.options.max_channels)
+        width = min(totals.hist.shape[1], canvas.options.max_channels)
         counts = totals.hist[:, :width].transpose(1, 0, 2)  # (C, K, below + bins + above)
         outside = int(counts[..., 0].sum() + counts[..., -1].sum())
         edges = np.broadcast_to(totals.edges, (width, len(totals.edges)))
@@ -158,14 +156,14 @@ class ClassPictures:
         fig = figures.histogram_figure(
             edges,
             counts[..., 1:-1],
-            [self.name_of(int(c)) for c in totals.classes],
+            [canvas.name_of(int(c)) for c in totals.classes],
             title=f"{layer}: distribution of the values {per}, by class",
             channel_names=names,
         )
         total = int(totals.hist.sum())
-        self._save(
+        canvas.save(
             fig,
-            f"{self.stem(layer)}.values.png",
+            f"{file_stem(layer)}.values.png",
             "histograms",
             layer,
             f"{layer}: every value {per} ({shown}) in the run's fixed bins, counted "

@@ -1,5 +1,6 @@
-"""The pictures of ``actextract cluster``'s results, mixed into :class:`actextract.report.pictures.Drawer`:
-for each clustering of a layer, its rows on the first two principal components coloured by
+"""The pictures of ``actextract cluster``'s results, drawn for
+:class:`actextract.report.pictures.Drawer` on its :class:`~actextract.report.canvas.Canvas`: for
+each clustering of a layer, its rows on the first two principal components coloured by
 label and by cluster, and the samples nearest each centre (their inputs when the store can give
 them back, else their activations: a map layer's mean map over its channels, whichever axis
 the layout puts them on, a token layer's (tokens × features) map).
@@ -8,18 +9,16 @@ the layout puts them on, a token layer's (tokens × features) map).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from actextract.clusters.results import Clustering, clusterings
 from actextract.core.axes import to_channels_first
+from actextract.report.canvas import Canvas, file_stem
 from actextract.report.figures import normalize_maps
 from actextract.stats.aggregate import MAPS
-
-if TYPE_CHECKING:
-    from actextract.report.pictures import RenderOptions, Report
 
 __all__ = ["MAX_CLUSTER_ROWS", "MAX_POINTS", "ClusterPictures", "nearest_figure", "scatter_figure"]
 
@@ -102,18 +101,18 @@ def nearest_figure(
 
 
 class ClusterPictures:
-    """What a Drawer provides: ``store``, ``options``, ``report``, ``labels``, ``name_of``,
-    ``stem``, ``_save`` and ``input_image``."""
+    """The pictures of a layer's clusterings, drawn on ``canvas`` (the store, the labels, the
+    inputs, the report and the writer)."""
 
-    store: Any
-    options: RenderOptions
-    report: Report
-    labels: np.ndarray
+    def __init__(self, canvas: Canvas):
+        self.canvas = canvas
 
     def clusters(self, layer: str) -> None:
-        for result in clusterings(self.store, layer):
+        """Per complete clustering of ``layer``, its scatter and its nearest samples; an
+        interrupted one is noted."""
+        for result in clusterings(self.canvas.store, layer):
             if not result.complete:
-                self.report.note(
+                self.canvas.report.note(
                     layer,
                     f"clustering {result.name} was interrupted (status "
                     f"{result.attrs.get('status')}); run 'actextract cluster' again to draw it.",
@@ -129,11 +128,12 @@ class ClusterPictures:
         return f"purity {m['purity']:.3f}, ARI {m['ari']:.3f}, NMI {m['nmi']:.3f}"
 
     def cluster_scatter(self, layer: str, result: Clustering) -> None:
+        canvas = self.canvas
         coords, assign = result["coords"], result["assignments"]
         rows = np.flatnonzero(assign >= 0)
         if len(rows) > MAX_POINTS:
             rows = np.sort(np.random.default_rng(0).choice(rows, MAX_POINTS, replace=False))
-        s, labels = result.settings, self.labels[rows]
+        s, labels = result.settings, canvas.labels[rows]
         classes = [int(c) for c in np.unique(labels) if c >= 0]
         by_label = np.searchsorted(classes, labels) if classes else np.full(len(rows), -1)
         by_label = np.where(labels >= 0, by_label, -1)
@@ -147,7 +147,7 @@ class ClusterPictures:
         fig = scatter_figure(
             coords[rows],
             [
-                ("by label", by_label, [self.name_of(c) for c in classes]),
+                ("by label", by_label, [canvas.name_of(c) for c in classes]),
                 (f"by cluster (k={s.k})", assign[rows], [f"cluster {c}" for c in range(s.k)]),
             ],
             title=f"{layer}: {result.name} — {self._scores(result)}",
@@ -155,9 +155,9 @@ class ClusterPictures:
             centres=centres,
         )
         shown = f"{len(rows):,} of {int(result.metrics['clustered']):,} rows"
-        self._save(
+        canvas.save(
             fig,
-            f"{self.stem(layer)}.clusters.{result.name}.png",
+            f"{file_stem(layer)}.clusters.{result.name}.png",
             "clusters",
             layer,
             f"{layer}: k-means {result.name} on the first two principal components ({shown}), "
@@ -165,23 +165,24 @@ class ClusterPictures:
         )
 
     def cluster_nearest(self, layer: str, result: Clustering) -> None:
+        canvas = self.canvas
         nearest, sizes = result["nearest"], result["sizes"]
         k = len(nearest)
         if k > MAX_CLUSTER_ROWS:
-            self.report.note(
+            canvas.report.note(
                 layer, f"{result.name}: nearest samples of the first {MAX_CLUSTER_ROWS} of {k}."
             )
-        maps, drawn = self._row_maps(layer, nearest[:MAX_CLUSTER_ROWS])
+        maps, drawn = self.row_maps(layer, nearest[:MAX_CLUSTER_ROWS])
         used_inputs = False
         cells = []
         for line in nearest[:MAX_CLUSTER_ROWS]:
             out = []
             for r in (int(r) for r in line if r >= 0):
-                image = self.input_image(r)  # type: ignore[attr-defined]
+                image = canvas.input_image(r)
                 used_inputs |= image is not None
                 if image is None:
                     image = maps.get(r)
-                out.append((image, f"{self.name_of(int(self.labels[r]))} · {r}"))
+                out.append((image, f"{canvas.name_of(int(canvas.labels[r]))} · {r}"))
             cells.append(out or [(None, "empty")])
         what = "inputs" if used_inputs else drawn if maps else "rows"
         fig = nearest_figure(
@@ -189,22 +190,23 @@ class ClusterPictures:
             [f"cluster {c}\n(n={int(sizes[c])})" for c in range(len(cells))],
             title=f"{layer}: {result.name} — the samples nearest each centre",
         )
-        self._save(
+        canvas.save(
             fig,
-            f"{self.stem(layer)}.nearest.{result.name}.png",
+            f"{file_stem(layer)}.nearest.{result.name}.png",
             "clusters",
             layer,
             f"{layer}: the {nearest.shape[1]} samples nearest each centre of {result.name}, "
             f"nearest first ({what}; captions: label · row)",
         )
 
-    def _row_maps(self, layer: str, nearest: np.ndarray) -> tuple[dict[int, np.ndarray], str]:
+    def row_maps(self, layer: str, nearest: np.ndarray) -> tuple[dict[int, np.ndarray], str]:
         """For rows without an input: a picture of each, on its own scale, and what it is: the
         mean map over channels of (C, H, W) or (H, W, C) maps, a token layer's (T, D) map;
         none for other layouts."""
-        if self.inputs() is not None:  # type: ignore[attr-defined]
+        if self.canvas.inputs() is not None:
             return {}, ""
-        arr, layout = self.store[layer], self.store.layout(layer)
+        store = self.canvas.store
+        arr, layout = store[layer], store.layout(layer)
         drawable = (arr.ndim == 4 and layout in MAPS) or (arr.ndim == 3 and layout == "tokens")
         if not drawable:
             return {}, ""

@@ -207,14 +207,8 @@ class _ProbeDrawer(Drawer):
 
     _filters_noted = False
 
-    def inputs(self) -> Inputs | None:
-        if self._inputs is None:
-            try:
-                self._inputs = probe_inputs(self.attrs, self.store.ids)
-            except RebuildError as e:
-                self._inputs = str(e)
-                self.report.note(None, f"inputs not shown: {e}")
-        return self._inputs if isinstance(self._inputs, Inputs) else None
+    def __init__(self, store: EpochView, options: RenderOptions, report: Report, write: Write):
+        super().__init__(store, options, report, write, open_inputs=probe_inputs)
 
     def filters(self, layer: str) -> None:
         if not self._filters_noted:
@@ -244,6 +238,7 @@ class Evolution:
         self.shown = pick_epochs(self.epochs)
         self.view = store.at(self.epochs[-1])
         self.drawer = _ProbeDrawer(self.view, options, report, write)
+        self.canvas = self.drawer.canvas  # the labels and their names, the inputs
         self._capped = False  # the note that fewer samples are drawn across epochs is made
         last = self.epochs[-1]
         report.note(
@@ -268,7 +263,7 @@ class Evolution:
         opts = self.options
         if opts.wants("averages"):
             self.class_averages(layer, shape)
-        spec = self.drawer.specs.get(layer, {})
+        spec = self.canvas.specs.get(layer, {})
         if opts.wants("confusion") and spec.get("model_output") and len(shape) == 1:
             self.accuracy(layer, shape[0])
         if opts.wants("grids") and rows:
@@ -298,7 +293,7 @@ class Evolution:
         same = self.options.same_scale
         for i, r in enumerate(rows):
             maps = data[:, i]  # (E, *shape')
-            name = self.drawer.name_of(int(self.drawer.labels[r]))
+            name = self.canvas.name_of(int(self.canvas.labels[r]))
             stem = f"{file_stem(layer)}.evolution.{r}.png"
             if len(shape) == 1:
                 fig = figures.strip_figure(
@@ -318,7 +313,7 @@ class Evolution:
                 for m in scaled
             ]
             lines = [(label, None, grid) for label, grid in zip(epochs, grids, strict=True)]
-            image = self.drawer.input_image(r)
+            image = self.canvas.input_image(r)
             if image is not None:
                 height = grids[0].shape[0]
                 lines.insert(0, ("input", None, figures.upscale(figures.input_rgb(image), height)))
@@ -349,7 +344,7 @@ class Evolution:
             cells,
             [str(e) for e in self.shown],
             [
-                f"{self.drawer.name_of(int(c))}\n(n={n})"
+                f"{self.canvas.name_of(int(c))}\n(n={n})"
                 for c, n in zip(classes[:MAX_SAMPLE_ROWS], counts, strict=False)
             ],
             title=f"{layer}: each class's average {what} by epoch ({scale})",
@@ -367,7 +362,7 @@ class Evolution:
 
     def accuracy(self, layer: str, width: int) -> None:
         """The probe's accuracy (argmax of the model's output) at every recorded epoch."""
-        names = self.drawer.class_names
+        names = self.canvas.class_names
         if names and len(names) != width:
             return  # the drawer's confusion matrix notes why
         values = []

@@ -25,7 +25,7 @@ from torch import nn
 from torch.fx import Graph, Node
 
 from actextract.data.samples import BadSample
-from actextract.errors import ActextractError, OptionError
+from actextract.errors import ActextractError, GraphvizError, OptionError
 from actextract.model.capture import Candidates, Method, select_layers
 from actextract.model.discover import LayerTable, list_layers
 from actextract.model.fxgraph import trace
@@ -36,7 +36,7 @@ from actextract.report.rebuild import RebuildError, open_inputs, rebuild_model
 if TYPE_CHECKING:
     import graphviz
 
-    from actextract.store.run import Store
+    from actextract.store import Store
 
 __all__ = [
     "FORMATS",
@@ -70,10 +70,6 @@ _IO = {"shape": "ellipse", "style": "filled", "fillcolor": "#d6e6f5", "color": "
 _BOX = {"style": "rounded,dashed", "color": "#a6a6a6", "fontcolor": "#595959"}
 _BOX_CHOSEN = {**_CHOSEN, "fillcolor": "#fff1d0"}
 _MAX_TITLE_NAMES = 8
-
-
-class GraphvizError(ActextractError, RuntimeError):
-    """Graphviz's ``dot`` program is missing or failed; the message says how to get it."""
 
 
 @dataclass(frozen=True)
@@ -130,8 +126,8 @@ def layer_graph(
     module: nn.Module, table: LayerTable, layers: Sequence[str] | str | None = None
 ) -> graphviz.Digraph:
     """``module``'s graph with the names, kinds and shapes of ``table`` (its
-    :func:`~actextract.model.discover.list_layers`): the fx graph, or the module tree when ``table`` was
-    captured with hooks. ``layers``: names or globs to highlight."""
+    :func:`~actextract.model.discover.list_layers`): the fx graph, or the module tree when ``table``
+    was captured with hooks. ``layers``: names or globs to highlight."""
     chosen = _select(table, layers)
     if table.method == "fx":
         return _fx_graph(module, table, chosen)

@@ -14,7 +14,7 @@ from actextract.core.versions import __version__
 if TYPE_CHECKING:
     from actextract.report.graph import ModelFiles
     from actextract.report.pictures import Picture, Report
-    from actextract.store.run import Store
+    from actextract.store import Store
 
 __all__ = ["index_html"]
 

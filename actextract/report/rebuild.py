@@ -19,15 +19,11 @@ from torch import nn
 
 from actextract.data.samples import BadSample, Preprocess, Source
 from actextract.data.source import open_source
-from actextract.errors import ActextractError, UntrustedCheckpointError
+from actextract.errors import ActextractError, RebuildError, UntrustedCheckpointError
 from actextract.model.zoo import file_sha256, load_model
 from actextract.report.figures import normalize_maps
 
 __all__ = ["Inputs", "RebuildError", "conv_weights", "open_inputs", "rebuild_model"]
-
-
-class RebuildError(ActextractError):
-    """The store's inputs or model cannot be rebuilt; the message says why."""
 
 
 class Inputs:

@@ -25,9 +25,8 @@ from actextract.errors import LayerNotFoundError, OutputExistsError, StoreError
 from actextract.report import figures
 from actextract.report.evolution import Evolution
 from actextract.report.pictures import KINDS, Drawer, Picture, RenderOptions, Report
-from actextract.store import integrity
+from actextract.store import Store, StoreReader, integrity, open_store
 from actextract.store.layout import layer_arrays
-from actextract.store.run import Store, open_store
 
 __all__ = ["KINDS", "Picture", "RenderOptions", "Report", "pick_layers", "render"]
 
@@ -73,7 +72,7 @@ def render(
         cmap=cmap,
         bins=bins,
     )
-    store = store if isinstance(store, Store) else open_store(store)
+    store = store if isinstance(store, StoreReader) else open_store(store)
     out = Path(out)
     report = Report(out=out, index=out / "index.html")
     damaged, left_out = _around_damage(store, allow_damaged, report)

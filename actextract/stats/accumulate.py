@@ -33,7 +33,7 @@ import torch
 
 from actextract.core.axes import channel_axis
 from actextract.core.names import match_names
-from actextract.errors import LayerNotFoundError, OptionError
+from actextract.errors import LayerNotFoundError, OptionError, option
 
 __all__ = [
     "ACCUMULATED",
@@ -71,13 +71,15 @@ def parse_stats(
         for kind in filter(None, wanted):
             if kind not in STAT_KINDS:
                 raise OptionError(
-                    f"--stats '{pat}={kind}': '{kind}' is not one of {', '.join(STAT_KINDS)}."
+                    f"{option('stats')} '{pat}={kind}': '{kind}' is not one of "
+                    f"{', '.join(STAT_KINDS)}."
                 )
 
         def not_found(p: str) -> Exception:
             return LayerNotFoundError(
-                f"--stats '{p}' matches none of the captured layers ({', '.join(layers)}); "
-                "--stats patterns choose among the layers of --layers and --store."
+                f"{option('stats')} '{p}' matches none of the captured layers "
+                f"({', '.join(layers)}); its patterns choose among the layers of "
+                f"{option('layers')} and {option('store')}."
             )
 
         for name in match_names([pat], layers, not_found):
@@ -99,12 +101,12 @@ def hist_edges(
     ReLU). Values outside land in the below/above bins, so the totals stay exact whatever
     the range."""
     if bins < 1:
-        raise OptionError(f"--hist-bins {bins} must be a positive integer.")
+        raise OptionError(f"{option('hist_bins')} {bins} must be a positive integer.")
     if given is not None:
         lo, hi = float(given[0]), float(given[1])
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise OptionError(
-                f"--hist-range {lo},{hi}: give two finite numbers LO,HI with LO < HI."
+                f"{option('hist_range')} {lo},{hi}: give two finite numbers LO,HI with LO < HI."
             )
     else:
         finite = values[torch.isfinite(values)].double()
@@ -264,8 +266,8 @@ class Accumulator:
             i = wrong[0]
             raise OptionError(
                 f"sample {indices[keep][i]} has label {labels[keep][i]}, not a class index: "
-                f"per-class --stats need labels 0..{MAX_CLASSES - 1}, or -1 for none. Drop "
-                "the class-* kinds, or give the dataset class indices as labels."
+                f"per-class {option('stats')} need labels 0..{MAX_CLASSES - 1}, or -1 for none. "
+                "Drop the class-* kinds, or give the dataset class indices as labels."
             )
         k = int(slots.max()) + 1
         if k > len(self.counts):

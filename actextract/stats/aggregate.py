@@ -25,7 +25,7 @@ import numpy as np
 
 from actextract.core.axes import channel_axis, stored_layout, to_channels_first
 from actextract.stats.parts import read_stats
-from actextract.store.run import Store
+from actextract.store import Store
 
 __all__ = [
     "MAPS",

@@ -38,10 +38,10 @@ import numpy as np
 import torch
 
 from actextract.stats.accumulate import Accumulator, LayerStatsSpec
+from actextract.store import Store
 from actextract.store.layout import ArraySpec, checked_array, now
 from actextract.store.location import writable
 from actextract.store.parts import PARTS, parts, summed_blocks
-from actextract.store.run import Store
 
 __all__ = [
     "ClassStats",

@@ -1,5 +1,6 @@
-"""Epochs: the store with an epoch axis that :class:`actextract.Recorder` writes: its layout,
-its creation or continuation (:func:`open_recording`), and its reader.
+"""Epochs: the store with an epoch axis that :class:`actextract.Recorder` writes: its layout
+(:func:`build_recording`) and its reader (its creation or continuation:
+:func:`actextract.record.recording.open_recording`).
 
 ::
 
@@ -25,26 +26,24 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
-from actextract.errors import OutputExistsError, StoreError
+from actextract.errors import StoreError
+from actextract.store.base import BlockReader, StoreReader, write_attributes
 from actextract.store.layout import ArraySpec, StoreOptions, quiet_numcodecs
-from actextract.store.location import Location, writable
-from actextract.store.run import Store, open_store
 
 __all__ = [
     "AXIS",
     "EpochArray",
     "EpochStore",
     "EpochView",
+    "build_recording",
     "format_epochs",
-    "identity",
-    "open_recording",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,23 +62,7 @@ def format_epochs(epochs: Sequence[int]) -> str:
     return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs) or "none"
 
 
-class _NoRowBlocks:
-    """A store with an epoch axis is written by a Recorder, one epoch at a time, never by
-    ``extract``'s row blocks."""
-
-    location: Any
-
-    def write_block(self, *args: Any, **kwargs: Any) -> None:
-        raise StoreError(
-            f"'{self.location}' has an epoch axis (a Recorder's store); extract cannot write "
-            "into it. Choose another --out, or --overwrite to replace it."
-        )
-
-    def seal(self, *args: Any, **kwargs: Any) -> None:
-        self.write_block()
-
-
-class EpochStore(_NoRowBlocks, Store):
+class EpochStore(StoreReader):
     """A Recorder's store. ``store[layer]`` is the zarr Array (E, N, *shape); ``done()`` says
     which epochs are completely written; ``at(epoch)`` reads one of them like a run's store."""
 
@@ -122,13 +105,9 @@ class EpochStore(_NoRowBlocks, Store):
         """The last capture finished: every epoch recorded so far is whole."""
         return self.status == "complete"
 
-    def has_records(self) -> bool:
-        """Asked only by ``extract --resume`` (of a run's row-block records), which cannot
-        continue a recording: refused here, with the reason."""
-        raise StoreError(
-            f"'{self.location}' has an epoch axis (a Recorder's store); extract cannot resume "
-            "it. Choose another --out, or --overwrite to replace it."
-        )
+    def update_attrs(self, **values: Any) -> None:
+        """Update the root attributes (:func:`~actextract.store.base.write_attributes`)."""
+        write_attributes(self, values)
 
     def skipped(self) -> list[dict[str, Any]]:
         return []  # a probe set loads completely, or the capture fails
@@ -141,15 +120,6 @@ class EpochStore(_NoRowBlocks, Store):
                 total[layer] = total.get(layer, 0) + int(n)
         return total
 
-    def info(self) -> dict[str, Any]:
-        """A run's :meth:`Store.info`, with the epochs: ``blocks_done``/``n_blocks`` count
-        epochs here."""
-        data = super().info()
-        epochs = self.epochs()
-        data.update(axis=AXIS, epochs=epochs, every=self.attrs.get("every"))
-        data["nonfinite"] = self.nonfinite()
-        return data
-
     def __repr__(self) -> str:
         return (
             f"EpochStore('{self.location}', layers={self.layers}, n={self.n}, "
@@ -157,7 +127,7 @@ class EpochStore(_NoRowBlocks, Store):
         )
 
 
-class EpochView(_NoRowBlocks, Store):
+class EpochView(BlockReader):
     """One written epoch of an :class:`EpochStore`, read like a run's complete store:
     ``view[layer]`` is (N, *shape), every row block done, labels and ids the store's."""
 
@@ -236,79 +206,11 @@ class EpochArray:
         return f"<epoch {self.epoch} of {self.array.path}: shape {self.shape}, {self.dtype}>"
 
 
-def open_recording(
-    location: Location,
-    *,
-    n: int,
-    arrays: Sequence[ArraySpec],
-    options: StoreOptions,
-    chunk_rows: int,
-    attrs: dict[str, Any],
-    overwrite: bool = False,
-) -> EpochStore:
-    """The recording at ``location``: continued when it is one of the same run
-    (:func:`identity`), else created (no epoch yet; ``overwrite`` replaces a store)."""
-    if location.is_store() and not overwrite:
-        store = open_store(location, mode="r+")
-        if not isinstance(store, EpochStore):
-            raise OutputExistsError(
-                f"'{location}' is a store written by extract (no epoch axis); a Recorder "
-                "continues only its own recordings. Choose another out, or pass "
-                "overwrite=True to replace it."
-            )
-        ours, theirs = identity(attrs), identity(store.attrs)
-        for field, was in theirs.items():
-            if ours[field] != was:
-                raise StoreError(
-                    f"'{location}' records another run: its {field} is {was!r}, this "
-                    f"Recorder's is {ours[field]!r}. Give the same settings to continue it, "
-                    "or pass overwrite=True to replace it (or choose another out)."
-                )
-        with writable(location, "clean up after an interrupted capture"):
-            location.clean_partials()
-            if store.attrs.get("every") != attrs.get("every"):
-                store.update_attrs(every=attrs.get("every"))
-        if store.status != "complete" and store.attrs.get("capturing") is not None:
-            log.info("the capture of epoch %s did not finish", store.attrs["capturing"])
-        log.info("continuing %s: epochs %s recorded", location, format_epochs(store.epochs()))
-        return store
-    if location.exists() and not (location.is_store() or location.is_empty_dir()):
-        raise OutputExistsError(
-            f"out '{location}' exists and is not a Zarr store; a Recorder creates a new store "
-            "or continues its own. Remove it yourself or choose another out."
-        )
-    if location.exists():
-        with writable(location, "remove the old store (overwrite=True)"):
-            location.remove()
-    if not location.create(_build(n, arrays, options, chunk_rows, attrs)):
-        raise OutputExistsError(f"'{location}' was created by another process meanwhile.")
-    return open_store(location, mode="r+")  # type: ignore[return-value]
-
-
-def identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """What must match for a Recorder to continue a recording, named as the user knows it."""
-    model, dataset = attrs.get("model") or {}, attrs.get("dataset") or {}
-    layers = attrs.get("layers") or []
-    out = {
-        "model class": model.get("class"),
-        "probe": dataset.get("spec"),
-        "probe rows": dataset.get("rows"),
-        "probe size": attrs.get("n_samples"),
-        "preprocessing": dataset.get("transform"),
-        "layers": [spec["name"] for spec in layers],
-        "reductions": {spec["name"]: spec.get("reduce", "none") for spec in layers},
-        "dtype": attrs.get("dtype"),
-        "codec": attrs.get("codec"),
-        "precision": attrs.get("precision"),
-        "layer shapes": {spec["name"]: spec["shape"] for spec in layers},
-    }
-    return json.loads(json.dumps(out))  # tuples → lists, as zarr.json gives them back
-
-
-def _build(
+def build_recording(
     n: int, arrays: Sequence[ArraySpec], options: StoreOptions, chunk_rows: int, attrs: dict
 ) -> Any:
-    """What :meth:`Location.create` runs to lay out a new recording (no epoch yet)."""
+    """What :meth:`Location.create` runs to lay out a new recording (no epoch yet), as
+    :func:`actextract.store.layout.build_store` does for a run."""
 
     def build(zstore: zarr.abc.store.Store) -> None:
         group = zarr.open_group(zstore, mode="w-")

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from actextract.store.run import Store, open_store
+from actextract.store.base import StoreReader
+from actextract.store.opening import open_store
 
 if TYPE_CHECKING:
     import xarray
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["to_xarray"]
 
 
-def to_xarray(store: Store | str | Path, layer: str) -> xarray.DataArray:
+def to_xarray(store: StoreReader | str | Path, layer: str) -> xarray.DataArray:
     """One row array of ``store`` (a path, URL or open :class:`Store`) as a lazy DataArray.
 
     ``layer`` is a stored layer, or another per-sample array by its path
@@ -42,7 +43,7 @@ def to_xarray(store: Store | str | Path, layer: str) -> xarray.DataArray:
         raise ImportError(
             f"to_xarray needs xarray and dask ({e}); install them: pip install xarray dask"
         ) from None
-    if not isinstance(store, Store):
+    if not isinstance(store, StoreReader):
         store = open_store(store)
     # an unknown one: store[layer]'s StoreError, naming the layers
     arr = store.row_array(layer) if layer in store.row_keys else store[layer]

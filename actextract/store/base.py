@@ -1,0 +1,190 @@
+"""The read side every store shares (:class:`StoreReader`), and the row blocks'
+(:class:`BlockReader`).
+
+The schema itself is described once, in ``docs/store-format.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from actextract.core.axes import array_layout, stored_layout
+from actextract.errors import StoreError
+from actextract.store.layout import quiet_numcodecs, row_keys
+from actextract.store.location import Location, writable
+
+__all__ = ["BlockReader", "StoreReader", "write_attributes"]
+
+
+class StoreReader:
+    """What every store of actextract reads alike, and nothing it writes: its attributes, its
+    arrays opened lazily (``store[layer]``: slicing reads only the chunks it touches), the
+    labels (N,) int64 and ids (N,) str. :class:`~actextract.store.run.Store` (a run's row
+    blocks) and :class:`~actextract.store.epochs.EpochStore` (a recording's epochs) build on it.
+    """
+
+    def __init__(self, location: str | Path | Location, group: zarr.Group):
+        self.location = Location.parse(location)
+        self.group = group
+        self._nodes: dict[str, zarr.Array] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path | str:
+        """The store's folder (local stores), else its URL."""
+        return self.location.local or self.location.url
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def layers(self) -> list[str]:
+        return [spec["name"] for spec in self.attrs["layers"]]
+
+    @property
+    def row_keys(self) -> list[str]:
+        """The arrays written per row block: stored layers by name, others by path."""
+        return row_keys(self.attrs)
+
+    def row_array(self, key: str) -> zarr.Array:
+        """A row array by its key (a stored layer's name, or a path such as
+        ``stats/conv1/channel_means``)."""
+        return self._node(key if "/" in key else f"acts/{key}")
+
+    def layout(self, layer: str) -> str:
+        """The layout of a layer's stored rows (:mod:`actextract.core.axes`): the layer's own, or
+        ``vector`` once pooled; for a layer kept only as statistics, its output's."""
+        spec = next((s for s in self.attrs["layers"] if s["name"] == layer), None)
+        if spec is None:
+            kept = self.stats_layers().get(layer)
+            if kept is None:
+                raise StoreError(f"layer '{layer}' is not in {self.location}.")
+            return stored_layout(kept)
+        return array_layout(stored_layout(spec), spec.get("reduce", "none"))
+
+    def stats_layers(self) -> dict[str, dict[str, Any]]:
+        """{layer: its --stats attributes (kinds, output shape, histogram edges)}."""
+        return dict(self.attrs.get("stats") or {})
+
+    def __getitem__(self, layer: str) -> zarr.Array:
+        if layer not in self.layers:
+            raise StoreError(
+                f"layer '{layer}' is not in {self.location}; it holds: {', '.join(self.layers)}."
+            )
+        return self._node(f"acts/{layer}")
+
+    def _node(self, path: str) -> zarr.Array:
+        """An array of the store, opened once: its metadata never changes after creation, and
+        block writes would otherwise re-read it from disk every time.
+
+        Opened with ``write_empty_chunks``: every chunk is written as it is, so zarr does not
+        scan each one for being all fill value (a pass over the data that halved the speed of
+        uncompressed writes), and a written chunk is never deleted. The setting goes with the
+        array (``with_config``), never through zarr's global config, which other threads
+        share; the lock keeps one array per path (writer threads open arrays on first use)."""
+        with self._lock:
+            if path not in self._nodes:
+                with quiet_numcodecs():
+                    arr = self.group[path].with_config({"write_empty_chunks": True})
+                self._nodes[path] = arr  # type: ignore[assignment]
+            return self._nodes[path]
+
+    def forget_nodes(self) -> None:
+        """Open every array afresh on next use (after its metadata was rewritten)."""
+        with self._lock:
+            self._nodes.clear()
+
+    def __contains__(self, layer: object) -> bool:
+        return layer in self.layers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layers)
+
+    @property
+    def labels(self) -> zarr.Array:
+        return self._node("labels")
+
+    @property
+    def ids(self) -> zarr.Array:
+        return self._node("ids")
+
+    @property
+    def n(self) -> int:
+        return int(self.attrs["n_samples"])
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self.attrs["chunk_rows"])
+
+    @property
+    def n_blocks(self) -> int:
+        """Row blocks of ``chunk_rows`` samples along the sample axis."""
+        return math.ceil(self.n / self.chunk_rows)
+
+    def block_range(self, block: int) -> range:
+        return range(block * self.chunk_rows, min(self.n, (block + 1) * self.chunk_rows))
+
+    @property
+    def status(self) -> str:
+        return str(self.attrs.get("status", "unknown"))
+
+    def disk_bytes(self, node: str = "") -> int:
+        """Bytes on disk under ``node`` ('' for the whole store)."""
+        return self.location.disk_bytes(node)
+
+
+class BlockReader(StoreReader):
+    """A store of N rows in row blocks of ``chunk_rows``, read: which blocks are done, and
+    what their records say. A run's :class:`~actextract.store.run.Store`, and one epoch of a
+    recording (:class:`~actextract.store.epochs.EpochView`)."""
+
+    def __init__(self, location: str | Path | Location, group: zarr.Group):
+        super().__init__(location, group)
+        self._left_out: list[int] = []
+
+    def done(self) -> np.ndarray:
+        """(n_blocks,) bool: which row blocks are completely written (and not left out)."""
+        done = self._node("progress/done")[:].astype(bool)  # chunks are read afresh
+        done[self._left_out] = False
+        return done
+
+    def leave_out(self, blocks: Sequence[int]) -> None:
+        """Readers of this Store object treat ``blocks`` as not done: ``render
+        --allow-damaged`` draws around the rows of damaged chunks."""
+        self._left_out = sorted(set(blocks))
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete" and bool(self.done().all())
+
+    def has_records(self) -> bool:
+        """The store keeps per-block records (format 2 on): it can be resumed and sharded."""
+        return int(self.attrs.get("format_version", 1)) >= 2
+
+    def skipped(self) -> list[dict[str, Any]]:
+        """The skipped samples recorded by the done blocks, in row order (one read of the
+        records: zarr fetches their chunks concurrently)."""
+        records = self._node("progress/skipped")[:][self.done()]
+        return [s for text in records.tolist() if text for s in json.loads(text)]
+
+    def nonfinite(self) -> dict[str, int]:
+        """{row array: rows holding NaN or Inf}, summed over the done blocks."""
+        counts = self._node("progress/nonfinite")[:][self.done()].sum(axis=0)
+        return {name: int(c) for name, c in zip(self.row_keys, counts.tolist(), strict=True)}
+
+
+def write_attributes(store: StoreReader, values: dict[str, Any]) -> None:
+    """Update the root attributes of the store its writer holds, in one write of zarr.json
+    (``attrs.update`` would write it once per key, and a failure between two would leave half
+    an update); one process at a time, as the file is rewritten whole."""
+    with writable(store.location, "update the store's attributes"):
+        store.group.update_attributes(values)
