@@ -95,6 +95,44 @@ def test_the_rules_have_no_circle():
         depth(package)
 
 
+def _module_imports() -> dict[str, set[str]]:
+    """{module: the actextract modules it imports} over every import statement (inside
+    functions and under TYPE_CHECKING too); a package is its ``__init__``."""
+    names = {}
+    for path in _modules():
+        rel = path.relative_to(PACKAGE).with_suffix("")
+        names[".".join(("actextract", *rel.parts)).removesuffix(".__init__")] = path
+    out: dict[str, set[str]] = {}
+    for name, path in names.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    whole = f"{node.module}.{alias.name}"
+                    found.add(whole if whole in names else node.module)
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+        out[name] = {m for m in found if m in names and m != name}
+    return out
+
+
+def test_no_two_modules_import_each_other_even_through_others():
+    graph = _module_imports()
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", f"import circle: {' -> '.join((*path, module))}"
+        state[module] = "open"
+        for other in sorted(graph[module]):
+            visit(other, (*path, module))
+        state[module] = "done"
+
+    for module in sorted(graph):
+        visit(module, ())
+
+
 def test_the_ground_floor_imports_nothing_of_actextract_but_errors():
     assert _imports(PACKAGE / "errors.py") == set()
 
