@@ -2,20 +2,9 @@
 and the swap that puts a new result in place (the per-row arrays' writer and the scores
 against the labels: :mod:`actextract.clusters.rows`).
 
-::
-
-    clusters/<layer>/<name>/     one result per settings, e.g. k10-poolmean-pca64-seed0
-      assignments  (N,) int32      each row's cluster; -1 where a row was not clustered (a
-                                   skipped sample, or NaN/Inf in its activations)
-      distances    (N,) float32    squared distance to its centre, in the space k-means ran in
-      coords       (N, 2) float32  the first two principal components (the report's scatter)
-      centroids    (K, d) float32  in the space k-means ran in: the first --pca components, or
-                                   the pooled rows themselves
-      sizes        (K,) int64      rows per cluster
-      nearest      (K, M) int64    the rows nearest each centre, nearest first (-1: none)
-      pca/mean (D,), pca/components (n, D), pca/explained_variance (n,)   float64
-    attributes: settings, metrics (inertia; purity, ARI, NMI against the labels), software,
-    status ('complete', written after every array: anything else is an interrupted result)
+The arrays of ``clusters/<layer>/<name>/`` (assignments, distances, coords, centroids,
+sizes, nearest, pca/) and its attributes are described in ``docs/store-format.md``
+("Clustering results"), the one copy of the schema.
 
 Every array has named dimensions and a crc32c checksum on each chunk, and every chunk is
 written (a chunk of fill values too), so a missing chunk is damage, not a silent fill value.

@@ -1,16 +1,7 @@
 """Stats: the store side of the on-device statistics — committed parts, totals, the reader.
 
-::
-
-    stats/<layer>/channel_means   (N, C) each sample's mean per channel (a row array)
-    stats/<layer>/classes         (K,) int64 the label of each class row (-1: unlabelled)
-    stats/<layer>/count           (K,) int64 rows per class
-    stats/<layer>/mean, std       (K, *shape) float64 per-class mean and standard deviation
-    stats/<layer>/hist            (K, C, bins + 2) int64 per class and channel: values below
-                                  the first edge, ``bins`` bins, values at or above the last
-                                  edge (and NaN); the edges are in the array's attributes
-    progress/parts/<part>/        one process's committed sums (float64 sum and sum of squares,
-                                  int64 histogram and counts, per class slot ``label + 1``)
+The arrays (``stats/<layer>/...``, ``progress/parts/<part>/``) are described in
+``docs/store-format.md`` ("Statistics: stats/ and progress/parts/"), the one copy of the schema.
 
 The per-class arrays are totals, written when the store is sealed. Until then each process
 keeps its own sums on the device and commits them now and then as a *part*: the sums go to the

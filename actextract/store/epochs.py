@@ -2,16 +2,8 @@
 (:func:`build_recording`) and its reader (its creation or continuation:
 :func:`actextract.record.recording.open_recording`).
 
-::
-
-    train.zarr/
-      zarr.json         a run's root attributes (layers, n_samples, chunk_rows, dtype, codec,
-                        model, dataset, software, status) plus axis "epoch" and ``every``
-      acts/<layer>      (E, N, *shape): epoch e, probe sample i; chunks (1, chunk_rows, *shape);
-                        dimension_names ("epoch", "sample", "channel", "y", "x")
-      labels, ids       (N,): the probe's samples, as in a run's store
-      progress/epochs   (E,) uint8: 1 once every array of that epoch is written
-      progress/records  (E,) str: JSON {state_sha256, captured, seconds, nonfinite} per epoch
+The arrays (``acts/<layer>`` (E, N, *shape), ``progress/epochs``, ``progress/records``) are
+described in ``docs/store-format.md`` ("A recording's store"), the one copy of the schema.
 
 Index e is the epoch number the training loop gave ``Recorder.capture``; an epoch it did not
 capture (``every``) reads as NaN and is not done. The arrays grow along the epoch axis, and
