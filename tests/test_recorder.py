@@ -28,6 +28,7 @@ from actextract.errors import (
 )
 from actextract.extraction.plan import state_sha256
 from actextract.model.zoo import DigitsCNN
+from actextract.store import Store, StoreReader
 from actextract.store.epochs import EpochStore, EpochView
 
 LAYERS = ["conv1", "relu", "frozen", "fc"]
@@ -350,3 +351,19 @@ def test_train_demo_records_every_epoch(runner, tmp_path):
     assert store.layers == ["conv1", "conv2", "fc1"] and store.attrs["dataset"]["spec"] == "digits"
     records = store.records()
     assert records[0]["state_sha256"] != records[1]["state_sha256"]
+
+
+def test_extract_refuses_to_resume_or_join_a_recording(runs):
+    """A recording shares the read side of a run's store, not its row blocks: --resume and
+    --shard are refused with the reason, and the recording is left as it was."""
+    out, _, _ = runs
+    store = actextract.open_store(out)
+    assert isinstance(store, StoreReader) and not isinstance(store, Store)
+    assert not hasattr(store, "write_block") and not hasattr(store, "seal")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for how in (dict(resume=True), dict(shard="0/2")):
+        with pytest.raises(StoreError, match=r"epoch axis.*cannot resume it"):
+            actextract.extract(
+                tiny_cnn(), SeededImages(), layers=["fc"], out=out, device="cpu", **how
+            )
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
