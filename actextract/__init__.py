@@ -5,10 +5,15 @@ store = actextract.extract("resnet18", "folder:./imgs", layers=["layer3", "avgpo
 store = actextract.open_store("run.zarr"); store["layer3"][:8]
 report = actextract.render("run.zarr", "report/")   # PNGs and report/index.html
 actextract.verify(actextract.open_store("run.zarr")).ok  # every chunk read back and checked
+actextract.store_info(actextract.open_store("run.zarr"))  # what `actextract info` shows
 result = actextract.cluster("run.zarr", "avgpool", k=10, pca=32)  # into clusters/avgpool/
 result.metrics["ari"], result["assignments"]   # against the labels; each row's cluster
 rec = actextract.Recorder(model, layers=["layer4"], probe=loader, out="train.zarr")
 rec.capture(epoch)   # in the training loop: the probe's activations at this epoch
+
+This module is the facade; the families live in subpackages whose imports only go down
+(docs/architecture.md): core and errors, store, data, model, stats, clusters, check,
+extraction, record, report, cli.
 """
 
 from __future__ import annotations
