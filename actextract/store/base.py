@@ -1,5 +1,6 @@
 """The read side every store shares (:class:`StoreReader`), and the row blocks'
-(:class:`BlockReader`).
+(:class:`BlockReader`); and the one write both writers share, of the root attributes
+(:func:`write_attributes`).
 
 The schema itself is described once, in ``docs/store-format.md``.
 """
