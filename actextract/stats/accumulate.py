@@ -34,6 +34,7 @@ import torch
 from actextract.core.axes import channel_axis
 from actextract.core.names import match_names
 from actextract.errors import LayerNotFoundError, OptionError, option
+from actextract.store.parts import TOTALS
 
 __all__ = [
     "ACCUMULATED",
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 STAT_KINDS = ("class-mean", "class-std", "channel-mean", "channel-hist")
-ACCUMULATED = ("class-mean", "class-std", "channel-hist")  # sums, not row arrays
+ACCUMULATED = tuple(TOTALS)  # sums, not row arrays: the kinds whose totals a store keeps
 DEFAULT_BINS = 64
 MAX_CLASSES = 1 << 16  # labels beyond this are not class indices
 CHUNK_ELEMENTS = 1 << 24  # float64 temporaries per step: 128 MB, whatever the batch

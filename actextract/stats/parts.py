@@ -32,7 +32,7 @@ from actextract.stats.accumulate import Accumulator, LayerStatsSpec
 from actextract.store import Store
 from actextract.store.layout import ArraySpec, checked_array, now
 from actextract.store.location import writable
-from actextract.store.parts import PARTS, parts, summed_blocks
+from actextract.store.parts import PARTS, parts, summed_blocks, summed_layers
 
 __all__ = [
     "ClassStats",
@@ -51,9 +51,10 @@ SUMS = ("sum", "sumsq", "hist")
 
 
 def accumulated(store: Store) -> list[LayerStatsSpec]:
-    """The layers whose statistics are sums (class-mean, class-std, channel-hist)."""
-    specs = [LayerStatsSpec.from_attrs(layer, a) for layer, a in store.stats_layers().items()]
-    return [s for s in specs if s.kinds]
+    """The layers whose statistics are sums (class-mean, class-std, channel-hist): those of
+    :func:`~actextract.store.parts.summed_layers`, as specs."""
+    attrs = store.stats_layers()
+    return [LayerStatsSpec.from_attrs(layer, attrs[layer]) for layer in summed_layers(store)]
 
 
 class PartWriter:
