@@ -25,7 +25,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_tools, also when loaded by path
-from bench_tools import PeakRSS
+from bench_machine import PeakRSS
 
 import actextract
 from actextract.store import ArraySpec, StoreOptions, create_store

@@ -1,16 +1,19 @@
 """The benchmark suite: actextract against the forward pass alone and against hand-written hooks.
 
-In one process and one run, on the same data, the same model object (seeded random weights,
-built once outside the clocks) and the same precision, each workload times three methods:
+On the same data, the same model (seeded random weights, built outside the clocks) and the
+same precision, each workload times these methods:
 
 - ``ceiling``: the forward pass alone, fed as actextract feeds it (its loader and batch size,
   pinned memory and ``non_blocking`` on CUDA, NHWC when the workload says so, autocast,
   inference mode, cuDNN autotuning on CUDA); nothing captured;
 - ``hooks``: the tutorials' way: forward hooks appending ``out.detach().float().cpu().numpy()``
   to lists, then ``np.concatenate`` + ``np.save`` per layer (float32), the saves timed;
-- ``actextract``: ``actextract.extract`` into a Zarr store with its defaults (float16, zstd)
-  but for what the workload names; its fx trace, probe, store creation and flush are timed,
-  and its loop-only figures and time split come from the store's ``summary``.
+- ``peer``: a streaming peer's way: the same hooks, and every 8 batches one float32 ``.npy``
+  part per layer, concatenated and saved synchronously from the loop;
+- ``actextract``: ``actextract.extract`` into a Zarr store with its defaults (float16, no
+  codec) but for what the workload names; its fx trace, probe, store creation and flush are
+  timed, and its loop-only figures and time split come from the store's ``summary``;
+- ``actextract-float32``: the same, storing float32 (the peer's bytes).
 
 Workloads (``--workloads compute,maps,scale``; sizes for CPU / CUDA, ``--tiny`` for seconds):
 
@@ -19,11 +22,13 @@ Workloads (``--workloads compute,maps,scale``; sizes for CPU / CUDA, ``--tiny`` 
   scratch disk's sequential write speed, plain (page cache) and with fsync (the device);
 - ``scale``: RSS growth of hooks and actextract at N and 2N on the maps workload.
 
-Each method warms up once on two batches, then runs ``--repeats`` times, interleaved
-(ceiling, hooks, actextract, ceiling, ...) so that a machine's drift hits all; the median
-counts. Ratios are throughputs: ``actextract/ceiling`` = ceiling's time ÷ actextract's. A
-thread samples the RSS every 5 ms. Only ratios within one run compare; absolute speeds are
-the machine's.
+Every measurement is a process of its own (bench_process.py: forked from a server that has
+only imported the libraries), which builds the case, warms its method up on two batches and
+times one call; rounds are interleaved (ceiling, hooks, ..., ceiling, ...) ``--repeats``
+times so that a machine's drift hits all, and the median counts. Ratios are throughputs:
+``actextract/ceiling`` = ceiling's time ÷ actextract's. A thread samples the RSS every 5 ms,
+``/proc/self/io`` gives the bytes each method passed to the kernel per byte it stored. Only
+ratios within one run compare; absolute speeds are the machine's.
 
     .venv/bin/python benchmarks/bench_extract.py                       # all, CUDA if present
     .venv/bin/python benchmarks/bench_extract.py --workloads compute --repeats 1
@@ -36,39 +41,21 @@ and finding, appended as they come) and ``<out>/bench-<device>.md``; ``--tiny`` 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import resource
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_tools, also when loaded by path
+from bench_machine import MB, disk_write_mb_per_s, machine_header
+from bench_process import Measurer, Run
 from bench_report import markdown
-from bench_tools import (
-    MB,
-    METHODS,
-    Bench,
-    Case,
-    PeakRSS,
-    disk_free,
-    disk_write_mb_per_s,
-    folder_bytes,
-    layer_elements,
-    machine_header,
-    sync,
-)
-
-from actextract.data.source import Preprocess, open_source
-from actextract.model.zoo import load_model
+from bench_tools import ACTEXTRACT, Case
 
 WORKLOADS = ("compute", "maps", "scale")
 DIGITS_MAPS = ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2")
@@ -76,12 +63,13 @@ RESNET_MAPS = ("layer1", "layer2", "layer3", "layer4")
 GPU_WORKERS = 8  # loader processes on CUDA: synthetic 224² inputs cost ~3-10 ms each on a core
 STAGES = ("data_wait", "compute", "d2h", "write_wait")  # the summary's split, `<stage>_s`
 FLAT = (1.25, 32.0)  # RSS flat in N: growth(2N) ≤ 1.25 × growth(N), or at most 32 MB more
-# (workload, device type) -> [(ratio field of actextract's line, threshold)]
+MAPS_METHODS = ("ceiling", "hooks", "peer", "actextract", "actextract-float32")
+# (workload, device type) -> [(method, ratio field of its line, threshold)]
 TARGETS = {
-    ("compute", "cpu"): [("vs_ceiling", 0.95)],
-    ("compute", "cuda"): [("vs_ceiling", 0.90)],
-    ("maps", "cpu"): [("vs_ceiling", 0.85)],
-    ("maps", "cuda"): [("vs_hooks", 5.0), ("vs_disk_plain", 0.8)],
+    ("compute", "cpu"): [("actextract", "vs_ceiling", 0.95)],
+    ("compute", "cuda"): [("actextract", "vs_ceiling", 0.90)],
+    ("maps", "cpu"): [("actextract", "vs_ceiling", 0.75), ("actextract-float32", "vs_peer", 1.2)],
+    ("maps", "cuda"): [("actextract", "vs_hooks", 5.0), ("actextract", "vs_disk_plain", 0.8)],
 }
 
 
@@ -93,7 +81,7 @@ def workload_cases(workload: str, device: str, tiny: bool) -> list[Case]:
 def all_cases(device: str, tiny: bool) -> list[Case]:
     """Every row: the issue's sizes for the CPU and for one CUDA GPU, or toy sizes."""
     digits = dict(model="digits-cnn", shape=(1, 28, 28))
-    maps = dict(workload="maps", layers=DIGITS_MAPS, **digits)
+    maps = dict(workload="maps", layers=DIGITS_MAPS, methods=MAPS_METHODS, **digits)
     scale = dict(workload="scale", layers=DIGITS_MAPS, methods=("hooks", "actextract"), **digits)
     compute = dict(workload="compute", layers=("avgpool", "layer4"), shape=(3, 224, 224))
     if tiny:
@@ -126,9 +114,8 @@ def all_cases(device: str, tiny: bool) -> list[Case]:
             n=100_000,
             batch_size=1024,
             codec="lz4",
-            **maps,
+            **{**maps, "methods": ("ceiling", "actextract")},  # the rest as in "maps"
             **gpu,
-            methods=("ceiling", "actextract"),  # the hooks are the same as in "maps"
         ),
         # ~3 MB per image in float16: 4,096 images are a 12 GB store, 25 GB of .npy
         Case("maps-resnet50", "maps", "resnet50", 4_096, (3, 224, 224), RESNET_MAPS, 256, **fast),
@@ -160,101 +147,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@dataclass(frozen=True)
-class Run:
-    """One timed call of one method."""
-
-    seconds: float
-    peak_rss: int  # bytes
-    rss_growth: int  # bytes above the RSS at the call's start
-    disk_bytes: int  # what the method left in its output folder
-    summary: dict | None  # actextract's store.attrs["summary"]
-    cpu: tuple[float, float]  # user and system CPU seconds of this process (every thread)
-
-
-def prepare(case: Case, device: torch.device) -> Bench:
-    """The model (seeded random weights, eval, on ``device``, NHWC if asked) and the source
-    preprocessed as extract would, built once for every method of the case."""
-    torch.manual_seed(0)
-    loaded = load_model(case.model)
-    source = open_source(case.dataset, Preprocess().over(loaded.preprocess))
-    model = loaded.module.to(device)
-    if case.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    x = source.dataset[0].input.unsqueeze(0).to(device)
-    return Bench(case, device, model, source, layer_elements(model, case.layers, x))
-
-
-def measure(b: Bench, method: str, rows: Sequence[int], scratch: Path) -> Run:
-    """One call of ``method`` over ``rows``, timed, its peak RSS sampled; its output deleted."""
-    out = scratch / method
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    with PeakRSS() as rss:
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        start = time.perf_counter()
-        extra = METHODS[method](b, rows, out)
-        sync(b.device)
-        seconds = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_SELF)
-    disk = folder_bytes(out)
-    shutil.rmtree(out)
-    cpu = (after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
-    return Run(seconds, rss.peak, rss.peak - rss.start, disk, extra.get("summary"), cpu)
-
-
-def warmup_rows(case: Case, method: str) -> Sequence[int]:
-    """Two batches; for ceiling and hooks also the last, shorter batch, so that cuDNN has tuned
-    every batch shape before any clock starts (actextract's runs share the tuning)."""
-    head = range(min(case.n, 2 * case.batch_size))
-    if method == "actextract" or case.n % case.batch_size == 0:
-        return head
-    return [*head, *range(max(len(head), case.n - case.n % case.batch_size), case.n)]
-
-
-def wont_fit(b: Bench, method: str, scratch: Path) -> str | None:
-    """Why ``method`` cannot run the whole case in this machine's free RAM or scratch disk."""
-    import psutil
-
-    per_image = sum(b.layer_elems.values())
-    if method == "hooks":  # float32 lists, plus one layer concatenated; then all of it saved
-        ram = b.case.n * (per_image + max(b.layer_elems.values())) * 4
-        disk = b.case.n * per_image * 4
-    elif method == "actextract":  # memory bounded; the store at most its raw size
-        ram, disk = 0, b.case.n * per_image * np.dtype(b.case.dtype).itemsize
-    else:
-        return None
-    free_ram, free_disk = psutil.virtual_memory().available, disk_free(scratch)
-    spare = "+10 % and 1 GB spare"
-    if ram * 1.1 + 1e9 > free_ram:
-        return f"needs ~{ram / 1e9:.2f} GB of RAM ({spare}), {free_ram / 1e9:.1f} GB available"
-    if disk * 1.1 + 1e9 > free_disk:
-        return f"needs ~{disk / 1e9:.2f} GB ({spare}) in {scratch}, {free_disk / 1e9:.1f} GB free"
-    return None
-
-
-def run_case(b: Bench, repeats: int, scratch: Path) -> tuple[dict[str, list[Run]], dict]:
-    """Warm-ups, then ``repeats`` interleaved timed rounds of the case's methods; the methods
-    that would not fit are left out, with the reason."""
-    skipped = {m: why for m in b.case.methods if (why := wont_fit(b, m, scratch))}
-    methods = [m for m in b.case.methods if m not in skipped]
-    for method in methods:
-        log(f"{b.case.name}: {method} warm-up")
-        measure(b, method, warmup_rows(b.case, method), scratch)
-    runs: dict[str, list[Run]] = {m: [] for m in methods}
+def run_case(
+    case: Case, repeats: int, measurer: Measurer
+) -> tuple[dict[str, list[Run]], dict[str, str], dict[str, int]]:
+    """``repeats`` interleaved rounds of the case's methods, each call a process of its own;
+    a method that would not fit is left out after its first try, with the reason. Also the
+    layers' per-image element counts."""
+    runs: dict[str, list[Run]] = {m: [] for m in case.methods}
+    skipped: dict[str, str] = {}
+    elems: dict[str, int] = {}
     for r in range(repeats):
-        for method in methods:
-            runs[method].append(measure(b, method, range(b.case.n), scratch))
-            log(f"{b.case.name}: {method} {r + 1}/{repeats}: {runs[method][-1].seconds:.3f} s")
-    return runs, skipped
+        for method in case.methods:
+            if method in skipped:
+                continue
+            run, why, elems = measurer.measure(case, method)
+            if run is None:
+                skipped[method] = why or "?"
+                log(f"{case.name}: {method} skipped: {why}")
+                continue
+            runs[method].append(run)
+            log(f"{case.name}: {method} {r + 1}/{repeats}: {run.seconds:.3f} s")
+    return {m: rs for m, rs in runs.items() if rs}, skipped, elems
 
 
 def measurement_lines(
-    b: Bench, runs: dict[str, list[Run]], skipped: dict, device: str, disk: dict | None
+    c: Case, runs: dict[str, list[Run]], skipped: dict, device: str, disk: dict | None
 ) -> list[dict]:
     """One JSON object per method of the case: times, throughput, ratios, MB/s, disk, RSS,
-    and for actextract its loop-only figures and time split."""
-    c = b.case
+    CPU seconds, the bytes passed to the kernel per byte stored, and for actextract its
+    loop-only figures and time split."""
     median = {m: statistics.median(r.seconds for r in rs) for m, rs in runs.items()}
     lines = []
     for method in c.methods:
@@ -281,25 +202,40 @@ def measurement_lines(
             # (the kernel: page-cache copies of the writes, page faults of fresh memory)
             "cpu_user_s": round(mid.cpu[0], 3),
             "cpu_sys_s": round(mid.cpu[1], 3),
+            "io": mid.io,
         }
-        for other in ("ceiling", "hooks"):  # throughput ratios: other's time ÷ this one's
+        for other in ("ceiling", "hooks", "peer"):  # throughput ratios: other's time ÷ this
             if other in median and other != method:
                 line[f"vs_{other}"] = round(median[other] / s, 3)
-        if method == "hooks":
+        if method in ("hooks", "peer"):
             line["mb_per_s"] = round(mid.disk_bytes / MB / s, 1)  # float32 .npy bytes
-        if method == "actextract":
-            line |= actextract_figures(mid.summary, c, median.get("ceiling"), disk)
+            line |= io_per_byte(mid.io, mid.disk_bytes)
+        if method in ACTEXTRACT:
+            line |= actextract_figures(mid.summary, method, c, median.get("ceiling"), disk)
+            line |= io_per_byte(mid.io, mid.summary["bytes_written"])
         lines.append(line)
     return lines
 
 
+def io_per_byte(io: dict[str, int], stored: int) -> dict:
+    """What the process passed to the kernel per byte of activations it stored: written
+    through system calls (``wchar``), and read (``rchar``)."""
+    if not io or not stored:
+        return {}
+    return {
+        "stored_bytes": stored,
+        "written_per_stored_byte": round(io["wchar"] / stored, 3),
+        "read_per_stored_byte": round(io["rchar"] / stored, 3),
+    }
+
+
 def actextract_figures(
-    summary: dict, case: Case, ceiling_s: float | None, disk: dict | None
+    summary: dict, method: str, case: Case, ceiling_s: float | None, disk: dict | None
 ) -> dict:
     """actextract's loop-only throughput, raw MB/s, split and its largest stage."""
     loop = summary["seconds"]
     figures = {
-        "dtype": case.dtype,
+        "dtype": "float32" if method.endswith("float32") else case.dtype,
         "bytes_written": summary["bytes_written"],  # raw (uncompressed) activation bytes
         "mb_per_s": summary["mb_per_s"],  # of the loop, as the summary reports it
         "loop_seconds": loop,
@@ -323,21 +259,26 @@ def actextract_figures(
 
 
 def target_lines(lines: list[dict], device: str) -> list[dict]:
-    """The case's targets, met or not, with actextract's dominant stage where not met."""
-    ax = next(line for line in lines if line["method"] == "actextract")
-    specs = TARGETS.get((ax["workload"], device), [])
+    """The case's targets, met or not, with the method's dominant stage where not met."""
+    by_method = {line["method"]: line for line in lines}
+    workload = lines[0]["workload"]
     out = []
-    for field, threshold in specs:
-        value = ax.get(field)
+    for method, field, threshold in TARGETS.get((workload, device), []):
+        line = by_method.get(method, {})
+        value = line.get(field)
         met = None if value is None else value >= threshold
-        what = {"vs_ceiling": "actextract/ceiling", "vs_hooks": "actextract/hooks"}.get(
-            field, "actextract MB/s ÷ disk MB/s (page cache)"
+        other = field.removeprefix("vs_")
+        what = (
+            f"{method}/{other}"
+            if field != "vs_disk_plain"
+            else f"{method} MB/s ÷ disk MB/s (page cache)"
         )
         out.append(
             {
-                "kind": "target", "workload": ax["workload"], "case": ax["case"],
-                "target": f"{what} ≥ {threshold:g}", "value": value, "threshold": threshold,
-                "met": met, "bottleneck": ax.get("bottleneck") if met is False else None,
+                "kind": "target", "workload": workload, "case": lines[0]["case"],
+                "method": method, "target": f"{what} ≥ {threshold:g}", "value": value,
+                "threshold": threshold, "met": met,
+                "bottleneck": line.get("bottleneck") if met is False else None,
             }
         )  # fmt: skip
     return out
@@ -364,7 +305,7 @@ def scale_lines(lines: list[dict]) -> list[dict]:
         met = g2 <= FLAT[0] * g1 or g2 - g1 <= FLAT[1]
         out.append(
             {
-                "kind": "target", "workload": "scale", "case": "scale",
+                "kind": "target", "workload": "scale", "case": "scale", "method": "actextract",
                 "target": f"actextract RSS growth 2N/N ≤ {FLAT[0]:g} (or ≤ {FLAT[1]:g} MB more)",
                 "value": finding["actextract"]["ratio"], "threshold": FLAT[0], "met": met,
                 "bottleneck": None,
@@ -402,32 +343,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     scratch = Path(args.tmp or tempfile.mkdtemp(prefix="bench-extract-"))
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        header = machine_header(device, scratch)
-        header |= {"workloads": args.workloads, "repeats": args.repeats, "tiny": args.tiny}
-        # Imported modules live on: out of the collector's sight, the gc.collect() before each
-        # RSS baseline takes microseconds instead of a third of a second.
-        gc.collect()
-        gc.freeze()
-        stem = f"bench-{device.type}" + ("-tiny" if args.tiny else "")
-        results = Results(Path(args.out), stem, header)
-        for workload in args.workloads:
-            disk = None
-            if workload == "maps":
-                disk = disk_write_mb_per_s(scratch, (8 << 20) if args.tiny else (1 << 30))
-                results.add([{"kind": "disk", "workload": "maps", **disk}])
-            for case in workload_cases(workload, device.type, args.tiny):
-                b = prepare(case, device)
-                repeats = 1 if workload == "scale" else args.repeats  # RSS, not time
-                runs, skipped = run_case(b, repeats, scratch)
-                lines = measurement_lines(b, runs, skipped, device.type, disk)
-                results.add(lines + target_lines(lines, device.type))
-                del b
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            if workload == "scale":
-                results.add(scale_lines(results.lines))
+        with Measurer(device.type, scratch) as measurer:
+            header = measurer.call(machine_header, device, scratch)  # CUDA only in children
+            header |= {"workloads": args.workloads, "repeats": args.repeats, "tiny": args.tiny}
+            stem = f"bench-{device.type}" + ("-tiny" if args.tiny else "")
+            results = Results(Path(args.out), stem, header)
+            for workload in args.workloads:
+                disk = None
+                if workload == "maps":
+                    disk = disk_write_mb_per_s(scratch, (8 << 20) if args.tiny else (1 << 30))
+                    results.add([{"kind": "disk", "workload": "maps", **disk}])
+                for case in workload_cases(workload, device.type, args.tiny):
+                    repeats = 1 if workload == "scale" else args.repeats  # RSS, not time
+                    runs, skipped, _ = run_case(case, repeats, measurer)
+                    lines = measurement_lines(case, runs, skipped, device.type, disk)
+                    results.add(lines + target_lines(lines, device.type))
+                if workload == "scale":
+                    results.add(scale_lines(results.lines))
     finally:
-        gc.unfreeze()
         if not args.tmp:
             shutil.rmtree(scratch, ignore_errors=True)
     print(results.md.read_text())

@@ -1,10 +1,10 @@
 """The Markdown tables of a benchmark run, made from its JSON lines (bench_extract.py writes
-them after every case): one row per workload, actextract's time split, the targets, RSS growth
-in N, and the disk's write speed."""
+them after every case): one row per workload and method, actextract's time split, the
+targets, RSS growth in N, and the disk's write speed."""
 
 from __future__ import annotations
 
-from bench_tools import MB, METHODS
+from bench_machine import MB
 
 SPLIT = {"data_wait": "data wait", "compute": "compute", "d2h": "device→host"}
 SPLIT["write_wait"] = "write wait"
@@ -53,56 +53,63 @@ def _title(head: dict) -> str:
     return (
         f"# actextract benchmark: {head['device']} ({head['device_name']})\n\n"
         + " · ".join(facts)
-        + "\n\nRatios are throughputs (the other's time ÷ actextract's, whole calls: "
-        "actextract's trace, probe, store creation and flush included). MB/s: actextract's raw "
-        "activation bytes per second of its loop; hooks' float32 .npy bytes per second. RSS: "
-        "peak, and growth over the RSS at the method's start, for ceiling / hooks / actextract; "
-        "CPU: user + system seconds of the process, all threads (system time is the kernel's: "
-        "page-cache copies of the writes and faults on fresh memory)."
+        + "\n\nEach measurement is a process of its own. Ratios are throughputs (the other's "
+        "time ÷ this one's, whole calls: actextract's trace, probe, store creation and flush "
+        "included). MB/s: actextract's raw activation bytes per second of its loop; the hooks' "
+        "and the peer's float32 .npy bytes per second. RSS: peak, and growth over the RSS at "
+        "the call's start; CPU: user + system seconds of the process, all threads (system time "
+        "is the kernel's: page-cache copies of the writes and faults on fresh memory). I/O: "
+        "bytes the process wrote / read through system calls (/proc/self/io) per byte of "
+        "activations it stored."
     )
 
 
 def _main_table(cases: dict[str, dict[str, dict]]) -> str:
     rows = [
-        "| workload | model · layers | N | batch | precision, codec | ceiling img/s | hooks img/s "
-        "| actextract img/s | actextract/ceiling | actextract/hooks | MB/s (hooks / actextract) "
-        "| on disk MB (hooks / actextract) | peak RSS MB | RSS growth MB | CPU s, user+sys |",
-        "|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| workload | model · layers | N | batch | precision, codec | method | img/s "
+        "| × ceiling | × hooks | × peer | MB/s | on disk MB | peak RSS MB | RSS growth MB "
+        "| CPU s, user+sys | I/O written / read per byte stored |",
+        "|---|---|--:|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for case, m in cases.items():
-        first, ax = next(iter(m.values())), m.get("actextract", {})
-
-        def each(field: str, fmt: str, methods=("ceiling", "hooks", "actextract"), m=m) -> str:
-            return " / ".join(_fmt(m[k].get(field), fmt) for k in methods if k in m)
-
+        first = next(iter(m.values()))
         precision = first["precision"] + (" NHWC" if first["channels_last"] else "")
         precision += f", {first['codec']}"
-        cells = [
+        what = [
             case,
             f"{first['model']} · {','.join(first['layers'])}",
             f"{first['n']:,}",
             str(first["batch_size"]),
             precision,
-            *(_fmt(m.get(k, {}).get("images_per_s"), ",.1f") for k in METHODS),
-            _fmt(ax.get("vs_ceiling"), ".3f"),
-            _fmt(ax.get("vs_hooks"), ".2f"),
-            each("mb_per_s", ",.1f", ("hooks", "actextract")),
-            each("disk_bytes", "mb", ("hooks", "actextract")),
-            each("peak_rss_mb", ",.0f"),
-            each("rss_growth_mb", ",.0f"),
-            " / ".join(
-                f"{m[k]['cpu_user_s']:.1f}+{m[k]['cpu_sys_s']:.1f}"
-                for k in METHODS
-                if "cpu_user_s" in m.get(k, {})
-            ),
         ]
-        rows.append("| " + " | ".join(cells) + " |")
+        for method, x in m.items():
+            if "skipped" in x:
+                continue
+            io = "–"
+            if "written_per_stored_byte" in x:
+                io = f"{x['written_per_stored_byte']:.2f} / {x['read_per_stored_byte']:.2f}"
+            cells = [
+                *what,
+                method,
+                _fmt(x.get("images_per_s"), ",.1f"),
+                _fmt(x.get("vs_ceiling"), ".3f"),
+                _fmt(x.get("vs_hooks"), ".2f"),
+                _fmt(x.get("vs_peer"), ".2f"),
+                _fmt(x.get("mb_per_s"), ",.1f"),
+                _fmt(x.get("disk_bytes") if method != "ceiling" else None, "mb"),
+                _fmt(x.get("peak_rss_mb"), ",.0f"),
+                _fmt(x.get("rss_growth_mb"), ",.0f"),
+                f"{x['cpu_user_s']:.1f}+{x['cpu_sys_s']:.1f}",
+                io,
+            ]
+            rows.append("| " + " | ".join(cells) + " |")
+            what = ["", "", "", "", ""]
     return "\n".join(rows)
 
 
 def _split_table(cases: dict[str, dict[str, dict]]) -> str:
     measured = {
-        case: m["actextract"] for case, m in cases.items() if "split" in m.get("actextract", {})
+        (case, method): x for case, m in cases.items() for method, x in m.items() if "split" in x
     }
     if not measured:
         return ""
@@ -110,15 +117,15 @@ def _split_table(cases: dict[str, dict[str, dict]]) -> str:
         "actextract's loop (store.attrs['summary']); on CUDA device→host is the side stream's "
         "GPU time, which overlaps compute.",
         "",
-        "| workload | loop s | loop img/s | loop/ceiling | "
+        "| workload | method | loop s | loop img/s | loop/ceiling | "
         + " | ".join(SPLIT.values())
         + " | largest |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
-    for case, ax in measured.items():
+    for (case, method), ax in measured.items():
         split = [f"{ax['split'][k]['s']:.3f} s ({ax['split'][k]['pct']:.0f} %)" for k in SPLIT]
         rows.append(
-            f"| {case} | {ax['loop_seconds']:.3f} | {ax['loop_images_per_s']:,.1f} "
+            f"| {case} | {method} | {ax['loop_seconds']:.3f} | {ax['loop_images_per_s']:,.1f} "
             f"| {_fmt(ax.get('loop_vs_ceiling'), '.3f')} | {' | '.join(split)} "
             f"| {SPLIT[ax['bottleneck']]} |"
         )
@@ -160,7 +167,7 @@ def _disk_notes(disk: dict, cases: dict[str, dict[str, dict]]) -> str:
         ax = m.get("actextract", {})
         if "vs_disk_plain" in ax:
             notes.append(
-                f"{case}: actextract writes {ax['mb_per_s']:,.1f} MB/s raw = "
+                f"{case}: actextract (float16) writes {ax['mb_per_s']:,.1f} MB/s raw = "
                 f"{ax['vs_disk_plain']:.2f} × page cache, {ax['vs_disk_fsync']:.2f} × device."
             )
     return "\n".join(notes)

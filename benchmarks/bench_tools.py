@@ -1,6 +1,7 @@
-"""The pieces bench_extract.py measures with: the three methods, the peak-RSS sampler, the disk
-and device→host bandwidth probes, and what the header records about the machine (the Markdown
-tables are in bench_report.py).
+"""What bench_extract.py measures: the cases, and the ways of getting a case's activations
+(the forward alone, the tutorials' hooks, a streaming peer, actextract and its float32
+variant). The machine's side (RSS, I/O counters, bandwidths) is in bench_machine.py, one
+process per measurement in bench_process.py, the Markdown tables in bench_report.py.
 
 Each method gets a prepared :class:`Bench` (model, source, device built once, outside the
 clocks), the rows to run over and an empty folder for its output, and returns its extras. The
@@ -9,30 +10,19 @@ caller owns the clock, the RSS sampler and deleting the output.
 
 from __future__ import annotations
 
-import ctypes
-import datetime
-import gc
-import os
-import platform
-import statistics
-import threading
-import time
 from collections.abc import Callable, Sequence
-from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 from torch import nn
 
 import actextract
 from actextract.core.devices import autocast
-from actextract.data.source import Source, make_loader
+from actextract.data.source import Preprocess, Source, make_loader, open_source
 from actextract.extraction.engine import RunOptions, cudnn_autotune, device_inputs
-
-MB = 1e6
+from actextract.model.zoo import load_model
 
 
 @dataclass(frozen=True)
@@ -46,7 +36,7 @@ class Case:
     shape: tuple[int, int, int]  # (C, H, W) of each synthetic input
     layers: tuple[str, ...]
     batch_size: int
-    methods: tuple[str, ...] = ("ceiling", "hooks", "actextract")
+    methods: tuple[str, ...] = ("ceiling", "hooks", "actextract")  # see METHODS
     precision: str = "fp32"  # autocast of the forward, for every method
     channels_last: bool = False  # model and inputs NHWC, for every method
     dtype: str = "float16"  # actextract's storage dtype (its default); hooks save float32
@@ -67,6 +57,19 @@ class Bench:
     model: nn.Module  # eval mode, on ``device``, NHWC when the case says so
     source: Source
     layer_elems: dict[str, int]  # per-image element count of each captured layer
+
+
+def prepare(case: Case, device: torch.device) -> Bench:
+    """The model (seeded random weights, eval, on ``device``, NHWC if asked) and the source
+    preprocessed as extract would, built once for every method of the case."""
+    torch.manual_seed(0)
+    loaded = load_model(case.model)
+    source = open_source(case.dataset, Preprocess().over(loaded.preprocess))
+    model = loaded.module.to(device)
+    if case.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    x = source.dataset[0].input.unsqueeze(0).to(device)
+    return Bench(case, device, model, source, layer_elements(model, case.layers, x))
 
 
 # ---------------------------------------------------------------------------------- methods
@@ -102,6 +105,44 @@ def run_hooks(b: Bench, rows: Sequence[int], out: Path) -> dict:
     return {}
 
 
+PART_BATCHES = 8  # the streaming peer saves a part every this many batches
+
+
+def run_peer(b: Bench, rows: Sequence[int], out: Path) -> dict:
+    """A streaming peer's way: the same hooks, but every ``PART_BATCHES`` batches the kept
+    arrays are concatenated and ``np.save``'d as one float32 ``.npy`` part per layer,
+    synchronously from the loop; memory is a few batches whatever N."""
+    held: dict[str, list[np.ndarray]] = {name: [] for name in b.case.layers}
+    parts = 0
+
+    def keep(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            held[name].append(output.detach().float().cpu().numpy())
+
+        return hook
+
+    def save(batch: int | None) -> None:
+        nonlocal parts
+        if batch is not None and (batch + 1) % PART_BATCHES:
+            return
+        if held[b.case.layers[0]]:
+            for name in b.case.layers:
+                np.save(out / f"{name}-{parts:05d}.npy", np.concatenate(held[name]))
+                held[name].clear()
+            parts += 1
+
+    handles = [
+        b.model.get_submodule(name).register_forward_hook(keep(name)) for name in b.case.layers
+    ]
+    try:
+        _forward_all(b, rows, after=save)
+    finally:
+        for handle in handles:
+            handle.remove()
+    save(None)  # the last, shorter part
+    return {}
+
+
 def run_actextract(b: Bench, rows: Sequence[int], out: Path) -> dict:
     """``actextract.extract`` with its defaults but for what the case names; its fx trace,
     probe, store creation and flush are inside the caller's clock. ``rows``: range(k)."""
@@ -127,17 +168,26 @@ def run_actextract(b: Bench, rows: Sequence[int], out: Path) -> dict:
     return {"summary": dict(store.attrs["summary"])}
 
 
+def run_actextract_float32(b: Bench, rows: Sequence[int], out: Path) -> dict:
+    """actextract as :func:`run_actextract`, storing float32: the peer's bytes."""
+    return run_actextract(replace(b, case=replace(b.case, dtype="float32")), rows, out)
+
+
 METHODS: dict[str, Callable[[Bench, Sequence[int], Path], dict]] = {
     "ceiling": run_ceiling,
     "hooks": run_hooks,
+    "peer": run_peer,
     "actextract": run_actextract,
+    "actextract-float32": run_actextract_float32,
 }
+ACTEXTRACT = ("actextract", "actextract-float32")  # the methods whose runs leave a summary
 
 
-def _forward_all(b: Bench, rows: Sequence[int]) -> None:
+def _forward_all(b: Bench, rows: Sequence[int], after: Callable[[int], None] | None = None) -> None:
     """Every batch of ``rows`` through the model as actextract feeds it: same loader and batch
     size, pinned memory and ``non_blocking`` on CUDA, NHWC inputs when the case says so,
-    autocast, inference mode, cuDNN autotuning on CUDA. Outputs are dropped (hooks see them)."""
+    autocast, inference mode, cuDNN autotuning on CUDA. Outputs are dropped (hooks see them);
+    ``after(k)`` runs after batch k."""
     c = b.case
     options = RunOptions(b.device, c.precision, c.channels_last)
     loader = make_loader(
@@ -148,8 +198,10 @@ def _forward_all(b: Bench, rows: Sequence[int]) -> None:
         pin_memory=b.device.type == "cuda",
     )
     with torch.inference_mode(), cudnn_autotune(b.device), autocast(b.device, c.precision):
-        for batch in loader:
+        for k, batch in enumerate(loader):
             b.model(device_inputs(batch.inputs, options))
+            if after is not None:
+                after(k)
     sync(b.device)
 
 
@@ -175,164 +227,3 @@ def layer_elements(model: nn.Module, layers: Sequence[str], x: torch.Tensor) -> 
         for handle in handles:
             handle.remove()
     return elems
-
-
-# ------------------------------------------------------------------------------ peak memory
-
-
-class PeakRSS:
-    """The largest resident set size of this process while the block runs, sampled by a
-    thread every ``interval`` seconds (psutil). ``start`` is taken after ``gc.collect()`` and
-    giving freed heap back to the system, so that ``peak - start`` is what the block added.
-    The loader's worker processes are not counted."""
-
-    def __init__(self, interval: float = 0.005):
-        self.interval = interval
-        self.process = psutil.Process()
-        self.start = self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
-
-    def __enter__(self) -> PeakRSS:
-        release_free_memory()
-        self.start = self.peak = self.process.memory_info().rss
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-
-def release_free_memory() -> None:
-    """Collect garbage and hand glibc's free heap back to the system: without it the next
-    method reuses memory the last one freed and its RSS growth reads too low."""
-    gc.collect()
-    if platform.system() == "Linux":
-        with suppress(OSError, AttributeError):  # not glibc (musl): growth may read low
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-# ------------------------------------------------------------------------------- bandwidths
-
-
-def disk_write_mb_per_s(folder: Path, total: int, block: int = 32 << 20) -> dict:
-    """Sequential write speed of ``folder``'s disk: ``total`` random bytes in ``block``-byte
-    writes, once with ``fsync`` at the end (what the device takes) and once without (what the
-    page cache takes, as the store's un-fsynced writes). MB/s of each; the files are deleted."""
-    data = memoryview(np.random.default_rng(0).bytes(min(block, total)))
-    result = {}
-    for name, flush in (("fsync", True), ("plain", False)):  # fsync first: a clean cache
-        path = folder / f"disk-bandwidth-{name}.bin"
-        start = time.perf_counter()
-        with open(path, "wb", buffering=0) as f:
-            written = 0
-            while written < total:
-                written += f.write(data[: total - written])
-            if flush:
-                os.fsync(f.fileno())
-        result[f"{name}_mb_per_s"] = round(total / MB / (time.perf_counter() - start), 1)
-        path.unlink()
-    result |= {"bytes": total, "block_bytes": len(data)}
-    return result
-
-
-def pinned_d2h_gb_per_s(device: torch.device, nbytes: int = 256 << 20, repeats: int = 5) -> float:
-    """Device→host copy speed of a ``nbytes`` CUDA tensor into pinned host memory, GB/s (the
-    median of ``repeats`` copies after one warm-up, timed with CUDA events)."""
-    src = torch.ones(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-    dst.copy_(src, non_blocking=True)
-    torch.cuda.synchronize(device)
-    seconds = []
-    for _ in range(repeats):
-        begin = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        begin.record()
-        dst.copy_(src, non_blocking=True)
-        end.record()
-        end.synchronize()
-        seconds.append(begin.elapsed_time(end) / 1e3)  # elapsed_time is in milliseconds
-    del src, dst
-    torch.cuda.empty_cache()
-    return round(nbytes / 1e9 / statistics.median(seconds), 2)
-
-
-# ---------------------------------------------------------------------------------- machine
-
-
-def machine_header(device: torch.device, scratch: Path) -> dict:
-    """What a result depends on: device, software versions, threads, date, scratch disk."""
-    import torchvision
-    import zarr
-
-    header = {
-        "kind": "header",
-        "device": device.type,
-        "device_name": device_name(device),
-        "cpu": cpu_name(),
-        "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "zarr": zarr.__version__,
-            "numpy": np.__version__,
-            "actextract": actextract.__version__,
-        },
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "scratch": str(scratch),
-        "scratch_fs": filesystem_type(scratch),
-        "scratch_free_gb": round(disk_free(scratch) / 1e9, 1),
-    }
-    if device.type == "cuda":
-        header["cuda"] = torch.version.cuda
-        header["d2h_pinned_gb_per_s"] = pinned_d2h_gb_per_s(device)
-    return header
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name on CUDA; on the CPU its model name and core count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({os.cpu_count()} cores)"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def filesystem_type(path: Path) -> str:
-    """The type of the filesystem holding ``path`` (ext4, xfs, tmpfs, ...), or '?'."""
-    path = path.resolve()
-    best = None
-    for part in psutil.disk_partitions(all=True):
-        mount = Path(part.mountpoint)
-        if path.is_relative_to(mount) and (best is None or len(mount.parts) > len(best[0].parts)):
-            best = (mount, part.fstype)
-    return best[1] if best else "?"
-
-
-def disk_free(path: Path) -> int:
-    return psutil.disk_usage(str(path)).free
-
-
-def folder_bytes(path: Path) -> int:
-    """Bytes of the files under ``path``."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

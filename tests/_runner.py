@@ -145,17 +145,18 @@ def same_stats(a, b) -> None:
 
 
 def record_writes(monkeypatch) -> list[int]:
-    """The blocks ``Store.write_block`` is called for, in order, from now on (in this process)."""
+    """The blocks whose rows ``Store.write_rows`` writes, in order, from now on (in this
+    process)."""
     from actextract.store import Store
 
     written: list[int] = []
-    write_block = Store.write_block
+    write_rows = Store.write_rows
 
     def recording(self, block, *args, **kwargs):
         written.append(block)
-        return write_block(self, block, *args, **kwargs)
+        return write_rows(self, block, *args, **kwargs)
 
-    monkeypatch.setattr(Store, "write_block", recording)
+    monkeypatch.setattr(Store, "write_rows", recording)
     return written
 
 
@@ -186,10 +187,10 @@ def _main() -> None:
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
-    write_block = Store.write_block
+    write_rows = Store.write_rows
     lock, started = threading.Lock(), []
 
-    def faulty(self, block, acts, labels, ids, **records):
+    def faulty(self, block, acts, **kwargs):
         if opts.log:
             with opts.log.open("a") as f:
                 f.write(f"{block}\n")
@@ -198,13 +199,12 @@ def _main() -> None:
             stall = opts.stall if len(started) > STALL_AFTER else 0
         time.sleep(stall)
         if opts.kill == f"mid-block:{block}" or (opts.kill == "first-block" and block == 0):
-            rows = self.block_range(block)
             first = next(iter(acts))
-            self.row_array(first)[rows.start : rows.stop] = acts[first]
+            write_rows(self, block, {first: acts[first]})  # one array's chunk, then killed
             die()
-        write_block(self, block, acts, labels, ids, **records)
+        return write_rows(self, block, acts, **kwargs)
 
-    Store.write_block = faulty
+    Store.write_rows = faulty
     if opts.kill and opts.kill.startswith("mid-commit:"):
         import zarr
 

@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
-METHODS = ("ceiling", "hooks", "actextract")
+METHODS = {
+    "compute": ("ceiling", "hooks", "actextract"),
+    "maps": ("ceiling", "hooks", "peer", "actextract", "actextract-float32"),
+}
 
 
 def _load(name: str):
@@ -32,7 +35,7 @@ def test_benchmark_runs_end_to_end_in_tiny_mode(tmp_path, capsys):
 
     measured = [x for x in lines if x["kind"] == "measurement"]
     assert {(x["case"], x["method"]) for x in measured} == {
-        *((case, method) for case in ("compute", "maps") for method in METHODS),
+        *((case, method) for case, methods in METHODS.items() for method in methods),
         *(
             (case, method)
             for case in ("scale-32", "scale-64")
@@ -44,31 +47,43 @@ def test_benchmark_runs_end_to_end_in_tiny_mode(tmp_path, capsys):
         assert x["images_per_s"] > 0 and x["seconds"] > 0 and x["n"] in (32, 64)
         assert x["peak_rss_mb"] > 0 and "rss_growth_mb" in x
         assert x["cpu_user_s"] >= 0 and x["cpu_sys_s"] >= 0
-        if x["method"] == "actextract":
+        if x["method"].startswith("actextract"):
             assert {"vs_hooks", "mb_per_s", "disk_bytes", "loop_images_per_s"} <= set(x)
             assert set(x["split"]) == {"data_wait", "compute", "d2h", "write_wait"}
             assert x["bottleneck"] in x["split"]
             assert x["bytes_written"] > 0 and x["disk_bytes"] > 0
         if x["workload"] != "scale" and x["method"] != "ceiling":
             assert x["vs_ceiling"] > 0
+        if x["method"] != "ceiling":  # each process's own counters: its writes, nothing else's
+            assert 1.0 <= x["written_per_stored_byte"] < 1.5, x
+            assert x["io"]["wchar"] >= x["stored_bytes"] > 0
+
+    maps = {x["method"]: x for x in measured if x["case"] == "maps"}
+    assert maps["actextract-float32"]["bytes_written"] == 2 * maps["actextract"]["bytes_written"]
+    assert maps["actextract-float32"]["vs_peer"] > 0 and maps["peer"]["vs_hooks"] > 0
 
     # the kernel counts CPU time in scheduler ticks (4 ms at HZ=250): a tiny call of ~20 ms
     # may be given none, the whole suite of calls never
     assert sum(x["cpu_user_s"] for x in measured) > 0
-    maps = next(x for x in measured if x["case"] == "maps" and x["method"] == "actextract")
-    assert maps["vs_disk_plain"] > 0 and maps["vs_disk_fsync"] > 0
+    assert maps["actextract"]["vs_disk_plain"] > 0 and maps["actextract"]["vs_disk_fsync"] > 0
     disk = next(x for x in lines if x["kind"] == "disk")
     assert disk["plain_mb_per_s"] > 0 and disk["fsync_mb_per_s"] > 0
     scale = next(x for x in lines if x["kind"] == "scale")
     assert scale["n"] == [32, 64]
     assert "ratio" in scale["hooks"] and "ratio" in scale["actextract"]
-    targets = {x["case"]: x for x in lines if x["kind"] == "target"}
-    assert set(targets) == {"compute", "maps", "scale"}
+    targets = {(x["case"], x["method"]): x for x in lines if x["kind"] == "target"}
+    assert set(targets) == {
+        ("compute", "actextract"),
+        ("maps", "actextract"),
+        ("maps", "actextract-float32"),
+        ("scale", "actextract"),
+    }
     assert all(t["met"] in (True, False) for t in targets.values())
 
     table = (out / "bench-cpu-tiny.md").read_text()
     for case in ("compute", "maps", "scale-32", "scale-64"):
         assert f"\n| {case} | digits-cnn" in table
+    assert "| peer |" in table and "| actextract-float32 |" in table
     assert "page cache" in table and "RSS growth" in table
     assert list(scratch.iterdir()) == []  # every store and .npy deleted after its run
     assert "bench-cpu-tiny.md" in capsys.readouterr().out

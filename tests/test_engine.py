@@ -225,7 +225,7 @@ def test_a_writer_error_stops_the_run_and_marks_the_store_failed(tmp_path, monke
     def disk_full(self, block, *args, **kwargs):
         raise OSError(f"No space left on device (block {block})")
 
-    monkeypatch.setattr(Store, "write_block", disk_full)
+    monkeypatch.setattr(Store, "write_rows", disk_full)
     with pytest.raises(OSError, match="No space left"):
         actextract.extract(
             tiny_cnn(),

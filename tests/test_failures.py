@@ -1,9 +1,10 @@
 """Storage failures around a run: a full disk, a read-only output.
 
-Storage faults are injected into zarr's ``LocalStore.set`` (every key of a local store is
-written through it, from zarr's event-loop thread on behalf of the writer threads): the run
-must stop with an error that says what happened and what to do, record nothing unfinished as
-done, and ``resume=True`` must then finish the store to the byte of an uninterrupted run.
+Storage faults are injected into zarr's ``LocalStore.set`` (every key zarr writes to a local
+store goes through it, from zarr's event-loop thread on behalf of the writer threads) and into
+``write_chunk`` (the row arrays' chunks the writer threads write themselves): the run must
+stop with an error that says what happened and what to do, record nothing unfinished as done,
+and ``resume=True`` must then finish the store to the byte of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from _runner import SMALL_BLOCKS as N_BLOCKS
 from _runner import check_done_blocks, record_writes, same_store
 
 import actextract
+import actextract.store.run as store_run
 from actextract.check.verification import verify
 
 
@@ -50,7 +52,22 @@ def _fail_set(
             raise error
         return await original(self, key, value)
 
+    write_chunk = store_run.write_chunk
+
+    def write_chunk_(arr, path, rows, flags=None):
+        posix = path.as_posix()
+        at = posix.rindex(f"/{arr.path}/c/")
+        with lock:
+            here = root is None or Path(posix[:at]) == root
+            error = fail(posix[at + 1 :]) if here else None
+            if error is not None:
+                failed.append(posix[at + 1 :])
+        if error is not None:
+            raise error
+        return write_chunk(arr, path, rows, flags)
+
     monkeypatch.setattr(zarr.storage.LocalStore, "set", set_)
+    monkeypatch.setattr(store_run, "write_chunk", write_chunk_)
     return failed
 
 

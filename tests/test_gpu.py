@@ -59,13 +59,13 @@ def test_cuda_pinned_ring_with_slow_writers_and_straddling_batches(tmp_path, mon
 
     from actextract.store import Store
 
-    write_block = Store.write_block
+    write_rows = Store.write_rows
 
     def slow(self, *args, **kwargs):
         threading.Event().wait(0.02)
-        return write_block(self, *args, **kwargs)
+        return write_rows(self, *args, **kwargs)
 
-    monkeypatch.setattr(Store, "write_block", slow)
+    monkeypatch.setattr(Store, "write_rows", slow)
     data = SeededImages(n=50)
     store = actextract.extract(
         tiny_cnn(),

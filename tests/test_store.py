@@ -117,11 +117,13 @@ def test_root_attributes(store):
         "seconds",
         "images_per_s",
         "bytes_written",
+        "held_bytes",
         "mb_per_s",
         "data_wait_s",
         "compute_s",
         "d2h_s",
         "write_wait_s",
+        "write_cpu_s",
         "nonfinite",
         "shard",
     }

@@ -39,17 +39,18 @@ def test_a_slot_is_not_handed_out_again_before_it_is_released():
     t.join()
 
 
-def test_buffers_are_allocated_once_per_slot_and_reused():
+def test_buffers_are_allocated_once_per_slot_and_layer_and_reused():
     ring = _ring(2)
     a, b = ring.acquire(), ring.acquire()
     assert a != b and ring.free == 0
-    first = ring.buffers(a)
-    assert first["a"].shape == (4, 3) and first["b"].shape == (4, 2, 2)
-    assert first["a"].dtype == torch.float16
+    first = ring.buffer(a, "a")
+    assert first.shape == (4, 3) and ring.buffer(a, "b").shape == (4, 2, 2)
+    assert first.dtype == torch.float16
     assert ring.slot_bytes == 4 * (3 + 4) * 2
+    assert "b" not in ring._buffers[b]  # a layer written from its outputs needs none
     ring.release(a)
     again = ring.acquire()
-    assert again == a and ring.buffers(again)["a"].data_ptr() == first["a"].data_ptr()
+    assert again == a and ring.buffer(again, "a").data_ptr() == first.data_ptr()
 
 
 def test_waiting_for_a_slot_stops_when_the_writers_failed():
@@ -77,20 +78,22 @@ def test_blocks_one_batch_can_touch(batch, rows, blocks):
 
 
 def _slow_and_checked(monkeypatch) -> list[str]:
-    """Store.write_block made slower than compute; it also checks that nothing overwrites the
-    block's buffers while it writes them (a buffer reused too early would change under it)."""
-    write_block = Store.write_block
+    """Store.write_rows made slower than compute; it also checks that nothing overwrites the
+    block's rows while it writes them (a buffer reused too early, or a held output the next
+    batch wrote into, would change under it)."""
+    write_rows = Store.write_rows
     problems: list[str] = []
 
-    def slow(self, block, acts, labels, ids, **records):
-        before = {name: a.copy() for name, a in acts.items()}
+    def slow(self, block, acts, **kwargs):
+        before = {name: rows.array(self.row_array(name)) for name, rows in acts.items()}
         threading.Event().wait(0.02)  # the disk is slower than compute
-        write_block(self, block, acts, labels, ids, **records)
-        for name, a in acts.items():
-            if not np.array_equal(a, before[name], equal_nan=True):
-                problems.append(f"block {block}, {name}: buffer changed while being written")
+        found = write_rows(self, block, acts, **kwargs)
+        for name, rows in acts.items():
+            if not np.array_equal(rows.array(self.row_array(name)), before[name], equal_nan=True):
+                problems.append(f"block {block}, {name}: rows changed while being written")
+        return found
 
-    monkeypatch.setattr(Store, "write_block", slow)
+    monkeypatch.setattr(Store, "write_rows", slow)
     return problems
 
 

@@ -300,7 +300,7 @@ def _compute(
             store,
             slots=slots,
             writers=o.writers,
-            pin=options.device.type == "cuda",
+            cuda=options.device.type == "cuda",
             blocks=write,
             on_nonfinite=o.on_nonfinite,
         ) as sink:

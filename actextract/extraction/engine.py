@@ -67,10 +67,12 @@ class Summary:
     images: int = 0
     seconds: float = 0.0
     bytes_written: int = 0  # uncompressed activation bytes
+    held_bytes: int = 0  # of those, written from the layer outputs themselves (CPU), not copied
     data_wait: float = 0.0  # waiting for the loader
     compute: float = 0.0  # forward, reduce, copy launch
     d2h: float = 0.0  # copies into the host ring (CUDA: GPU time of the side-stream copies)
     write_wait: float = 0.0  # waiting for a host buffer or room in the sink, and the flush
+    write_cpu: float = 0.0  # CPU seconds the writer threads spent (beside the loop)
     skipped: list[BadSample] = field(default_factory=list)
     nonfinite: dict[str, int] = field(default_factory=dict)  # rows with NaN/Inf, per layer
 
@@ -90,11 +92,13 @@ class Summary:
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.images_per_s, 1),
             "bytes_written": self.bytes_written,
+            "held_bytes": self.held_bytes,
             "mb_per_s": round(self.mb_per_s, 1),
             "data_wait_s": round(self.data_wait, 3),
             "compute_s": round(self.compute, 3),
             "d2h_s": round(self.d2h, 3),
             "write_wait_s": round(self.write_wait, 3),
+            "write_cpu_s": round(self.write_cpu, 3),
             "nonfinite": dict(self.nonfinite),
         }
 
@@ -103,9 +107,10 @@ def merge_summaries(parts: list[dict]) -> dict:
     """One summary for the processes of a torchrun job (``Summary.as_dict`` each): counts and
     times add up, the run lasts as long as its slowest process, the rates are the job's."""
     seconds = max(p["seconds"] for p in parts)
-    out: dict = {k: sum(p[k] for p in parts) for k in ("images", "skipped", "bytes_written")}
-    for k in ("data_wait_s", "compute_s", "d2h_s", "write_wait_s"):
-        out[k] = round(sum(p[k] for p in parts) / len(parts), 3)  # per process, on average
+    added = ("images", "skipped", "bytes_written", "held_bytes")
+    out: dict = {k: sum(p.get(k, 0) for p in parts) for k in added}
+    for k in ("data_wait_s", "compute_s", "d2h_s", "write_wait_s", "write_cpu_s"):
+        out[k] = round(sum(p.get(k, 0) for p in parts) / len(parts), 3)  # per process, mean
     nonfinite: dict[str, int] = {}
     for p in parts:
         for layer, n in p.get("nonfinite", {}).items():
@@ -167,7 +172,7 @@ def run(
             if stats is not None:
                 stats.add(raw, indices, batch.labels.numpy(), [s.index for s in batch.bad])
             runs, waited = sink.place(indices, batch.bad)  # waits while every buffer is taken
-            ready, copied = to_host(acts, runs)
+            ready, copied = to_host(acts, runs, also=raw)
             sink.filled(Filled(indices, batch.labels.numpy(), batch.ids, batch.bad, ready))
             if stats is not None:
                 waited += stats.maybe_commit()  # now and then, the sums so far to the store
@@ -185,6 +190,8 @@ def run(
     summary.d2h += to_host.gpu_seconds()
     summary.seconds = time.perf_counter() - start
     summary.bytes_written = sink.bytes_written
+    summary.held_bytes = to_host.held_bytes
+    summary.write_cpu = sink.write_cpu
     summary.nonfinite = dict(sink.nonfinite)
     return summary
 

@@ -1,16 +1,19 @@
 """Sink: where each batch's rows land, and the background threads that write full row blocks.
 
 The engine asks :meth:`Sink.place` where a batch's rows go: the sink opens the row blocks they
-fall in, each on a buffer of the :class:`~actextract.extraction.transfer.BlockRing` (waiting for one
-when all are taken: back-pressure), and answers with the views to copy into. Once the copies are
-issued the engine calls :meth:`Sink.filled` with the batch's labels, ids and bad samples; a
-block whose rows are all accounted for goes to a small pool of writer threads, which wait for
-its copies to land, compress and write it as whole chunks (numcodecs releases the GIL), mark
-it done, and give its buffer back. Memory is the ring's row blocks, whatever N.
+fall in, each on a slot of the :class:`~actextract.extraction.transfer.BlockRing` (waiting for
+one when all are taken: back-pressure), and answers with the runs to put them in. Once they are
+copied (or, on the CPU, held) the engine calls :meth:`Sink.filled` with the batch's labels, ids
+and bad samples; a block whose rows are all accounted for goes to a small pool of writer
+threads, which wait for its copies to land, write each array's chunk from where its rows lie
+(:meth:`~actextract.store.Store.write_rows`: the check for NaN/Inf and the checksum in the
+pass that writes), mark it done, and give its slot back. Memory is the ring's row blocks,
+whatever N.
 
 A sink writes only its ``blocks`` (this shard's, not yet done): rows of other blocks in a
-batch are left out. Before a block is written its rows' non-finite flags are counted per
-layer, recorded with the block, and with ``on_nonfinite="error"`` stop the run instead.
+batch are left out. A block's rows with NaN or Inf (on the CPU found by the write, on CUDA
+flagged on the device) are counted per layer and recorded with the block, and with
+``on_nonfinite="error"`` stop the run before the block is marked done.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from actextract.core.dtypes import STORAGE_DTYPES
 from actextract.data.samples import BadSample
 from actextract.errors import NonFiniteError, OptionError, option
 from actextract.extraction.transfer import BlockRing, Run
 from actextract.store import Store
+from actextract.store.chunks import BlockRows
 
 __all__ = ["NONFINITE_POLICIES", "Filled", "Sink", "check_nonfinite_policy"]
 
@@ -70,13 +75,16 @@ class _Block:
     bad_rows: list[int] = field(default_factory=list)  # left at the fill value (NaN)
     errors: list[str] = field(default_factory=list)  # why each bad row was skipped
     ready: Any = None  # the last copy into it (copies run in order on one stream)
+    # per layer, (first row, rows in the slot's buffer or None, the held output rows or None)
+    pieces: dict[str, list[tuple[int, int, torch.Tensor | None]]] = field(default_factory=dict)
 
 
 class Sink:
     """Use as a context manager; ``close()`` writes what is left and re-raises any writer
     error. ``slots``: row blocks in the ring (see
-    :func:`~actextract.extraction.transfer.ring_slots`); ``pin``: page-locked buffers, for
-    asynchronous copies from a GPU; ``blocks``: the row blocks to write (default: all);
+    :func:`~actextract.extraction.transfer.ring_slots`); ``cuda``: the rows come from a GPU:
+    page-locked buffers for asynchronous copies, and the non-finite flags come with them
+    (on the CPU the writers find them); ``blocks``: the row blocks to write (default: all);
     ``on_nonfinite``: ``count`` or ``error``."""
 
     def __init__(
@@ -85,16 +93,18 @@ class Sink:
         *,
         slots: int,
         writers: int = 2,
-        pin: bool = False,
+        cuda: bool = False,
         blocks: Collection[int] | None = None,
         on_nonfinite: str = "count",
     ):
         check_nonfinite_policy(on_nonfinite)
         self.store = store
         self.on_nonfinite = on_nonfinite
+        self.cuda = cuda
         self._wanted = set(blocks) if blocks is not None else set(range(store.n_blocks))
         self.wanted = np.asarray(sorted(self._wanted), np.int64)
         self.bytes_written = 0  # uncompressed bytes of activations handed to the store
+        self.write_cpu = 0.0  # CPU seconds of the writer threads (their system calls included)
         keys = store.row_keys  # stored layers, and per-sample statistics (channel means)
         self.nonfinite = dict.fromkeys(keys, 0)  # rows with NaN/Inf written, per row array
         self.ring = BlockRing(
@@ -102,17 +112,18 @@ class Sink:
             STORAGE_DTYPES[store.attrs["dtype"]],
             rows=store.chunk_rows,
             slots=slots,
-            pin=pin,
+            pin=cuda,
         )
         log.info(
             "device→host ring: %d row blocks of %.1f MB (%s)",
             slots,
             self.ring.slot_bytes / 1e6,
-            "pinned" if pin else "pageable",
+            "pinned" if cuda else "pageable",
         )
         self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="actextract-write")
         self._lock = threading.Lock()
         self._open: dict[int, _Block] = {}
+        self._placed: list[tuple[_Block, Run]] = []  # the last batch's runs, for filled()
         self._error: BaseException | None = None
         self._abort = threading.Event()
         self._closed = False
@@ -136,7 +147,7 @@ class Sink:
         bad_blocks = {s.index // rows for s in bad} & self._wanted
         for b in sorted({*blocks[keep].tolist(), *bad_blocks}):
             waited += self._open_block(b)
-        runs = []
+        runs, self._placed = [], []
         if len(keep):
             idx, blk_of = indices[keep], blocks[keep]
             breaks = (np.diff(idx) != 1) | (np.diff(blk_of) != 0) | (np.diff(keep) != 1)
@@ -144,15 +155,22 @@ class Sink:
             for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(keep)], strict=True):
                 blk = self._open[int(blk_of[lo])]
                 local = int(idx[lo]) - blk.start
-                bufs = self.ring.buffers(blk.slot)
-                dest = {name: buf[local : local + hi - lo] for name, buf in bufs.items()}
-                flags = self.ring.flags(blk.slot)[local : local + hi - lo]
-                runs.append(Run(slice(int(keep[lo]), int(keep[hi - 1]) + 1), dest, flags))
+                flags = self.ring.flags(blk.slot)[local : local + hi - lo] if self.cuda else None
+                rows = slice(int(keep[lo]), int(keep[hi - 1]) + 1)
+                run = Run(rows, self.ring, blk.slot, local, flags)
+                runs.append(run)
+                self._placed.append((blk, run))
         return runs, waited
 
     def filled(self, batch: Filled) -> None:
-        """The batch's rows are (being) copied: record labels and ids, and hand every block
-        that is now complete to a writer."""
+        """The batch's rows are (being) copied or held: record where each layer's rows are,
+        the labels and ids, and hand every block that is now complete to a writer."""
+        for blk, run in self._placed:
+            for name in self.ring.shapes:
+                held = run.held.get(name)
+                piece = (run.start, len(run), held)
+                blk.pieces.setdefault(name, []).append(piece)
+        self._placed = []
         rows = self.store.chunk_rows
         touched: dict[int, _Block] = {}
         for row, label, sample_id in zip(
@@ -214,41 +232,74 @@ class Sink:
         self._open[block] = _Block(
             block, rows.start, slot, np.full(len(rows), -1, np.int64), [""] * len(rows), len(rows)
         )
-        self.ring.flags(slot)[: len(rows)] = 0  # a skipped row's flags are never copied
+        if self.cuda:
+            self.ring.flags(slot)[: len(rows)] = 0  # a skipped row's flags are never copied
         return waited
 
     # -- writer side -------------------------------------------------------------------------
     def _write(self, blk: _Block) -> None:
+        cpu = time.thread_time()
         try:
             if self._error is None and not self._abort.is_set():
                 if blk.ready is not None:
                     blk.ready.synchronize()  # the block's device→host copies have landed
                 n = len(blk.labels)
-                bufs = self.ring.buffers(blk.slot)
-                arrays = {name: buf[:n].numpy() for name, buf in bufs.items()}
-                for a in arrays.values():
-                    a[blk.bad_rows] = np.nan  # skipped rows: the fill value, as if unwritten
-                counts = self._count_nonfinite(blk)
+                rows = {name: self._rows(blk, name, n) for name in self.ring.shapes}
+                found = self.store.write_rows(blk.block, rows, check=not self.cuda)
+                counts = self._count_nonfinite(blk, found)
                 skipped = [
                     {"index": blk.start + r, "id": blk.ids[r], "error": blk.errors[i]}
                     for i, r in enumerate(blk.bad_rows)
                 ]
-                self.store.write_block(
-                    blk.block, arrays, blk.labels, blk.ids, skipped=skipped, nonfinite=counts
+                self.store.finish_block(
+                    blk.block, blk.labels, blk.ids, skipped=skipped, nonfinite=counts
                 )
                 with self._lock:
-                    self.bytes_written += sum(a.nbytes for a in arrays.values())
+                    self.bytes_written += n * self.ring.slot_bytes // self.ring.rows
                     for name, c in zip(self.nonfinite, counts, strict=True):
                         self.nonfinite[name] += c
         except BaseException as e:
             self._error = self._error or e
         finally:
+            blk.pieces.clear()  # the held outputs can go
+            with self._lock:
+                self.write_cpu += time.thread_time() - cpu
             self.ring.release(blk.slot)  # the buffer may be filled again
 
-    def _count_nonfinite(self, blk: _Block) -> list[int]:
-        """Rows of the block with NaN/Inf, per layer (skipped rows, NaN on purpose, left out);
-        raises NonFiniteError under ``on_nonfinite="error"``."""
-        flags = self.ring.flags(blk.slot)[: len(blk.labels)].numpy().astype(bool)
+    def _rows(self, blk: _Block, name: str, n: int) -> BlockRows:
+        """Where the block's rows of ``name`` lie: held outputs, and the runs of rows copied
+        into the slot's buffer, next ones joined; the rows of skipped samples are gaps."""
+        pieces: list[tuple[int, np.ndarray]] = []
+        buffered: tuple[int, int] | None = None  # rows [a, b) of the buffer, not yet a piece
+        for start, count, held in sorted(blk.pieces.get(name, []), key=lambda p: p[0]):
+            if held is None and buffered is not None and buffered[1] == start:
+                buffered = (buffered[0], start + count)
+                continue
+            if buffered is not None:
+                pieces.append(self._buffered(blk, name, *buffered))
+                buffered = None
+            if held is None:
+                buffered = (start, start + count)
+            else:
+                pieces.append((start, held.numpy()))
+        if buffered is not None:
+            pieces.append(self._buffered(blk, name, *buffered))
+        return BlockRows(n, pieces)
+
+    def _buffered(self, blk: _Block, name: str, a: int, b: int) -> tuple[int, np.ndarray]:
+        return a, self.ring.buffer(blk.slot, name)[a:b].numpy()
+
+    def _count_nonfinite(self, blk: _Block, found: dict[str, np.ndarray]) -> list[int]:
+        """Rows of the block with NaN/Inf, per layer (``found`` by the write on the CPU, else
+        the flags that came from the device; skipped rows, NaN on purpose, left out); raises
+        NonFiniteError under ``on_nonfinite="error"``."""
+        n = len(blk.labels)
+        if self.cuda:
+            flags = self.ring.flags(blk.slot)[:n].numpy().astype(bool)
+        else:
+            flags = np.zeros((n, len(self.ring.shapes)), np.bool_)
+            for j, name in enumerate(self.ring.shapes):
+                flags[:, j] = found[name]
         flags[blk.bad_rows] = False
         counts = flags.sum(axis=0).tolist()
         if self.on_nonfinite == "error" and any(counts):
@@ -259,7 +310,7 @@ class Sink:
             raise NonFiniteError(
                 f"{what} has NaN or Inf for sample {blk.start + r} "
                 f"('{blk.ids[r]}'), and {sum(counts) - 1} more row(s) of rows "
-                f"{blk.start}-{blk.start + len(blk.labels)} across layers. Check the input and "
+                f"{blk.start}-{blk.start + n} across layers. Check the input and "
                 "the model (a float32 value beyond ±65504 becomes Inf in float16: --dtype "
                 "float32 (dtype='float32') keeps it), or pass --on-nonfinite count "
                 "(on_nonfinite='count') to store them and count them."

@@ -1,22 +1,27 @@
-"""Device→host: a ring of preallocated row-block buffers, and the copy of each batch into them.
+"""Device→host: a ring of preallocated row-block buffers, and each batch's rows put in them.
 
-A batch's activations are copied straight into the host buffers of the row blocks its rows
-belong to (``Run``: which rows of the batch land where), so no byte is copied twice on the
-host: on CUDA the buffers are pinned and the copies run on a side stream after the compute
-stream's work, so the copy of batch k overlaps the forward of batch k+1; on the CPU the copy
-is also the cast to the storage dtype (one pass over the data). A buffer goes back to the ring
-only once its writer is done with it, and when none is free the engine waits (back-pressure):
-host memory is ``slots`` row blocks whatever the dataset size.
+A batch's activations go straight to the row blocks their rows belong to (``Run``: which rows
+of the batch land where), and no byte is copied twice on the host. On CUDA the block buffers
+are pinned, the non-finite flags are taken on the device after the cast, and the copies run
+on a side stream after the compute stream's work, so the copy of batch k overlaps the
+forward of batch k+1. On the CPU a layer output that already is what the store holds (the
+storage dtype, C-contiguous, its memory nobody else's) is not copied at all: the run holds
+the tensor until its block is written from it (``Run.held``); any other is cast into the
+block's buffer, which is the one pass it needs. The non-finite check on the CPU is the
+writer's, in the pass that writes the bytes (:mod:`actextract.store.chunks`). A buffer goes
+back to the ring only once its writer is done with it, and when none is free the engine
+waits (back-pressure): host memory is ``slots`` row blocks whatever the dataset size.
 """
 
 from __future__ import annotations
 
 import math
 import queue
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,13 +33,24 @@ __all__ = ["BlockRing", "Run", "ToHost", "blocks_open_at_once", "nonfinite_rows"
 @dataclass(frozen=True)
 class Run:
     """Consecutive rows of a batch that land in one row block: ``rows`` of the batch's
-    tensors go to ``dest`` ({layer: (len, *shape)} views of that block's host buffers), and
-    whether each row holds a NaN or Inf to ``flags`` ((len, n_layers) uint8, layers in
-    ``dest``'s order)."""
+    tensors go to rows ``start`` onwards of the block on ring slot ``slot`` (:meth:`dest`);
+    on CUDA whether each row holds a NaN or Inf goes to ``flags`` ((len, n_layers) uint8,
+    layers in the ring's order). ``held``: on the CPU, the layers whose rows stay in the
+    output tensor itself ({layer: (len, *shape) view}), written from it instead of copied."""
 
     rows: slice
-    dest: Mapping[str, torch.Tensor]
+    ring: BlockRing
+    slot: int
+    start: int
     flags: torch.Tensor | None = None
+    held: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.rows.stop - self.rows.start
+
+    def dest(self, name: str) -> torch.Tensor:
+        """The (len, *shape) rows of the block's buffer of ``name`` these rows go to."""
+        return self.ring.buffer(self.slot, name)[self.start : self.start + len(self)]
 
 
 def nonfinite_rows(t: torch.Tensor) -> torch.Tensor:
@@ -73,7 +89,7 @@ def ring_slots(host_buffers: int | None, *, batch_size: int, chunk_rows: int, wr
 
 class BlockRing:
     """``slots`` row-block buffers, each {layer: (rows, *shape)} in the storage dtype (pinned
-    when ``pin``), allocated on first use and reused."""
+    when ``pin``), each layer's allocated on first use and reused."""
 
     def __init__(
         self,
@@ -90,7 +106,7 @@ class BlockRing:
         self._free: queue.Queue[int] = queue.Queue()
         for slot in range(slots):
             self._free.put(slot)
-        self._buffers: list[dict[str, torch.Tensor] | None] = [None] * slots
+        self._buffers: list[dict[str, torch.Tensor]] = [{} for _ in range(slots)]
         self._flags: list[torch.Tensor | None] = [None] * slots
 
     @property
@@ -108,15 +124,14 @@ class BlockRing:
             except queue.Empty:
                 continue
 
-    def buffers(self, slot: int) -> dict[str, torch.Tensor]:
-        """The slot's {layer: (rows, *shape)} host tensors."""
+    def buffer(self, slot: int, name: str) -> torch.Tensor:
+        """The slot's (rows, *shape) host tensor of layer ``name``, allocated on first use (a
+        layer written from its own outputs never needs one)."""
         bufs = self._buffers[slot]
-        if bufs is None:
-            bufs = self._buffers[slot] = {
-                name: torch.empty((self.rows, *shape), dtype=self.dtype, pin_memory=self.pin)
-                for name, shape in self.shapes.items()
-            }
-        return bufs
+        if name not in bufs:
+            shape = (self.rows, *self.shapes[name])
+            bufs[name] = torch.empty(shape, dtype=self.dtype, pin_memory=self.pin)
+        return bufs[name]
 
     def flags(self, slot: int) -> torch.Tensor:
         """The slot's (rows, n_layers) uint8 buffer: 1 where a row of a layer is not finite."""
@@ -134,33 +149,64 @@ class BlockRing:
         return self._free.qsize()
 
 
+def holdable(name: str, dtype: torch.dtype, *outputs: Mapping[str, torch.Tensor]) -> bool:
+    """Whether the CPU output ``outputs[0][name]`` can be written from itself, later, by a
+    writer thread: it is what the store holds (``dtype``, C-contiguous) and nothing but this
+    batch can write to it: no other tensor shares its memory (a view of it or of what it
+    views, a module's buffer, the input batch) and nothing but the slots of ``outputs`` (the
+    engine's dicts of this batch's outputs) refers to it, so neither the next forward nor the
+    data loader can change it before it is written. Anything else is copied, as on CUDA."""
+    t = outputs[0][name]
+    if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous():
+        return False
+    # one tensor holds its memory (the storage object asked for holds a reference too)
+    use_count = getattr(torch._C, "_storage_Use_Count", None)  # private: copy where it is gone
+    if use_count is None or use_count(t.untyped_storage()._cdata) > 2:
+        return False
+    slots = sum(v is t for out in outputs for v in out.values())
+    return sys.getrefcount(t) - 2 <= slots  # less the local ``t`` and getrefcount's argument
+
+
 class ToHost:
-    """``to_host(acts, runs)`` copies each run's rows of ``acts`` ({layer: (B, *shape)} on the
-    device) into its host buffers, with the rows' non-finite flags (taken from the values as
-    stored: a float32 value beyond float16's range counts), and returns (CUDA event that
-    fires when the copies have landed or None, seconds the host spent copying). On CUDA the
-    copies' GPU time is read from events without a per-batch sync, and :meth:`gpu_seconds`
-    totals it."""
+    """``to_host(acts, runs, also=...)`` puts each run's rows of ``acts`` ({layer: (B, *shape)}
+    on the device) in their row block, and returns (CUDA event that fires when the copies
+    have landed or None, seconds the host spent copying). On the CPU a layer whose output
+    :func:`holdable` is held (``Run.held``), any other cast into the block's buffer; on CUDA
+    every layer is copied, with the rows' non-finite flags taken on the device from the
+    values as stored (a float32 value beyond float16's range counts), and the copies' GPU
+    time is read from events without a per-batch sync (:meth:`gpu_seconds` totals it).
+    ``also``: the other references the engine holds to these outputs (the statistics')."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if self.cuda else None
         self._timed: deque[tuple[torch.cuda.Event, torch.cuda.Event]] = deque()
         self._gpu_ms = 0.0
+        self.held_bytes = 0  # CPU: bytes written from the outputs themselves, not copied
 
-    def __call__(self, acts: Mapping[str, torch.Tensor], runs: Sequence[Run]):
+    def __call__(
+        self,
+        acts: Mapping[str, torch.Tensor],
+        runs: Sequence[Run],
+        also: Mapping[str, torch.Tensor] | None = None,
+    ):
         if not acts or not runs:
             return None, 0.0
         t0 = time.perf_counter()
+        names = list(runs[0].ring.shapes)
         if not self.cuda:
+            dtype = runs[0].ring.dtype
+            hold = {n: holdable(n, dtype, acts, also or {}) for n in names}
             for run in runs:
-                for j, (name, dest) in enumerate(run.dest.items()):
-                    dest.copy_(acts[name][run.rows])  # casts to the storage dtype on the way
-                    if run.flags is not None:
-                        run.flags[:, j] = nonfinite_rows(dest)
+                for name in names:
+                    rows = acts[name][run.rows]
+                    if hold[name]:
+                        run.held[name] = rows
+                        self.held_bytes += rows.nbytes
+                    else:
+                        run.dest(name).copy_(rows)  # casts to the storage dtype on the way
             return None, time.perf_counter() - t0
         acts = {k: v.contiguous() for k, v in acts.items()}  # channels-last outputs, views
-        names = list(runs[0].dest) if runs else []
         # (B, n_layers) on the device, after the cast: a few small kernels, no sync
         flags = torch.stack([nonfinite_rows(acts[n]) for n in names], 1).to(torch.uint8)
         self.stream.wait_stream(torch.cuda.current_stream())  # the outputs are computed
@@ -168,8 +214,8 @@ class ToHost:
             begin = torch.cuda.Event(enable_timing=True)
             begin.record(self.stream)
             for run in runs:
-                for name, dest in run.dest.items():
-                    dest.copy_(acts[name][run.rows], non_blocking=True)
+                for name in names:
+                    run.dest(name).copy_(acts[name][run.rows], non_blocking=True)
                 if run.flags is not None:
                     run.flags.copy_(flags[run.rows], non_blocking=True)
             flags.record_stream(self.stream)

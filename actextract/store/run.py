@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from actextract.store.base import BlockReader, write_attributes
+from actextract.store.chunks import BlockRows, chunk_file, nonfinite_rows, write_chunk
 from actextract.store.layout import now, quiet_numcodecs
 from actextract.store.location import writable
 
@@ -42,21 +43,62 @@ class Store(BlockReader):
     def write_block(
         self,
         block: int,
-        acts: Mapping[str, np.ndarray],
+        acts: Mapping[str, np.ndarray | BlockRows],
         labels: np.ndarray,
         ids: Sequence[str],
         *,
         skipped: Sequence[Mapping[str, Any]] = (),
         nonfinite: Sequence[int] | None = None,
     ) -> None:
-        """Write one row block (``acts``: {row key: len(block_range(block)) rows}) and its
-        records (``skipped`` samples, ``nonfinite`` rows per row array), then mark it done."""
+        """Write one row block (``acts``: {row key: the block's rows}) and its records
+        (``skipped`` samples, ``nonfinite`` rows per row array), then mark it done:
+        :meth:`write_rows`, then :meth:`finish_block`."""
+        self.write_rows(block, acts)
+        self.finish_block(block, labels, ids, skipped=skipped, nonfinite=nonfinite)
+
+    def write_rows(
+        self, block: int, acts: Mapping[str, np.ndarray | BlockRows], *, check: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Write the block's chunk of each row array (``acts``: {row key: its
+        ``len(block_range(block))`` rows, as one array or as :class:`BlockRows`}), straight
+        from the pieces where :func:`~actextract.store.chunks.chunk_file` allows, else through
+        zarr. With ``check``, returns {row key: (rows,) bool} where a written row holds a NaN
+        or Inf (taken in the same pass as the write where it is direct); else {}."""
+        rows = self.block_range(block)
+        flags: dict[str, np.ndarray] = {}
+        with writable(self.location, f"write row block {block} (rows {rows.start}-{rows.stop})"):
+            for key, data in acts.items():
+                arr = self.row_array(key)
+                if not isinstance(data, BlockRows):
+                    data = BlockRows(len(rows), [(0, np.ascontiguousarray(data))])
+                found = flags[key] = np.zeros(len(rows), np.bool_)
+                path = chunk_file(arr, self.location.local, block)
+                if path is not None:
+                    write_chunk(arr, path, data, found if check else None)
+                    continue
+                if check:
+                    for start, piece in data.pieces:
+                        found[start : start + len(piece)] = nonfinite_rows(
+                            piece.reshape(len(piece), -1)
+                        )
+                with quiet_numcodecs():
+                    arr[rows.start : rows.stop] = data.array(arr)
+        return flags if check else {}
+
+    def finish_block(
+        self,
+        block: int,
+        labels: np.ndarray,
+        ids: Sequence[str],
+        *,
+        skipped: Sequence[Mapping[str, Any]] = (),
+        nonfinite: Sequence[int] | None = None,
+    ) -> None:
+        """After the block's row arrays: its labels, ids and records (``skipped`` samples,
+        ``nonfinite`` rows per row array), then the flag that marks it done."""
         rows = self.block_range(block)
         sl = slice(rows.start, rows.stop)
         with writable(self.location, f"write row block {block} (rows {rows.start}-{rows.stop})"):
-            with quiet_numcodecs():
-                for key, data in acts.items():
-                    self.row_array(key)[sl] = data
             self._node("labels")[sl] = labels
             self._node("ids")[sl] = np.asarray(ids, dtype=str)
             if self.has_records():

@@ -1,0 +1,170 @@
+"""Rows written where they lie: on the CPU a layer output that is already what the store holds
+is written from the tensor itself (held until its block is written), never copied; an output
+that anything else could still change (a module's buffer, a tensor a module keeps and writes
+into on its next call, the input batch itself) is copied as before. Every chunk is zarr's own
+encoding of the same rows, so its crc32c checksum is what zarr writes, and the non-finite
+counts are those of the rows as stored."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _fixtures import FailsAt, SeededImages, reference, tiny_cnn
+from torch import nn
+
+import actextract
+import actextract.extraction.transfer as transfer
+import actextract.store.run as store_run
+
+
+def _chunk_files(root) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "/c/" in p.relative_to(root).as_posix()
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_chunks_and_counts_equal_zarrs_own_write_of_copied_rows(tmp_path, monkeypatch, dtype):
+    """Held outputs and direct chunk files against the copy-into-the-ring, zarr-writes-it
+    path (the way every chunk was written before), on a run with a skipped sample, batches
+    that straddle blocks, a short last block and values beyond float16's range."""
+    data = FailsAt(9, n=23)
+    data.x[4, 0, 0, 0] = 1e6  # conv1 beyond float16's range, finite in float32
+    data.x[13, 1, 2, 2] = float("nan")
+    kw = dict(
+        layers=["conv1", "bn1", "block.0", "fc"],
+        batch_size=6,
+        chunk_rows=4,
+        dtype=dtype,
+        device="cpu",
+        on_bad_sample="skip",
+        progress=False,
+    )
+    fast = actextract.extract(tiny_cnn(), data, out=tmp_path / "fast.zarr", **kw)
+    with monkeypatch.context() as m:
+        m.setattr(transfer, "holdable", lambda *a: False)
+        m.setattr(store_run, "chunk_file", lambda *a: None)
+        slow = actextract.extract(tiny_cnn(), data, out=tmp_path / "slow.zarr", **kw)
+    assert fast.complete and slow.complete
+    if dtype == "float32":
+        assert fast.attrs["summary"]["held_bytes"] > 0
+    assert slow.attrs["summary"]["held_bytes"] == 0
+    a, b = _chunk_files(tmp_path / "fast.zarr"), _chunk_files(tmp_path / "slow.zarr")
+    assert sorted(a) == sorted(b) and all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]]
+    assert fast.attrs["nonfinite"] == slow.attrs["nonfinite"]
+    assert fast.attrs["nonfinite"]["conv1"] == (2 if dtype == "float16" else 1)
+    assert fast.nonfinite() == slow.nonfinite()
+
+
+class Keeps(nn.Module):
+    """Keeps its output and writes into it on its next call (a cache updated in place)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.last is not None and len(self.last) == len(x):
+            self.last.mul_(0).add_(x * 3)  # the previous batch's output, overwritten
+            out = self.last
+        else:
+            out = self.last = x * 3
+        return out
+
+
+class Buffered(nn.Module):
+    """Returns a registered buffer it overwrites on every call."""
+
+    def __init__(self, batch: int) -> None:
+        super().__init__()
+        self.register_buffer("out", torch.zeros(batch, 3, 8, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.out[: len(x)] = x * 2
+        return self.out if len(x) == len(self.out) else self.out[: len(x)]
+
+
+class Chain(nn.Module):
+    def __init__(self, batch: int) -> None:
+        super().__init__()
+        self.same = nn.Identity()  # its output is the input batch itself
+        self.keeps = Keeps()
+        self.buffered = Buffered(batch)
+        self.fc = nn.Linear(3 * 8 * 8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.same(x)
+        y = self.keeps(x) + self.buffered(x)
+        return self.fc(y.flatten(1))
+
+
+def test_outputs_something_else_can_still_write_are_copied_not_held(tmp_path):
+    data = SeededImages(n=20)
+    torch.manual_seed(0)
+    model = Chain(batch=4).eval()
+    layers = ["same", "keeps", "buffered", "fc"]
+    store = actextract.extract(
+        model,
+        data,
+        layers=layers,
+        capture="hooks",  # the modules keep Python state: fx would not replay it
+        batch_size=4,
+        chunk_rows=8,  # two batches a block: the second batch's forward runs before the write
+        dtype="float32",
+        device="cpu",
+        progress=False,
+        out=tmp_path / "run.zarr",
+    )
+    x = data.x
+    with torch.no_grad():
+        want = {"same": x, "keeps": x * 3, "buffered": x * 2}
+        want["fc"] = model.fc((want["keeps"] + want["buffered"]).flatten(1))
+    for name in layers:
+        np.testing.assert_allclose(store[name][:], want[name].numpy(), rtol=1e-6, err_msg=name)
+    # only fc's output is the batch's own: the others are the input, a kept tensor, a buffer
+    assert store.attrs["summary"]["held_bytes"] == 20 * 4 * 4
+
+
+def test_on_fx_views_of_the_input_batch_are_copied(tmp_path):
+    data = SeededImages(n=12)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Identity(), nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
+    store = actextract.extract(
+        model,
+        data,
+        layers=["0", "1", "2"],
+        capture="fx",
+        batch_size=4,
+        chunk_rows=8,
+        dtype="float32",
+        device="cpu",
+        progress=False,
+        out=tmp_path / "run.zarr",
+    )
+    np.testing.assert_array_equal(store["0"][:], data.x.numpy())
+    np.testing.assert_array_equal(store["1"][:], data.x.flatten(1).numpy())
+    assert store.attrs["summary"]["held_bytes"] == 12 * 4 * 4  # the linear layer's alone
+
+
+def test_a_cpu_float32_run_writes_the_outputs_themselves(tmp_path):
+    data = SeededImages(n=24)
+    store = actextract.extract(
+        tiny_cnn(),
+        data,
+        layers=["bn1", "block.0", "pool", "fc"],
+        batch_size=4,
+        chunk_rows=8,
+        dtype="float32",
+        device="cpu",
+        progress=False,
+        out=tmp_path / "run.zarr",
+    )
+    summary = store.attrs["summary"]
+    # bn1 is written in place later by the ReLU: cloned at capture, and the clone is held
+    assert summary["held_bytes"] == summary["bytes_written"]
+    ref = reference(tiny_cnn(), data.x)
+    for name in ("bn1", "block.0", "pool", "fc"):
+        np.testing.assert_allclose(store[name][:], ref[name].numpy(), rtol=1e-5, atol=1e-6)
