@@ -203,6 +203,7 @@ def measurement_lines(
             "cpu_user_s": round(mid.cpu[0], 3),
             "cpu_sys_s": round(mid.cpu[1], 3),
             "io": mid.io,
+            "warmed_bytes": mid.warmed,
         }
         for other in ("ceiling", "hooks", "peer"):  # throughput ratios: other's time ÷ this
             if other in median and other != method:

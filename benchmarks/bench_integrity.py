@@ -18,11 +18,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import actextract
 from actextract.extraction import transfer
-from actextract.store import layout
+from actextract.store import chunks, run
 
 RESULTS = Path(__file__).parent / "results"
 LAYERS = "conv1,relu1,pool1,conv2,relu2,pool2"  # the maps workload of bench_extract.py
@@ -33,17 +34,19 @@ VARIANTS = ("shipped", "no-crc32c", "no-nonfinite", "unchecked")
 
 @contextmanager
 def without(crc: bool, nonfinite: bool):
-    """No checksum codec in new stores (``crc``), no row flagged and the check not run
-    (``nonfinite``)."""
-    compressors, rows = layout.StoreOptions.compressors, transfer.nonfinite_rows
+    """No checksum computed (``crc``: the chunks' four bytes stay 0, and the store is
+    deleted unread), no row flagged and the check not run (``nonfinite``): the same write
+    path otherwise, on the device and on the host."""
+    saved = chunks._extend, chunks.nonfinite_rows, run.nonfinite_rows, transfer.nonfinite_rows
     if crc:
-        layout.StoreOptions.compressors = lambda self: self._compressor() or None
+        chunks._extend = lambda value, data: value
     if nonfinite:
+        chunks.nonfinite_rows = run.nonfinite_rows = lambda rows: np.zeros(len(rows), bool)
         transfer.nonfinite_rows = lambda t: torch.zeros(len(t), dtype=torch.bool, device=t.device)
     try:
         yield
     finally:
-        layout.StoreOptions.compressors, transfer.nonfinite_rows = compressors, rows
+        chunks._extend, chunks.nonfinite_rows, run.nonfinite_rows, transfer.nonfinite_rows = saved
 
 
 def one(variant: str, n: int, device: str, scratch: Path) -> float:

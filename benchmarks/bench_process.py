@@ -1,9 +1,13 @@
 """One process per measurement: each timed call of a method runs in a process of its own,
 forked from a server process that has imported torch, torchvision and actextract and run
 nothing (multiprocessing's forkserver), so that a method's RSS, CPU seconds and I/O counters
-(``/proc/self/io``) are its own, no method inherits another's heap or page-cache state, and a
-process starts in milliseconds. The process builds the case's model and data (seeded, outside
-the clock), warms the method up on two batches, then times one call over all the rows.
+(``/proc/self/io``) are its own, no method inherits another's heap, and a process starts in
+milliseconds. Before each, every dirty page of the last one's writes goes to the disk
+(``settle_page_cache``), so none is throttled for another's bytes. The process builds the
+case's model and data (seeded, outside the clock), warms the method up on two batches, touches
+as much free memory as the case's largest output (``warm_free_memory``: this machine's host
+takes back pages its guest leaves free, and a write to such a page costs a fault on the host),
+then times one call over all the rows.
 """
 
 from __future__ import annotations
@@ -16,12 +20,19 @@ import shutil
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_machine import PeakRSS, disk_free, folder_bytes, process_io
+from bench_machine import (
+    PeakRSS,
+    disk_free,
+    folder_bytes,
+    process_io,
+    settle_page_cache,
+    warm_free_memory,
+)
 from bench_tools import METHODS, Bench, Case, prepare, sync
 
 PRELOAD = ["bench_process", "bench_tools", "bench_machine", "actextract", "torchvision"]
@@ -38,6 +49,7 @@ class Run:
     summary: dict | None  # actextract's store.attrs["summary"]
     cpu: tuple[float, float]  # user and system CPU seconds of this process (every thread)
     io: dict[str, int]  # /proc/self/io counters over the call
+    warmed: int = 0  # bytes of free memory touched just before (bench_machine.warm_free_memory)
 
 
 class Measurer:
@@ -77,7 +89,9 @@ class Measurer:
     def measure(self, case: Case, method: str) -> tuple[Run | None, str | None, dict]:
         """One timed call of ``method`` over every row of ``case`` after its warm-up, in a
         process of its own: (the run, or None and why it would not fit; the layers' per-image
-        element counts)."""
+        element counts). Every call starts from a quiet page cache (the last one's writes on
+        the disk)."""
+        settle_page_cache()
         return self.call(measure_case, case, method, self.device, self.scratch)  # type: ignore[return-value]
 
 
@@ -101,8 +115,10 @@ def measure_case(
     if why:
         return None, why, b.layer_elems
     measure(b, method, warmup_rows(case, method), scratch)
+    # the same warm memory for every method of the case: as much as the most it writes
+    warmed = warm_free_memory(int(1.2 * case.n * sum(b.layer_elems.values()) * 4))
     run = measure(b, method, range(case.n), scratch)
-    return run, None, b.layer_elems
+    return replace(run, warmed=warmed), None, b.layer_elems
 
 
 def measure(b: Bench, method: str, rows: Sequence[int], scratch: Path) -> Run:
