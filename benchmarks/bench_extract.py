@@ -18,8 +18,10 @@ same precision, each workload times these methods:
 Workloads (``--workloads compute,maps,scale``; sizes for CPU / CUDA, ``--tiny`` for seconds):
 
 - ``compute``: resnet18 (CPU) / resnet50 bf16 NHWC (CUDA) at 224², storing avgpool and layer4;
-- ``maps``: digits-cnn storing every conv map; on CUDA also resnet50's layer1-4 maps; and the
-  scratch disk's sequential write speed, plain (page cache) and with fsync (the device);
+- ``maps``: digits-cnn storing every conv map; on CPU also ``maps-cold``, the same after
+  idling into pages the host has taken back (bench_process.py); on CUDA also resnet50's
+  layer1-4 maps; and the scratch disk's sequential write speed, plain (page cache, warm and
+  cold) and with fsync (the device);
 - ``scale``: RSS growth of hooks and actextract at N and 2N on the maps workload.
 
 Every measurement is a process of its own (bench_process.py: forked from a server that has
@@ -100,6 +102,14 @@ def all_cases(device: str, tiny: bool) -> list[Case]:
         return [
             Case("compute", model="resnet18", n=256, batch_size=32, **compute),
             Case("maps", n=20_000, batch_size=64, **maps),
+            # the same after idling, into pages this machine's host has taken back
+            Case(
+                "maps-cold",
+                n=20_000,
+                batch_size=64,
+                memory="cold",
+                **{**maps, "methods": tuple(m for m in MAPS_METHODS if m != "hooks")},
+            ),
             *(Case(f"scale-{n}", n=n, batch_size=64, **scale) for n in (5_000, 10_000)),
         ]
     gpu = dict(num_workers=GPU_WORKERS)
@@ -352,7 +362,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             for workload in args.workloads:
                 disk = None
                 if workload == "maps":
-                    disk = disk_write_mb_per_s(scratch, (8 << 20) if args.tiny else (1 << 30))
+                    size, idle = ((8 << 20), None) if args.tiny else ((2 << 30), 30.0)
+                    disk = disk_write_mb_per_s(scratch, size, cold_after=idle)
                     results.add([{"kind": "disk", "workload": "maps", **disk}])
                 for case in workload_cases(workload, device.type, args.tiny):
                     repeats = 1 if workload == "scale" else args.repeats  # RSS, not time

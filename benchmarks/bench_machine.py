@@ -124,13 +124,26 @@ def release_free_memory() -> None:
 # ------------------------------------------------------------------------------- bandwidths
 
 
-def disk_write_mb_per_s(folder: Path, total: int, block: int = 1 << 20) -> dict:
+def disk_write_mb_per_s(
+    folder: Path, total: int, block: int = 1 << 20, cold_after: float | None = None
+) -> dict:
     """Sequential write speed of ``folder``'s disk: ``total`` random bytes in ``block``-byte
-    writes, once with ``fsync`` at the end (what the device takes) and once without (what the
-    page cache takes, as the store's un-fsynced writes). MB/s of each; the files are deleted."""
+    writes, once with ``fsync`` at the end (what the device takes) and once without into warm
+    memory (what the page cache takes, as the store's un-fsynced writes, in the state every
+    measurement starts from: :func:`warm_free_memory`). ``cold_after``: also once more after
+    that many idle seconds, when a host that takes back free pages has taken them. MB/s of
+    each; the files are deleted."""
     data = memoryview(np.random.default_rng(0).bytes(min(block, total)))
     result = {}
-    for name, flush in (("fsync", True), ("plain", False)):  # fsync first: a clean cache
+    runs = [("fsync", True), ("plain", False)]  # fsync first: a clean cache
+    if cold_after is not None:
+        runs.append(("plain_cold", False))
+    for name, flush in runs:
+        settle_page_cache()
+        if name == "plain":
+            warm_free_memory(total)
+        if name == "plain_cold":
+            time.sleep(cold_after)
         path = folder / f"disk-bandwidth-{name}.bin"
         start = time.perf_counter()
         with open(path, "wb", buffering=0) as f:

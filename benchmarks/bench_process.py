@@ -7,7 +7,9 @@ milliseconds. Before each, every dirty page of the last one's writes goes to the
 case's model and data (seeded, outside the clock), warms the method up on two batches, touches
 as much free memory as the case's largest output (``warm_free_memory``: this machine's host
 takes back pages its guest leaves free, and a write to such a page costs a fault on the host),
-then times one call over all the rows.
+then times one call over all the rows. A case whose ``memory`` is ``cold`` instead waits
+``COLD_IDLE`` seconds first, until the host has taken the free pages back: every method then
+writes into pages the host must fault in again, as on this machine when it has been idle.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from bench_machine import (
 from bench_tools import METHODS, Bench, Case, prepare, sync
 
 PRELOAD = ["bench_process", "bench_tools", "bench_machine", "actextract", "torchvision"]
+COLD_IDLE = 20.0  # seconds idle before a "cold" call: the host has taken the free pages back
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class Measurer:
         element counts). Every call starts from a quiet page cache (the last one's writes on
         the disk)."""
         settle_page_cache()
+        if case.memory == "cold":
+            time.sleep(COLD_IDLE)
         return self.call(measure_case, case, method, self.device, self.scratch)  # type: ignore[return-value]
 
 
@@ -116,7 +121,8 @@ def measure_case(
         return None, why, b.layer_elems
     measure(b, method, warmup_rows(case, method), scratch)
     # the same warm memory for every method of the case: as much as the most it writes
-    warmed = warm_free_memory(int(1.2 * case.n * sum(b.layer_elems.values()) * 4))
+    most = int(1.2 * case.n * sum(b.layer_elems.values()) * 4)
+    warmed = warm_free_memory(most) if case.memory == "warm" else 0
     run = measure(b, method, range(case.n), scratch)
     return replace(run, warmed=warmed), None, b.layer_elems
 

@@ -159,9 +159,14 @@ def _scale_table(scale: dict) -> str:
 
 def _disk_notes(disk: dict, cases: dict[str, dict[str, dict]]) -> str:
     notes = [
-        f"Scratch disk, {disk['bytes'] / MB:,.0f} MB written in {disk['block_bytes'] / MB:,.0f} "
-        f"MB blocks: {disk['plain_mb_per_s']:,.0f} MB/s into the page cache, "
-        f"{disk['fsync_mb_per_s']:,.0f} MB/s with fsync (the device)."
+        f"Scratch disk, {disk['bytes'] / MB:,.0f} MB written in {disk['block_bytes'] / MB:,.2g} "
+        f"MB blocks: {disk['plain_mb_per_s']:,.0f} MB/s into the page cache (warm memory"
+        + (
+            f"; {disk['plain_cold_mb_per_s']:,.0f} MB/s into pages the host had taken back"
+            if "plain_cold_mb_per_s" in disk
+            else ""
+        )
+        + f"), {disk['fsync_mb_per_s']:,.0f} MB/s with fsync (the device)."
     ]
     for case, m in cases.items():
         ax = m.get("actextract", {})

@@ -42,6 +42,7 @@ class Case:
     dtype: str = "float16"  # actextract's storage dtype (its default); hooks save float32
     codec: str = "none"  # actextract's codec (its default)
     num_workers: int = 0  # loader processes, for every method
+    memory: str = "warm"  # warm: free memory touched before each call; cold: left to the host
 
     @property
     def dataset(self) -> str:

@@ -55,7 +55,9 @@ def _bench(path: Path) -> tuple[dict, dict, dict, dict]:
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     header = next(x for x in lines if x["kind"] == "header")
     runs = {(x["case"], x["method"]): x for x in lines if x["kind"] == "measurement"}
-    targets = {x["workload"]: x for x in lines if x["kind"] == "target"}
+    targets = {
+        (x["case"], x.get("method", "actextract")): x for x in lines if x["kind"] == "target"
+    }
     extra = {x["kind"]: x for x in lines if x["kind"] in ("scale", "disk")}
     return header, runs, targets, extra
 
@@ -85,30 +87,33 @@ def make_bench(page: Path, device: str) -> str:
     path = RESULTS / f"bench-{device}.jsonl"
     header, runs, targets, extra = _bench(_need(path))
     rows = []
-    for case in ("compute", "maps"):
-        c, h, a = (runs.get((case, m)) for m in ("ceiling", "hooks", "actextract"))
-        if not a:
+    cases = dict.fromkeys(case for case, _ in runs)
+    for case in cases:
+        methods = {m: x for (c, m), x in runs.items() if c == case and "skipped" not in x}
+        if case.startswith("scale") or "actextract" not in methods:
             continue
-        target = targets.get(case)
-        vs = ratio(a.get("vs_ceiling"))
-        if target:
-            vs += f" (target {target['threshold']:.2f})"
-        rss = " / ".join(mb(x["rss_growth_mb"]) if x else "–" for x in (c, h, a))
-        cpu = " / ".join(
-            f"{x['cpu_user_s']:.1f} + {x['cpu_sys_s']:.1f}" if x else "–" for x in (c, h, a)
-        )
-        rows.append(
-            [
-                f"{case}: {_what(a)}",
-                num(c and c["images_per_s"]),
-                num(h and h["images_per_s"]),
-                num(a["images_per_s"]),
-                vs,
-                ratio(a.get("vs_hooks")),
-                rss + " MB",
-                cpu,
-            ]
-        )
+        what = f"{case}: {_what(methods['actextract'])}"
+        for method, x in methods.items():
+            target = targets.get((case, method))
+            vs = {k: ratio(x.get(f"vs_{k}")) for k in ("ceiling", "hooks", "peer")}
+            if target:
+                field = target["target"].split("/")[1].split(" ")[0]
+                vs[field] += f" (target {target['threshold']:.2f})"
+            io = f"{x['written_per_stored_byte']:.2f}" if "written_per_stored_byte" in x else "–"
+            rows.append(
+                [
+                    what,
+                    method,
+                    num(x["images_per_s"]),
+                    vs["ceiling"],
+                    vs["hooks"],
+                    vs["peer"],
+                    mb(x["rss_growth_mb"]),
+                    f"{x['cpu_user_s']:.1f} + {x['cpu_sys_s']:.1f}",
+                    io,
+                ]
+            )
+            what = ""
     scale = extra.get("scale")
     if scale:
         n0, n1 = scale["n"]
@@ -117,19 +122,20 @@ def make_bench(page: Path, device: str) -> str:
             for m in ("hooks", "actextract")
         )
         rows.append(
-            [f"scale: the maps job at {n0:,} and {n1:,} images", "", "", "", "", "", growth, ""]
+            [f"scale: the maps job at {n0:,} and {n1:,} images", "", "", "", "", "", growth, "", ""]
         )
     head = [
         "workload",
-        "ceiling img/s",
-        "hooks img/s",
-        "actextract img/s",
-        "actextract / ceiling",
-        "actextract / hooks",
-        "peak RSS growth (ceiling / hooks / actextract)",
-        "CPU s, user + sys (ceiling / hooks / actextract)",
+        "method",
+        "img/s",
+        "× ceiling",
+        "× hooks",
+        "× peer",
+        "peak RSS growth MB",
+        "CPU s, user + sys",
+        "bytes written / stored",
     ]
-    body = table(head, list("lrrrrrrr"), rows)
+    body = table(head, list("llrrrrrrr"), rows)
     return body + "\n\n" + source(page, path, _machine(header) + ".")
 
 
@@ -142,12 +148,13 @@ def make_bench_loop(page: Path, device: str) -> str:
 
     rows = []
     for (case, method), a in runs.items():
-        if method != "actextract":
+        if "split" not in a:
             continue
         split = a["split"]
         rows.append(
             [
                 case,
+                method,
                 f"{a['loop_seconds']:.3f}",
                 num(a["loop_images_per_s"]),
                 ratio(a.get("loop_vs_ceiling"), 3),
@@ -155,11 +162,13 @@ def make_bench_loop(page: Path, device: str) -> str:
                 part(split, "compute"),
                 part(split, "d2h"),
                 part(split, "write_wait"),
+                f"{a['summary'].get('write_cpu_s', 0):.2f}",
                 f"{a['mb_per_s']:,.1f}",
             ]
         )
     head = [
         "workload",
+        "method",
         "loop s",
         "loop img/s",
         "loop / ceiling",
@@ -167,14 +176,15 @@ def make_bench_loop(page: Path, device: str) -> str:
         "compute",
         "device→host",
         "waiting for the writer",
+        "writers' CPU s",
         "MB/s written",
     ]
-    body = table(head, list("lrrrrrrrr"), rows)
+    body = table(head, list("llrrrrrrrrr"), rows)
     disk = extra.get("disk")
     if disk:
         body += (
             f"\n\nThe scratch disk took {disk['bytes'] / 1e6:,.0f} MB in "
-            f"{disk['block_bytes'] / 1e6:,.0f} MB blocks at {disk['plain_mb_per_s']:,.0f} MB/s "
+            f"{disk['block_bytes'] / 1e6:,.2g} MB blocks at {disk['plain_mb_per_s']:,.0f} MB/s "
             f"into the page cache and {disk['fsync_mb_per_s']:,.0f} MB/s with fsync (the "
             "device)."
         )
