@@ -17,6 +17,9 @@ import actextract
 import actextract.extraction.transfer as transfer
 import actextract.store.run as store_run
 
+# two batches a block: the second batch's forward runs before the block is written
+FLOAT32_CPU = dict(batch_size=4, chunk_rows=8, dtype="float32", device="cpu", progress=False)
+
 
 def _chunk_files(root) -> dict[str, bytes]:
     return {
@@ -111,12 +114,8 @@ def test_outputs_something_else_can_still_write_are_copied_not_held(tmp_path):
         data,
         layers=layers,
         capture="hooks",  # the modules keep Python state: fx would not replay it
-        batch_size=4,
-        chunk_rows=8,  # two batches a block: the second batch's forward runs before the write
-        dtype="float32",
-        device="cpu",
-        progress=False,
         out=tmp_path / "run.zarr",
+        **FLOAT32_CPU,
     )
     x = data.x
     with torch.no_grad():
@@ -137,12 +136,8 @@ def test_on_fx_views_of_the_input_batch_are_copied(tmp_path):
         data,
         layers=["0", "1", "2"],
         capture="fx",
-        batch_size=4,
-        chunk_rows=8,
-        dtype="float32",
-        device="cpu",
-        progress=False,
         out=tmp_path / "run.zarr",
+        **FLOAT32_CPU,
     )
     np.testing.assert_array_equal(store["0"][:], data.x.numpy())
     np.testing.assert_array_equal(store["1"][:], data.x.flatten(1).numpy())
@@ -155,12 +150,8 @@ def test_a_cpu_float32_run_writes_the_outputs_themselves(tmp_path):
         tiny_cnn(),
         data,
         layers=["bn1", "block.0", "pool", "fc"],
-        batch_size=4,
-        chunk_rows=8,
-        dtype="float32",
-        device="cpu",
-        progress=False,
         out=tmp_path / "run.zarr",
+        **FLOAT32_CPU,
     )
     summary = store.attrs["summary"]
     # bn1 is written in place later by the ReLU: cloned at capture, and the clone is held

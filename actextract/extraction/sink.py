@@ -75,7 +75,7 @@ class _Block:
     bad_rows: list[int] = field(default_factory=list)  # left at the fill value (NaN)
     errors: list[str] = field(default_factory=list)  # why each bad row was skipped
     ready: Any = None  # the last copy into it (copies run in order on one stream)
-    # per layer, (first row, rows in the slot's buffer or None, the held output rows or None)
+    # per layer, (first row, rows, the held output rows; None: they are in the slot's buffer)
     pieces: dict[str, list[tuple[int, int, torch.Tensor | None]]] = field(default_factory=dict)
 
 

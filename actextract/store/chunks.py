@@ -61,10 +61,6 @@ class BlockRows:
             out[start : start + len(piece)] = piece
         return out
 
-    @property
-    def nbytes(self) -> int:
-        return sum(piece.nbytes for _, piece in self.pieces)
-
 
 def chunk_file(arr: zarr.Array, local: Path | None, block: int) -> Path | None:
     """The file of ``arr``'s chunk of ``block`` when :func:`write_chunk` can write it as zarr
