@@ -15,6 +15,7 @@ waits (back-pressure): host memory is ``slots`` row blocks whatever the dataset 
 
 from __future__ import annotations
 
+import functools
 import math
 import queue
 import sys
@@ -163,8 +164,23 @@ def holdable(name: str, dtype: torch.dtype, *outputs: Mapping[str, torch.Tensor]
     use_count = getattr(torch._C, "_storage_Use_Count", None)  # private: copy where it is gone
     if use_count is None or use_count(t.untyped_storage()._cdata) > 2:
         return False
-    slots = sum(v is t for out in outputs for v in out.values())
-    return sys.getrefcount(t) - 2 <= slots  # less the local ``t`` and getrefcount's argument
+    del t  # counted as the baseline is: nothing of this frame refers to it
+    return _other_references(name, *outputs) <= _unowned_baseline()
+
+
+def _other_references(name: str, *outputs: Mapping[str, torch.Tensor]) -> int:
+    """References to ``outputs[0][name]`` beyond the slots of ``outputs`` (this frame's own
+    included: :func:`_unowned_baseline` says how many those are)."""
+    t = outputs[0][name]
+    return sys.getrefcount(t) - sum(v is t for out in outputs for v in out.values())
+
+
+@functools.cache
+def _unowned_baseline() -> int:
+    """What :func:`_other_references` counts for a tensor that only a dict holds: the same
+    frames measure it, so that however the interpreter counts its own references (a local, a
+    call's argument), only someone else's reference tips the balance."""
+    return _other_references("x", {"x": torch.empty(1)})
 
 
 class ToHost:
