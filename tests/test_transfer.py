@@ -85,7 +85,7 @@ def _slow_and_checked(monkeypatch) -> list[str]:
     problems: list[str] = []
 
     def slow(self, block, acts, **kwargs):
-        before = {name: rows.array(self.row_array(name)) for name, rows in acts.items()}
+        before = {name: rows.array(self.row_array(name)).copy() for name, rows in acts.items()}
         threading.Event().wait(0.02)  # the disk is slower than compute
         found = write_rows(self, block, acts, **kwargs)
         for name, rows in acts.items():

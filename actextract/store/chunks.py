@@ -55,7 +55,12 @@ class BlockRows:
 
     def array(self, arr: zarr.Array) -> np.ndarray:
         """The rows as one (rows, *shape) array of ``arr``'s dtype, the fill value where no
-        piece is (for zarr's own write path, and for tests)."""
+        piece is (for zarr's own write path, and for tests); a piece that is all the rows is
+        returned as it is."""
+        if len(self.pieces) == 1:
+            start, piece = self.pieces[0]
+            if start == 0 and len(piece) == self.rows and piece.dtype == arr.dtype:
+                return piece
         out = np.full((self.rows, *arr.shape[1:]), arr.fill_value, arr.dtype)
         for start, piece in self.pieces:
             out[start : start + len(piece)] = piece

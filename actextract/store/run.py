@@ -78,9 +78,10 @@ class Store(BlockReader):
                     continue
                 if check:
                     for start, piece in data.pieces:
-                        found[start : start + len(piece)] = nonfinite_rows(
-                            piece.reshape(len(piece), -1)
-                        )
+                        if piece.size:
+                            found[start : start + len(piece)] = nonfinite_rows(
+                                piece.reshape(len(piece), -1)
+                            )
                 with quiet_numcodecs():
                     arr[rows.start : rows.stop] = data.array(arr)
         return flags if check else {}
