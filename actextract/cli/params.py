@@ -272,9 +272,8 @@ _EXTRACT_OPTIONS = [
     click.option(
         "--writers",
         type=click.IntRange(min=1),
-        default=2,
-        show_default=True,
-        help="Background threads that compress and write.",
+        default=None,
+        help="Background threads that compress and write (default: 1 on a CPU, 2 on CUDA).",
     ),
     click.option(
         "--compile",

@@ -42,7 +42,7 @@ from actextract.extraction.plan import (
 from actextract.extraction.resume import NewStore, open_run
 from actextract.extraction.sink import Sink
 from actextract.extraction.text import format_summary, run_report
-from actextract.extraction.transfer import ring_slots
+from actextract.extraction.transfer import default_writers, ring_slots
 from actextract.extraction.work import Shard, Work
 from actextract.model.capture import build_capture
 from actextract.model.discover import LayerTable, list_layers
@@ -91,8 +91,9 @@ def extract(model: str | nn.Module, dataset: Any, **options: Any) -> Store:
     computing only the row blocks not recorded done; ``shard="i/n"``: write only shard i of
     n (0-based), joining the store the first shard created; under ``torchrun`` every rank is
     its own shard. ``on_nonfinite``: ``count`` rows with NaN/Inf per layer, or ``error``.
-    ``writers``: compress-and-write threads; ``host_buffers``: row blocks in the device→host
-    ring (host memory is bounded by it; default: what one batch touches plus one per writer).
+    ``writers``: compress-and-write threads (default: 1 on a CPU, 2 on CUDA);
+    ``host_buffers``: row blocks in the device→host ring (host memory is bounded by it;
+    default: what one batch touches plus one per writer).
     ``compile``: ``torch.compile`` the capture and reductions (slow to start, faster per batch
     on a GPU; batches are padded to ``batch_size`` so that the shorter last one reuses the
     compiled code). ``decode="gpu"``: for ``folder:`` datasets on CUDA, the loader workers only
@@ -187,7 +188,7 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
                 o.host_buffers,
                 batch_size=o.batch_size,
                 chunk_rows=new.chunk_rows,
-                writers=o.writers,
+                writers=writers(o, options),
             )
             work = Work(len(rows), o.batch_size, new.chunk_rows)
             mine = work.blocks(part)
@@ -226,6 +227,11 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
         store.this_run = run_report(store, part, len(mine), len(todo), summary.as_dict())
     log.info("%s\n%s", store.location, format_summary(store.attrs, store.this_run))
     return store
+
+
+def writers(o: ExtractOptions, options: RunOptions) -> int:
+    """The run's writer threads: as asked, else :func:`default_writers` of its device."""
+    return o.writers if o.writers is not None else default_writers(options.device)
 
 
 def _shard(o: ExtractOptions, group: Any) -> tuple[Shard, bool]:
@@ -299,7 +305,7 @@ def _compute(
         with Sink(
             store,
             slots=slots,
-            writers=o.writers,
+            writers=writers(o, options),
             cuda=options.device.type == "cuda",
             blocks=write,
             on_nonfinite=o.on_nonfinite,

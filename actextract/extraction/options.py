@@ -69,7 +69,7 @@ class ExtractOptions:
     capture: Method = "auto"
     channels_last: bool = False
     preprocess: Preprocess = field(default_factory=Preprocess)
-    writers: int = 2
+    writers: int | None = None  # None: default_writers(device)
     host_buffers: int | None = None
     compile: bool = False
     decode: str = "cpu"
@@ -82,6 +82,8 @@ class ExtractOptions:
             raise OptionError(
                 f"{option('batch_size')} {self.batch_size} must be a positive integer."
             )
+        if self.writers is not None and self.writers <= 0:
+            raise OptionError(f"{option('writers')} {self.writers} must be a positive integer.")
         if self.limit is not None and self.limit <= 0:
             raise OptionError(f"{option('limit')} {self.limit} must be a positive integer.")
         if self.resume and self.overwrite:
