@@ -159,25 +159,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run_case(
     case: Case, repeats: int, measurer: Measurer
-) -> tuple[dict[str, list[Run]], dict[str, str], dict[str, int]]:
+) -> tuple[dict[str, list[Run]], dict[str, str]]:
     """``repeats`` interleaved rounds of the case's methods, each call a process of its own;
-    a method that would not fit is left out after its first try, with the reason. Also the
-    layers' per-image element counts."""
+    a method that would not fit is left out after its first try, with the reason."""
     runs: dict[str, list[Run]] = {m: [] for m in case.methods}
     skipped: dict[str, str] = {}
-    elems: dict[str, int] = {}
     for r in range(repeats):
         for method in case.methods:
             if method in skipped:
                 continue
-            run, why, elems = measurer.measure(case, method)
+            run, why = measurer.measure(case, method)
             if run is None:
                 skipped[method] = why or "?"
                 log(f"{case.name}: {method} skipped: {why}")
                 continue
             runs[method].append(run)
             log(f"{case.name}: {method} {r + 1}/{repeats}: {run.seconds:.3f} s")
-    return {m: rs for m, rs in runs.items() if rs}, skipped, elems
+    return {m: rs for m, rs in runs.items() if rs}, skipped
 
 
 def measurement_lines(
@@ -367,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     results.add([{"kind": "disk", "workload": "maps", **disk}])
                 for case in workload_cases(workload, device.type, args.tiny):
                     repeats = 1 if workload == "scale" else args.repeats  # RSS, not time
-                    runs, skipped, _ = run_case(case, repeats, measurer)
+                    runs, skipped = run_case(case, repeats, measurer)
                     lines = measurement_lines(case, runs, skipped, device.type, disk)
                     results.add(lines + target_lines(lines, device.type))
                 if workload == "scale":

@@ -89,11 +89,10 @@ class Measurer:
             raise RuntimeError(f"in the measuring process:\n{value}")
         return value
 
-    def measure(self, case: Case, method: str) -> tuple[Run | None, str | None, dict]:
+    def measure(self, case: Case, method: str) -> tuple[Run | None, str | None]:
         """One timed call of ``method`` over every row of ``case`` after its warm-up, in a
-        process of its own: (the run, or None and why it would not fit; the layers' per-image
-        element counts). Every call starts from a quiet page cache (the last one's writes on
-        the disk)."""
+        process of its own: the run, or None and why it would not fit. Every call starts
+        from a quiet page cache (the last one's writes on the disk)."""
         settle_page_cache()
         if case.memory == "cold":
             time.sleep(COLD_IDLE)
@@ -111,20 +110,20 @@ def _child(send, fn, args) -> None:
 
 def measure_case(
     case: Case, method: str, device: str, scratch: Path
-) -> tuple[Run | None, str | None, dict]:
+) -> tuple[Run | None, str | None]:
     """In the measuring process: prepare, check that it fits, warm up, measure."""
     b = prepare(case, torch.device(device))
     gc.collect()
     gc.freeze()  # the imports live on: the collections before each RSS baseline stay short
     why = wont_fit(b, method, scratch)
     if why:
-        return None, why, b.layer_elems
+        return None, why
     measure(b, method, warmup_rows(case, method), scratch)
     # the same warm memory for every method of the case: as much as the most it writes
     most = int(1.2 * case.n * sum(b.layer_elems.values()) * 4)
     warmed = warm_free_memory(most) if case.memory == "warm" else 0
     run = measure(b, method, range(case.n), scratch)
-    return replace(run, warmed=warmed), None, b.layer_elems
+    return replace(run, warmed=warmed), None
 
 
 def measure(b: Bench, method: str, rows: Sequence[int], scratch: Path) -> Run:

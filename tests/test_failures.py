@@ -43,13 +43,16 @@ def _fail_set(
     lock = threading.Lock()
     failed: list[str] = []
 
-    async def set_(self, key, value):
+    def raise_if_failing(store_root: Path, key: str) -> None:
         with lock:
-            error = fail(key) if root is None or Path(self.root) == root else None
+            error = fail(key) if root is None or store_root == root else None
             if error is not None:
                 failed.append(key)
         if error is not None:
             raise error
+
+    async def set_(self, key, value):
+        raise_if_failing(Path(self.root), key)
         return await original(self, key, value)
 
     write_chunk = store_run.write_chunk
@@ -57,13 +60,7 @@ def _fail_set(
     def write_chunk_(arr, path, rows, flags=None):
         posix = path.as_posix()
         at = posix.rindex(f"/{arr.path}/c/")
-        with lock:
-            here = root is None or Path(posix[:at]) == root
-            error = fail(posix[at + 1 :]) if here else None
-            if error is not None:
-                failed.append(posix[at + 1 :])
-        if error is not None:
-            raise error
+        raise_if_failing(Path(posix[:at]), posix[at + 1 :])
         return write_chunk(arr, path, rows, flags)
 
     monkeypatch.setattr(zarr.storage.LocalStore, "set", set_)

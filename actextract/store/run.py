@@ -71,12 +71,14 @@ class Store(BlockReader):
                 arr = self.row_array(key)
                 if not isinstance(data, BlockRows):
                     data = BlockRows(len(rows), [(0, np.ascontiguousarray(data))])
-                found = flags[key] = np.zeros(len(rows), np.bool_)
+                found = None
+                if check:
+                    found = flags[key] = np.zeros(len(rows), np.bool_)
                 path = chunk_file(arr, self.location.local, block)
                 if path is not None:
-                    write_chunk(arr, path, data, found if check else None)
+                    write_chunk(arr, path, data, found)
                     continue
-                if check:
+                if found is not None:
                     for start, piece in data.pieces:
                         if piece.size:
                             found[start : start + len(piece)] = nonfinite_rows(
@@ -84,7 +86,7 @@ class Store(BlockReader):
                             )
                 with quiet_numcodecs():
                     arr[rows.start : rows.stop] = data.array(arr)
-        return flags if check else {}
+        return flags
 
     def finish_block(
         self,
