@@ -145,18 +145,18 @@ def same_stats(a, b) -> None:
 
 
 def record_writes(monkeypatch) -> list[int]:
-    """The blocks whose rows ``Store.write_rows`` writes, in order, from now on (in this
-    process)."""
+    """The blocks whose rows are written (``Store.finish_block`` follows their chunks), in
+    order, from now on (in this process)."""
     from actextract.store import Store
 
     written: list[int] = []
-    write_rows = Store.write_rows
+    finish_block = Store.finish_block
 
     def recording(self, block, *args, **kwargs):
         written.append(block)
-        return write_rows(self, block, *args, **kwargs)
+        return finish_block(self, block, *args, **kwargs)
 
-    monkeypatch.setattr(Store, "write_rows", recording)
+    monkeypatch.setattr(Store, "finish_block", recording)
     return written
 
 

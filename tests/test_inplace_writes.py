@@ -14,6 +14,7 @@ from _fixtures import FailsAt, SeededImages, reference, tiny_cnn
 from torch import nn
 
 import actextract
+import actextract.extraction.api as api
 import actextract.extraction.transfer as transfer
 import actextract.store.run as store_run
 
@@ -29,37 +30,74 @@ def _chunk_files(root) -> dict[str, bytes]:
     }
 
 
+def _tricky() -> FailsAt:
+    """A skipped sample, values beyond float16's range, a NaN."""
+    data = FailsAt(9, n=23)
+    data.x[4, 0, 0, 0] = 1e6  # conv1 beyond float16's range, finite in float32
+    data.x[13, 1, 2, 2] = float("nan")
+    return data
+
+
+# batches that straddle blocks, a short last block
+TRICKY = dict(
+    layers=["conv1", "bn1", "block.0", "fc"],
+    batch_size=6,
+    chunk_rows=4,
+    device="cpu",
+    on_bad_sample="skip",
+    progress=False,
+)
+
+
+def _same_stores(a: actextract.Store, b: actextract.Store) -> None:
+    """Every chunk file byte for byte, and the records."""
+    files_a, files_b = _chunk_files(a.path), _chunk_files(b.path)
+    assert sorted(files_a) == sorted(files_b)
+    assert [k for k in files_a if files_a[k] != files_b[k]] == []
+    assert a.attrs["nonfinite"] == b.attrs["nonfinite"]
+    assert a.nonfinite() == b.nonfinite() and a.skipped() == b.skipped()
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_chunks_and_counts_equal_zarrs_own_write_of_copied_rows(tmp_path, monkeypatch, dtype):
     """Held outputs and direct chunk files against the copy-into-the-ring, zarr-writes-it
     path (the way every chunk was written before), on a run with a skipped sample, batches
     that straddle blocks, a short last block and values beyond float16's range."""
-    data = FailsAt(9, n=23)
-    data.x[4, 0, 0, 0] = 1e6  # conv1 beyond float16's range, finite in float32
-    data.x[13, 1, 2, 2] = float("nan")
-    kw = dict(
-        layers=["conv1", "bn1", "block.0", "fc"],
-        batch_size=6,
-        chunk_rows=4,
-        dtype=dtype,
-        device="cpu",
-        on_bad_sample="skip",
-        progress=False,
-    )
-    fast = actextract.extract(tiny_cnn(), data, out=tmp_path / "fast.zarr", **kw)
+    data = _tricky()
+    fast = actextract.extract(tiny_cnn(), data, out=tmp_path / "fast.zarr", dtype=dtype, **TRICKY)
     with monkeypatch.context() as m:
         m.setattr(transfer, "holdable", lambda *a: False)
         m.setattr(store_run, "chunk_file", lambda *a: None)
-        slow = actextract.extract(tiny_cnn(), data, out=tmp_path / "slow.zarr", **kw)
+        slow = actextract.extract(
+            tiny_cnn(), data, out=tmp_path / "slow.zarr", dtype=dtype, **TRICKY
+        )
     assert fast.complete and slow.complete
     if dtype == "float32":
         assert fast.attrs["summary"]["held_bytes"] > 0
     assert slow.attrs["summary"]["held_bytes"] == 0
-    a, b = _chunk_files(tmp_path / "fast.zarr"), _chunk_files(tmp_path / "slow.zarr")
-    assert sorted(a) == sorted(b) and all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]]
-    assert fast.attrs["nonfinite"] == slow.attrs["nonfinite"]
+    _same_stores(fast, slow)
     assert fast.attrs["nonfinite"]["conv1"] == (2 if dtype == "float16" else 1)
-    assert fast.nonfinite() == slow.nonfinite()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_turns_and_writers_beside_the_forward_write_the_same_store(tmp_path, monkeypatch, dtype):
+    """The loop and the writers taking turns (a CPU whose cores the forward uses) and the
+    writers running beside the forward write the same bytes and records."""
+    assert transfer.takes_turns(torch.device("cpu")) == (
+        torch.get_num_threads() >= transfer.usable_cores()
+    )
+    runs = {}
+    for turns in (True, False):
+        with monkeypatch.context() as m:
+            m.setattr(api, "takes_turns", lambda device, turns=turns: turns)
+            out = tmp_path / f"{turns}.zarr"
+            runs[turns] = actextract.extract(
+                tiny_cnn(), _tricky(), out=out, dtype=dtype, writers=2, **TRICKY
+            )
+    assert runs[True].complete and runs[False].complete
+    _same_stores(runs[True], runs[False])
+    assert runs[True].labels[:].tolist() == runs[False].labels[:].tolist()
+    assert runs[True].ids[:].tolist() == runs[False].ids[:].tolist()
 
 
 class Keeps(nn.Module):

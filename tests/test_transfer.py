@@ -13,6 +13,7 @@ import torch
 from _fixtures import FailsAt, SeededImages, reference, tiny_cnn
 
 import actextract
+import actextract.extraction.api as api
 from actextract.errors import OptionError
 from actextract.extraction.transfer import BlockRing, blocks_open_at_once, nonfinite_rows
 from actextract.store import Store
@@ -97,13 +98,17 @@ def _slow_and_checked(monkeypatch) -> list[str]:
     return problems
 
 
+@pytest.mark.parametrize("turns", [True, False], ids=["turns", "beside"])
 @pytest.mark.parametrize(
     ("batch_size", "chunk_rows", "host_buffers", "writers"),
     [(4, 8, 1, 1), (4, 8, 1, 3), (4, 8, None, 4), (4, 6, 2, 2), (8, 4, 2, 1), (6, 4, None, 2)],
 )
 def test_slow_writers_small_rings_and_straddling_batches_store_exact_data(
-    tmp_path, monkeypatch, batch_size, chunk_rows, host_buffers, writers
+    tmp_path, monkeypatch, batch_size, chunk_rows, host_buffers, writers, turns
 ):
+    """Both ways the writers run on a CPU: in turns with the loop (a ring of one block makes
+    the turn come when the ready blocks hold every slot) and beside it."""
+    monkeypatch.setattr(api, "takes_turns", lambda device: turns)
     problems = _slow_and_checked(monkeypatch)
     data = SeededImages(n=50)  # the last block and the last batch are short
     store = actextract.extract(

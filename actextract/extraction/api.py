@@ -42,7 +42,7 @@ from actextract.extraction.plan import (
 from actextract.extraction.resume import NewStore, open_run
 from actextract.extraction.sink import Sink
 from actextract.extraction.text import format_summary, run_report
-from actextract.extraction.transfer import default_writers, ring_slots
+from actextract.extraction.transfer import default_writers, ring_slots, takes_turns
 from actextract.extraction.work import Shard, Work
 from actextract.model.capture import build_capture
 from actextract.model.discover import LayerTable, list_layers
@@ -307,6 +307,7 @@ def _compute(
             slots=slots,
             writers=writers(o, options),
             cuda=options.device.type == "cuda",
+            turns=takes_turns(options.device),
             blocks=write,
             on_nonfinite=o.on_nonfinite,
         ) as sink:

@@ -3,8 +3,9 @@
 Per batch: host→device (``non_blocking`` from pinned memory, or the GPU decoder), autocast
 forward through the capture, reduce and cast on the device, then the sink says where the rows
 go and the copies land straight in its row-block buffers (pinned, on a side stream:
-:mod:`actextract.extraction.transfer`), whose writer threads compress and write while the next batch
-computes. The loop knows nothing of the Zarr layout.
+:mod:`actextract.extraction.transfer`), whose writer threads compress and write while the next
+batch computes; on a CPU whose cores the forward uses, the loop waits while they write instead
+(turns: :mod:`actextract.extraction.sink`). The loop knows nothing of the Zarr layout.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Summary:
     data_wait: float = 0.0  # waiting for the loader
     compute: float = 0.0  # forward, reduce, copy launch
     d2h: float = 0.0  # copies into the host ring (CUDA: GPU time of the side-stream copies)
-    write_wait: float = 0.0  # waiting for a host buffer or room in the sink, and the flush
+    write_wait: float = 0.0  # waiting for a host buffer, the writers' turns, and the flush
     write_cpu: float = 0.0  # CPU seconds the writer threads spent (beside the loop)
     skipped: list[BadSample] = field(default_factory=list)
     nonfinite: dict[str, int] = field(default_factory=dict)  # rows with NaN/Inf, per layer
@@ -173,7 +174,9 @@ def run(
                 stats.add(raw, indices, batch.labels.numpy(), [s.index for s in batch.bad])
             runs, waited = sink.place(indices, batch.bad)  # waits while every buffer is taken
             ready, copied = to_host(acts, runs, also=raw)
-            sink.filled(Filled(indices, batch.labels.numpy(), batch.ids, batch.bad, ready))
+            waited += sink.filled(
+                Filled(indices, batch.labels.numpy(), batch.ids, batch.bad, ready)
+            )
             if stats is not None:
                 waited += stats.maybe_commit()  # now and then, the sums so far to the store
             bar.update(len(batch.ids) + len(batch.bad))

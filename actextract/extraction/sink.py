@@ -1,14 +1,23 @@
-"""Sink: where each batch's rows land, and the background threads that write full row blocks.
+"""Sink: where each batch's rows land, and the threads that write full row blocks.
 
 The engine asks :meth:`Sink.place` where a batch's rows go: the sink opens the row blocks they
 fall in, each on a slot of the :class:`~actextract.extraction.transfer.BlockRing` (waiting for
 one when all are taken: back-pressure), and answers with the runs to put them in. Once they are
 copied (or, on the CPU, held) the engine calls :meth:`Sink.filled` with the batch's labels, ids
 and bad samples; a block whose rows are all accounted for goes to a small pool of writer
-threads, which wait for its copies to land, write each array's chunk from where its rows lie
+threads, which write each array's chunk from where its rows lie
 (:meth:`~actextract.store.Store.write_rows`: the check for NaN/Inf and the checksum in the
 pass that writes), mark it done, and give its slot back. Memory is the ring's row blocks,
 whatever N.
+
+The writers run in one of two ways. Beside the forward (on CUDA, or a CPU whose forward
+leaves cores free): each writer takes a whole block, after its device→host copies have
+landed, while the next batches compute. In turns (``turns``: a CPU whose cores torch's
+threads all use): complete blocks wait until ``TURN_BLOCKS`` of them are ready (or they hold
+every slot), then the loop stops while every writer thread writes their chunks, the biggest
+first, and the blocks are marked done. A writer beside a forward that uses every core takes
+a core from one of its threads, and the others spin at the next barrier until it is back
+(docs/performance.md measures both ways).
 
 A sink writes only its ``blocks`` (this shard's, not yet done): rows of other blocks in a
 batch are left out. A block's rows with NaN or Inf (on the CPU found by the write, on CUDA
@@ -22,7 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +50,7 @@ __all__ = ["NONFINITE_POLICIES", "Filled", "Sink", "check_nonfinite_policy"]
 log = logging.getLogger(__name__)
 
 NONFINITE_POLICIES = ("count", "error")
+TURN_BLOCKS = 2  # complete blocks a turn writes (sooner when they hold every slot)
 
 
 def check_nonfinite_policy(policy: str) -> None:
@@ -84,7 +94,8 @@ class Sink:
     error. ``slots``: row blocks in the ring (see
     :func:`~actextract.extraction.transfer.ring_slots`); ``cuda``: the rows come from a GPU:
     page-locked buffers for asynchronous copies, and the non-finite flags come with them
-    (on the CPU the writers find them); ``blocks``: the row blocks to write (default: all);
+    (on the CPU the writers find them); ``turns``: the loop and the writers take turns (see
+    the module docstring); ``blocks``: the row blocks to write (default: all);
     ``on_nonfinite``: ``count`` or ``error``."""
 
     def __init__(
@@ -94,6 +105,7 @@ class Sink:
         slots: int,
         writers: int = 2,
         cuda: bool = False,
+        turns: bool = False,
         blocks: Collection[int] | None = None,
         on_nonfinite: str = "count",
     ):
@@ -127,6 +139,8 @@ class Sink:
         self._error: BaseException | None = None
         self._abort = threading.Event()
         self._closed = False
+        self.turns = turns
+        self._ready: list[_Block] = []  # complete blocks waiting for the next turn
 
     def __enter__(self) -> Sink:
         return self
@@ -162,9 +176,11 @@ class Sink:
                 self._placed.append((blk, run))
         return runs, waited
 
-    def filled(self, batch: Filled) -> None:
+    def filled(self, batch: Filled) -> float:
         """The batch's rows are (being) copied or held: record where each layer's rows are,
-        the labels and ids, and hand every block that is now complete to a writer."""
+        the labels and ids, and hand every block that is now complete to the writers; the
+        seconds the loop waited for them (a turn)."""
+        waited = 0.0
         for blk, run in self._placed:
             for name in self.ring.shapes:
                 held = run.held.get(name)
@@ -194,7 +210,15 @@ class Sink:
                 blk.ready = batch.ready
             if blk.missing == 0:
                 del self._open[b]
-                self._pool.submit(self._write, blk)
+                if not self.turns:
+                    self._pool.submit(self._write, blk)
+                    continue
+                self._ready.append(blk)
+                if len(self._ready) >= TURN_BLOCKS:
+                    start = time.perf_counter()
+                    self._take_turn()
+                    waited += time.perf_counter() - start
+        return waited
 
     def close(self, *, abort: bool = False) -> None:
         """Write every complete block and stop the threads (``abort``: drop what is not
@@ -204,7 +228,11 @@ class Sink:
         if self._closed:
             return
         self._closed = True
-        self._pool.shutdown(wait=True)
+        try:
+            if self._ready:  # the last turn (aborted: the blocks are only let go)
+                self._take_turn()
+        finally:
+            self._pool.shutdown(wait=True)
         if not abort:
             self._raise_if_failed()
             if self._open:
@@ -226,6 +254,8 @@ class Sink:
         if block in self._open:
             return 0.0
         start = time.perf_counter()
+        if self._ready and not self.ring.free:
+            self._take_turn()  # the ready blocks hold every slot: write them now
         slot = self.ring.acquire(self.check)
         waited = time.perf_counter() - start
         rows = self.store.block_range(block)
@@ -238,35 +268,81 @@ class Sink:
 
     # -- writer side -------------------------------------------------------------------------
     def _write(self, blk: _Block) -> None:
+        """A writer thread's job when the writers run beside the forward: the whole block."""
         cpu = time.thread_time()
         try:
             if self._error is None and not self._abort.is_set():
                 if blk.ready is not None:
                     blk.ready.synchronize()  # the block's device→host copies have landed
-                n = len(blk.labels)
-                rows = {name: self._rows(blk, name, n) for name in self.ring.shapes}
-                found = self.store.write_rows(blk.block, rows, check=not self.cuda)
-                counts = self._count_nonfinite(blk, found)
-                skipped = [
-                    {"index": blk.start + r, "id": blk.ids[r], "error": blk.errors[i]}
-                    for i, r in enumerate(blk.bad_rows)
-                ]
-                self.store.finish_block(
-                    blk.block, blk.labels, blk.ids, skipped=skipped, nonfinite=counts
-                )
-                with self._lock:
-                    self.bytes_written += n * self.ring.slot_bytes // self.ring.rows
-                    for name, c in zip(self.nonfinite, counts, strict=True):
-                        self.nonfinite[name] += c
+                rows = {name: self._rows(blk, name) for name in self.ring.shapes}
+                self._finish(blk, self.store.write_rows(blk.block, rows, check=not self.cuda))
         except BaseException as e:
             self._error = self._error or e
         finally:
-            blk.pieces.clear()  # the held outputs can go
-            with self._lock:
-                self.write_cpu += time.thread_time() - cpu
-            self.ring.release(blk.slot)  # the buffer may be filled again
+            self._spent(cpu)
+            self._free(blk)
 
-    def _rows(self, blk: _Block, name: str, n: int) -> BlockRows:
+    def _take_turn(self) -> None:
+        """The ready blocks' chunks written by every writer thread at once while the loop
+        waits (see the class docstring), the biggest first, then each block marked done."""
+        blocks, self._ready = self._ready, []
+        try:
+            if self._error is None and not self._abort.is_set():
+                for blk in blocks:
+                    if blk.ready is not None:
+                        blk.ready.synchronize()  # its device→host copies have landed
+                found: list[dict[str, np.ndarray]] = [{} for _ in blocks]
+                jobs = [
+                    (i, name, self._rows(b, name))
+                    for i, b in enumerate(blocks)
+                    for name in self.ring.shapes
+                ]
+                jobs.sort(key=lambda job: -job[2].nbytes)
+                futures = [
+                    self._pool.submit(self._write_one, blocks[i], name, rows, found[i])
+                    for i, name, rows in jobs
+                ]
+                wait(futures)  # all of them, even after one fails: they read the slots
+                for future in futures:
+                    future.result()
+                for blk, flags in zip(blocks, found, strict=True):
+                    self._finish(blk, flags)
+        except BaseException as e:
+            self._error = self._error or e
+        finally:
+            for blk in blocks:
+                self._free(blk)
+        self._raise_if_failed()
+
+    def _write_one(self, blk: _Block, name: str, rows: BlockRows, found: dict) -> None:
+        cpu = time.thread_time()
+        try:
+            found.update(self.store.write_rows(blk.block, {name: rows}, check=not self.cuda))
+        finally:
+            self._spent(cpu)
+
+    def _finish(self, blk: _Block, found: dict[str, np.ndarray]) -> None:
+        """After the block's row chunks: its records, then the mark that it is done."""
+        counts = self._count_nonfinite(blk, found)
+        skipped = [
+            {"index": blk.start + r, "id": blk.ids[r], "error": blk.errors[i]}
+            for i, r in enumerate(blk.bad_rows)
+        ]
+        self.store.finish_block(blk.block, blk.labels, blk.ids, skipped=skipped, nonfinite=counts)
+        with self._lock:
+            self.bytes_written += len(blk.labels) * self.ring.slot_bytes // self.ring.rows
+            for name, c in zip(self.nonfinite, counts, strict=True):
+                self.nonfinite[name] += c
+
+    def _spent(self, since: float) -> None:
+        with self._lock:
+            self.write_cpu += time.thread_time() - since
+
+    def _free(self, blk: _Block) -> None:
+        blk.pieces.clear()  # the held outputs can go
+        self.ring.release(blk.slot)  # the buffer may be filled again
+
+    def _rows(self, blk: _Block, name: str) -> BlockRows:
         """Where the block's rows of ``name`` lie: held outputs, and the runs of rows copied
         into the slot's buffer, next ones joined; the rows of skipped samples are gaps."""
         pieces: list[tuple[int, np.ndarray]] = []
@@ -284,7 +360,7 @@ class Sink:
                 pieces.append((start, held.numpy()))
         if buffered is not None:
             pieces.append(self._buffered(blk, name, *buffered))
-        return BlockRows(n, pieces)
+        return BlockRows(len(blk.labels), pieces)
 
     def _buffered(self, blk: _Block, name: str, a: int, b: int) -> tuple[int, np.ndarray]:
         return a, self.ring.buffer(blk.slot, name)[a:b].numpy()

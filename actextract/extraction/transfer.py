@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import queue
 import sys
 import time
@@ -37,7 +38,11 @@ __all__ = [
     "holdable",
     "nonfinite_rows",
     "ring_slots",
+    "takes_turns",
+    "usable_cores",
 ]
+
+MAX_TURN_WRITERS = 4  # a turn's threads: each writes whole chunks, a few per block
 
 
 @dataclass(frozen=True)
@@ -82,12 +87,27 @@ def blocks_open_at_once(batch_size: int, chunk_rows: int) -> int:
     return math.ceil(batch_size / chunk_rows) + straddle
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def takes_turns(device: torch.device) -> bool:
+    """Whether the writers wait for the forward and the forward for them: on a CPU whose
+    cores torch's threads all use (its default), where a writer beside the forward takes a
+    core from a thread the others then wait for, spinning (docs/performance.md)."""
+    return device.type == "cpu" and torch.get_num_threads() >= usable_cores()
+
+
 def default_writers(device: torch.device) -> int:
-    """Writer threads when none are asked for: one on a CPU, where the forward keeps every
-    core busy and a second writer only takes more from it (measured on the maps job: 4.1 s
-    against 4.4 in float16, 5.9 against 6.4 in float32, docs/performance.md); two on CUDA,
-    whose forward leaves the cores to the writers."""
-    return 2 if device.type == "cuda" else 1
+    """Writer threads when none are asked for: on a CPU taking turns, one per core (up to
+    four) for the turn; beside a forward that leaves cores free, one; two on CUDA, whose
+    forward leaves the cores to the writers."""
+    if device.type == "cuda":
+        return 2
+    return min(usable_cores(), MAX_TURN_WRITERS) if takes_turns(device) else 1
 
 
 def ring_slots(host_buffers: int | None, *, batch_size: int, chunk_rows: int, writers: int) -> int:

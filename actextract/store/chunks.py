@@ -53,6 +53,11 @@ class BlockRows:
     rows: int
     pieces: list[tuple[int, np.ndarray]] = field(default_factory=list)
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the pieces (the rows that are not the fill value)."""
+        return sum(piece.nbytes for _, piece in self.pieces)
+
     def array(self, arr: zarr.Array) -> np.ndarray:
         """The rows as one (rows, *shape) array of ``arr``'s dtype, the fill value where no
         piece is (for zarr's own write path, and for tests); a piece that is all the rows is
