@@ -273,7 +273,8 @@ _EXTRACT_OPTIONS = [
         "--writers",
         type=click.IntRange(min=1),
         default=None,
-        help="Background threads that compress and write (default: 1 on a CPU, 2 on CUDA).",
+        help="Threads that compress and write (default: 2 on CUDA, beside the forward; on a CPU "
+        "whose cores the forward uses, one per core up to 4, taking turns with it).",
     ),
     click.option(
         "--compile",

@@ -91,7 +91,8 @@ def extract(model: str | nn.Module, dataset: Any, **options: Any) -> Store:
     computing only the row blocks not recorded done; ``shard="i/n"``: write only shard i of
     n (0-based), joining the store the first shard created; under ``torchrun`` every rank is
     its own shard. ``on_nonfinite``: ``count`` rows with NaN/Inf per layer, or ``error``.
-    ``writers``: compress-and-write threads (default: 1 on a CPU, 2 on CUDA);
+    ``writers``: compress-and-write threads (default: 2 on CUDA; on a CPU whose cores
+    torch's threads use, one per core up to 4, which take turns with the loop; else 1);
     ``host_buffers``: row blocks in the device→host ring (host memory is bounded by it;
     default: what one batch touches plus one per writer).
     ``compile``: ``torch.compile`` the capture and reductions (slow to start, faster per batch
