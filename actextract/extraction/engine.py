@@ -21,7 +21,8 @@ from tqdm import tqdm
 from actextract.core.devices import PRECISIONS, autocast
 from actextract.data.samples import BadSample, Batch
 from actextract.errors import BadSampleError, OptionError, option
-from actextract.extraction.sink import Filled, Sink
+from actextract.extraction.blocks import Filled
+from actextract.extraction.sink import Sink
 from actextract.extraction.transfer import ToHost
 from actextract.stats.parts import PartWriter
 

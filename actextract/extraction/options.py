@@ -22,7 +22,7 @@ from torch import nn
 from actextract.data.samples import Preprocess
 from actextract.data.source import check_decode
 from actextract.errors import OptionError, option
-from actextract.extraction.sink import check_nonfinite_policy
+from actextract.extraction.blocks import check_nonfinite_policy
 from actextract.extraction.work import Shard
 from actextract.model.capture import Method
 from actextract.stats.accumulate import DEFAULT_BINS

@@ -32,61 +32,27 @@ import threading
 import time
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import torch
 
 from actextract.core.dtypes import STORAGE_DTYPES
 from actextract.data.samples import BadSample
-from actextract.errors import NonFiniteError, OptionError, option
+from actextract.extraction.blocks import (
+    Block,
+    Filled,
+    Turn,
+    check_nonfinite_policy,
+    nonfinite_counts,
+)
 from actextract.extraction.transfer import BlockRing, Run
 from actextract.store import Store
 from actextract.store.chunks import BlockRows
 
-__all__ = ["NONFINITE_POLICIES", "Filled", "Sink", "check_nonfinite_policy"]
+__all__ = ["Sink"]
 
 log = logging.getLogger(__name__)
 
-NONFINITE_POLICIES = ("count", "error")
 TURN_BLOCKS = 2  # complete blocks a turn writes (sooner when they hold every slot)
-
-
-def check_nonfinite_policy(policy: str) -> None:
-    if policy not in NONFINITE_POLICIES:
-        raise OptionError(
-            f"{option('on_nonfinite')} '{policy}' is not one of {', '.join(NONFINITE_POLICIES)}."
-        )
-
-
-@dataclass
-class Filled:
-    """A batch whose copies into its row blocks are issued. ``ready``: the CUDA event that
-    fires when they have landed (None on the CPU, where they are done)."""
-
-    indices: np.ndarray  # (B,) int64 dataset rows of the good samples
-    labels: np.ndarray  # (B,) int64
-    ids: list[str]
-    bad: list[BadSample] = field(default_factory=list)
-    ready: Any = None  # torch.cuda.Event | None
-
-
-@dataclass
-class _Block:
-    """A row block being filled on ring slot ``slot``."""
-
-    block: int
-    start: int
-    slot: int
-    labels: np.ndarray
-    ids: list[str]
-    missing: int  # rows still to come
-    bad_rows: list[int] = field(default_factory=list)  # left at the fill value (NaN)
-    errors: list[str] = field(default_factory=list)  # why each bad row was skipped
-    ready: Any = None  # the last copy into it (copies run in order on one stream)
-    # per layer, (first row, rows, the held output rows; None: they are in the slot's buffer)
-    pieces: dict[str, list[tuple[int, int, torch.Tensor | None]]] = field(default_factory=dict)
 
 
 class Sink:
@@ -134,13 +100,13 @@ class Sink:
         )
         self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="actextract-write")
         self._lock = threading.Lock()
-        self._open: dict[int, _Block] = {}
-        self._placed: list[tuple[_Block, Run]] = []  # the last batch's runs, for filled()
+        self._open: dict[int, Block] = {}
+        self._placed: list[tuple[Block, Run]] = []  # the last batch's runs, for filled()
         self._error: BaseException | None = None
         self._abort = threading.Event()
         self._closed = False
         self.turns = turns
-        self._ready: list[_Block] = []  # complete blocks waiting for the next turn
+        self._ready: list[Block] = []  # complete blocks waiting for the next turn
 
     def __enter__(self) -> Sink:
         return self
@@ -188,7 +154,7 @@ class Sink:
                 blk.pieces.setdefault(name, []).append(piece)
         self._placed = []
         rows = self.store.chunk_rows
-        touched: dict[int, _Block] = {}
+        touched: dict[int, Block] = {}
         for row, label, sample_id in zip(
             batch.indices.tolist(), batch.labels.tolist(), batch.ids, strict=True
         ):
@@ -259,7 +225,7 @@ class Sink:
         slot = self.ring.acquire(self.check)
         waited = time.perf_counter() - start
         rows = self.store.block_range(block)
-        self._open[block] = _Block(
+        self._open[block] = Block(
             block, rows.start, slot, np.full(len(rows), -1, np.int64), [""] * len(rows), len(rows)
         )
         if self.cuda:
@@ -267,7 +233,7 @@ class Sink:
         return waited
 
     # -- writer side -------------------------------------------------------------------------
-    def _write(self, blk: _Block) -> None:
+    def _write(self, blk: Block) -> None:
         """A writer thread's job when the writers run beside the forward: the whole block."""
         cpu = time.thread_time()
         try:
@@ -284,29 +250,23 @@ class Sink:
 
     def _take_turn(self) -> None:
         """The ready blocks' chunks written by every writer thread at once while the loop
-        waits (see the class docstring), the biggest first, then each block marked done."""
+        waits (see the class docstring), the biggest first; the thread that writes a block's
+        last chunk marks it done."""
         blocks, self._ready = self._ready, []
         try:
             if self._error is None and not self._abort.is_set():
                 for blk in blocks:
                     if blk.ready is not None:
                         blk.ready.synchronize()  # its device→host copies have landed
-                found: list[dict[str, np.ndarray]] = [{} for _ in blocks]
-                jobs = [
-                    (i, name, self._rows(b, name))
-                    for i, b in enumerate(blocks)
-                    for name in self.ring.shapes
-                ]
+                turn = Turn(blocks, len(self.ring.shapes))
+                jobs = [(b, name, self._rows(b, name)) for b in blocks for name in self.ring.shapes]
                 jobs.sort(key=lambda job: -job[2].nbytes)
-                futures = [
-                    self._pool.submit(self._write_one, blocks[i], name, rows, found[i])
-                    for i, name, rows in jobs
-                ]
+                futures = [self._pool.submit(self._write_one, turn, *job) for job in jobs]
                 wait(futures)  # all of them, even after one fails: they read the slots
                 for future in futures:
                     future.result()
-                for blk, flags in zip(blocks, found, strict=True):
-                    self._finish(blk, flags)
+                for blk in blocks if not self.ring.shapes else ():
+                    self._finish(blk, {})  # no row arrays: only the records
         except BaseException as e:
             self._error = self._error or e
         finally:
@@ -314,14 +274,23 @@ class Sink:
                 self._free(blk)
         self._raise_if_failed()
 
-    def _write_one(self, blk: _Block, name: str, rows: BlockRows, found: dict) -> None:
+    def _write_one(self, turn: Turn, blk: Block, name: str, rows: BlockRows) -> None:
+        """One chunk of a turn; after the block's last, its records and its done mark."""
         cpu = time.thread_time()
         try:
-            found.update(self.store.write_rows(blk.block, {name: rows}, check=not self.cuda))
+            turn.found[blk.block].update(
+                self.store.write_rows(blk.block, {name: rows}, check=not self.cuda)
+            )
+        except BaseException as e:
+            self._error = self._error or e  # before the count: the last chunk sees it
+            raise
         finally:
+            last = turn.written(blk)
             self._spent(cpu)
+        if last and self._error is None:
+            self._finish(blk, turn.found[blk.block])
 
-    def _finish(self, blk: _Block, found: dict[str, np.ndarray]) -> None:
+    def _finish(self, blk: Block, found: dict[str, np.ndarray]) -> None:
         """After the block's row chunks: its records, then the mark that it is done."""
         counts = self._count_nonfinite(blk, found)
         skipped = [
@@ -338,11 +307,11 @@ class Sink:
         with self._lock:
             self.write_cpu += time.thread_time() - since
 
-    def _free(self, blk: _Block) -> None:
+    def _free(self, blk: Block) -> None:
         blk.pieces.clear()  # the held outputs can go
         self.ring.release(blk.slot)  # the buffer may be filled again
 
-    def _rows(self, blk: _Block, name: str) -> BlockRows:
+    def _rows(self, blk: Block, name: str) -> BlockRows:
         """Where the block's rows of ``name`` lie: held outputs, and the runs of rows copied
         into the slot's buffer, next ones joined; the rows of skipped samples are gaps."""
         pieces: list[tuple[int, np.ndarray]] = []
@@ -362,13 +331,12 @@ class Sink:
             pieces.append(self._buffered(blk, name, *buffered))
         return BlockRows(len(blk.labels), pieces)
 
-    def _buffered(self, blk: _Block, name: str, a: int, b: int) -> tuple[int, np.ndarray]:
+    def _buffered(self, blk: Block, name: str, a: int, b: int) -> tuple[int, np.ndarray]:
         return a, self.ring.buffer(blk.slot, name)[a:b].numpy()
 
-    def _count_nonfinite(self, blk: _Block, found: dict[str, np.ndarray]) -> list[int]:
-        """Rows of the block with NaN/Inf, per layer (``found`` by the write on the CPU, else
-        the flags that came from the device; skipped rows, NaN on purpose, left out); raises
-        NonFiniteError under ``on_nonfinite="error"``."""
+    def _count_nonfinite(self, blk: Block, found: dict[str, np.ndarray]) -> list[int]:
+        """Rows of the block with NaN/Inf, per layer: ``found`` by the write on the CPU, else
+        the flags that came from the device (:func:`nonfinite_counts`)."""
         n = len(blk.labels)
         if self.cuda:
             flags = self.ring.flags(blk.slot)[:n].numpy().astype(bool)
@@ -376,19 +344,4 @@ class Sink:
             flags = np.zeros((n, len(self.ring.shapes)), np.bool_)
             for j, name in enumerate(self.ring.shapes):
                 flags[:, j] = found[name]
-        flags[blk.bad_rows] = False
-        counts = flags.sum(axis=0).tolist()
-        if self.on_nonfinite == "error" and any(counts):
-            j = int(np.flatnonzero(flags.any(axis=0))[0])
-            r = int(np.flatnonzero(flags[:, j])[0])
-            key = list(self.nonfinite)[j]
-            what = f"'{key}'" if "/" in key else f"layer '{key}'"
-            raise NonFiniteError(
-                f"{what} has NaN or Inf for sample {blk.start + r} "
-                f"('{blk.ids[r]}'), and {sum(counts) - 1} more row(s) of rows "
-                f"{blk.start}-{blk.start + n} across layers. Check the input and "
-                "the model (a float32 value beyond ±65504 becomes Inf in float16: --dtype "
-                "float32 (dtype='float32') keeps it), or pass --on-nonfinite count "
-                "(on_nonfinite='count') to store them and count them."
-            )
-        return counts
+        return nonfinite_counts(blk, flags, list(self.nonfinite), self.on_nonfinite)
