@@ -74,7 +74,7 @@ class Summary:
     compute: float = 0.0  # forward, reduce, copy launch
     d2h: float = 0.0  # copies into the host ring (CUDA: GPU time of the side-stream copies)
     write_wait: float = 0.0  # waiting for a host buffer, the writers' turns, and the flush
-    write_cpu: float = 0.0  # CPU seconds the writer threads spent (beside the loop)
+    write_cpu: float = 0.0  # CPU seconds the writer threads spent (beside the loop or in turns)
     skipped: list[BadSample] = field(default_factory=list)
     nonfinite: dict[str, int] = field(default_factory=dict)  # rows with NaN/Inf, per layer
 

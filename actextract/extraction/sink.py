@@ -195,9 +195,12 @@ class Sink:
             return
         self._closed = True
         try:
-            if self._ready:  # the last turn (aborted: the blocks are only let go)
-                self._take_turn()
+            if self._ready and not abort:
+                self._take_turn()  # the last turn
         finally:
+            for blk in self._ready:  # aborted: let go unwritten (no error over the caller's)
+                self._free(blk)
+            self._ready = []
             self._pool.shutdown(wait=True)
         if not abort:
             self._raise_if_failed()
