@@ -268,8 +268,9 @@ class Sink:
                 wait(futures)  # all of them, even after one fails: they read the slots
                 for future in futures:
                     future.result()
-                for blk in blocks if not self.ring.shapes else ():
-                    self._finish(blk, {})  # no row arrays: only the records
+                if not self.ring.shapes:  # no row arrays: only the records
+                    for blk in blocks:
+                        self._finish(blk, {})
         except BaseException as e:
             self._error = self._error or e
         finally:
@@ -281,17 +282,19 @@ class Sink:
         """One chunk of a turn; after the block's last, its records and its done mark."""
         cpu = time.thread_time()
         try:
-            turn.found[blk.block].update(
-                self.store.write_rows(blk.block, {name: rows}, check=not self.cuda)
-            )
-        except BaseException as e:
-            self._error = self._error or e  # before the count: the last chunk sees it
-            raise
+            try:
+                turn.found[blk.block].update(
+                    self.store.write_rows(blk.block, {name: rows}, check=not self.cuda)
+                )
+            except BaseException as e:
+                self._error = self._error or e  # before the count: the last chunk sees it
+                raise
+            finally:
+                last = turn.written(blk)
+            if last and self._error is None:
+                self._finish(blk, turn.found[blk.block])
         finally:
-            last = turn.written(blk)
             self._spent(cpu)
-        if last and self._error is None:
-            self._finish(blk, turn.found[blk.block])
 
     def _finish(self, blk: Block, found: dict[str, np.ndarray]) -> None:
         """After the block's row chunks: its records, then the mark that it is done."""
