@@ -20,6 +20,7 @@ import psutil
 import torch
 
 import actextract
+from actextract.extraction.transfer import usable_cores
 
 MB = 1e6
 IO_FIELDS = ("rchar", "wchar", "read_bytes", "write_bytes", "syscr", "syscw")
@@ -193,9 +194,7 @@ def machine_header(device: torch.device, scratch: Path) -> dict:
         "device_name": device_name(device),
         "cpu": cpu_name(),
         "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        "cpu_cores_usable": usable_cores(),
         "torch_threads": torch.get_num_threads(),
         "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
         "versions": {

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from actextract.extraction.transfer import usable_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,8 +49,7 @@ def ran(tmp_path_factory) -> dict[Path, run_docs.Result]:
     (up to 4), through one server that imported actextract and forks a child per command
     (ACTEXTRACT_DOCS_PLAIN=1: each command a process of its own instead)."""
     plain = os.environ.get("ACTEXTRACT_DOCS_PLAIN") == "1"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = max(1, min(4, cores or 1))
+    workers = max(1, min(4, usable_cores()))
     longest_first = sorted(PAGES, key=lambda p: -p.stat().st_size)
     folders = {page: tmp_path_factory.mktemp(page.stem) for page in longest_first}
     server = None if plain else run_docs.Server.start(tmp_path_factory.mktemp("docs-server"))
