@@ -15,11 +15,13 @@ checksum (:meth:`~actextract.store.layout.StoreOptions.compressors`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from zarr.core.sync import sync
 
 from actextract.store.base import BlockReader, write_attributes
 from actextract.store.chunks import BlockRows, chunk_file, nonfinite_rows, write_chunk
@@ -101,16 +103,33 @@ class Store(BlockReader):
         ``nonfinite`` rows per row array), then the flag that marks it done."""
         rows = self.block_range(block)
         sl = slice(rows.start, rows.stop)
+        writes: list[tuple[str, Any, Any]] = [
+            ("labels", sl, labels),
+            ("ids", sl, np.asarray(ids, dtype=str)),
+        ]
+        if self.has_records():
+            counts = np.zeros(len(self.row_keys), np.int64)
+            if nonfinite is not None:
+                counts[:] = nonfinite
+            writes += [
+                ("progress/skipped", block, json.dumps(list(skipped))),
+                ("progress/nonfinite", block, counts),
+            ]
         with writable(self.location, f"write row block {block} (rows {rows.start}-{rows.stop})"):
-            self._node("labels")[sl] = labels
-            self._node("ids")[sl] = np.asarray(ids, dtype=str)
-            if self.has_records():
-                self._node("progress/skipped")[block] = json.dumps(list(skipped))
-                counts = np.zeros(len(self.row_keys), np.int64)
-                if nonfinite is not None:
-                    counts[:] = nonfinite
-                self._node("progress/nonfinite")[block] = counts
+            self._write_together(writes)
             self._node("progress/done")[block] = 1  # only now is the block trusted
+
+    def _write_together(self, writes: Sequence[tuple[str, Any, Any]]) -> None:
+        """``(path, selection, value)`` writes of small arrays at once (one round trip through
+        zarr's event loop instead of one each: a block's records took 12 ms one after
+        another)."""
+
+        arrays = [(self._node(path).async_array, sel, value) for path, sel, value in writes]
+
+        async def all_of_them() -> None:
+            await asyncio.gather(*(arr.setitem(sel, value) for arr, sel, value in arrays))
+
+        sync(all_of_them())
 
     def update_attrs(self, **values: Any) -> None:
         """Update the root attributes (:func:`~actextract.store.base.write_attributes`)."""
