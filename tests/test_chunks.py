@@ -115,11 +115,16 @@ def test_a_disk_full_in_the_middle_of_a_chunk_leaves_nothing_under_a_real_name(
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_nonfinite_rows_reads_the_exponent_bits(dtype):
-    x = np.random.default_rng(0).standard_normal((6, 50)).astype(dtype)
+def test_nonfinite_rows_flags_nan_and_inf_and_nothing_else(dtype):
+    x = np.random.default_rng(0).standard_normal((8, 50)).astype(dtype)
     x[1, 3], x[3, 49], x[4, 0] = np.nan, -np.inf, np.inf
     x[5] = np.finfo(dtype).max  # the largest finite value is finite
-    assert nonfinite_rows(x).tolist() == [False, True, False, True, True, False]
+    x[6, :3] = [-0.0, np.finfo(dtype).smallest_subnormal, -np.finfo(dtype).max]
+    utype, bits = {np.float16: (np.uint16, 0x7C01), np.float32: (np.uint32, 0x7F800001)}[dtype]
+    x[7].view(utype)[10] = bits  # a signalling NaN, its payload 1
+    expected = [False, True, False, True, True, False, False, True]
+    assert nonfinite_rows(x).tolist() == expected
+    assert nonfinite_rows(x[:, :0]).tolist() == [False] * 8  # rows of no values
     big = np.zeros((2, PIECE_BYTES), dtype)  # scratch space grows to the window
     big[1, -1] = np.nan
     assert nonfinite_rows(big).tolist() == [False, True]
