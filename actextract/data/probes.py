@@ -15,6 +15,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from actextract.data.inputs import check_one_tensor
 from actextract.data.samples import BadSample, Sample, Source
 from actextract.data.source import open_source, wrap_dataset
 from actextract.errors import BadSampleError, OptionError
@@ -94,6 +95,7 @@ def first_sample(source: Source) -> Sample:
     item = source.dataset[0]
     if isinstance(item, BadSample):
         raise bad_sample_error(item)
+    check_one_tensor(item.input, "the first sample")
     return item
 
 

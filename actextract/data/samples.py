@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any, NamedTuple
@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from actextract.data.inputs import Inputs, as_inputs, split_label
 from actextract.data.rules import as_label, check_normalize
 
 __all__ = [
@@ -174,9 +175,10 @@ def _note(mode: str, channels: int, name: str, alpha: bool) -> None:
 
 
 class Sample(NamedTuple):
-    """One loaded sample. ``input``: (C, H, W) or any per-sample shape, float."""
+    """One loaded sample. ``input``: (C, H, W) or any per-sample shape, float; or a tuple or
+    dict of tensors (:mod:`actextract.data.inputs`)."""
 
-    input: torch.Tensor
+    input: Inputs
     label: int
     index: int
     id: str
@@ -322,10 +324,16 @@ class SampleDataset(Dataset):
     def __getitem__(self, index: int) -> Sample | BadSample:
         try:
             item = self.base[index]
-            x, label = (item[0], item[1]) if isinstance(item, tuple | list) else (item, -1)
+            if isinstance(item, Mapping):  # a dict row: its label key is the label
+                x, label = split_label(item)
+                label = -1 if label is None else label
+            elif isinstance(item, tuple | list):
+                x, label = item[0], item[1]
+            else:
+                x, label = item, -1
             if self.transform is not None:
                 x = self.transform(x)
-            x = torch.as_tensor(x)
+            x = as_inputs(x)  # a tensor, or a tuple or dict of them
             label = as_label(label)  # an integer class index, or -1 (see actextract.data.rules)
         except Exception as e:  # any failure of user data becomes a reported bad sample
             log.debug("sample %d (%s) failed", index, self.sample_id(index), exc_info=True)

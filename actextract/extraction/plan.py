@@ -17,6 +17,7 @@ from actextract.core.dtypes import STORAGE_DTYPES
 from actextract.core.names import match_names
 from actextract.core.versions import software
 from actextract.data.decode import DeviceDecoder
+from actextract.data.inputs import check_one_tensor
 from actextract.data.rules import channels_hint
 from actextract.data.source import Preprocess, Sample, Source
 from actextract.errors import CaptureError, OptionError, option
@@ -208,8 +209,9 @@ def first_samples(
             item = decoder.decode_sample(item)
         if isinstance(item, Sample):
             if not found:
+                check_one_tensor(item.input, f"sample {i} of '{source.spec}'")
                 found.append(item)
-            elif item.input.shape == found[0].input.shape:
+            elif isinstance(item.input, torch.Tensor) and item.input.shape == found[0].input.shape:
                 return [*found, item]
             if i - rows[0] >= 8:  # no second sample of this shape nearby: probe with one
                 break
@@ -241,7 +243,8 @@ def finite_probe(cap, source, rows, options, decoder, layer: str, first: Sample)
         item = source.dataset[i]
         if decoder is not None and isinstance(item, Sample):
             item = decoder.decode_sample(item)
-        if isinstance(item, Sample) and item.input.shape == first.input.shape:
+        same = isinstance(item, Sample) and isinstance(item.input, torch.Tensor)
+        if same and item.input.shape == first.input.shape:
             batch.append(item.input)
         if batch and (len(batch) == 8 or k == len(looked) - 1):
             x = device_inputs(torch.stack(batch), options)

@@ -284,7 +284,8 @@ class Recorder:
             try:
                 x = example.input.unsqueeze(0).to(self.device)
                 pair = None
-                if getattr(second, "input", None) is not None and second.input.shape == x.shape[1:]:
+                other = getattr(second, "input", None)
+                if isinstance(other, torch.Tensor) and other.shape == x.shape[1:]:
                     pair = torch.stack([example.input, second.input]).to(self.device)
                 with autocast(self.device, self.precision):
                     found, outputs = probe(cap, x, pair)

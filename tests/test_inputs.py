@@ -1,0 +1,152 @@
+"""Inputs beyond one tensor: tuples and dicts of tensors, how they batch and pad, and how the
+model is called with them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from actextract.data.inputs import (
+    Padding,
+    as_inputs,
+    batch_len,
+    call,
+    describe,
+    map_tensors,
+    per_sample_shape,
+    split_label,
+    stack,
+)
+
+
+def test_what_a_dataset_yields_becomes_a_tensor_a_tuple_or_a_dict():
+    assert torch.equal(as_inputs([1, 2, 3]), torch.tensor([1, 2, 3]))  # token ids: one tensor
+    assert as_inputs([0.5]).dtype == torch.float32  # as torch.as_tensor makes it, as before
+    pair = as_inputs((np.zeros((2, 3), np.float32), torch.ones(4)))
+    assert isinstance(pair, tuple) and [t.shape for t in pair] == [(2, 3), (4,)]
+    enc = as_inputs({"input_ids": [5, 6], "attention_mask": np.array([1, 1])})
+    assert set(enc) == {"input_ids", "attention_mask"} and enc["input_ids"].dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ({1: torch.ones(2)}, "key 1 is a int, not a str"),
+        ({}, "no keys"),
+        ({"input_ids": ["a", "b"]}, "input 'input_ids' is a list"),
+        (object(), "the input is a object"),
+    ],
+)
+def test_what_cannot_be_an_input_is_named(bad, says):
+    with pytest.raises(ValueError, match=says):
+        as_inputs(bad)
+
+
+def test_a_dict_samples_label_key_is_its_label_not_an_input():
+    rest, label = split_label({"input_ids": [1, 2], "label": 3})
+    assert rest == {"input_ids": [1, 2]} and label == 3
+    assert split_label({"input_ids": [1]}) == ({"input_ids": [1]}, None)
+    with pytest.raises(ValueError, match="keep one label key"):
+        split_label({"label": 1, "labels": 1})
+
+
+def test_a_batch_of_each_structure_and_the_call_that_takes_it():
+    xs = [torch.full((2, 3), float(i)) for i in range(4)]
+    b = stack(xs)
+    assert b.shape == (4, 2, 3) and batch_len(b) == 4 and per_sample_shape(b) == (4, 2, 3)
+    t = stack([(x, x[0]) for x in xs])
+    assert [u.shape for u in t] == [(4, 2, 3), (4, 3)] and batch_len(t) == 4
+    d = stack([{"a": x, "b": x[0]} for x in xs])
+    assert {k: v.shape for k, v in d.items()} == {"a": (4, 2, 3), "b": (4, 3)}
+
+    def f(a, b=None):
+        return ("a", a.shape, None if b is None else b.shape)
+
+    assert call(f, b) == ("a", (4, 2, 3), None)
+    assert call(f, t) == ("a", (4, 2, 3), (4, 3))
+    assert call(f, {"b": d["b"], "a": d["a"]}) == ("a", (4, 2, 3), (4, 3))  # by name
+    doubled = map_tensors(lambda u: u * 2, d)
+    assert torch.equal(doubled["a"], d["a"] * 2) and set(doubled) == {"a", "b"}
+    assert describe(d) == "{a: (4, 2, 3) float32, b: (4, 3) float32}"
+
+
+@pytest.mark.parametrize(
+    ("items", "says"),
+    [
+        ([torch.ones(2), (torch.ones(2),)], "sample 1 of the batch is a tuple input"),
+        ([(torch.ones(2),), (torch.ones(2), torch.ones(2))], "has 2 inputs, the first 1"),
+        ([{"a": torch.ones(2)}, {"b": torch.ones(2)}], r"keys \['b'\], the first \['a'\]"),
+        ([torch.ones(2), torch.ones(3)], r"the input is \(2,\) in one sample and \(3,\)"),
+        ([{"input_ids": torch.ones(2)}, {"input_ids": torch.ones(3)}], "attention_mask"),
+    ],
+)
+def test_samples_that_do_not_make_one_batch_say_why(items, says):
+    with pytest.raises(ValueError, match=says):
+        stack(items, Padding())
+
+
+def _tokens(n: int, start: int) -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": torch.arange(start, start + n),
+        "attention_mask": torch.ones(n, dtype=torch.int64),
+        "pixel_values": torch.zeros(7),  # not of the tokens' length: left as it is
+    }
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_token_sequences_are_padded_on_the_tokenizers_side_with_the_mask_at_zero(side):
+    batch = stack([_tokens(3, 10), _tokens(1, 20)], Padding(side=side, values={"input_ids": 99}))
+    ids, mask = batch["input_ids"].tolist(), batch["attention_mask"].tolist()
+    if side == "right":
+        assert ids == [[10, 11, 12], [20, 99, 99]] and mask == [[1, 1, 1], [1, 0, 0]]
+    else:
+        assert ids == [[10, 11, 12], [99, 99, 20]] and mask == [[1, 1, 1], [0, 0, 1]]
+    assert batch["pixel_values"].shape == (2, 7)
+
+
+def test_padding_to_a_fixed_length_and_what_is_longer():
+    batch = stack([_tokens(2, 0), _tokens(3, 5)], Padding(to=4))
+    assert batch["input_ids"].shape == (2, 4)
+    assert batch["attention_mask"].sum(1).tolist() == [2, 3]
+    with pytest.raises(ValueError, match="sample 1 of the batch has 5 tokens, more than"):
+        stack([_tokens(2, 0), _tokens(5, 0)], Padding(to=4))
+    with pytest.raises(ValueError, match="choose 'left' or 'right'"):
+        Padding(side="middle")
+    with pytest.raises(ValueError, match="one of \\(tokens,\\) per sample"):
+        stack([{"attention_mask": torch.ones(1, 3)}] * 2, Padding())
+
+
+class _Rows(torch.utils.data.Dataset):
+    """A Hugging Face dataset's way: one dict per row, its label under "label"."""
+
+    def __init__(self, n: int = 4):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        return {"input_ids": [i, i + 1, 2], "attention_mask": [1, 1, 1], "label": i % 2}
+
+
+def test_a_dict_row_is_a_sample_with_its_label():
+    from actextract.data.samples import Sample, SampleDataset
+
+    sample = SampleDataset(_Rows(), transform=None, ids=None)[3]
+    assert isinstance(sample, Sample) and sample.label == 1
+    assert set(sample.input) == {"input_ids", "attention_mask"}
+    assert sample.input["input_ids"].tolist() == [3, 4, 2]
+
+
+def test_extract_and_record_refuse_dict_inputs_with_what_to_do(tmp_path):
+    import actextract
+    from actextract.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"input is a dict of tensors, \{input_ids: \(3,\) int64"):
+        actextract.extract("digits-cnn", _Rows(), layers=["conv1"], out=tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()  # refused before any store is made
+    model = torch.nn.Sequential(torch.nn.Embedding(8, 4))
+    with pytest.raises(OptionError, match="wrap the model in a module whose forward takes one"):
+        rec = actextract.Recorder(model, layers="0", probe=_Rows(), out=tmp_path / "r.zarr")
+        rec.capture(0)
