@@ -16,7 +16,7 @@ import torch
 from _fixtures import tiny_cnn
 
 import actextract
-from actextract.data import samples
+from actextract.data import images
 from actextract.data.decode import DeviceDecoder
 from actextract.data.samples import BadSample, Preprocess, Sample, collate, collate_encoded
 from actextract.data.source import open_source
@@ -31,7 +31,7 @@ TINY = Preprocess(resize=8, crop=8)  # TinyCNN takes (3, 8, 8)
 def _fresh_notes(monkeypatch):
     """Each test sees the conversion notes as a fresh process would (they are once per
     process)."""
-    monkeypatch.setattr(samples, "_noted", set())
+    monkeypatch.setattr(images, "_noted", set())
 
 
 def _rgb(seed: int, size: tuple[int, int] = (12, 10)):
@@ -281,7 +281,7 @@ def test_every_mode_reaches_an_rgb_model_as_pil_converts_it(tmp_path, caplog):
     root = tmp_path / "modes"
     names = _mixed_modes(root)
     pre = Preprocess(channels=3, resize=0, crop=0)
-    with caplog.at_level(logging.INFO, logger="actextract.data.samples"):
+    with caplog.at_level(logging.INFO, logger="actextract.data.images"):
         src = open_source(f"folder:{root}", pre)
         items = [src.dataset[i] for i in range(len(src))]
     for name, item in zip(names, items, strict=True):
@@ -315,7 +315,7 @@ def test_every_mode_reaches_a_grayscale_model_as_one_channel(tmp_path, caplog):
     root = tmp_path / "modes"
     names = _mixed_modes(root)
     pre = Preprocess(channels=1, resize=0, crop=0)
-    with caplog.at_level(logging.INFO, logger="actextract.data.samples"):
+    with caplog.at_level(logging.INFO, logger="actextract.data.images"):
         src = open_source(f"folder:{root}", pre)
         items = [src.dataset[i] for i in range(len(src))]
     for name, item in zip(names, items, strict=True):
@@ -349,7 +349,7 @@ def test_an_rgb_model_end_to_end_sees_the_converted_images(tmp_path, caplog):
     root = tmp_path / "modes"
     names = _mixed_modes(root)
     model = tiny_cnn()
-    with caplog.at_level(logging.INFO, logger="actextract.data.samples"):
+    with caplog.at_level(logging.INFO, logger="actextract.data.images"):
         store = actextract.extract(
             model,
             f"folder:{root}",
@@ -591,14 +591,14 @@ def test_jpegs_left_to_the_device_decoder_are_noted_like_pil_images(
     channels; the loader reads its frame header to note the conversion as the CPU path does."""
     from PIL import Image
 
-    import actextract.data.samples
+    import actextract.data.images
 
-    monkeypatch.setattr(actextract.data.samples, "_noted", set())
+    monkeypatch.setattr(actextract.data.images, "_noted", set())
     root = tmp_path / "jpegs"
     root.mkdir()
     Image.new(mode, (12, 10)).save(root / "a.jpg")
     enc = open_source(f"folder:{root}", Preprocess(channels=3), decode="gpu")
-    with caplog.at_level(logging.INFO, logger="actextract.data.samples"):
+    with caplog.at_level(logging.INFO, logger="actextract.data.images"):
         item = enc.dataset[0]
     assert item.input.dtype == torch.uint8 and item.input.ndim == 1  # the file's bytes
     notes = [r.getMessage() for r in caplog.records if "are converted to RGB" in r.getMessage()]

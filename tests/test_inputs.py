@@ -15,9 +15,11 @@ from actextract.data.inputs import (
     describe,
     map_tensors,
     per_sample_shape,
+    positional,
     split_label,
     stack,
 )
+from actextract.data.samples import Sample, SampleDataset
 
 
 def test_what_a_dataset_yields_becomes_a_tensor_a_tuple_or_a_dict():
@@ -131,22 +133,119 @@ class _Rows(torch.utils.data.Dataset):
 
 
 def test_a_dict_row_is_a_sample_with_its_label():
-    from actextract.data.samples import Sample, SampleDataset
-
     sample = SampleDataset(_Rows(), transform=None, ids=None)[3]
     assert isinstance(sample, Sample) and sample.label == 1
     assert set(sample.input) == {"input_ids", "attention_mask"}
     assert sample.input["input_ids"].tolist() == [3, 4, 2]
 
 
-def test_extract_and_record_refuse_dict_inputs_with_what_to_do(tmp_path):
+class _Tagger(torch.nn.Module):
+    """A text model's shape: token ids and their mask by keyword, per-token states."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(16, 8)
+        self.mix = torch.nn.Linear(8, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, input_ids, attention_mask):
+        h = torch.relu(self.mix(self.embed(input_ids)))
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return self.head((h * m).sum(1) / m.sum(1))
+
+
+class _Tokens(torch.utils.data.Dataset):
+    """Fixed-length rows (the tokenizer's padding='max_length'), right-padded with 0."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i):
+        n = 2 + i % 4
+        ids = [(i * 7 + k) % 15 + 1 for k in range(n)] + [0] * (6 - n)
+        return {"input_ids": ids, "attention_mask": [1] * n + [0] * (6 - n), "label": i % 3}
+
+
+def _cloned_by_hooks(model, batch, names):
+    """What each module produced, cloned when produced, in float32."""
+    modules = dict(model.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    handles = [
+        modules[n].register_forward_hook(
+            lambda _m, _i, out, n=n: seen.setdefault(n, out.detach().clone().float())
+        )
+        for n in names
+    ]
+    try:
+        with torch.no_grad():
+            call(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("method", ["fx", "hooks"])
+def test_a_dict_input_model_stores_what_each_layer_produced(tmp_path, method):
+    import actextract
+
+    model = _Tagger().eval()
+    store = actextract.extract(
+        model,
+        _Tokens(),
+        layers=["embed", "mix", "head"],
+        dtype="float32",
+        batch_size=4,
+        capture=method,
+        out=tmp_path / "s.zarr",
+    )
+    rows = [SampleDataset(_Tokens(), transform=None, ids=None)[i].input for i in range(10)]
+    want = _cloned_by_hooks(model, stack(rows), ["embed", "mix", "head"])
+    for name, value in want.items():
+        np.testing.assert_array_equal(store[name][:], value.numpy())
+    assert store.labels[:].tolist() == [i % 3 for i in range(10)]
+
+
+def test_a_tuple_input_model_gets_its_inputs_by_position(tmp_path):
+    import actextract
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 2), torch.nn.Linear(3, 2)
+
+        def forward(self, x, y):
+            return self.a(x) - self.b(y)
+
+    torch.manual_seed(1)
+    data = [((torch.randn(4), torch.randn(3)), i % 2) for i in range(6)]
+    model = Two().eval()
+    store = actextract.extract(
+        model, data, layers=["a", "b"], dtype="float32", out=tmp_path / "t.zarr"
+    )
+    batch = stack([d[0] for d in data])
+    want = _cloned_by_hooks(model, batch, ["a", "b"])
+    np.testing.assert_array_equal(store["a"][:], want["a"].numpy())
+    np.testing.assert_array_equal(store["b"][:], want["b"].numpy())
+
+
+def test_record_refuses_dict_inputs_with_what_to_do(tmp_path):
     import actextract
     from actextract.errors import OptionError
 
-    with pytest.raises(OptionError, match=r"input is a dict of tensors, \{input_ids: \(3,\) int64"):
-        actextract.extract("digits-cnn", _Rows(), layers=["conv1"], out=tmp_path / "s.zarr")
-    assert not (tmp_path / "s.zarr").exists()  # refused before any store is made
     model = torch.nn.Sequential(torch.nn.Embedding(8, 4))
     with pytest.raises(OptionError, match="wrap the model in a module whose forward takes one"):
         rec = actextract.Recorder(model, layers="0", probe=_Rows(), out=tmp_path / "r.zarr")
         rec.capture(0)
+
+
+def test_a_dict_batch_as_positional_arguments_in_the_functions_order():
+    def f(a, b, c=7):
+        return a, b, c
+
+    x = {"b": torch.ones(1), "a": torch.zeros(1)}
+    args = positional(f, x)
+    assert [float(v) if isinstance(v, torch.Tensor) else v for v in args] == [0.0, 1.0, 7]
+    with pytest.raises(TypeError):
+        positional(f, {"z": torch.ones(1)})

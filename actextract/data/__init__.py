@@ -2,7 +2,8 @@
 
 ``source`` opens a spec (``digits``, ``folder:PATH``, ``mnist:ROOT``, ``synthetic:...``,
 ``python:module:callable``) or wraps a user's Dataset; ``samples`` says what a sample and a
-batch are and how images become tensors (:class:`Preprocess`); ``folders`` reads image
+batch are, ``images`` how images become tensors (:class:`Preprocess`), ``inputs`` how inputs
+that are tuples or dicts of tensors batch; ``folders`` reads image
 folders; ``decode`` decodes JPEGs on the GPU (``--decode gpu``); ``rules`` takes or refuses
 labels and normalisation; ``probes`` is the fixed sample set a Recorder runs. Knows nothing of
 models or stores.

@@ -11,6 +11,7 @@ and :func:`call` passes a batch to the model as it expects it.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ __all__ = [
     "describe",
     "map_tensors",
     "per_sample_shape",
+    "positional",
     "split_label",
     "stack",
 ]
@@ -158,6 +160,19 @@ def call(fn: Callable[..., Any], x: Inputs) -> Any:
     if isinstance(x, tuple):
         return fn(*x)
     return fn(**x)
+
+
+def positional(fn: Callable[..., Any], x: Inputs) -> tuple[Any, ...]:
+    """A batch as ``fn``'s positional arguments, in order: a tensor, a tuple's tensors, or a
+    dict's bound to ``fn``'s parameters by name, the rest their defaults (what an fx
+    Interpreter, which takes only positional arguments, is run with)."""
+    if isinstance(x, torch.Tensor):
+        return (x,)
+    if isinstance(x, tuple):
+        return x
+    bound = inspect.signature(fn).bind(**x)
+    bound.apply_defaults()
+    return bound.args
 
 
 def stack(items: Sequence[Inputs], padding: Padding | None = None) -> Inputs:

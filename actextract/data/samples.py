@@ -1,4 +1,6 @@
-"""Samples: what a source yields, how images become tensors, and how samples are batched.
+"""Samples: what a source yields, and how samples are batched (images become tensors in
+:mod:`actextract.data.images`; inputs that are tuples or dicts batch in
+:mod:`actextract.data.inputs`).
 
 Every item of a source's dataset is a :class:`Sample` or, when loading it failed, a
 :class:`BadSample`; ``collate`` stacks the good ones into a :class:`Batch` and passes the bad
@@ -16,15 +18,27 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from actextract.data.inputs import Inputs, as_inputs, split_label
-from actextract.data.rules import as_label, check_normalize
+from actextract.data.images import (  # re-exported: where the stages have taken them from
+    Preprocess,
+    convert_image,
+    note_mode,
+)
+from actextract.data.inputs import (
+    Inputs,
+    as_inputs,
+    map_tensors,
+    per_sample_shape,
+    split_label,
+    stack,
+)
+from actextract.data.rules import as_label
 
 __all__ = [
     "BadSample",
@@ -42,136 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How images become input tensors. ``None`` leaves a step to the next default; ``0`` for
-    ``resize`` or ``crop`` turns the step off."""
-
-    channels: int | None = None  # 1 (grayscale) or 3 (RGB)
-    resize: int | None = None  # shorter side, in pixels
-    crop: int | None = None  # centre crop, square
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-
-    def over(self, base: Preprocess) -> Preprocess:
-        """These settings, with ``base`` filling the ones left at None."""
-        return Preprocess(
-            **{k: v if v is not None else getattr(base, k) for k, v in asdict(self).items()}
-        )
-
-    def transform(self) -> Callable[[Any], torch.Tensor]:
-        """A torchvision v2 pipeline: PIL image or (C, H, W) tensor → (C', H', W') float32."""
-        from torchvision.transforms import v2
-
-        check_normalize(self.channels, self.mean, self.std)
-        steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-        if self.channels == 3:
-            steps.append(v2.RGB())
-        elif self.channels == 1:
-            steps.append(v2.Grayscale(num_output_channels=1))
-        if self.resize:
-            steps.append(v2.Resize(self.resize, antialias=True))
-        if self.crop:
-            steps.append(v2.CenterCrop(self.crop))
-        if self.mean is not None and self.std is not None:
-            steps.append(v2.Normalize(list(self.mean), list(self.std)))
-        steps.append(v2.ToPureTensor())
-        return v2.Compose(steps)
-
-    def describe(self, *, pil: bool = False) -> str:
-        """The steps as the store's provenance records them (``pil``: images PIL opened, and
-        :func:`convert_image` converted to the model's channels)."""
-        pre = self
-        converted = pil and pre.channels in CONVERSIONS
-        parts = [CONVERSIONS[pre.channels], "to_float[0,1]"] if converted else ["to_float[0,1]"]
-        if pre.channels and not converted:
-            parts.append("grayscale" if pre.channels == 1 else "rgb")
-        if pre.resize:
-            parts.append(f"resize({pre.resize})")
-        if pre.crop:
-            parts.append(f"center_crop({pre.crop})")
-        if pre.mean is not None and pre.std is not None:
-            mean = ", ".join(f"{m:.4g}" for m in pre.mean)
-            std = ", ".join(f"{s:.4g}" for s in pre.std)
-            parts.append(f"normalize(mean=[{mean}], std=[{std}])")
-        return " → ".join(parts)
-
-
-# PIL image modes, by how they reach the tensor steps (ToImage, then RGB or Grayscale to the
-# model's channel count). 8-bit RGB and grayscale go as they are, and 16-bit grayscale too:
-# ToDtype scales it by 1/65535, where PIL's convert would clip it at 255. Any other mode is
-# converted by PIL first, so that a palette image arrives as colours, not indices, and an RGBA
-# or CMYK one as three channels.
-_TO_L = frozenset({"1", "L", "LA", "I", "F"})
-_TO_I16 = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-_ALPHA = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-_MODE_NAMES = {
-    "1": "1-bit",
-    "L": "grayscale",
-    "LA": "grayscale+alpha",
-    "P": "palette",
-    "PA": "palette+alpha",
-    "I": "32-bit integer",
-    "F": "32-bit float",
-    **dict.fromkeys(_TO_I16, "16-bit grayscale"),
-}
-CONVERSIONS = {  # what convert_image does, as the source's transform describes it
-    3: "to_rgb(PIL: palette looked up, CMYK/YCbCr/LAB to RGB, alpha dropped; gray repeated)",
-    1: "to_grayscale(PIL: palette looked up, alpha dropped; colour to luma)",
-}
-_noted: set[tuple[str, int]] = set()  # (mode, channels) noted by this process
-
-
-def convert_image(image: Any, channels: int | None, name: str = "") -> Any:
-    """A PIL image in the mode the tensor steps read right: RGB, L or I;16 (16-bit grayscale).
-
-    A palette image becomes its colours; RGBA, CMYK, YCbCr, ... become RGB (alpha dropped);
-    LA, 1-bit, 32-bit integer and float ones become L (PIL clips 32-bit values at 0-255).
-    The first image of each mode that is not the model's (``channels``: 3 for RGB, 1 for
-    grayscale) is noted in the log, once per process; ``name`` (its file) goes in the note.
-    """
-    mode = image.mode
-    alpha = mode in _ALPHA or (mode == "P" and "transparency" in image.info)
-    note_mode(mode, channels, name, alpha)
-    target = "I;16" if mode in _TO_I16 else "L" if mode in _TO_L else "RGB"
-    if mode == target:
-        return image
-    if mode == "P" and alpha:  # PIL warns when it drops a palette's transparency by itself
-        image = image.convert("RGBA")
-    return image.convert(target)
-
-
-def note_mode(mode: str, channels: int | None, name: str, alpha: bool = False) -> None:
-    """Note an image of ``mode`` that the model's ``channels`` make convert (once per mode and
-    process), also for images decoded elsewhere (JPEGs decoded on the device)."""
-    if channels in CONVERSIONS and mode not in ({"RGB"} if channels == 3 else {"L", *_TO_I16}):
-        _note(mode, channels, name, alpha)
-
-
-def _note(mode: str, channels: int, name: str, alpha: bool) -> None:
-    key = f"{mode}+transparency" if mode == "P" and alpha else mode
-    if (key, channels) in _noted:
-        return
-    _noted.add((key, channels))
-    what = f"{mode} ({_MODE_NAMES[mode]})" if mode in _MODE_NAMES else mode
-    if key != mode:
-        what = f"{mode} (palette with transparency)"
-    lossy = "; their alpha channel is dropped" if alpha else ""
-    if mode in ("I", "F"):
-        lossy = "; PIL clips their values to 0-255"
-    log.log(
-        logging.WARNING if lossy else logging.INFO,
-        "%s images are converted to %s for the model's %d input channel%s%s (first: %s); the "
-        "store's dataset.transform records the conversion",
-        what,
-        "RGB" if channels == 3 else "grayscale",
-        channels,
-        "s" if channels > 1 else "",
-        lossy,
-        name or "?",
-    )
 
 
 class Sample(NamedTuple):
@@ -237,7 +121,7 @@ class Batch:
     a source decoded on the device has ``encoded`` (its B samples, undecoded) and
     ``inputs=None`` until :class:`actextract.data.decode.DeviceDecoder` has run."""
 
-    inputs: torch.Tensor | None
+    inputs: Inputs | None  # a tensor, or a tuple or dict of them (actextract.data.inputs)
     labels: torch.Tensor  # (B,) int64
     indices: torch.Tensor  # (B,) int64, dataset rows
     ids: list[str]
@@ -249,7 +133,7 @@ class Batch:
         # the stream bookkeeping of torch's pinned-memory cache, and pixels are rare.
         if self.inputs is None:
             return self
-        return replace(self, inputs=self.inputs.pin_memory())
+        return replace(self, inputs=map_tensors(torch.Tensor.pin_memory, self.inputs))
 
 
 def collate(items: Sequence[Sample | BadSample], *, shape: tuple[int, ...] | None = None) -> Batch:
@@ -263,33 +147,58 @@ def collate(items: Sequence[Sample | BadSample], *, shape: tuple[int, ...] | Non
     bad = [s for s in items if isinstance(s, BadSample)]
     if good:
         if shape is not None:
-            common = tuple(shape)
+            common = _as_shape(shape)
             whose = "the run's"
             why = " (that of the first sample, which decided the layers' shapes)"
         else:
-            common, _ = Counter(tuple(s.input.shape) for s in good).most_common(1)[0]
+            counts = Counter(repr(per_sample_shape(s.input)) for s in good)
+            top = counts.most_common(1)[0][0]
+            common = next(
+                per_sample_shape(s.input) for s in good if repr(per_sample_shape(s.input)) == top
+            )
             whose, why = "the batch's", ""
+        fix = (
+            "pass --resize and --crop to bring every input to one size"
+            if isinstance(good[0].input, torch.Tensor)
+            else "pad or cut every sequence to one length (the tokenizer's padding='max_length')"
+        )
         for s in good:
-            if tuple(s.input.shape) != common:
+            if per_sample_shape(s.input) != common:
                 bad.append(
                     BadSample(
                         s.index,
                         s.id,
                         (
-                            f"input shape {tuple(s.input.shape)} differs from {whose} "
-                            f"{common}{why}; pass --resize and --crop to bring every input to "
-                            "one size"
+                            f"input shape {_shape_text(per_sample_shape(s.input))} differs from "
+                            f"{whose} {_shape_text(common)}{why}; {fix}"
                         ),
                     )
                 )
-        good = [s for s in good if tuple(s.input.shape) == common]
+        good = [s for s in good if per_sample_shape(s.input) == common]
     return Batch(
-        inputs=torch.stack([s.input for s in good]) if good else None,
+        inputs=stack([s.input for s in good]) if good else None,
         labels=torch.tensor([s.label for s in good], dtype=torch.int64),
         indices=torch.tensor([s.index for s in good], dtype=torch.int64),
         ids=[s.id for s in good],
         bad=sorted(bad, key=lambda b: b.index),
     )
+
+
+def _as_shape(shape: Any) -> Any:
+    """A run's per-sample input shape as :func:`per_sample_shape` gives it: a tuple of ints
+    (from a list or ``torch.Size``), a tuple of them, or a dict of them."""
+    if isinstance(shape, dict):
+        return {k: tuple(v) for k, v in shape.items()}
+    if len(shape) and not isinstance(shape[0], int):
+        return tuple(tuple(v) for v in shape)
+    return tuple(shape)
+
+
+def _shape_text(shape: object) -> str:
+    """A per-sample shape as the messages write it: ``(3, 224, 224)``, or a tuple's or dict's."""
+    if isinstance(shape, dict):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in shape.items()) + "}"
+    return str(shape)
 
 
 def collate_encoded(items: Sequence[Sample | BadSample]) -> Batch:
@@ -385,7 +294,7 @@ def make_loader(
         extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor}
     collate_fn: Callable[[Sequence[Sample | BadSample]], Batch] = collate_encoded
     if not source.encoded:  # a partial of a module-level function: picklable for the workers
-        shape = tuple(input_shape) if input_shape is not None else None
+        shape = _as_shape(input_shape) if input_shape is not None else None
         collate_fn = partial(collate, shape=shape)
     return DataLoader(
         Subset(source.dataset, rows),

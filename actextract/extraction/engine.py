@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from actextract.core.devices import PRECISIONS, autocast
+from actextract.data.inputs import Inputs, batch_len, map_tensors
 from actextract.data.samples import BadSample, Batch
 from actextract.errors import BadSampleError, OptionError, option
 from actextract.extraction.blocks import Filled
@@ -224,12 +225,15 @@ def compiled(
     in eval mode no sample sees another, so padding changes no output."""
     fn = torch.compile(forward)
 
-    def call(x: torch.Tensor) -> Outputs:
-        n = len(x)
+    def call(x: Inputs) -> Outputs:
+        n = batch_len(x)
         if n == batch_size:
             return fn(x)
-        pad = x.new_zeros((batch_size - n, *x.shape[1:]))
-        acts, raw = fn(device_inputs(torch.cat([x, pad]), options))
+
+        def padded(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t, t.new_zeros((batch_size - n, *t.shape[1:]))])
+
+        acts, raw = fn(device_inputs(map_tensors(padded, x), options))
         return {k: v[:n] for k, v in acts.items()}, {k: v[:n] for k, v in raw.items()}
 
     return call
@@ -242,13 +246,17 @@ def to_device(batch: Batch, options: RunOptions) -> Batch:
     return replace(batch, inputs=device_inputs(batch.inputs, options))
 
 
-def device_inputs(inputs: torch.Tensor, options: RunOptions) -> torch.Tensor:
-    """(B, ...) inputs → the device (non-blocking from pinned memory); NHWC when asked
-    (4-d inputs only)."""
-    x = inputs.to(options.device, non_blocking=True)
-    if options.channels_last and x.ndim == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+def device_inputs(inputs: Inputs, options: RunOptions) -> Inputs:
+    """(B, ...) inputs (each tensor of a tuple or dict) → the device (non-blocking from pinned
+    memory); NHWC when asked (4-d tensors only)."""
+
+    def one(t: torch.Tensor) -> torch.Tensor:
+        x = t.to(options.device, non_blocking=True)
+        if options.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    return map_tensors(one, inputs)
 
 
 def check_bad(bad: list[BadSample], policy: str) -> None:

@@ -17,7 +17,7 @@ from actextract.core.dtypes import STORAGE_DTYPES
 from actextract.core.names import match_names
 from actextract.core.versions import software
 from actextract.data.decode import DeviceDecoder
-from actextract.data.inputs import check_one_tensor
+from actextract.data.inputs import per_sample_shape, stack
 from actextract.data.rules import channels_hint
 from actextract.data.source import Preprocess, Sample, Source
 from actextract.errors import CaptureError, OptionError, option
@@ -59,8 +59,8 @@ def plan_arrays(
     statistics), their reducer, the ``stats`` attributes of the store ({layer: kinds, output
     shape, layout, histogram edges}) and the per-sample input shape every sample must have."""
     examples = first_samples(source, rows, options.on_bad_sample, decoder)
-    single = device_inputs(examples[0].input.unsqueeze(0), options)
-    pair = device_inputs(torch.stack([e.input for e in examples]), options)
+    single = device_inputs(stack([examples[0].input]), options)
+    pair = device_inputs(stack([e.input for e in examples]), options)
     with autocast(options.device, options.precision):
         try:
             found, outputs = probe(
@@ -70,7 +70,10 @@ def plan_arrays(
                 layouts=parse_layouts(layouts, cap.names),
             )
         except CaptureError as e:  # a first convolution of other channels: say which
-            hint = channels_hint(cap.module, tuple(examples[0].input.shape))
+            first = examples[0].input
+            hint = None
+            if isinstance(first, torch.Tensor):
+                hint = channels_hint(cap.module, tuple(first.shape))
             if hint is None or e.__cause__ is None:
                 raise
             cause = (str(e.__cause__).splitlines() or [""])[0]  # fx adds the node and more
@@ -123,7 +126,7 @@ def plan_arrays(
         {a.key: a.name for a in arrays},
         {a.key: a.output_layout for a in arrays},
     )
-    return arrays, reducer, attrs, tuple(examples[0].input.shape)
+    return arrays, reducer, attrs, per_sample_shape(examples[0].input)
 
 
 def choose_outputs(
@@ -209,9 +212,8 @@ def first_samples(
             item = decoder.decode_sample(item)
         if isinstance(item, Sample):
             if not found:
-                check_one_tensor(item.input, f"sample {i} of '{source.spec}'")
                 found.append(item)
-            elif isinstance(item.input, torch.Tensor) and item.input.shape == found[0].input.shape:
+            elif per_sample_shape(item.input) == per_sample_shape(found[0].input):
                 return [*found, item]
             if i - rows[0] >= 8:  # no second sample of this shape nearby: probe with one
                 break
@@ -237,17 +239,17 @@ def finite_probe(cap, source, rows, options, decoder, layer: str, first: Sample)
     ``HIST_PROBE_ROWS`` rows that holds a finite value: where the probe sample's hold none
     (a NaN input), the default histogram range comes from these. None there: an OptionError
     that asks for --hist-range."""
-    batch: list[torch.Tensor] = []
+    batch: list = []  # the inputs of samples shaped like the first
     looked = rows[1:HIST_PROBE_ROWS]
     for k, i in enumerate(looked):
         item = source.dataset[i]
         if decoder is not None and isinstance(item, Sample):
             item = decoder.decode_sample(item)
-        same = isinstance(item, Sample) and isinstance(item.input, torch.Tensor)
-        if same and item.input.shape == first.input.shape:
+        same = isinstance(item, Sample)
+        if same and per_sample_shape(item.input) == per_sample_shape(first.input):
             batch.append(item.input)
         if batch and (len(batch) == 8 or k == len(looked) - 1):
-            x = device_inputs(torch.stack(batch), options)
+            x = device_inputs(stack(batch), options)
             with cap.grad_mode(), autocast(options.device, options.precision):
                 values = cap(x)[layer].float()
             if torch.isfinite(values).any():

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from actextract.core.names import match_names, wider_hint
+from actextract.data.inputs import Inputs, batch_len, call
 from actextract.errors import CaptureError, LayerNotFoundError, option
 from actextract.model.fxgraph import Traced, graph_returning, set_outputs, trace
 
@@ -270,12 +271,12 @@ class Capture:
         ``no_grad``, which keeps the version counters each batch is checked with."""
         return torch.inference_mode() if self.method == "fx" else torch.no_grad()
 
-    def raw(self, x: torch.Tensor, *, verify: bool = True) -> dict[str, object]:
+    def raw(self, x: Inputs, *, verify: bool = True) -> dict[str, object]:
         """Whatever the layers output (cloned where configured), unchecked. On hooks,
         ``verify`` checks that nothing wrote a captured output after capture (and computes
         the batch again with it cloned where something did)."""
         if self.method == "fx":
-            out = self._fn(x)
+            out = call(self._fn, x)
             return {n: out[n] for n in self.names}
         outputs = self._forward(x)
         if not verify:
@@ -296,15 +297,15 @@ class Capture:
             outputs = self._forward(x)
         return outputs
 
-    def _forward(self, x: torch.Tensor) -> dict[str, object]:
+    def _forward(self, x: Inputs) -> dict[str, object]:
         self._outputs, self._versions = {}, {}
         try:
-            self._fn(x)
+            call(self._fn, x)
             return self._outputs
         finally:
             self._outputs = {}
 
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, x: Inputs) -> dict[str, torch.Tensor]:
         """{layer: (B, *shape)} with each batch axis in front; a layer that is not one
         tensor, or whose shape is not the probe's, is a CaptureError."""
         outputs = self.raw(x)
@@ -318,16 +319,17 @@ class Capture:
             if want is not None and tuple(t.shape[1:]) != want:  # type: ignore[union-attr]
                 raise CaptureError(
                     f"layer '{n}' output {tuple(t.shape[1:])} per sample for a batch of "  # type: ignore[union-attr]
-                    f"{len(x)}, and {want} at the probe: its shape changes from batch to batch, "
-                    "which a store of fixed shapes cannot hold. Capture a layer of fixed shape."
+                    f"{batch_len(x)}, and {want} at the probe: its shape changes from batch to "
+                    "batch, which a store of fixed shapes cannot hold. Capture a layer of fixed "
+                    "shape."
                 )
             result[n] = t
         return result  # type: ignore[return-value]
 
-    def model_output(self, x: torch.Tensor) -> object:
+    def model_output(self, x: Inputs) -> object:
         """The model's own output for ``x``; hooks, if any, keep nothing of this call."""
         try:
-            return self.module(x)
+            return call(self.module, x)
         finally:
             self._outputs = {}
 

@@ -33,6 +33,7 @@ from actextract.core.axes import (
     check_layout,
     layout_of,
 )
+from actextract.data.inputs import Inputs, describe, map_tensors
 from actextract.errors import CaptureError, option
 from actextract.model.capture import (
     Capture,
@@ -87,8 +88,8 @@ class LayerInfo:
 
 def probe(
     cap: Capture,
-    single: torch.Tensor,
-    pair: torch.Tensor | None = None,
+    single: Inputs,
+    pair: Inputs | None = None,
     *,
     layouts: Mapping[str, str] | None = None,
     strict: bool = True,
@@ -100,7 +101,7 @@ def probe(
     --layout per layer. ``strict``: a layer that cannot be stored is a CaptureError (else its
     ``problem`` says why). ``keep``: the outputs returned are each as it was produced, a copy
     (without: as the forward left them, for a probe that only needs their shapes)."""
-    pair = torch.cat([single, single]) if pair is None else pair
+    pair = map_tensors(lambda t: torch.cat([t, t]), single) if pair is None else pair
     try:
         with torch.no_grad():
             values, written, axes = trace_forward(cap, single, keep=keep)
@@ -110,7 +111,7 @@ def probe(
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else ""  # fx adds the node and a traceback
         raise CaptureError(
-            f"a forward pass of one sample of shape {tuple(single.shape[1:])} "
+            f"a forward pass of one sample of shape {_one_sample(single)} "
             f"failed: {type(e).__name__}: {first}. Check the input shape: "
             f"{option('input_shape')}, or the dataset's transform."
         ) from e
@@ -169,6 +170,13 @@ def probe(
     return found, outputs
 
 
+def _one_sample(x: Inputs) -> str:
+    """A batch of one's input shape, per sample: ``(3, 224, 224)``, or each tensor's."""
+    if isinstance(x, torch.Tensor):
+        return str(tuple(x.shape[1:]))
+    return describe(map_tensors(lambda t: t[0], x))
+
+
 def configure(cap: Capture, found: Mapping[str, LayerProbe]) -> None:
     """Set ``cap`` (or a new capture of the same layers) up as the probe ``found`` them:
     clones, batch axes, per-sample shapes."""
@@ -219,7 +227,7 @@ def _check_independent(name: str, alone: torch.Tensor, together: torch.Tensor) -
 
 @torch.no_grad()
 def model_output_layers(
-    capture: Capture, outputs: Mapping[str, torch.Tensor], example: torch.Tensor
+    capture: Capture, outputs: Mapping[str, torch.Tensor], example: Inputs
 ) -> set[str]:
     """The layers among ``outputs`` (from :func:`probe` of ``example``) whose output is the
     model's own output: its logits, which the renderer turns into a confusion matrix."""

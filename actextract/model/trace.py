@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from actextract.core.axes import LOST
+from actextract.data.inputs import Inputs, positional
 from actextract.model.capture import Capture, select_element
 
 __all__ = ["follow", "function_axis", "module_axis", "trace_forward"]
@@ -179,7 +180,7 @@ def _moved(name: str, rest: tuple, kwargs: Mapping[str, Any], axis: int, rank: i
 
 
 def trace_forward(
-    cap: Capture, x: torch.Tensor, *, keep: bool = True
+    cap: Capture, x: Inputs, *, keep: bool = True
 ) -> tuple[dict[str, object], dict[str, str], dict]:
     """One forward of ``x`` watched step by step: {layer: output} (``keep``: each tensor as it
     was when produced, a copy; else as the forward left it), {layer: why it must be cloned}
@@ -247,8 +248,8 @@ class _FxTrace(torch.fx.Interpreter):
         self.axes: dict[torch.fx.Node, object] = {}
         self.shapes: dict[torch.fx.Node, object] = {}
 
-    def trace(self, x: torch.Tensor):
-        outputs = self.run(x)
+    def trace(self, x: Inputs):
+        outputs = self.run(*positional(self.module.forward, x))
         self.watch.check("after the last step of the forward")
         axes = {n: self.axes.get(node) for node, names in self.names.items() for n in names}
         return self.watch.as_produced(outputs), dict(self.watch.written), axes
@@ -343,7 +344,8 @@ class _HookTrace:
             for name, m in self.cap.module.named_modules()
             if name
         ]
-        self._remember(x, _input_axis(x))
+        for t in _flat(x):
+            self._remember(t, _input_axis(t))
         try:
             self.cap.model_output(x)
         finally:
