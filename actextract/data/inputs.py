@@ -100,16 +100,15 @@ def split_label(x: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
 
 
 def check_one_tensor(x: Inputs, sample: str) -> None:
-    """An OptionError unless ``x`` is one tensor: what extract and record take per sample in
-    this version (batches of tuples and dicts are made by :func:`stack`, but the capture
-    still calls the model with one tensor)."""
+    """An OptionError unless ``x`` is one tensor: what a Recorder takes per sample in this
+    version (extract takes tuples and dicts too)."""
     if not isinstance(x, torch.Tensor):
         kind = "a tuple" if isinstance(x, tuple) else "a dict"
         raise OptionError(
-            f"{sample}'s input is {kind} of tensors, {describe(x)}; this version of actextract "
-            "runs models on one tensor per sample. Give that tensor (for a text model, the "
-            "input_ids of fixed-length sequences), or wrap the model in a module whose forward "
-            "takes one tensor."
+            f"{sample}'s input is {kind} of tensors, {describe(x)}; a Recorder runs the model "
+            "on one tensor per sample in this version (extract takes tuples and dicts). Give "
+            "that tensor (for a text model, the input_ids of fixed-length sequences), or wrap "
+            "the model in a module whose forward takes one tensor."
         )
 
 
