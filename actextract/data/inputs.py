@@ -25,6 +25,7 @@ __all__ = [
     "LABEL_KEYS",
     "Inputs",
     "Padding",
+    "SampleShape",
     "as_inputs",
     "batch_len",
     "call",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
+# a sample's shape in its input's structure: (3, 224, 224), ((4,), (3,)), {"input_ids": (128,)}
+SampleShape = tuple[int, ...] | tuple[tuple[int, ...], ...] | dict[str, tuple[int, ...]]
 
 # keys of a dict sample that hold its label, not an input of the model (a Hugging Face
 # dataset's rows carry "label"; a model given labels= would compute a loss instead)
@@ -112,7 +115,7 @@ def check_one_tensor(x: Inputs, sample: str) -> None:
         )
 
 
-def per_sample_shape(x: Inputs) -> tuple | tuple[tuple, ...] | dict[str, tuple]:
+def per_sample_shape(x: Inputs) -> SampleShape:
     """The shape of a sample (or, for a batch, of its rows) in the input's own structure."""
     if isinstance(x, torch.Tensor):
         return tuple(x.shape)

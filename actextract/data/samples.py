@@ -32,6 +32,7 @@ from actextract.data.images import (  # re-exported: where the stages have taken
 )
 from actextract.data.inputs import (
     Inputs,
+    SampleShape,
     as_inputs,
     map_tensors,
     per_sample_shape,
@@ -136,7 +137,7 @@ class Batch:
         return replace(self, inputs=map_tensors(torch.Tensor.pin_memory, self.inputs))
 
 
-def collate(items: Sequence[Sample | BadSample], *, shape: tuple[int, ...] | None = None) -> Batch:
+def collate(items: Sequence[Sample | BadSample], *, shape: SampleShape | None = None) -> Batch:
     """Stack the good samples into ``inputs`` (B, *shape); ``bad`` is sorted by index.
 
     ``shape``: the run's per-sample input shape (that of the first sample, which decided the
@@ -277,7 +278,7 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     prefetch_factor: int = 4,
-    input_shape: tuple[int, ...] | None = None,
+    input_shape: SampleShape | None = None,
 ) -> DataLoader:
     """A DataLoader over ``rows`` of the source, in order, yielding :class:`Batch`.
 

@@ -16,6 +16,7 @@ from torch import nn
 from actextract.core.devices import resolve_device
 from actextract.core.names import names_option
 from actextract.data.decode import DeviceDecoder
+from actextract.data.inputs import Inputs, SampleShape
 from actextract.data.source import (
     Preprocess,
     Source,
@@ -264,7 +265,7 @@ def _compute(
     slots: int,
     options: RunOptions,
     decoder: DeviceDecoder | None,
-    input_shape: tuple[int, ...],
+    input_shape: SampleShape,
     group: Any,
 ) -> tuple[list[int], Summary]:
     """Compute this process's row blocks not done yet (and the statistics of those not
@@ -296,7 +297,7 @@ def _compute(
         input_shape=input_shape,  # every input the probe's shape, or a bad sample
     )
 
-    def forward(x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def forward(x: Inputs) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         out = cap(x)  # the row arrays, and the outputs the statistics sum
         return reducer(out), {s.layer: out[s.layer] for s in specs}
 

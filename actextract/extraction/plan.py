@@ -17,7 +17,7 @@ from actextract.core.dtypes import STORAGE_DTYPES
 from actextract.core.names import match_names
 from actextract.core.versions import software
 from actextract.data.decode import DeviceDecoder
-from actextract.data.inputs import per_sample_shape, stack
+from actextract.data.inputs import SampleShape, per_sample_shape, stack
 from actextract.data.rules import channels_hint
 from actextract.data.source import Preprocess, Sample, Source
 from actextract.errors import CaptureError, OptionError, option
@@ -53,7 +53,7 @@ def plan_arrays(
     hist_bins: int = DEFAULT_BINS,
     hist_range: tuple[float, float] | None = None,
     layouts: str | Mapping[str, str] | None = None,
-) -> tuple[list[ArraySpec], Reducer, dict[str, Any], tuple[int, ...]]:
+) -> tuple[list[ArraySpec], Reducer, dict[str, Any], SampleShape]:
     """Probe real samples through the capture (:func:`actextract.model.probe.probe`, which also
     configures it): the row arrays (``stored`` layers, default all, and the ``channel-mean``
     statistics), their reducer, the ``stats`` attributes of the store ({layer: kinds, output
