@@ -147,35 +147,31 @@ def collate(items: Sequence[Sample | BadSample], *, shape: SampleShape | None = 
     good = [s for s in items if isinstance(s, Sample)]
     bad = [s for s in items if isinstance(s, BadSample)]
     if good:
+        shapes = [per_sample_shape(s.input) for s in good]
         if shape is not None:
             common = _as_shape(shape)
             whose = "the run's"
             why = " (that of the first sample, which decided the layers' shapes)"
         else:
-            counts = Counter(repr(per_sample_shape(s.input)) for s in good)
-            top = counts.most_common(1)[0][0]
-            common = next(
-                per_sample_shape(s.input) for s in good if repr(per_sample_shape(s.input)) == top
-            )
+            by_text = {repr(sh): sh for sh in shapes}  # dict shapes do not hash
+            common = by_text[Counter(repr(sh) for sh in shapes).most_common(1)[0][0]]
             whose, why = "the batch's", ""
         fix = (
             "pass --resize and --crop to bring every input to one size"
             if isinstance(good[0].input, torch.Tensor)
             else "pad or cut every sequence to one length (the tokenizer's padding='max_length')"
         )
-        for s in good:
-            if per_sample_shape(s.input) != common:
-                bad.append(
-                    BadSample(
-                        s.index,
-                        s.id,
-                        (
-                            f"input shape {_shape_text(per_sample_shape(s.input))} differs from "
-                            f"{whose} {_shape_text(common)}{why}; {fix}"
-                        ),
-                    )
-                )
-        good = [s for s in good if per_sample_shape(s.input) == common]
+        bad += [
+            BadSample(
+                s.index,
+                s.id,
+                f"input shape {_shape_text(sh)} differs from {whose} {_shape_text(common)}{why}; "
+                f"{fix}",
+            )
+            for s, sh in zip(good, shapes, strict=True)
+            if sh != common
+        ]
+        good = [s for s, sh in zip(good, shapes, strict=True) if sh == common]
     return Batch(
         inputs=stack([s.input for s in good]) if good else None,
         labels=torch.tensor([s.label for s in good], dtype=torch.int64),

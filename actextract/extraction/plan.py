@@ -17,7 +17,7 @@ from actextract.core.dtypes import STORAGE_DTYPES
 from actextract.core.names import match_names
 from actextract.core.versions import software
 from actextract.data.decode import DeviceDecoder
-from actextract.data.inputs import SampleShape, per_sample_shape, stack
+from actextract.data.inputs import Inputs, SampleShape, per_sample_shape, stack
 from actextract.data.rules import channels_hint
 from actextract.data.source import Preprocess, Sample, Source
 from actextract.errors import CaptureError, OptionError, option
@@ -71,9 +71,11 @@ def plan_arrays(
             )
         except CaptureError as e:  # a first convolution of other channels: say which
             first = examples[0].input
-            hint = None
-            if isinstance(first, torch.Tensor):
-                hint = channels_hint(cap.module, tuple(first.shape))
+            hint = (
+                channels_hint(cap.module, tuple(first.shape))
+                if isinstance(first, torch.Tensor)
+                else None
+            )
             if hint is None or e.__cause__ is None:
                 raise
             cause = (str(e.__cause__).splitlines() or [""])[0]  # fx adds the node and more
@@ -239,14 +241,14 @@ def finite_probe(cap, source, rows, options, decoder, layer: str, first: Sample)
     ``HIST_PROBE_ROWS`` rows that holds a finite value: where the probe sample's hold none
     (a NaN input), the default histogram range comes from these. None there: an OptionError
     that asks for --hist-range."""
-    batch: list = []  # the inputs of samples shaped like the first
+    batch: list[Inputs] = []  # the inputs of samples shaped like the first
+    shape = per_sample_shape(first.input)
     looked = rows[1:HIST_PROBE_ROWS]
     for k, i in enumerate(looked):
         item = source.dataset[i]
         if decoder is not None and isinstance(item, Sample):
             item = decoder.decode_sample(item)
-        same = isinstance(item, Sample)
-        if same and per_sample_shape(item.input) == per_sample_shape(first.input):
+        if isinstance(item, Sample) and per_sample_shape(item.input) == shape:
             batch.append(item.input)
         if batch and (len(batch) == 8 or k == len(looked) - 1):
             x = device_inputs(stack(batch), options)
