@@ -4,7 +4,9 @@ Names are fx node names as torchvision's ``get_graph_node_names`` gives them
 (``layer1.0.relu_1``, ``flatten``; :mod:`actextract.model.fxgraph` says where ours differ) and
 module names (``layer3``, containers included: their output is the output of the module's last
 node). Globs follow path rules (:mod:`actextract.core.names`). An output that is a tuple is reached
-by index: ``lstm[0]``, ``lstm[1][0]``.
+by index: ``lstm[0]``, ``lstm[1][0]``. In a Hugging Face transformers model, a module whose
+output is a tuple or a ``ModelOutput`` (attention: output and weights; older blocks: hidden
+states and cache) gives its element 0 by default, the hidden states; ``name[1]`` the others.
 
 torch.fx is the default. A model fx cannot trace (data-dependent control flow, ...) falls
 back to forward hooks on modules, and the log says so; then only module names can be
@@ -35,14 +37,32 @@ from torch import nn
 from actextract.core.names import match_names, wider_hint
 from actextract.data.inputs import Inputs, batch_len, call
 from actextract.errors import CaptureError, LayerNotFoundError, option
+from actextract.model.elements import (  # re-exported: the capture's names for its callers
+    check_outputs,
+    from_transformers,
+    select_element,
+    sequence,
+    split_index,
+    tensor_paths,
+)
 from actextract.model.fxgraph import Traced, graph_returning, set_outputs, trace
 
-__all__ = ["Candidates", "Capture", "build_capture", "candidates", "select_layers", "split_index"]
+__all__ = [
+    "Candidates",
+    "Capture",
+    "build_capture",
+    "candidates",
+    "check_outputs",
+    "from_transformers",
+    "select_element",
+    "select_layers",
+    "split_index",
+    "tensor_paths",
+]
 
 log = logging.getLogger(__name__)
 
 Method = Literal["auto", "fx", "hooks"]
-_INDEX = re.compile(r"((?:\[\d+\])+)$")
 
 
 @dataclass(frozen=True)
@@ -73,7 +93,9 @@ def candidates(module: nn.Module, method: Method = "auto") -> Candidates:
                     f"torch.fx cannot trace {type(module).__name__} ({fx_error}); "
                     "use --capture hooks (capture='hooks'; module names only)."
                 ) from None
-            log.warning(
+            # transformers models do not trace: hooks are their path, not a fallback to warn of
+            log.log(
+                logging.INFO if from_transformers(module) else logging.WARNING,
                 "torch.fx cannot trace %s (%s); capturing with forward hooks on modules instead",
                 type(module).__name__,
                 fx_error,
@@ -122,14 +144,6 @@ def _container_nodes(nodes: list[str], modules: dict[str, nn.Module]) -> dict[st
             if prefix in modules and prefix not in node_set:
                 last[prefix] = node
     return last
-
-
-def split_index(name: str) -> tuple[str, tuple[int, ...]]:
-    """``lstm[1][0]`` → ("lstm", (1, 0)); a plain name → (name, ())."""
-    m = _INDEX.search(name)
-    if not m:
-        return name, ()
-    return name[: m.start()], tuple(int(i) for i in re.findall(r"\d+", m.group(1)))
 
 
 def select_layers(patterns: Iterable[str], cands: Candidates, *, model_name: str) -> list[str]:
@@ -182,6 +196,7 @@ class Capture:
         self._outputs: dict[str, object] = {}
         self._versions: dict[str, int] = {}
         self.index = {n: split_index(n) for n in self.names}
+        self.first_element = from_transformers(module)  # a tuple output's [0] by default
         self.by_base: dict[str, list[str]] = {}  # a module (or node) → the layers read from it
         for n, (base, _) in self.index.items():
             self.by_base.setdefault(base, []).append(n)
@@ -241,7 +256,7 @@ class Capture:
             for name in names:
                 if name in self._outputs:
                     continue  # first call wins, as fx's plain node name
-                value = select_element(out, self.index[name][1])
+                value = select_element(out, self.element(name, out))
                 if isinstance(value, torch.Tensor):
                     if name in self.clones:
                         value = value.clone()
@@ -250,6 +265,14 @@ class Capture:
                 self._outputs[name] = value
 
         return hook
+
+    def element(self, name: str, out: object) -> tuple[int, ...]:
+        """The index of layer ``name`` in its module's output ``out``: the one it names, or
+        element 0 of a transformers module's tuple (or ModelOutput) when it names none."""
+        index = self.index[name][1]
+        if not index and self.first_element and sequence(out) is not None:
+            return (0,)
+        return index
 
     def configure(
         self,
@@ -338,51 +361,6 @@ class Capture:
         for h in self._handles:
             h.remove()
         self._handles = []
-
-
-def select_element(value: object, index: tuple[int, ...]) -> object:
-    """``value[i][j]...``; an index a tuple does not have is kept as the IndexError."""
-    for i in index:
-        if not isinstance(value, tuple | list) or i >= len(value):
-            return IndexError(f"{type(value).__name__} has no element {i}")
-        value = value[i]
-    return value
-
-
-def check_outputs(names: Sequence[str], outputs: Mapping[str, object]) -> None:
-    """Every layer produced one tensor, or a CaptureError says which did not and what to
-    capture instead (an element of a tuple by its index)."""
-    missing = [n for n in names if n not in outputs]
-    if missing:
-        raise CaptureError(
-            f"layers {missing} produced no output in the forward pass "
-            "(modules that forward() never calls)."
-        )
-    bad = []
-    for n in names:
-        value = outputs[n]
-        if isinstance(value, torch.Tensor):
-            continue
-        if isinstance(value, IndexError):
-            bad.append(f"{n} ({value})")
-            continue
-        paths = tensor_paths(value)
-        elements = f"; its tensors: {', '.join(n + p for p in paths[:6])}" if paths else ""
-        bad.append(f"{n} ({type(value).__name__}{elements})")
-    if bad:
-        raise CaptureError(
-            f"layers {'; '.join(bad)} do not output a single tensor; capture a tensor of the "
-            "output by its index, or a layer inside it (see 'actextract layers')."
-        )
-
-
-def tensor_paths(value: object, prefix: str = "") -> list[str]:
-    """The indices of the tensors inside nested tuples/lists: ``['[0]', '[1][0]', ...]``."""
-    if isinstance(value, torch.Tensor):
-        return [prefix]
-    if isinstance(value, tuple | list):
-        return [p for i, v in enumerate(value) for p in tensor_paths(v, f"{prefix}[{i}]")]
-    return []
 
 
 def build_capture(

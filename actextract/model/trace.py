@@ -23,7 +23,8 @@ from torch import nn
 
 from actextract.core.axes import LOST
 from actextract.data.inputs import Inputs, positional
-from actextract.model.capture import Capture, select_element
+from actextract.model.capture import Capture
+from actextract.model.elements import select_element, sequence
 
 __all__ = ["follow", "function_axis", "module_axis", "trace_forward"]
 
@@ -219,9 +220,8 @@ def _nested_axes(value: object, rule) -> object:
     """``rule(shape)`` for a tensor; the same for each element of a tuple or list."""
     if isinstance(value, torch.Tensor):
         return rule(tuple(value.shape))
-    if isinstance(value, tuple | list):
-        return tuple(_nested_axes(v, rule) for v in value)
-    return None
+    items = sequence(value)  # a tuple or list, or a ModelOutput as its tuple
+    return None if items is None else tuple(_nested_axes(v, rule) for v in items)
 
 
 def _element(axes: object, index: tuple[int, ...]) -> object:
@@ -337,6 +337,7 @@ class _HookTrace:
         self.known: dict[int, tuple[torch.Tensor, object]] = {}  # id → (tensor, axis)
         self.axes: dict[str, object] = {}  # module name → axis of its first call's output
         self.values: dict[str, object] = {}  # captured layer → output
+        self.elements: dict[str, tuple[int, ...]] = {}  # captured layer → its index in it
 
     def trace(self, x: torch.Tensor):
         handles = [
@@ -353,7 +354,7 @@ class _HookTrace:
                 h.remove()
         self.watch.check("after the last module returned")
         axes = {
-            n: _element(self.axes.get(base), self.cap.index[n][1])
+            n: _element(self.axes.get(base), self.elements.get(n, self.cap.index[n][1]))
             for base, names in self.cap.by_base.items()
             for n in names
         }
@@ -375,7 +376,8 @@ class _HookTrace:
                 self._remember(out, axes)
                 for layer in self.cap.by_base.get(name, ()):
                     if layer not in self.values:
-                        value = select_element(out, self.cap.index[layer][1])
+                        self.elements[layer] = self.cap.element(layer, out)
+                        value = select_element(out, self.elements[layer])
                         self.values[layer] = value
                         self.watch.add(layer, value)
 

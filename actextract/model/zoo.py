@@ -7,6 +7,9 @@ Specs (``load_model``):
 - ``digits-cnn``: the small CNN of the tutorials (conv → relu → pool → conv → relu → pool →
   dropout → linear), for 1×28×28 inputs; ``actextract train-demo`` trains it;
 - ``python:module:callable`` or ``python:file.py:callable``: a callable returning a Module;
+- ``hf:PATH_OR_NAME``, ``hf-config:FILE``, ``timm:NAME``: Hugging Face and timm models, and
+  torchvision weights by enum name (``weights="IMAGENET1K_V2"``), from local files only, with
+  the preprocessing (and tokenizer) they come with (:mod:`actextract.model.hub`);
 - an ``nn.Module`` object (Python API).
 
 A checkpoint (:mod:`actextract.model.checkpoints`) is a state_dict (also inside ``{"state_dict":
@@ -23,13 +26,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from actextract.core.references import call_object, load_object
-from actextract.data.source import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from actextract.data.source import Preprocess
 from actextract.errors import ModelSpecError, option
+from actextract.model import hub
 from actextract.model.checkpoints import (
     file_sha256,
     fit_checkpoint,
@@ -85,12 +90,10 @@ class LoadedModel:
     preprocess: Preprocess  # the model's default input preparation for image sources
     weights: str | None = None
     weights_sha256: str | None = None
-    weights_format: str | None = None  # safetensors, torch (weights_only) or pickle (trusted)
-
-
-_TORCHVISION_PREPROCESS = Preprocess(
-    channels=3, resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD
-)
+    # safetensors, torch (weights_only) or pickle (trusted); "hub": the spec's own files (hf:,
+    # timm:'s cache); "torchvision": a torchvision weights enum from the torch hub cache
+    weights_format: str | None = None
+    tokenizer: Any = None  # a transformers tokenizer: the model reads text (hf: specs)
 
 
 def torchvision_model_names() -> list[str]:
@@ -111,6 +114,7 @@ def load_model(
     ``trust_checkpoint``: let ``weights`` be a pickle that only the full unpickler reads (a
     whole module), which runs code from the file; without it such a file is refused."""
     own = isinstance(model, nn.Module)  # the caller's: left in its mode (see ``borrowed``)
+    tokenizer = None
     if own:
         module = unwrap_compiled(model)
         spec, shape = f"python-object:{type(module).__qualname__}", None
@@ -132,6 +136,23 @@ def load_model(
             )
         module = unwrap_compiled(module)
         spec, shape, pre = model, None, Preprocess()
+    elif model.startswith(("hf:", "hf-config:", "timm:")):
+        got = (
+            hub.load_timm(model)
+            if model.startswith("timm:")
+            else hub.load_hf(model, random=model.startswith("hf-config:"))
+        )
+        module, spec, shape, pre, tokenizer = (
+            got.module,
+            model,
+            got.input_shape,
+            got.preprocess,
+            got.tokenizer,
+        )
+        if weights is None and got.weights is not None:
+            sha = file_sha256(got.weights) if Path(got.weights).is_file() else None
+            module.eval()
+            return LoadedModel(module, spec, shape, pre, got.weights, sha, "hub", tokenizer)
     else:
         names = torchvision_model_names()
         if model not in names:
@@ -139,12 +160,20 @@ def load_model(
             hint = f" Close matches: {', '.join(close)}." if close else ""
             raise ModelSpecError(
                 f"unknown model '{model}'.{hint} Use a torchvision classification model name "
-                "(see torchvision.models.list_models()), 'digits-cnn', or python:module:callable."
+                "(see torchvision.models.list_models()), 'digits-cnn', python:module:callable, "
+                "hf:PATH, hf-config:FILE or timm:NAME."
             )
         import torchvision.models
 
-        module = torchvision.models.get_model(model, weights=None)
-        spec, shape, pre = model, (3, 224, 224), _TORCHVISION_PREPROCESS
+        enum = _weights_enum(weights)
+        chosen = hub.torchvision_weights(model, enum) if enum else None
+        module = torchvision.models.get_model(model, weights=chosen)
+        pre, shape = hub.torchvision_preprocess(model, chosen)
+        spec = model
+        if chosen is not None:
+            module.eval()
+            sha = file_sha256(hub.torchvision_file(chosen))
+            return LoadedModel(module, spec, shape, pre, enum, sha, "torchvision")
     sha = form = None
     if weights is not None:
         checkpoint = read_checkpoint(weights, trust=trust_checkpoint)
@@ -152,7 +181,18 @@ def load_model(
         sha, form = checkpoint.sha256, checkpoint.format
     if not own:
         module.eval()
-    return LoadedModel(module, spec, shape, pre, str(weights) if weights else None, sha, form)
+    return LoadedModel(
+        module, spec, shape, pre, str(weights) if weights else None, sha, form, tokenizer
+    )
+
+
+def _weights_enum(weights: str | Path | None) -> str | None:
+    """``weights`` when it names torchvision weights (``IMAGENET1K_V2``, ``DEFAULT``) rather
+    than a file: an upper-case name with no such file."""
+    text = str(weights) if weights is not None else ""
+    if text and text.upper() == text and not Path(text).exists() and "/" not in text:
+        return text
+    return None
 
 
 def unwrap_compiled(module: nn.Module) -> nn.Module:

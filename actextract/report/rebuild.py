@@ -97,19 +97,26 @@ def rebuild_model(attrs: dict[str, Any]) -> nn.Module:
             f"the run used '{spec}' with randomly initialised weights and no checkpoint, so its "
             "weights cannot be rebuilt (pass --weights when extracting)."
         )
+    form = model.get("weights_format")  # hub, torchvision: the spec finds its own files
     if weights is not None:
         path = Path(weights)
-        if model.get("weights_format") == "pickle":
+        if form == "pickle":
             raise _pickled(weights)
-        if not path.is_file():
+        if form not in ("hub", "torchvision") and not path.is_file():
             raise RebuildError(f"the checkpoint '{weights}' the run used is gone.")
-        if model.get("weights_sha256") and file_sha256(path) != model["weights_sha256"]:
+        if (
+            form != "torchvision"
+            and path.is_file()
+            and model.get("weights_sha256")
+            and (file_sha256(path) != model["weights_sha256"])
+        ):
             raise RebuildError(
                 f"the checkpoint '{weights}' changed since the run (sha256 differs); its "
                 "filters would not be the ones that made the store."
             )
     try:
-        return load_model(spec, weights=weights).module  # never trusted: no code from the file
+        # never trusted: no code from the file; a hub spec's own weights come with the spec
+        return load_model(spec, weights=None if form == "hub" else weights).module
     except UntrustedCheckpointError:
         raise _pickled(weights) from None
     except ActextractError as e:
