@@ -62,11 +62,11 @@ ALIASES = {
     "ndhwc": "nhwc",
     "features": "vector",
 }
-REDUCTIONS = ("none", "mean", "max", "cls", "tokens")
+REDUCTIONS = ("none", "mean", "max", "cls", "last", "tokens")
 _BY_LAYOUT = {
     "nchw": ("none", "mean", "max"),
     "nhwc": ("none", "mean", "max"),
-    "tokens": ("none", "mean", "max", "cls", "tokens"),
+    "tokens": ("none", "mean", "max", "cls", "last", "tokens"),
     "vector": ("none",),
     "other": ("none",),
 }
@@ -74,6 +74,7 @@ _WHAT = {
     "mean": "the mean over the spatial axes (maps) or the tokens",
     "max": "the maximum over the spatial axes (maps) or the tokens",
     "cls": "the first token",
+    "last": "the last token",
     "tokens": "every token",
 }
 LOST = -1  # the channel axis went into a reshape that mixes it with others: layout "other"
@@ -212,13 +213,36 @@ def array_layout(layout: str, how: str) -> str:
     return layout if how in ("none", "tokens") else "vector"
 
 
-def pool(t: torch.Tensor, layout: str, how: str) -> torch.Tensor:
-    """(B, *shape) in ``layout`` → (B, C) or (B, D) for mean/max/cls; as it is otherwise. A
-    mean accumulates in float32, so that one over many fp16/bf16 values keeps its digits."""
+def pool(t: torch.Tensor, layout: str, how: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, *shape) in ``layout`` → (B, C) or (B, D) for mean/max/cls/last; as it is otherwise.
+    A mean accumulates in float32, so that one over many fp16/bf16 values keeps its digits.
+
+    ``mask``: the batch's (B, T) attention mask (1: a real token, 0: padding) for a token
+    layer of T tokens: mean and max take the real tokens only, cls the first real one and
+    last the last real one, wherever the padding is (left or right). Without one every token
+    is real."""
     if how in ("none", "tokens"):
         return t
+    tokens = layout == "tokens" and t.ndim == 3
+    if tokens and mask is not None and mask.shape == t.shape[:2]:
+        real = mask.to(torch.bool)
+        if how in ("cls", "last"):
+            at = torch.arange(t.shape[1], device=t.device).expand_as(real)
+            pick = (
+                torch.where(real, at, t.shape[1]).amin(1)
+                if how == "cls"
+                else torch.where(real, at, -1).amax(1)
+            )
+            return t[torch.arange(t.shape[0], device=t.device), pick.clamp(0, t.shape[1] - 1)]
+        if how == "mean":
+            weight = real.unsqueeze(-1).to(torch.float32)
+            total = (t.to(torch.float32) * weight).sum(1)
+            return total / weight.sum(1).clamp_min(1)
+        return t.masked_fill(~real.unsqueeze(-1), float("-inf")).amax(1)
     if how == "cls":
         return t[:, 0]
+    if how == "last":
+        return t[:, -1]
     c = 1 + channel_axis(layout, t.ndim - 1)
     dims = tuple(d for d in range(1, t.ndim) if d != c)
     return t.mean(dims, dtype=torch.float32) if how == "mean" else t.amax(dims)

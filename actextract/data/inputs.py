@@ -27,6 +27,7 @@ __all__ = [
     "Padding",
     "SampleShape",
     "as_inputs",
+    "attention_mask",
     "batch_len",
     "call",
     "check_one_tensor",
@@ -144,6 +145,12 @@ def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], x: Inputs) -> Inputs
     if isinstance(x, tuple):
         return tuple(fn(t) for t in x)
     return {k: fn(t) for k, t in x.items()}
+
+
+def attention_mask(x: Inputs) -> torch.Tensor | None:
+    """A dict batch's (B, T) ``attention_mask`` (1: a real token, 0: padding); else None."""
+    mask = x.get(MASK_KEY) if isinstance(x, dict) else None
+    return mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
 
 
 def batch_len(x: Inputs) -> int:

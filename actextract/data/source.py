@@ -11,6 +11,8 @@ Specs (``open_source``):
 - ``synthetic:N:C:H:W``: N seeded random inputs, fed to the model as they are (benchmarks).
 - ``python:module:callable``: a user Dataset (or a callable returning one); items are an input
   tensor or ``(input, label, ...)``, fed as they are.
+- ``text:FILE``, ``hf-dataset:PATH[:split][:column]``: documents, tokenised by the model's
+  tokenizer (:mod:`actextract.data.text`).
 
 Items and batches are described in :mod:`actextract.data.samples`; this module resolves specs.
 """
@@ -35,11 +37,13 @@ from actextract.data.samples import (  # re-exported: the source stage's public 
     Source,
     make_loader,
 )
+from actextract.data.text import TEXT_KINDS, open_text
 from actextract.errors import OptionError, SourceError, option
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "TEXT_KINDS",
     "BadSample",
     "Batch",
     "Preprocess",
@@ -91,9 +95,18 @@ class _Synthetic(Dataset):
         return torch.randn(self.shape, generator=g), index % 10
 
 
-def open_source(spec: str, preprocess: Preprocess | None = None, *, decode: str = "cpu") -> Source:
+def open_source(
+    spec: str,
+    preprocess: Preprocess | None = None,
+    *,
+    decode: str = "cpu",
+    tokenizer: Any = None,
+    max_length: int | None = None,
+    text_field: str = "text",
+) -> Source:
     """Resolve a dataset spec (see the module docstring). ``preprocess`` overrides the source's
-    own defaults for image sources; synthetic and python sources are fed as they are.
+    own defaults for image sources; synthetic and python sources are fed as they are. Text
+    sources are tokenised by ``tokenizer`` (the model's) to ``max_length`` tokens.
 
     ``decode="gpu"`` (``folder:`` sources only) leaves decoding to the run's device: the
     source's items are undecoded and ``Source.encoded`` is True (see
@@ -128,7 +141,10 @@ def open_source(spec: str, preprocess: Preprocess | None = None, *, decode: str 
         return wrap_dataset(dataset, spec=spec)
     if kind in TORCHVISION_DATASETS:
         return _torchvision(spec, kind, rest, preprocess)
+    if kind in TEXT_KINDS:
+        return open_text(spec, tokenizer, max_length, text_field=text_field)
     known = ["digits", "folder:PATH", "synthetic:N:C:H:W", "python:module:callable"]
+    known += ["text:FILE", "hf-dataset:PATH[:split][:column]"]
     known += [f"{k}:ROOT" for k in TORCHVISION_DATASETS]
     raise SourceError(f"unknown dataset '{spec}'; use one of: {', '.join(known)}.")
 

@@ -16,8 +16,9 @@ from torch import nn
 from actextract.core.devices import resolve_device
 from actextract.core.names import names_option
 from actextract.data.decode import DeviceDecoder
-from actextract.data.inputs import Inputs, SampleShape
+from actextract.data.inputs import Inputs, SampleShape, attention_mask
 from actextract.data.source import (
+    TEXT_KINDS,
     Preprocess,
     Source,
     make_loader,
@@ -146,7 +147,7 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         loaded = load_model(o.model, weights=o.weights, trust_checkpoint=o.trust_checkpoint)
-    source = _open(o.dataset, o.preprocess.over(loaded.preprocess), o.decode)
+    source = _open(o, loaded, o.preprocess.over(loaded.preprocess))
     decoder = DeviceDecoder(source.preprocess, options.device) if source.encoded else None
     rows = range(min(len(source), o.limit) if o.limit else len(source))
     if len(rows) == 0:
@@ -299,7 +300,7 @@ def _compute(
 
     def forward(x: Inputs) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         out = cap(x)  # the row arrays, and the outputs the statistics sum
-        return reducer(out), {s.layer: out[s.layer] for s in specs}
+        return reducer(out, attention_mask(x)), {s.layer: out[s.layer] for s in specs}
 
     if o.compile:
         forward = compiled(forward, o.batch_size, options)
@@ -357,13 +358,28 @@ def _record_stop(store: Store, status: str, error: str) -> None:
         log.warning("could not record status '%s' in %s: %s", status, store.location, e)
 
 
-def _open(dataset: str | Source | Any, preprocess: Preprocess, decode: str) -> Source:
-    if isinstance(dataset, str):
-        return open_source(dataset, preprocess, decode=decode)
-    source = wrap_dataset(dataset)
-    if decode == "gpu" and not source.encoded:
+def _open(o: ExtractOptions, loaded: Any, preprocess: Preprocess) -> Source:
+    """The run's source; a text source is tokenised by the model's tokenizer."""
+    text = isinstance(o.dataset, str) and o.dataset.partition(":")[0].lower() in TEXT_KINDS
+    if o.max_length is not None and not text:
         raise OptionError(
-            f"decode='gpu' applies to 'folder:PATH' dataset specs; a {type(dataset).__name__}"
+            f"{option('max_length')} cuts the documents of text datasets (text:FILE, "
+            f"hf-dataset:PATH), and {option('dataset')} is not one; drop --max-length, or pad "
+            "your own samples to one length."
+        )
+    if isinstance(o.dataset, str):
+        return open_source(
+            o.dataset,
+            preprocess,
+            decode=o.decode,
+            tokenizer=loaded.tokenizer,
+            max_length=o.max_length,
+            text_field=o.text_field,
+        )
+    source = wrap_dataset(o.dataset)
+    if o.decode == "gpu" and not source.encoded:
+        raise OptionError(
+            f"decode='gpu' applies to 'folder:PATH' dataset specs; a {type(o.dataset).__name__}"
             " object is fed as it is. Pass the folder spec, or leave decode at 'cpu'."
         )
     return source

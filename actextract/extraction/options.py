@@ -73,6 +73,8 @@ class ExtractOptions:
     host_buffers: int | None = None
     compile: bool = False
     decode: str = "cpu"
+    max_length: int | None = None  # text datasets: tokens per document (None: the tokenizer's)
+    text_field: str = "text"  # text:FILE.jsonl: the field that holds each document
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -84,6 +86,10 @@ class ExtractOptions:
             )
         if self.writers is not None and self.writers <= 0:
             raise OptionError(f"{option('writers')} {self.writers} must be a positive integer.")
+        if self.max_length is not None and self.max_length <= 0:
+            raise OptionError(
+                f"{option('max_length')} {self.max_length} must be a positive integer."
+            )
         if self.limit is not None and self.limit <= 0:
             raise OptionError(f"{option('limit')} {self.limit} must be a positive integer.")
         if self.resume and self.overwrite:

@@ -79,16 +79,30 @@ def _offline():
     os.environ.update(dict.fromkeys(keys, "1"))
     bars = not are_progress_bars_disabled()
     disable_progress_bars()
+    transformers = _transformers_logging()
+    quiet = transformers is not None and transformers.is_progress_bar_enabled()
+    if quiet:
+        transformers.disable_progress_bar()
     try:
         yield
     finally:
         if bars:
             enable_progress_bars()
+        if quiet:
+            transformers.enable_progress_bar()
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _transformers_logging() -> Any:
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return None
+    return transformers_logging
 
 
 # -- Hugging Face ---------------------------------------------------------------------------

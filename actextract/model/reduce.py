@@ -3,7 +3,9 @@
 A layer's output (B, *shape) is kept whole (``none``), or pooled by its layout
 (:mod:`actextract.core.axes`): ``mean``/``max`` over the spatial axes of maps (either channel
 order) or over the tokens of token layers, to (B, C) or (B, D); ``cls`` keeps a token
-layer's first token, ``tokens`` all of them. Then it is cast to the storage dtype (float16 or
+layer's first token, ``last`` its last, ``tokens`` all of them; with the batch's attention
+mask (text), mean and max take the real tokens only and cls and last the first and last real
+ones, left or right padding alike. Then it is cast to the storage dtype (float16 or
 float32: Zarr has no bfloat16). Doing both on the device shrinks what crosses to the host.
 On the CPU there is no bus to cross: the copy into the host buffer casts, in the same pass
 (``dtype=None`` here).
@@ -67,11 +69,14 @@ class Reducer:
     sources: Mapping[str, str] = field(default_factory=dict)
     layouts: Mapping[str, str] = field(default_factory=dict)
 
-    def __call__(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, outputs: Mapping[str, torch.Tensor], mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``mask``: the batch's (B, T) attention mask, for token layers of T tokens."""
         out = {}
         for key, how in self.plan.items():
             t = outputs[self.sources.get(key, key)]
             if how not in ("none", "tokens"):
-                t = pool(t, self.layouts[key], how)
+                t = pool(t, self.layouts[key], how, mask)
             out[key] = t if self.dtype is None else t.to(self.dtype)
         return out
