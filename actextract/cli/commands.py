@@ -51,8 +51,28 @@ def main(verbose: int) -> None:
     help="Per-sample input shape, e.g. 3,224,224 "
     "(default: the model's own, 1,28,28 for digits-cnn).",
 )
-@click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint to load first.")
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    help="Checkpoint to load first, or torchvision weights by name (IMAGENET1K_V2).",
+)
 @trust_option
+@click.option(
+    "--dataset",
+    help="Probe with this dataset's first sample (a text dataset tokenised by the model's "
+    "tokenizer), not with zeros.",
+)
+@click.option(
+    "--text",
+    help="Probe a text model with these words, tokenised by its tokenizer (default for a "
+    "text model: a sentence of its own).",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tokens per document for --dataset text and --text (padded to it).",
+)
 @dtype_option("Storage dtype the byte counts assume.")
 @click.option(
     "--n",
@@ -86,6 +106,9 @@ def layers(
     input_shape,
     weights,
     trust_checkpoint,
+    dataset,
+    text,
+    max_length,
     dtype,
     n_samples,
     summary,
@@ -119,6 +142,9 @@ def layers(
                 capture=capture,
                 layers=layer_names if graph is None else None,
                 trust_checkpoint=trust_checkpoint,
+                dataset=dataset,
+                text=text,
+                max_length=max_length,
             )
             show = format_layer_summary if summary else format_layer_table
             click.echo(show(table, dtype, n_samples))

@@ -103,20 +103,37 @@ _EXTRACT_OPTIONS = [
     click.option(
         "--model",
         required=True,
-        help="resnet18 (any torchvision classifier), digits-cnn, or python:module:callable.",
+        help="resnet18 (any torchvision classifier), digits-cnn, python:module:callable, "
+        "hf:PATH (a transformers model saved with save_pretrained, or in the local HF cache), "
+        "hf-config:FILE (random, from a config.json) or timm:NAME.",
     ),
     click.option(
         "--weights",
         type=click.Path(dir_okay=False),
         help="Local checkpoint: a state_dict (torch.save) or .safetensors file; its sha256 is "
-        "recorded.",
+        "recorded. For torchvision models also a weights name (IMAGENET1K_V2, DEFAULT) whose "
+        "file is in the local torch cache.",
     ),
     trust_option,
     click.option(
         "--dataset",
         required=True,
         help="digits, folder:PATH, mnist:ROOT[:split], "
-        "cifar10:ROOT, synthetic:N:C:H:W, or python:module:callable.",
+        "cifar10:ROOT, synthetic:N:C:H:W, python:module:callable, text:FILE (a line per "
+        "document, or .jsonl) or hf-dataset:PATH[:split][:column] (save_to_disk's).",
+    ),
+    click.option(
+        "--max-length",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Text datasets: tokens per document, cut and padded to it (default: the "
+        "tokenizer's model_max_length).",
+    ),
+    click.option(
+        "--text-field",
+        default="text",
+        show_default=True,
+        help="text:FILE.jsonl: the field that holds each document.",
     ),
     click.option(
         "--layers",
@@ -185,8 +202,9 @@ _EXTRACT_OPTIONS = [
         "--reduce",
         default=None,
         help="Per-layer pooling by layout: 'layer3=mean,layer4=max' (maps: over the spatial "
-        "axes; tokens: over the tokens), 'encoder.**=cls' (the first token), or 'mean' for "
-        "every layer. Default: none.",
+        "axes; tokens: over the tokens), 'encoder.**=cls' (the first token), 'h.*=last' (the "
+        "last), or 'mean' for every layer; text: over the attention mask's real tokens. "
+        "Default: none.",
     ),
     click.option(
         "--layout",

@@ -246,13 +246,22 @@ def model_output_layers(
 
 
 def layer_table(
-    module: nn.Module, input_shape: Sequence[int], *, method: Method = "auto"
+    module: nn.Module,
+    input_shape: Sequence[int] | None,
+    *,
+    method: Method = "auto",
+    example: Inputs | None = None,
 ) -> tuple[list[LayerInfo], str]:
     """Every capturable layer with its kind, per-sample output shape, layout and whether it
     is cloned at capture (None shape: not one tensor; a tuple output's tensors follow as
-    rows of their own, ``name[i]``), from a probe with zeros; and the method used."""
+    rows of their own, ``name[i]``), from a probe with ``example`` (a batch of one: a text
+    model's tokenised sample), else with zeros of ``input_shape``; and the method used."""
     cands = candidates(module, method)
-    example = torch.zeros((1, *input_shape), device=_module_device(module))
+    device = _module_device(module)
+    if example is not None:
+        example = map_tensors(lambda t: t.to(device), example)
+    else:
+        example = torch.zeros((1, *(input_shape or ())), device=device)
     found = _probe_all(module, list(cands.names), cands, example)
     indexed = [n + p for n, f in found.items() for p in f.elements]
     if indexed:

@@ -17,10 +17,7 @@ def format_layer_table(table: Any, dtype: str, n_samples: int | None = None) -> 
     cannot be stored; with ``n_samples``, the projected uncompressed store size."""
     out: list[str] = []
     torch_dtype = STORAGE_DTYPES[dtype]
-    out.append(
-        f"{table.model}: input {tuple(table.input_shape)}, captured with "
-        f"{'torch.fx' if table.method == 'fx' else 'forward hooks (module names only)'}"
-    )
+    out.append(_head(table))
     for pattern, count in (getattr(table, "matched", None) or {}).items():
         out.append(f"'{pattern}' matches {count} name{'s' if count != 1 else ''}")
     width = max([len(r.name) for r in table.rows] + [4])
@@ -34,7 +31,7 @@ def format_layer_table(table: Any, dtype: str, n_samples: int | None = None) -> 
     for r, shape in zip(table.rows, shapes, strict=True):
         size = human_bytes(r.bytes_per_sample(torch_dtype)) if r.shape is not None else "-"
         line = f"{r.name:<{width}}  {r.kind:<{kind_w}}  {shape:<{shape_w}}  {r.layout:<7}{size:>22}"
-        out.append(f"{line}  {_note(r)}".rstrip())
+        out.append(f"{line}  {_note(r, table, torch_dtype)}".rstrip())
     if n_samples:
         per = {r.name: r.bytes_per_sample(torch_dtype) for r in table.rows if r.shape}
         out.append(
@@ -56,12 +53,28 @@ def _shape(row: Any) -> str:
     return "(no batch axis)" if row.problem and "batch" in row.problem else "(not a tensor)"
 
 
-def _note(row: Any) -> str:
+def _head(table: Any) -> str:
+    """The table's first line: the model, what the probe ran on, and how layers are captured."""
+    shape = table.input_shape
+    if isinstance(shape, dict):
+        shape = "{" + ", ".join(f"{k}: {tuple(v)}" for k, v in shape.items()) + "}"
+    else:
+        shape = str(tuple(shape))
+    with_ = getattr(table, "probed_with", None)
+    tokens = getattr(table, "tokens", None)
+    on = f" ({with_}" + (f", {tokens} real tokens)" if tokens is not None else ")") if with_ else ""
+    how = "torch.fx" if table.method == "fx" else "forward hooks (module names only)"
+    return f"{table.model}: input {shape}{on}, captured with {how}"
+
+
+def _note(row: Any, table: Any = None, dtype: Any = None) -> str:
     """A layer's note in the table: why it is cloned, where its batch axis was, or why it
-    cannot be stored."""
+    cannot be stored; the bytes per token of a token layer of a text model's sample."""
     if row.shape is None:
         return row.problem or ""
     notes = []
+    if getattr(table, "tokens", None) is not None and row.layout == "tokens" and dtype is not None:
+        notes.append(f"{human_bytes(row.bytes_per_sample(dtype) // row.shape[0])}/token")
     if row.clone:
         notes.append(f"clone ({written_by(row.clone)})")
     if row.batch_axis:
@@ -95,8 +108,7 @@ def format_layer_summary(table: Any, dtype: str, n_samples: int | None = None) -
     trainable, total = table.params
     per_sample = sum(r.bytes_per_sample(torch_dtype) for r in table.rows if r.shape is not None)
     out = [
-        f"{table.model}: input {tuple(table.input_shape)}, captured with "
-        f"{'torch.fx' if table.method == 'fx' else 'forward hooks (module names only)'}",
+        _head(table),
         rule,
         line(head),
         rule,
