@@ -282,7 +282,7 @@ def test_bad_text_input_is_refused_with_what_to_do(models, tmp_path):
         _extract("digits-cnn", "digits", tmp_path, layers="conv1", max_length=8)
     with pytest.raises(ModelSpecError, match="save_pretrained"):
         load_model(f"hf:{tmp_path / 'nothing-here'}")
-    with pytest.raises(ModelSpecError, match="not a timm model.*Close matches: vit_tiny"):
+    with pytest.raises(ModelSpecError, match=r"not a timm model.*Close matches: vit_tiny"):
         load_model("timm:vit_tiny_patch16_22")
     with pytest.raises(SourceError, match="is not a file"):
         _extract(f"hf:{models['bert']}", f"text:{tmp_path}/none.txt", tmp_path, layers="pooler")
