@@ -10,6 +10,9 @@ result = actextract.cluster("run.zarr", "avgpool", k=10, pca=32)  # into cluster
 result.metrics["ari"], result["assignments"]   # against the labels; each row's cluster
 rec = actextract.Recorder(model, layers=["layer4"], probe=loader, out="train.zarr")
 rec.capture(epoch)   # in the training loop: the probe's activations at this epoch
+store = actextract.extract("hf:./tiny-gpt2", "text:corpus.txt", layers="h.*", max_length=128,
+                           out="lm.zarr")   # text: the tokenizer's ids, attention mask kept
+actextract.token_activations(store, "h.3"), actextract.token_table(store)  # one row per token
 
 This module is the facade; the families live in subpackages whose imports only go down
 (docs/architecture.md): core and errors, store, data, model, stats, clusters, check,
@@ -43,7 +46,15 @@ from actextract.extraction import ExtractOptions, extract
 from actextract.model import LayerTable, list_layers
 from actextract.record import Recorder
 from actextract.report import Report, draw_graph, render
-from actextract.store import EpochStore, Store, open_store, to_xarray
+from actextract.store import (
+    EpochStore,
+    Store,
+    iter_token_blocks,
+    open_store,
+    to_xarray,
+    token_activations,
+    token_table,
+)
 
 __all__ = [
     "ActextractError",
@@ -75,10 +86,13 @@ __all__ = [
     "clusterings",
     "draw_graph",
     "extract",
+    "iter_token_blocks",
     "list_layers",
     "open_store",
     "render",
     "store_info",
     "to_xarray",
+    "token_activations",
+    "token_table",
     "verify",
 ]

@@ -123,7 +123,17 @@ def same_store(a, b) -> None:
         assert x.tobytes() == y.tobytes(), f"{name}: differs in {np.flatnonzero(x != y)[:5]}"
     assert a.labels[:].tolist() == b.labels[:].tolist()
     assert a.ids[:].tolist() == b.ids[:].tolist()
+    assert a.attrs.get("tokens") == b.attrs.get("tokens")
+    for name in token_arrays(a.attrs.get("tokens")):  # a text run's mask and token ids
+        x, y = a._node(f"tokens/{name}")[:], b._node(f"tokens/{name}")[:]
+        assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), name
     same_stats(a, b)
+
+
+def token_arrays(tokens) -> list[str]:
+    from actextract.store.layout import token_arrays
+
+    return token_arrays(tokens)
 
 
 def same_stats(a, b) -> None:

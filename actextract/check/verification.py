@@ -29,7 +29,7 @@ from actextract.errors import OptionError, StoreError
 from actextract.stats import parts as stats
 from actextract.store import Store, lock, parts
 from actextract.store.integrity import metadata_problems, restore_metadata, undecodable
-from actextract.store.layout import quiet_numcodecs
+from actextract.store.layout import quiet_numcodecs, token_arrays
 from actextract.store.location import writable
 
 __all__ = ["Problem", "VerifyReport", "count_chunks", "format_verify", "verify"]
@@ -147,9 +147,9 @@ def count_chunks(store: Store) -> int:
 
 
 def _arrays(store: Store, skip: set[str]) -> tuple[list[Entry], list[Found]]:
-    """progress/done, then the layers, labels, ids and progress records known by the schema,
-    but those at ``skip`` (metadata problems, reported as such); an array whose metadata
-    cannot be read is 'missing' in every block (stores without a schema to check it)."""
+    """progress/done, then the layers, labels, ids, token records and progress records known
+    by the schema, but those at ``skip`` (metadata problems, reported as such); an array whose
+    metadata cannot be read is 'missing' in every block (stores without a schema to check it)."""
     try:
         entries: list[Entry] = [("progress/done", store._node("progress/done"), True)]
     except Exception as e:
@@ -157,6 +157,8 @@ def _arrays(store: Store, skip: set[str]) -> tuple[list[Entry], list[Found]]:
     paths = [(s["name"], s.get("array", f"acts/{s['name']}"), False) for s in store.attrs["layers"]]
     paths += [(key, key, False) for key in store.row_keys if "/" in key]  # channel means
     paths += [("labels", "labels", False), ("ids", "ids", False)]
+    tokens = [f"tokens/{a}" for a in token_arrays(store.attrs.get("tokens"))]
+    paths += [(path, path, False) for path in tokens]  # a text run's mask and token ids
     try:
         with warnings.catch_warnings():  # zarr warns of a folder without its zarr.json
             warnings.simplefilter("ignore")

@@ -37,6 +37,8 @@ __all__ = [
     "positional",
     "split_label",
     "stack",
+    "token_records",
+    "tokens_attribute",
 ]
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
@@ -151,6 +153,29 @@ def attention_mask(x: Inputs) -> torch.Tensor | None:
     """A dict batch's (B, T) ``attention_mask`` (1: a real token, 0: padding); else None."""
     mask = x.get(MASK_KEY) if isinstance(x, dict) else None
     return mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+
+
+def tokens_attribute(shape: SampleShape) -> dict[str, Any] | None:
+    """What a store records of a run whose samples have this shape: for text (a dict with a
+    (T,) ``attention_mask``), ``{"length": T, "input_ids": whether they are kept}``."""
+    if not isinstance(shape, dict) or len(shape.get(MASK_KEY, ())) != 1:
+        return None
+    length = int(shape[MASK_KEY][0])
+    return {"length": length, "input_ids": tuple(shape.get("input_ids", ())) == (length,)}
+
+
+def token_records(x: Inputs | None) -> dict[str, Any] | None:
+    """What a store keeps of a text batch beside its activations: ``mask`` (B, T) uint8 (1: a
+    real token) and ``input_ids`` (B, T) int32 where the batch has them; None for other
+    inputs."""
+    mask = attention_mask(x) if x is not None else None
+    if mask is None:
+        return None
+    out = {"mask": mask.cpu().numpy().astype("uint8")}
+    ids = x.get("input_ids") if isinstance(x, dict) else None
+    if isinstance(ids, torch.Tensor) and ids.shape == mask.shape:
+        out["input_ids"] = ids.cpu().numpy().astype("int32")
+    return out
 
 
 def batch_len(x: Inputs) -> int:

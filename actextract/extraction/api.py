@@ -16,7 +16,7 @@ from torch import nn
 from actextract.core.devices import resolve_device
 from actextract.core.names import names_option
 from actextract.data.decode import DeviceDecoder
-from actextract.data.inputs import Inputs, SampleShape, attention_mask
+from actextract.data.inputs import Inputs, SampleShape, attention_mask, tokens_attribute
 from actextract.data.source import (
     TEXT_KINDS,
     Preprocess,
@@ -184,6 +184,7 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
                 {
                     **provenance(loaded, source, cap.method, o.precision, options, o.batch_size),
                     "stats": stats_attrs,
+                    "tokens": tokens_attribute(input_shape),  # text: tokens/ mask and ids
                 },
                 chunk_rows_given=o.chunk_rows is not None,
             )

@@ -43,6 +43,7 @@ class Filled:
     ids: list[str]
     bad: list[BadSample] = field(default_factory=list)
     ready: Any = None  # torch.cuda.Event | None
+    tokens: dict[str, np.ndarray] | None = None  # text: (B, T) mask and input_ids
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Block:
     bad_rows: list[int] = field(default_factory=list)  # left at the fill value (NaN)
     errors: list[str] = field(default_factory=list)  # why each bad row was skipped
     ready: Any = None  # the last copy into it (copies run in order on one stream)
+    tokens: dict[str, np.ndarray] = field(default_factory=dict)  # text: (rows, T) each
     # per layer, (first row, rows, the held output rows; None: they are in the slot's buffer)
     pieces: dict[str, list[tuple[int, int, torch.Tensor | None]]] = field(default_factory=dict)
 

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from actextract.core.devices import PRECISIONS, autocast
-from actextract.data.inputs import Inputs, batch_len, map_tensors
+from actextract.data.inputs import Inputs, batch_len, map_tensors, token_records
 from actextract.data.samples import BadSample, Batch
 from actextract.errors import BadSampleError, OptionError, option
 from actextract.extraction.blocks import Filled
@@ -163,7 +163,9 @@ def run(
         for batch in loader:
             now = time.perf_counter()
             summary.data_wait += now - tick
-            batch = to_device(decode(batch) if decode else batch, options)
+            batch = decode(batch) if decode else batch
+            tokens = token_records(batch.inputs)  # a text batch's mask and ids, from the host
+            batch = to_device(batch, options)
             if batch.bad:
                 check_bad(batch.bad, options.on_bad_sample)
                 summary.skipped.extend(batch.bad)
@@ -177,7 +179,7 @@ def run(
             runs, waited = sink.place(indices, batch.bad)  # waits while every buffer is taken
             ready, copied = to_host(acts, runs, also=raw)
             waited += sink.filled(
-                Filled(indices, batch.labels.numpy(), batch.ids, batch.bad, ready)
+                Filled(indices, batch.labels.numpy(), batch.ids, batch.bad, ready, tokens)
             )
             if stats is not None:
                 waited += stats.maybe_commit()  # now and then, the sums so far to the store

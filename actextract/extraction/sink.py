@@ -47,6 +47,7 @@ from actextract.extraction.blocks import (
 from actextract.extraction.transfer import BlockRing, Run
 from actextract.store import Store
 from actextract.store.chunks import BlockRows
+from actextract.store.layout import token_arrays
 
 __all__ = ["Sink"]
 
@@ -84,6 +85,13 @@ class Sink:
         self.bytes_written = 0  # uncompressed bytes of activations handed to the store
         self.write_cpu = 0.0  # CPU seconds of the writer threads (their system calls included)
         keys = store.row_keys  # stored layers, and per-sample statistics (channel means)
+        tokens = store.attrs.get("tokens") or {}
+        self._tokens = {  # a text run's per-sample records: (dtype, fill value, tokens)
+            name: (np.uint8, 0, tokens["length"])
+            if name == "mask"
+            else (np.int32, -1, tokens["length"])
+            for name in token_arrays(tokens)
+        }
         self.nonfinite = dict.fromkeys(keys, 0)  # rows with NaN/Inf written, per row array
         self.ring = BlockRing(
             {key: tuple(store.row_array(key).shape[1:]) for key in keys},
@@ -155,13 +163,15 @@ class Sink:
         self._placed = []
         rows = self.store.chunk_rows
         touched: dict[int, Block] = {}
-        for row, label, sample_id in zip(
-            batch.indices.tolist(), batch.labels.tolist(), batch.ids, strict=True
+        for i, (row, label, sample_id) in enumerate(
+            zip(batch.indices.tolist(), batch.labels.tolist(), batch.ids, strict=True)
         ):
             if row // rows not in self._open:
                 continue  # a row of a block this sink does not write
             blk = touched[row // rows] = self._open[row // rows]
             blk.labels[row - blk.start], blk.ids[row - blk.start] = label, sample_id
+            for name, values in blk.tokens.items():
+                values[row - blk.start] = batch.tokens[name][i]  # type: ignore[index]
             blk.missing -= 1
         for s in batch.bad:  # a skipped row keeps the fill value and label -1, with its id
             if s.index // rows not in self._open:
@@ -231,6 +241,10 @@ class Sink:
         self._open[block] = Block(
             block, rows.start, slot, np.full(len(rows), -1, np.int64), [""] * len(rows), len(rows)
         )
+        self._open[block].tokens = {
+            name: np.full((len(rows), length), fill, dtype)
+            for name, (dtype, fill, length) in self._tokens.items()
+        }
         if self.cuda:
             self.ring.flags(slot)[: len(rows)] = 0  # a skipped row's flags are never copied
         return waited
@@ -303,7 +317,9 @@ class Sink:
             {"index": blk.start + r, "id": blk.ids[r], "error": blk.errors[i]}
             for i, r in enumerate(blk.bad_rows)
         ]
-        self.store.finish_block(blk.block, blk.labels, blk.ids, skipped=skipped, nonfinite=counts)
+        self.store.finish_block(
+            blk.block, blk.labels, blk.ids, skipped=skipped, nonfinite=counts, tokens=blk.tokens
+        )
         with self._lock:
             self.bytes_written += len(blk.labels) * self.ring.slot_bytes // self.ring.rows
             for name, c in zip(self.nonfinite, counts, strict=True):

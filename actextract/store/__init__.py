@@ -5,7 +5,8 @@ path behind it (:mod:`~actextract.store.opening`), :class:`Store` (a run's row b
 :class:`EpochStore` (a Recorder's epochs), both on the read-only :class:`StoreReader`.
 Behind it: ``layout`` (the schema: arrays, chunks, codecs), ``location`` (local folders and
 fsspec URLs), ``lock`` (one writer at a time), ``integrity`` (the quick check every reader
-runs), ``parts`` (the statistics' completion records), ``xarray`` (arrays as xarray objects).
+runs), ``parts`` (the statistics' completion records), ``xarray`` (arrays as xarray objects),
+``tokens`` (a text run's real tokens, one row each).
 The schema is described once, in ``docs/store-format.md``. This package imports nothing of
 actextract's above the ground floor (``core``, ``errors``).
 """
@@ -16,6 +17,7 @@ from actextract.store.layout import FORMAT_VERSION, ArraySpec, StoreOptions, cho
 from actextract.store.location import Location
 from actextract.store.opening import check_output, create_store, open_store
 from actextract.store.run import Store
+from actextract.store.tokens import iter_token_blocks, token_activations, token_table
 from actextract.store.xarray import to_xarray
 
 __all__ = [
@@ -31,6 +33,9 @@ __all__ = [
     "check_output",
     "choose_chunk_rows",
     "create_store",
+    "iter_token_blocks",
     "open_store",
     "to_xarray",
+    "token_activations",
+    "token_table",
 ]

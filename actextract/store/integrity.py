@@ -35,7 +35,13 @@ from zarr.core.sync import sync
 from actextract.core.axes import reduced_shape, stored_layout
 from actextract.errors import StoreError
 from actextract.store import parts
-from actextract.store.layout import expected_metadata, layer_arrays, list_keys, row_paths
+from actextract.store.layout import (
+    expected_metadata,
+    layer_arrays,
+    list_keys,
+    row_paths,
+    token_arrays,
+)
 
 if TYPE_CHECKING:
     from actextract.store.run import Store
@@ -170,7 +176,8 @@ def chunk_gaps(store: Store) -> list[tuple[str, int, int, str]]:
     blocks = np.flatnonzero(store.done())
     names = layer_arrays(store.attrs)
     out = []
-    for path in [*row_paths(store.attrs), "labels", "ids", *RECORDS[:2]]:
+    tokens = [f"tokens/{a}" for a in token_arrays(store.attrs.get("tokens"))]
+    for path in [*row_paths(store.attrs), "labels", "ids", *tokens, *RECORDS[:2]]:
         arr = store._node(path)
         keys = list_keys(store.group.store, f"{path}/")
         rest = list(itertools.product(*(range(n) for n in arr.cdata_shape[1:])))

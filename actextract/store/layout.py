@@ -43,12 +43,14 @@ __all__ = [
     "row_keys",
     "row_paths",
     "schema",
+    "token_arrays",
 ]
 
 # 2: per-block records (progress/skipped, progress/nonfinite), crc32c; 3: stats/ and
 # progress/parts (on-device statistics), row arrays other than acts/ (``row_arrays``);
-# 4: each layer's layout, clone and batch axis (dimension names follow the layout)
-FORMAT_VERSION = 4
+# 4: each layer's layout, clone and batch axis (dimension names follow the layout);
+# 5: tokens/ (a text run's attention mask and token ids, per sample, written with each block)
+FORMAT_VERSION = 5
 CODECS = ("zstd", "lz4", "blosc-zstd", "blosc-lz4", "none")
 DEFAULT_LEVEL = {"zstd": 3, "blosc-zstd": 5, "blosc-lz4": 5}
 TARGET_CHUNK_BYTES = 32 << 20  # rows per chunk aim at 16-64 MB for the largest layer
@@ -239,6 +241,17 @@ def build_store(
             compressors=crc,
             dimension_names=("block",),
         )
+        tokens = attrs.get("tokens")
+        for name in token_arrays(tokens):
+            group.create_array(
+                f"tokens/{name}",
+                shape=(n, tokens["length"]),
+                chunks=(chunk_rows, tokens["length"]),
+                dtype="uint8" if name == "mask" else "int32",
+                fill_value=0 if name == "mask" else -1,  # a skipped row: no real tokens
+                compressors=crc,
+                dimension_names=("sample", "token"),
+            )
         if attrs.get("stats"):
             group.require_group("progress/parts")  # each process's committed sums (stats.py)
         group.update_attributes(store_attrs(n, arrays, options, chunk_rows, attrs))
@@ -296,13 +309,23 @@ def expected_metadata(attrs: Mapping[str, Any]) -> dict[str, bytes]:
     specs, options = schema(attrs)
     memory = zarr.storage.MemoryStore()
     n, rows = int(attrs["n_samples"]), int(attrs["chunk_rows"])
-    build_store(n, specs, options, rows, {"stats": attrs.get("stats")})(memory)
+    build_store(
+        n, specs, options, rows, {"stats": attrs.get("stats"), "tokens": attrs.get("tokens")}
+    )(memory)
     prototype = default_buffer_prototype()
     keys = sorted(k for k in list_keys(memory, "") if k.endswith("/zarr.json"))
     return {
         key.removesuffix("/zarr.json"): sync(memory.get(key, prototype=prototype)).to_bytes()
         for key in keys
     }
+
+
+def token_arrays(tokens: Mapping[str, Any] | None) -> list[str]:
+    """The arrays under ``tokens/`` of a run whose ``tokens`` attribute is this: ``mask``, and
+    ``input_ids`` where the inputs had them."""
+    if not tokens:
+        return []
+    return ["mask", *(["input_ids"] if tokens.get("input_ids") else [])]
 
 
 def list_keys(zstore: zarr.abc.store.Store, prefix: str) -> set[str]:

@@ -98,15 +98,18 @@ class Store(BlockReader):
         *,
         skipped: Sequence[Mapping[str, Any]] = (),
         nonfinite: Sequence[int] | None = None,
+        tokens: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """After the block's row arrays: its labels, ids and records (``skipped`` samples,
-        ``nonfinite`` rows per row array), then the flag that marks it done."""
+        ``nonfinite`` rows per row array, a text run's ``tokens``: {``mask``, ``input_ids``:
+        (rows, T)}), then the flag that marks it done."""
         rows = self.block_range(block)
         sl = slice(rows.start, rows.stop)
         writes: list[tuple[str, Any, Any]] = [
             ("labels", sl, labels),
             ("ids", sl, np.asarray(ids, dtype=str)),
         ]
+        writes += [(f"tokens/{k}", sl, v) for k, v in (tokens or {}).items()]
         if self.has_records():
             counts = np.zeros(len(self.row_keys), np.int64)
             if nonfinite is not None:

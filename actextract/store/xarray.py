@@ -2,8 +2,9 @@
 
 ``to_xarray(store, "conv1")`` is one layer as a lazy (dask-backed) ``xarray.DataArray`` with the
 store's dimension names (``sample``, ``channel``, ``y``, ``x``, ...) and the run's ``labels`` and
-``ids`` as coordinates on ``sample``. One layer at a time, because layers share dimension names
-with different sizes (``channel`` is 64 in one layer, 256 in another), which one
+``ids`` as coordinates on ``sample`` (a text run's token layer also has ``mask`` and
+``input_ids`` on ``sample`` and ``token``). One layer at a time, because layers share
+dimension names with different sizes (``channel`` is 64 in one layer, 256 in another), which one
 ``xarray.Dataset`` cannot hold: ``xarray.open_zarr(path, group="acts")`` fails on a store of
 several layers.
 
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from actextract.store.base import StoreReader
+from actextract.store.layout import token_arrays
 from actextract.store.opening import open_store
 
 if TYPE_CHECKING:
@@ -53,6 +55,10 @@ def to_xarray(store: StoreReader | str | Path, layer: str) -> xarray.DataArray:
         "labels": ("sample", labels),
         "ids": ("sample", ids),
     }
-    return xr.DataArray(
-        da.from_zarr(arr), dims=arr.metadata.dimension_names, coords=coords, name=layer
-    )
+    dims = arr.metadata.dimension_names
+    tokens = store.attrs.get("tokens")
+    if tokens and dims[:2] == ("sample", "token") and arr.shape[1] == tokens["length"]:
+        # a text run's token layer: which tokens are real, and their ids, beside the values
+        for name in token_arrays(tokens):
+            coords[name] = (("sample", "token"), da.from_zarr(store._node(f"tokens/{name}")))
+    return xr.DataArray(da.from_zarr(arr), dims=dims, coords=coords, name=layer)

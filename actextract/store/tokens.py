@@ -1,0 +1,82 @@
+"""Tokens: a text run's activations as one row per real token, the layout sparse-autoencoder
+and probe training read.
+
+A text run stores each token layer padded, ``acts/<layer>`` (N, T, D), and beside it
+``tokens/mask`` (N, T) (1: a real token, 0: padding, on the tokenizer's side) and
+``tokens/input_ids`` (N, T), written with each row block (so resume, shards and torchrun keep
+their guarantees). :func:`token_table` lists the real tokens in order, document by document:
+``sample`` (the store's row), ``position`` (0 for a document's first real token) and
+``token_id``; :func:`token_activations` gives their rows of a layer, (n_tokens, D), in the same
+order, block by block or whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from actextract.errors import StoreError
+from actextract.store.base import StoreReader
+
+__all__ = ["iter_token_blocks", "token_activations", "token_table"]
+
+
+def _mask(store: StoreReader) -> tuple[dict, object]:
+    tokens = store.attrs.get("tokens")
+    if not tokens:
+        raise StoreError(
+            f"{store.location} holds no token records: it is not from a text run (a dataset "
+            "of documents tokenised with an attention mask); read its arrays as they are."
+        )
+    return tokens, store._node("tokens/mask")
+
+
+def token_table(store: StoreReader, rows: slice | None = None) -> dict[str, np.ndarray]:
+    """The real tokens of ``rows`` (default: every row): {``sample``, ``position``,
+    ``token_id`` (-1 where the inputs had no ids)}, each (n_tokens,), in the store's order."""
+    tokens, mask_arr = _mask(store)
+    sl = rows or slice(0, store.n)
+    mask = np.asarray(mask_arr[sl], dtype=bool)
+    sample, at = np.nonzero(mask)
+    position = (np.cumsum(mask, axis=1) - 1)[sample, at]
+    ids = (
+        np.asarray(store._node("tokens/input_ids")[sl])[sample, at]
+        if tokens.get("input_ids")
+        else np.full(len(sample), -1, np.int32)
+    )
+    start = sl.start or 0
+    return {
+        "sample": (sample + start).astype(np.int64),
+        "position": position.astype(np.int32),
+        "token_id": ids.astype(np.int32),
+    }
+
+
+def iter_token_blocks(
+    store: StoreReader, layer: str
+) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Row block by row block (memory: one block): its :func:`token_table` and the layer's
+    rows of those tokens, (tokens of the block, D)."""
+    tokens, mask_arr = _mask(store)
+    arr = store[layer]
+    if arr.ndim != 3 or arr.shape[1] != tokens["length"]:
+        raise StoreError(
+            f"layer '{layer}' is stored as {tuple(arr.shape[1:])} per sample, not a row for each "
+            f"of the run's {tokens['length']} tokens; token rows are of token layers stored "
+            "whole (--reduce none or tokens), not pooled ones."
+        )
+    for block in range(store.n_blocks):
+        rows = store.block_range(block)
+        sl = slice(rows.start, rows.stop)
+        mask = np.asarray(mask_arr[sl], dtype=bool)
+        values = np.asarray(arr[sl])
+        yield token_table(store, sl), values[mask]
+
+
+def token_activations(store: StoreReader, layer: str) -> np.ndarray:
+    """Every real token's row of ``layer``, (n_tokens, D), in :func:`token_table`'s order."""
+    parts = [values for _, values in iter_token_blocks(store, layer)]
+    if not parts:
+        return np.zeros((0, store[layer].shape[-1]), store[layer].dtype)
+    return np.concatenate(parts)

@@ -1,0 +1,157 @@
+"""A text run's store: the attention mask and token ids beside the padded activations, one
+row per real token on reading (token_table, token_activations), and the guarantees of every
+run: a killed and resumed run, two --shard processes and two torchrun ranks write what one
+uninterrupted process writes, byte for byte."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from _runner import ENV, run, same_store
+
+import actextract
+from actextract.check.verification import verify
+from actextract.errors import StoreError
+from actextract.store.tokens import iter_token_blocks
+from tests import _hf
+
+pytest.importorskip("transformers")
+
+DOCS = [f"{a} {b}" for a in _hf.DOCS for b in _hf.DOCS[:4]][:20]  # 20 documents, 2-22 words
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    """A GPT-2 directory (left padding), a corpus, the CLI arguments of a run over it (4 row
+    blocks of 6 rows, batches of 3) and that run's store."""
+    root = tmp_path_factory.mktemp("textrun")
+    model = _hf.gpt2(root / "gpt2", "left")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(DOCS) + "\n")
+    args = [
+        "extract",
+        "--model",
+        f"hf:{model}",
+        "--dataset",
+        f"text:{corpus}",
+        "--layers",
+        "h.*",
+        "--reduce",
+        "h.2=mean",
+        "--max-length",
+        "16",
+        "--batch-size",
+        "3",
+        "--chunk-rows",
+        "6",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    out = root / "ref.zarr"
+    done = run(*args, "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return args, actextract.open_store(out), model
+
+
+def test_a_text_run_keeps_the_mask_and_token_ids(text_run):
+    _, store, model = text_run
+    from actextract.model.zoo import load_model
+
+    tok = load_model(f"hf:{model}").tokenizer
+    enc = tok(DOCS, padding="max_length", truncation=True, max_length=16, return_tensors="np")
+    assert store.attrs["tokens"] == {"length": 16, "input_ids": True}
+    mask = store._node("tokens/mask")[:]
+    np.testing.assert_array_equal(mask, enc["attention_mask"])
+    np.testing.assert_array_equal(store._node("tokens/input_ids")[:], enc["input_ids"])
+    assert (mask[:, -1] == 1).all() and not mask.all()  # left padding
+    table = actextract.token_table(store)
+    real = enc["attention_mask"].astype(bool)
+    assert len(table["sample"]) == real.sum()
+    np.testing.assert_array_equal(table["token_id"], enc["input_ids"][real])
+    np.testing.assert_array_equal(table["sample"], np.nonzero(real)[0])
+    for doc in (0, 7):  # positions count a document's real tokens from 0
+        assert table["position"][table["sample"] == doc].tolist() == list(range(real[doc].sum()))
+    rows = actextract.token_activations(store, "h.0")
+    padded = store["h.0"][:]
+    assert rows.shape == (real.sum(), 32)
+    np.testing.assert_array_equal(rows, padded[real])
+    blocks = list(iter_token_blocks(store, "h.1"))
+    assert len(blocks) == 4
+    np.testing.assert_array_equal(np.concatenate([v for _, v in blocks]), store["h.1"][:][real])
+
+
+def test_token_rows_are_of_token_layers_stored_whole(text_run, tmp_path):
+    _, store, _ = text_run
+    with pytest.raises(StoreError, match="not a row for each of the run's 16 tokens"):
+        actextract.token_activations(store, "h.2")  # pooled to (32,)
+    digits = actextract.extract(
+        "digits-cnn",
+        "digits",
+        layers="fc1",
+        out=str(tmp_path / "d.zarr"),
+        limit=8,
+        progress=False,
+    )
+    with pytest.raises(StoreError, match="holds no token records"):
+        actextract.token_table(digits)
+
+
+def test_to_xarray_carries_the_mask_and_ids_of_a_token_layer(text_run):
+    pytest.importorskip("xarray")
+    _, store, _ = text_run
+    da = actextract.to_xarray(store, "h.0")
+    assert da.dims == ("sample", "token", "feature")
+    np.testing.assert_array_equal(da["mask"].values, store._node("tokens/mask")[:])
+    assert "input_ids" in da.coords
+    assert "mask" not in actextract.to_xarray(store, "h.2").coords
+
+
+def test_a_missing_token_chunk_is_damage_that_resume_mends(text_run, tmp_path):
+    args, ref, _ = text_run
+    out = tmp_path / "run.zarr"
+    assert run(*args, "--out", str(out)).returncode == 0
+    (out / "tokens" / "mask" / "c" / "2" / "0").unlink()
+    report = verify(actextract.open_store(out, mode="r+"), repair=True)
+    assert not report.ok and report.reset_blocks == [2]
+    assert [p.array for p in report.problems] == ["tokens/mask"]
+    done = run(*args, "--out", str(out), "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    same_store(actextract.open_store(out), ref)
+
+
+@pytest.mark.slow
+def test_a_killed_token_run_resumes_to_the_same_bytes(text_run, tmp_path):
+    args, ref, _ = text_run
+    out = tmp_path / "run.zarr"
+    killed = run(*args, "--out", str(out), kill="mid-block:2")
+    assert killed.returncode == -signal.SIGKILL
+    store = actextract.open_store(out)
+    assert not store.done().all()
+    done = run(*args, "--out", str(out), "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    store = actextract.open_store(out)
+    assert store.complete and verify(store).ok
+    same_store(store, ref)
+
+
+@pytest.mark.slow
+def test_two_shards_and_two_torchrun_ranks_write_what_one_process_writes(text_run, tmp_path):
+    args, ref, _ = text_run
+    out = tmp_path / "shards.zarr"
+    for shard in ("0/2", "1/2"):
+        done = run(*args, "--out", str(out), "--shard", shard)
+        assert done.returncode == 0, done.stderr[-3000:]
+    same_store(actextract.open_store(out), ref)
+    out = tmp_path / "torchrun.zarr"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "actextract", *args, "--out", str(out)]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    store = actextract.open_store(out)
+    assert store.complete and store.attrs["summary"]["processes"] == 2
+    same_store(store, ref)
