@@ -315,3 +315,16 @@ def test_layers_probes_a_text_model_with_real_tokens(models):
     assert res.exit_code == 0, res.output
     assert "first sample (corpus.txt:1), 8 real tokens" in res.output  # [CLS] 6 words [SEP]
     assert "(12, 32)" in res.output
+
+
+def test_statistics_of_a_text_runs_token_layers_are_refused(models, tmp_path):
+    with pytest.raises(OptionError, match=r"h\.0: these token layers of a text run hold padding"):
+        _extract(
+            f"hf:{models['gpt2-left']}",
+            f"text:{models['corpus']}",
+            tmp_path,
+            layers="h.0",
+            max_length=12,
+            stats="h.0=channel-hist",
+        )
+    assert not (tmp_path / "out.zarr").exists()

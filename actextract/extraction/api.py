@@ -36,6 +36,7 @@ from actextract.extraction.engine import (
 )
 from actextract.extraction.options import ExtractOptions
 from actextract.extraction.plan import (
+    check_token_stats,
     choose_chunk_rows_for,
     choose_outputs,
     plan_arrays,
@@ -174,6 +175,8 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
                 hist_range=o.hist_range,
                 layouts=o.layout,
             )
+            tokens = tokens_attribute(input_shape)
+            check_token_stats(stats_attrs, tokens)
             new = NewStore(
                 len(rows),
                 arrays,
@@ -184,7 +187,7 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
                 {
                     **provenance(loaded, source, cap.method, o.precision, options, o.batch_size),
                     "stats": stats_attrs,
-                    "tokens": tokens_attribute(input_shape),  # text: tokens/ mask and ids
+                    "tokens": tokens,  # a text run's: tokens/mask and tokens/input_ids
                 },
                 chunk_rows_given=o.chunk_rows is not None,
             )

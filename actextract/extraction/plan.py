@@ -30,6 +30,7 @@ from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, open_st
 from actextract.store.location import Location
 
 __all__ = [
+    "check_token_stats",
     "choose_outputs",
     "first_samples",
     "layer_arrays",
@@ -129,6 +130,25 @@ def plan_arrays(
         {a.key: a.output_layout for a in arrays},
     )
     return arrays, reducer, attrs, per_sample_shape(examples[0].input)
+
+
+def check_token_stats(stats: dict[str, Any], tokens: dict[str, Any] | None) -> None:
+    """The statistics sum every token of a layer's output, padding too: a text run's token
+    layers are refused (their pooled arrays are stored per document instead)."""
+    if not tokens:
+        return
+    padded = [
+        name
+        for name, entry in stats.items()
+        if entry["layout"] == "tokens" and entry["shape"][:1] == [tokens["length"]]
+    ]
+    if padded:
+        raise OptionError(
+            f"{option('stats')} on {', '.join(padded)}: these token layers of a text run hold "
+            "padding tokens beside the real ones, and the statistics would sum them all. Store "
+            f"the layer ({option('reduce')} mean pools the real tokens per document) and read "
+            "its token rows with actextract.token_activations."
+        )
 
 
 def choose_outputs(
