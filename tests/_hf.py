@@ -65,6 +65,7 @@ def tokenizer(padding_side: str = "right", *, bert: bool = False):
         pad_token="[PAD]",
         cls_token="[CLS]",
         sep_token="[SEP]",
+        eos_token=None if bert else "[SEP]",  # GPT-2's end of text, between packed documents
         padding_side=padding_side,
         model_max_length=64,
     )

@@ -280,6 +280,8 @@ def test_bad_text_input_is_refused_with_what_to_do(models, tmp_path):
         _extract("resnet18", f"text:{models['corpus']}", tmp_path, layers="layer1")
     with pytest.raises(OptionError, match=r"\(--max-length\) cuts the documents of text datasets"):
         _extract("digits-cnn", "digits", tmp_path, layers="conv1", max_length=8)
+    with pytest.raises(OptionError, match=r"\(--pack\) joins the documents of text datasets"):
+        _extract("digits-cnn", "digits", tmp_path, layers="conv1", pack=True)
     with pytest.raises(ModelSpecError, match="save_pretrained"):
         load_model(f"hf:{tmp_path / 'nothing-here'}")
     with pytest.raises(ModelSpecError, match=r"not a timm model.*Close matches: vit_tiny"):

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from _runner import ENV, run, same_store
 
 import actextract
@@ -155,3 +156,46 @@ def test_two_shards_and_two_torchrun_ranks_write_what_one_process_writes(text_ru
     store = actextract.open_store(out)
     assert store.complete and store.attrs["summary"]["processes"] == 2
     same_store(store, ref)
+
+
+def test_pack_cuts_the_joined_documents_into_windows_of_real_tokens(text_run, tmp_path):
+    from actextract.model.zoo import load_model
+
+    _, _, model = text_run
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(DOCS) + "\n")
+    store = actextract.extract(
+        f"hf:{model}",
+        f"text:{corpus}",
+        layers="h.0",
+        max_length=16,
+        pack=True,
+        batch_size=4,
+        out=str(tmp_path / "packed.zarr"),
+        dtype="float32",
+        progress=False,
+    )
+    loaded = load_model(f"hf:{model}")
+    docs = [[*loaded.tokenizer(d)["input_ids"], loaded.tokenizer.eos_token_id] for d in DOCS]
+    stream = np.concatenate(docs)
+    n = -(-len(stream) // 16)
+    assert store["h.0"].shape == (n, 16, 32)
+    mask = store._node("tokens/mask")[:]
+    assert mask[:-1].all() and mask[-1].sum() == len(stream) - 16 * (n - 1)  # only the last pads
+    table = actextract.token_table(store)
+    np.testing.assert_array_equal(table["token_id"], stream)
+    for d, ids in enumerate(docs):  # each token knows its document and position in it
+        mine = table["document"] == d
+        assert table["token_id"][mine].tolist() == ids
+        assert table["position"][mine].tolist() == list(range(len(ids)))
+    # the stored rows are the model's own on each window, as a batch of windows
+    ids = store._node("tokens/input_ids")[:]
+    with torch.no_grad():
+        out = loaded.module(
+            input_ids=torch.from_numpy(ids[:4]).long(),
+            attention_mask=torch.from_numpy(mask[:4]).long(),
+            output_hidden_states=True,
+        )
+    np.testing.assert_array_equal(store["h.0"][:4], out.hidden_states[1].numpy())
+    rows = actextract.token_activations(store, "h.0")
+    assert rows.shape == (len(stream), 32)

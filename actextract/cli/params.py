@@ -130,6 +130,12 @@ _EXTRACT_OPTIONS = [
         "tokenizer's model_max_length).",
     ),
     click.option(
+        "--pack",
+        is_flag=True,
+        help="Text datasets: join the documents and cut windows of --max-length tokens, every "
+        "token real (what SAE training reads); each token records its document and position.",
+    ),
+    click.option(
         "--text-field",
         default="text",
         show_default=True,

@@ -26,6 +26,7 @@ __all__ = [
     "Inputs",
     "Padding",
     "SampleShape",
+    "WithRecords",
     "as_inputs",
     "attention_mask",
     "batch_len",
@@ -49,6 +50,15 @@ SampleShape = tuple[int, ...] | tuple[tuple[int, ...], ...] | dict[str, tuple[in
 # dataset's rows carry "label"; a model given labels= would compute a loss instead)
 LABEL_KEYS = ("label", "labels")
 MASK_KEY = "attention_mask"
+
+
+@dataclass(frozen=True)
+class WithRecords:
+    """A sample's inputs, and what the store keeps of it that is not the model's: a packed
+    window's ``document`` and ``position`` of each token ({name: (T,) tensor})."""
+
+    inputs: Any
+    records: dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -155,19 +165,23 @@ def attention_mask(x: Inputs) -> torch.Tensor | None:
     return mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
 
 
-def tokens_attribute(shape: SampleShape) -> dict[str, Any] | None:
+def tokens_attribute(shape: SampleShape, records: Sequence[str] = ()) -> dict[str, Any] | None:
     """What a store records of a run whose samples have this shape: for text (a dict with a
-    (T,) ``attention_mask``), ``{"length": T, "input_ids": whether they are kept}``."""
+    (T,) ``attention_mask``), ``{"length": T, "input_ids": whether they are kept}``, and the
+    ``records`` its samples carry (a packed window's ``document`` and ``position``)."""
     if not isinstance(shape, dict) or len(shape.get(MASK_KEY, ())) != 1:
         return None
     length = int(shape[MASK_KEY][0])
-    return {"length": length, "input_ids": tuple(shape.get("input_ids", ())) == (length,)}
+    out = {"length": length, "input_ids": tuple(shape.get("input_ids", ())) == (length,)}
+    return {**out, "records": list(records)} if records else out
 
 
-def token_records(x: Inputs | None) -> dict[str, Any] | None:
+def token_records(
+    x: Inputs | None, records: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, Any] | None:
     """What a store keeps of a text batch beside its activations: ``mask`` (B, T) uint8 (1: a
-    real token) and ``input_ids`` (B, T) int32 where the batch has them; None for other
-    inputs."""
+    real token), ``input_ids`` (B, T) int32 where the batch has them, and its samples'
+    ``records`` (int32); None for other inputs."""
     mask = attention_mask(x) if x is not None else None
     if mask is None:
         return None
@@ -175,6 +189,8 @@ def token_records(x: Inputs | None) -> dict[str, Any] | None:
     ids = x.get("input_ids") if isinstance(x, dict) else None
     if isinstance(ids, torch.Tensor) and ids.shape == mask.shape:
         out["input_ids"] = ids.cpu().numpy().astype("int32")
+    for name, values in (records or {}).items():
+        out[name] = values.cpu().numpy().astype("int32")
     return out
 
 

@@ -33,6 +33,7 @@ from actextract.data.images import (  # re-exported: where the stages have taken
 from actextract.data.inputs import (
     Inputs,
     SampleShape,
+    WithRecords,
     as_inputs,
     map_tensors,
     per_sample_shape,
@@ -67,6 +68,7 @@ class Sample(NamedTuple):
     label: int
     index: int
     id: str
+    records: dict[str, torch.Tensor] | None = None  # kept by the store, not the model's input
 
 
 class BadSample(NamedTuple):
@@ -128,6 +130,7 @@ class Batch:
     ids: list[str]
     bad: list[BadSample] = field(default_factory=list)
     encoded: Encoded | None = None
+    records: dict[str, torch.Tensor] | None = None  # (B, T) each: a packed window's tokens
 
     def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
         # ``encoded`` stays pageable: nvJPEG reads JPEG bytes from host memory itself, outside
@@ -172,12 +175,16 @@ def collate(items: Sequence[Sample | BadSample], *, shape: SampleShape | None = 
             if sh != common
         ]
         good = [s for s, sh in zip(good, shapes, strict=True) if sh == common]
+    records = None
+    if good and good[0].records is not None:
+        records = {k: torch.stack([s.records[k] for s in good]) for k in good[0].records}
     return Batch(
         inputs=stack([s.input for s in good]) if good else None,
         labels=torch.tensor([s.label for s in good], dtype=torch.int64),
         indices=torch.tensor([s.index for s in good], dtype=torch.int64),
         ids=[s.id for s in good],
         bad=sorted(bad, key=lambda b: b.index),
+        records=records,
     )
 
 
@@ -239,12 +246,15 @@ class SampleDataset(Dataset):
                 x, label = item, -1
             if self.transform is not None:
                 x = self.transform(x)
+            records = None
+            if isinstance(x, WithRecords):  # what the store keeps of it, beside the inputs
+                x, records = x.inputs, x.records
             x = as_inputs(x)  # a tensor, or a tuple or dict of them
             label = as_label(label)  # an integer class index, or -1 (see actextract.data.rules)
         except Exception as e:  # any failure of user data becomes a reported bad sample
             log.debug("sample %d (%s) failed", index, self.sample_id(index), exc_info=True)
             return BadSample(index, self.sample_id(index), f"{type(e).__name__}: {e}")
-        return Sample(x, label, index, self.sample_id(index))
+        return Sample(x, label, index, self.sample_id(index), records)
 
 
 @dataclass(frozen=True)
@@ -261,6 +271,7 @@ class Source:
     # items are undecoded (folder sources opened with decode="gpu"): the loader packs them
     # with ``collate_encoded`` and actextract.data.decode.DeviceDecoder makes the inputs
     encoded: bool = False
+    records: tuple[str, ...] = ()  # what each sample carries for the store (packed text)
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -103,10 +103,12 @@ def open_source(
     tokenizer: Any = None,
     max_length: int | None = None,
     text_field: str = "text",
+    pack: bool = False,
 ) -> Source:
     """Resolve a dataset spec (see the module docstring). ``preprocess`` overrides the source's
     own defaults for image sources; synthetic and python sources are fed as they are. Text
-    sources are tokenised by ``tokenizer`` (the model's) to ``max_length`` tokens.
+    sources are tokenised by ``tokenizer`` (the model's) to ``max_length`` tokens (``pack``:
+    joined and cut into windows of that many).
 
     ``decode="gpu"`` (``folder:`` sources only) leaves decoding to the run's device: the
     source's items are undecoded and ``Source.encoded`` is True (see
@@ -142,7 +144,7 @@ def open_source(
     if kind in TORCHVISION_DATASETS:
         return _torchvision(spec, kind, rest, preprocess)
     if kind in TEXT_KINDS:
-        return open_text(spec, tokenizer, max_length, text_field=text_field)
+        return open_text(spec, tokenizer, max_length, text_field=text_field, pack=pack)
     known = ["digits", "folder:PATH", "synthetic:N:C:H:W", "python:module:callable"]
     known += ["text:FILE", "hf-dataset:PATH[:split][:column]"]
     known += [f"{k}:ROOT" for k in TORCHVISION_DATASETS]

@@ -14,6 +14,12 @@ Each document becomes ``{"input_ids": (L,), "attention_mask": (L,)}`` (and ``tok
 where the tokenizer makes them), cut to ``max_length`` tokens and padded to it on the
 tokenizer's side (``padding_side``: right for BERT, left where a model wants the last token
 last): every sample has one shape, the attention mask says which tokens are real.
+
+``pack=True`` (``--pack``, what sparse-autoencoder training reads) tokenises the whole corpus
+first, joins the documents (each followed by the end-of-text token where the tokenizer adds
+no special tokens of its own) and cuts the stream into windows of ``max_length`` tokens, every
+one real but in the last window; each window records, per token, its ``document`` (the
+corpus's row) and ``position`` in it.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from actextract.data.inputs import WithRecords
 from actextract.data.samples import SampleDataset, Source
 from actextract.errors import SourceError, option
 
@@ -82,10 +90,16 @@ class _Documents:
 
 
 def open_text(
-    spec: str, tokenizer: Any, max_length: int | None, *, text_field: str = "text"
+    spec: str,
+    tokenizer: Any,
+    max_length: int | None,
+    *,
+    text_field: str = "text",
+    pack: bool = False,
 ) -> Source:
     """Resolve a ``text:`` or ``hf-dataset:`` spec (see the module docstring) with the model's
-    ``tokenizer``; ``max_length`` None takes the tokenizer's own limit."""
+    ``tokenizer``; ``max_length`` None takes the tokenizer's own limit; ``pack``: windows of
+    the joined documents."""
     kind, _, rest = spec.partition(":")
     if tokenizer is None:
         raise SourceError(
@@ -102,6 +116,14 @@ def open_text(
         documents, ids, classes = _hf_dataset(spec, rest)
     if not len(documents):
         raise SourceError(f"{option('dataset')} {spec} holds no documents.")
+    if pack:
+        windows = _Windows(documents, tokenizer, length)
+        return Source(
+            spec,
+            SampleDataset(windows, transform=None, ids=None),
+            transform=windows.describe(),
+            records=("document", "position"),
+        )
     tokenize = Tokenize(tokenizer, length)
     return Source(
         spec,
@@ -109,6 +131,66 @@ def open_text(
         transform=tokenize.describe(),
         classes=classes,
     )
+
+
+class _Windows:
+    """The corpus's tokens joined and cut into windows of ``length``: item i is window i, with
+    the document and position of each of its tokens."""
+
+    def __init__(self, documents: Any, tokenizer: Any, length: int):
+        self.tokenizer, self.length = tokenizer, length
+        texts = [documents[i][0] for i in range(len(documents))]
+        ids = tokenizer(texts)["input_ids"]
+        # a tokenizer that marks documents itself ([CLS] ... [SEP]) needs no separator
+        self.separator = None if tokenizer("")["input_ids"] else tokenizer.eos_token_id
+        if self.separator is None and not tokenizer("")["input_ids"]:
+            log.warning(
+                "%s has no end-of-text token and adds no special tokens: packed documents are "
+                "joined with nothing between them (each token's document is recorded)",
+                getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
+            )
+        extra = [] if self.separator is None else [self.separator]
+        self.ids = np.concatenate([np.asarray([*d, *extra], np.int32) for d in ids])
+        self.document = np.concatenate(
+            [np.full(len(d) + len(extra), i, np.int32) for i, d in enumerate(ids)]
+        )
+        self.position = np.concatenate(
+            [np.arange(len(d) + len(extra), dtype=np.int32) for d in ids]
+        )
+
+    def __len__(self) -> int:
+        return -(-len(self.ids) // self.length)
+
+    def __getitem__(self, index: int) -> tuple[WithRecords, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        sl = slice(index * self.length, (index + 1) * self.length)
+        real = len(self.ids[sl])
+
+        def padded(values: np.ndarray, fill: int) -> torch.Tensor:
+            out = np.full(self.length, fill, np.int64)
+            out[:real] = values[sl]
+            return torch.from_numpy(out)
+
+        mask = torch.zeros(self.length, dtype=torch.int64)
+        mask[:real] = 1
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        inputs = {"input_ids": padded(self.ids, pad), "attention_mask": mask}
+        records = {"document": padded(self.document, -1), "position": padded(self.position, -1)}
+        return WithRecords(inputs, records), -1
+
+    def describe(self) -> str:
+        t = self.tokenizer
+        name = getattr(t, "name_or_path", "") or type(t).__name__
+        joined = (
+            "each followed by token " + str(self.separator)
+            if self.separator is not None
+            else "with the tokenizer's own special tokens"
+        )
+        return (
+            f"tokenized by {name} and packed: {len(self.ids)} tokens of the documents "
+            f"({joined}) in windows of {self.length} (the last one padded on the right)"
+        )
 
 
 def _tokenizer_limit(tokenizer: Any) -> int:

@@ -175,7 +175,7 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
                 hist_range=o.hist_range,
                 layouts=o.layout,
             )
-            tokens = tokens_attribute(input_shape)
+            tokens = tokens_attribute(input_shape, source.records)
             check_token_stats(stats_attrs, tokens)
             new = NewStore(
                 len(rows),
@@ -365,6 +365,11 @@ def _record_stop(store: Store, status: str, error: str) -> None:
 def _open(o: ExtractOptions, loaded: Any, preprocess: Preprocess) -> Source:
     """The run's source; a text source is tokenised by the model's tokenizer."""
     text = isinstance(o.dataset, str) and o.dataset.partition(":")[0].lower() in TEXT_KINDS
+    if o.pack and not text:
+        raise OptionError(
+            f"{option('pack')} joins the documents of text datasets (text:FILE, "
+            f"hf-dataset:PATH), and {option('dataset')} is not one; drop --pack."
+        )
     if o.max_length is not None and not text:
         raise OptionError(
             f"{option('max_length')} cuts the documents of text datasets (text:FILE, "
@@ -379,6 +384,7 @@ def _open(o: ExtractOptions, loaded: Any, preprocess: Preprocess) -> Source:
             tokenizer=loaded.tokenizer,
             max_length=o.max_length,
             text_field=o.text_field,
+            pack=o.pack,
         )
     source = wrap_dataset(o.dataset)
     if o.decode == "gpu" and not source.encoded:

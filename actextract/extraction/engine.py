@@ -164,7 +164,7 @@ def run(
             now = time.perf_counter()
             summary.data_wait += now - tick
             batch = decode(batch) if decode else batch
-            tokens = token_records(batch.inputs)  # a text batch's mask and ids, from the host
+            tokens = token_records(batch.inputs, batch.records)  # text: mask, ids, from the host
             batch = to_device(batch, options)
             if batch.bad:
                 check_bad(batch.bad, options.on_bad_sample)

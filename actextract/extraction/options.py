@@ -75,6 +75,7 @@ class ExtractOptions:
     decode: str = "cpu"
     max_length: int | None = None  # text datasets: tokens per document (None: the tokenizer's)
     text_field: str = "text"  # text:FILE.jsonl: the field that holds each document
+    pack: bool = False  # text datasets: documents joined and cut into max_length windows
     progress: bool | None = None
 
     def __post_init__(self) -> None:

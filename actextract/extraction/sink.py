@@ -47,7 +47,7 @@ from actextract.extraction.blocks import (
 from actextract.extraction.transfer import BlockRing, Run
 from actextract.store import Store
 from actextract.store.chunks import BlockRows
-from actextract.store.layout import token_arrays
+from actextract.store.layout import token_arrays, token_dtype
 
 __all__ = ["Sink"]
 
@@ -87,10 +87,7 @@ class Sink:
         keys = store.row_keys  # stored layers, and per-sample statistics (channel means)
         tokens = store.attrs.get("tokens") or {}
         self._tokens = {  # a text run's per-sample records: (dtype, fill value, tokens)
-            name: (np.uint8, 0, tokens["length"])
-            if name == "mask"
-            else (np.int32, -1, tokens["length"])
-            for name in token_arrays(tokens)
+            name: (*token_dtype(name), tokens["length"]) for name in token_arrays(tokens)
         }
         self.nonfinite = dict.fromkeys(keys, 0)  # rows with NaN/Inf written, per row array
         self.ring = BlockRing(

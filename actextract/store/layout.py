@@ -44,6 +44,7 @@ __all__ = [
     "row_paths",
     "schema",
     "token_arrays",
+    "token_dtype",
 ]
 
 # 2: per-block records (progress/skipped, progress/nonfinite), crc32c; 3: stats/ and
@@ -247,8 +248,8 @@ def build_store(
                 f"tokens/{name}",
                 shape=(n, tokens["length"]),
                 chunks=(chunk_rows, tokens["length"]),
-                dtype="uint8" if name == "mask" else "int32",
-                fill_value=0 if name == "mask" else -1,  # a skipped row: no real tokens
+                dtype=token_dtype(name)[0],
+                fill_value=token_dtype(name)[1],  # a skipped row: no real tokens
                 compressors=crc,
                 dimension_names=("sample", "token"),
             )
@@ -321,11 +322,19 @@ def expected_metadata(attrs: Mapping[str, Any]) -> dict[str, bytes]:
 
 
 def token_arrays(tokens: Mapping[str, Any] | None) -> list[str]:
-    """The arrays under ``tokens/`` of a run whose ``tokens`` attribute is this: ``mask``, and
-    ``input_ids`` where the inputs had them."""
+    """The arrays under ``tokens/`` of a run whose ``tokens`` attribute is this: ``mask``,
+    ``input_ids`` where the inputs had them, and the samples' records (a packed window's
+    ``document`` and ``position``)."""
     if not tokens:
         return []
-    return ["mask", *(["input_ids"] if tokens.get("input_ids") else [])]
+    ids = ["input_ids"] if tokens.get("input_ids") else []
+    return ["mask", *ids, *tokens.get("records", [])]
+
+
+def token_dtype(name: str) -> tuple[str, int]:
+    """A ``tokens/`` array's dtype and fill value: the mask uint8 and 0 (no real token), the
+    rest int32 and -1."""
+    return ("uint8", 0) if name == "mask" else ("int32", -1)
 
 
 def list_keys(zstore: zarr.abc.store.Store, prefix: str) -> set[str]:

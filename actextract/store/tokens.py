@@ -4,10 +4,12 @@ and probe training read.
 A text run stores each token layer padded, ``acts/<layer>`` (N, T, D), and beside it
 ``tokens/mask`` (N, T) (1: a real token, 0: padding, on the tokenizer's side) and
 ``tokens/input_ids`` (N, T), written with each row block (so resume, shards and torchrun keep
-their guarantees). :func:`token_table` lists the real tokens in order, document by document:
-``sample`` (the store's row), ``position`` (0 for a document's first real token) and
-``token_id``; :func:`token_activations` gives their rows of a layer, (n_tokens, D), in the same
-order, block by block or whole.
+their guarantees). :func:`token_table` lists the real tokens in order: ``sample`` (the
+store's row), ``document`` and ``position`` (0 for a document's first token) and ``token_id``;
+a row is a document, or in a packed run (``--pack``) a window of several, whose
+``tokens/document`` and ``tokens/position`` say where each token came from.
+:func:`token_activations` gives the tokens' rows of a layer, (n_tokens, D), in the same order,
+block by block or whole.
 """
 
 from __future__ import annotations
@@ -33,23 +35,30 @@ def _mask(store: StoreReader) -> tuple[dict, object]:
 
 
 def token_table(store: StoreReader, rows: slice | None = None) -> dict[str, np.ndarray]:
-    """The real tokens of ``rows`` (default: every row): {``sample``, ``position``,
-    ``token_id`` (-1 where the inputs had no ids)}, each (n_tokens,), in the store's order."""
+    """The real tokens of ``rows`` (default: every row): {``sample``, ``document``,
+    ``position``, ``token_id`` (-1 where the inputs had no ids)}, each (n_tokens,), in the
+    store's order."""
     tokens, mask_arr = _mask(store)
     sl = rows or slice(0, store.n)
     mask = np.asarray(mask_arr[sl], dtype=bool)
     sample, at = np.nonzero(mask)
-    position = (np.cumsum(mask, axis=1) - 1)[sample, at]
-    ids = (
-        np.asarray(store._node("tokens/input_ids")[sl])[sample, at]
-        if tokens.get("input_ids")
-        else np.full(len(sample), -1, np.int32)
-    )
     start = sl.start or 0
+
+    def column(name: str) -> np.ndarray:
+        return np.asarray(store._node(f"tokens/{name}")[sl])[sample, at].astype(np.int32)
+
+    records = tokens.get("records") or []
+    if "document" in records:  # a packed window: each token says where it came from
+        document, position = column("document").astype(np.int64), column("position")
+    else:  # a row is a document
+        document = (sample + start).astype(np.int64)
+        position = (np.cumsum(mask, axis=1) - 1)[sample, at].astype(np.int32)
+    ids = column("input_ids") if tokens.get("input_ids") else np.full(len(sample), -1, np.int32)
     return {
         "sample": (sample + start).astype(np.int64),
-        "position": position.astype(np.int32),
-        "token_id": ids.astype(np.int32),
+        "document": document,
+        "position": position,
+        "token_id": ids,
     }
 
 
