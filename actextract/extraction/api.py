@@ -69,13 +69,17 @@ log = logging.getLogger(__name__)
 def extract(model: str | nn.Module, dataset: Any, **options: Any) -> Store:
     """Run ``model`` over ``dataset`` and store the outputs of ``layers`` in a Zarr store.
 
-    ``model``: a spec (``resnet18``, ``digits-cnn``, ``python:mod:fn``) or a Module.
-    ``dataset``: a spec (``digits``, ``folder:PATH``, ``mnist:ROOT``, ``synthetic:N:C:H:W``,
-    ``python:mod:fn``) or a Dataset whose items are a tensor or ``(tensor, label, ...)``.
+    ``model``: a spec (``resnet18``, ``digits-cnn``, ``python:mod:fn``, ``hf:PATH``,
+    ``hf-config:FILE``, ``timm:NAME``) or a Module. ``dataset``: a spec (``digits``,
+    ``folder:PATH``, ``mnist:ROOT``, ``synthetic:N:C:H:W``, ``python:mod:fn``; ``text:FILE`` and
+    ``hf-dataset:PATH`` tokenised by the model's tokenizer to ``max_length``, ``pack=True``
+    joined into windows) or a Dataset whose items are a tensor, a tuple or dict of tensors, or
+    ``(input, label, ...)``.
     ``layers``: names or globs (``['layer3', 'avgpool']`` or ``'conv*,layer*.**.conv2'``:
     ``*`` within one dotted level, ``**`` across levels), ``lstm[1][0]`` for an element of a
     tuple output. ``reduce``: ``'layer4=mean,encoder.**=cls'`` (mean/max pool the spatial
-    axes of maps or the tokens of token layers, cls keeps the first token); ``layout``:
+    axes of maps or the tokens of token layers, cls and last keep the first and last token;
+    with an attention mask the real tokens only); ``layout``:
     ``'features.*=nhwc'`` overrides the layout the probe infers (nchw, nhwc, tokens, vector,
     other; :mod:`actextract.core.axes`). ``model`` is left as it was (mode, flags, device), also
     after an error.
