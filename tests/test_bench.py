@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 METHODS = {
     "compute": ("ceiling", "hooks", "actextract"),
@@ -146,3 +148,21 @@ def test_cluster_benchmark_runs_end_to_end_in_tiny_mode(tmp_path):
     assert result["speed_vs_by_hand"][next(k for k in result["ari"] if "by hand" in k)] == 1.0
     assert all(v is None or 0.9 < v <= 1.0 for v in result["ari"].values())
     assert (out / "cluster-cpu.md").read_text().startswith("# Cost of clustering")
+
+
+def test_token_benchmark_runs_end_to_end_in_tiny_mode(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    out = tmp_path / "results"
+    _load("bench_tokens").main(["--tiny", "--out", str(out), "--tmp", str(tmp_path)])
+    data = json.loads((out / "tokens-cpu-tiny.json").read_text())
+    methods = {(r["docs"], r["method"]) for r in data["results"]}
+    assert methods == {(d, m) for d in (20, 40) for m in ("forward", "hand", "actextract")}
+    by = {(r["docs"], r["method"]): r for r in data["results"]}
+    for d in (20, 40):  # every method saw every token of the packed corpus
+        assert (
+            by[(d, "hand")]["tokens"]
+            == by[(d, "actextract")]["tokens"]
+            == by[(d, "forward")]["tokens"]
+        )
+        assert by[(d, "actextract")]["disk_bytes"] > 0
+    assert "÷ forward" in (out / "tokens-cpu-tiny.md").read_text()

@@ -199,3 +199,24 @@ def test_pack_cuts_the_joined_documents_into_windows_of_real_tokens(text_run, tm
     np.testing.assert_array_equal(store["h.0"][:4], out.hidden_states[1].numpy())
     rows = actextract.token_activations(store, "h.0")
     assert rows.shape == (len(stream), 32)
+
+
+def test_render_shows_each_features_top_tokens_in_their_context(text_run, tmp_path):
+    from actextract.report.toptokens import top_examples
+
+    _, store, _ = text_run
+    examples = top_examples(store, "h.1", features=3, top=4, context=2)
+    rows = actextract.token_activations(store, "h.1").astype(np.float32)
+    table = actextract.token_table(store)
+    for f, items in examples.items():
+        best = np.lexsort((np.arange(len(rows)), -rows[:, f]))[:4]  # ties: the first token
+        assert [e.value for e in items] == rows[best, f].tolist()
+        for e, i in zip(items, best, strict=True):
+            assert (e.sample, e.position) == (table["sample"][i], table["position"][i])
+            assert e.values[e.at] == e.value and e.ids[e.at] == table["token_id"][i]
+            assert len(e.ids) <= 5
+    report = actextract.render(store, tmp_path / "report", layers="h.0,h.1")
+    page = report.index.read_text()
+    assert page.count("Top-activating tokens") == 2
+    assert "<b>cat</b>" in page or "<b>dog</b>" in page or "<b>" in page
+    assert "the inputs are token ids" in page

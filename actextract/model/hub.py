@@ -35,6 +35,7 @@ __all__ = [
     "HubModel",
     "load_hf",
     "load_timm",
+    "tokenizer_of",
     "torchvision_file",
     "torchvision_preprocess",
     "torchvision_weights",
@@ -152,6 +153,20 @@ def load_hf(spec: str, *, random: bool) -> HubModel:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     pre, shape = _hf_preprocess(processor, module)
     return HubModel(module, shape, pre, tokenizer, weights)
+
+
+def tokenizer_of(spec: str) -> Any:
+    """The tokenizer beside an ``hf:``/``hf-config:`` model (None: no spec of those, or no
+    tokenizer there), without loading the model."""
+    kind, _, where = spec.partition(":")
+    if kind not in ("hf", "hf-config") or not where:
+        return None
+    try:
+        __import__("transformers")
+    except ImportError:
+        return None
+    path = Path(where).expanduser()
+    return _tokenizer(path.parent if kind == "hf-config" and path.is_file() else where)
 
 
 def _first_line(e: Exception) -> str:

@@ -41,7 +41,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-KINDS = ("grids", "averages", "histograms", "filters", "confusion", "clusters")
+KINDS = ("grids", "averages", "histograms", "filters", "confusion", "clusters", "tokens")
 MAX_SAMPLE_ROWS = 32  # rows in a samples figure
 
 Write = Callable[["Picture", "Figure | np.ndarray"], None]
@@ -103,6 +103,7 @@ class Report:
     index: Path
     pictures: list[Picture] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=dict)  # layer ('' = run) -> lines
+    html: dict[str, list[str]] = field(default_factory=dict)  # layer -> fragments (top tokens)
     accuracy: dict[str, float] = field(default_factory=dict)
     confusion: dict[str, list[list[int]]] = field(default_factory=dict)  # true x predicted
     seconds: float = 0.0

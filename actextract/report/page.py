@@ -37,6 +37,7 @@ figcaption { color: #555; font-size: 0.9em; }
 .notes { color: #7a4b00; }
 nav a { margin-right: 0.8em; }
 footer { margin-top: 3em; color: #777; font-size: 0.85em; }
+.tokens li { margin: 0.25em 0; } .tokens span { padding: 0 2px; border-radius: 3px; }
 """
 
 
@@ -80,6 +81,7 @@ def index_html(
         parts += [_figure(p) for p in by_layer[None]]
     for layer in layers:
         parts.append(_layer_section(layer, by_layer.get(layer, []), report.notes.get(layer, [])))
+        parts += report.html.get(layer, [])  # a text run's top tokens
     parts.append(
         f"<footer>Made by actextract {escape(__version__)} in {report.seconds:.1f} s. "
         "Every picture and file it links is in this folder.</footer></body></html>"

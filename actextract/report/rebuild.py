@@ -68,6 +68,11 @@ def open_inputs(attrs: dict[str, Any], store_ids: Any) -> Inputs:
             "the store was made from a Dataset object passed to extract(); only a dataset "
             "spec (digits, folder:PATH, mnist:ROOT, python:module:callable) can be reopened."
         )
+    if attrs.get("tokens"):
+        raise RebuildError(
+            "the inputs are token ids (a text run), not images; the top-tokens view of each "
+            "token layer shows them as text."
+        )
     pre = dataset.get("preprocess")
     preprocess = Preprocess(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in (pre or {}).items()}

@@ -25,6 +25,7 @@ from actextract.errors import LayerNotFoundError, OutputExistsError, StoreError
 from actextract.report import figures
 from actextract.report.evolution import Evolution
 from actextract.report.pictures import KINDS, Drawer, Picture, RenderOptions, Report
+from actextract.report.toptokens import is_text_layer, top_tokens_html
 from actextract.store import Store, StoreReader, integrity, open_store
 from actextract.store.layout import layer_arrays
 
@@ -91,6 +92,7 @@ def render(
             "written; the pictures show those rows only.",
             level=logging.WARNING,
         )
+    decode = _decoder(store) if store.attrs.get("tokens") else None
     for layer in names:
         if progress:
             progress(layer)
@@ -98,6 +100,8 @@ def render(
             drawer.layer(layer, rows)
             if evolution:
                 evolution.layer(layer, rows)
+            if options.wants("tokens") and is_text_layer(store, layer):
+                report.html.setdefault(layer, []).append(top_tokens_html(store, layer, decode))
         except Exception as e:  # a chunk that does not read back
             if not integrity.is_damage(e):
                 raise
@@ -148,6 +152,16 @@ def _around_damage(store: Store, allow: bool, report: Report) -> tuple[set[str],
         level=logging.WARNING,
     )
     return {arrays[p] for p in broken}, bool(damage.gaps)
+
+
+def _decoder(store: Store) -> Callable[[list[int]], list[str]] | None:
+    """The model's tokenizer as ``ids -> one string per token`` (None: it is not there)."""
+    from actextract.model.hub import tokenizer_of
+
+    tokenizer = tokenizer_of(str((store.attrs.get("model") or {}).get("spec", "")))
+    if tokenizer is None:
+        return None
+    return lambda ids: [tokenizer.decode([i]) for i in ids]
 
 
 def pick_layers(store: Store, patterns: Sequence[str] | None) -> list[str]:

@@ -35,9 +35,9 @@ def _mask(store: StoreReader) -> tuple[dict, object]:
 
 
 def token_table(store: StoreReader, rows: slice | None = None) -> dict[str, np.ndarray]:
-    """The real tokens of ``rows`` (default: every row): {``sample``, ``document``,
-    ``position``, ``token_id`` (-1 where the inputs had no ids)}, each (n_tokens,), in the
-    store's order."""
+    """The real tokens of ``rows`` (default: every row): {``sample``, ``column`` (its place in
+    the stored row, padding counted), ``document``, ``position``, ``token_id`` (-1 where the
+    inputs had no ids)}, each (n_tokens,), in the store's order."""
     tokens, mask_arr = _mask(store)
     sl = rows or slice(0, store.n)
     mask = np.asarray(mask_arr[sl], dtype=bool)
@@ -56,6 +56,7 @@ def token_table(store: StoreReader, rows: slice | None = None) -> dict[str, np.n
     ids = column("input_ids") if tokens.get("input_ids") else np.full(len(sample), -1, np.int32)
     return {
         "sample": (sample + start).astype(np.int64),
+        "column": at.astype(np.int32),  # where in the stored (padded) row
         "document": document,
         "position": position,
         "token_id": ids,
