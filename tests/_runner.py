@@ -131,7 +131,7 @@ def same_store(a, b) -> None:
 
 
 def token_arrays(tokens) -> list[str]:
-    from actextract.store.layout import token_arrays
+    from actextract.store.build import token_arrays
 
     return token_arrays(tokens)
 

@@ -24,7 +24,9 @@ def test_parse_names_globs_and_a_bare_reduction():
 
 
 def test_bad_reductions():
-    with pytest.raises(OptionError, match="'median' is not one of none, mean, max, cls, tokens"):
+    with pytest.raises(
+        OptionError, match="'median' is not one of none, mean, max, cls, last, tokens"
+    ):
         parse_reductions("layer1=median", LAYERS)
     with pytest.raises(OptionError, match="matches none of the captured layers"):
         parse_reductions("layer9=mean", LAYERS)

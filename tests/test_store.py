@@ -13,7 +13,7 @@ import actextract
 from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, create_store
 
 GOLDEN_ATTRS = {
-    "format_version": 4,
+    "format_version": 5,
     "n_samples": 16,
     "chunk_rows": 8,
     "dtype": "float16",

@@ -330,3 +330,64 @@ def test_statistics_of_a_text_runs_token_layers_are_refused(models, tmp_path):
             stats="h.0=channel-hist",
         )
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_render_draws_a_vits_token_layers_on_the_patch_grid(models, tmp_path):
+    from PIL import Image
+
+    from actextract.report.classpictures import as_maps, patch_grid
+
+    assert patch_grid(197) == (1, 14) and patch_grid(196) == (0, 14) and patch_grid(51) is None
+    assert patch_grid(5) is None  # 1 + 2²: too few patches to be taken for a grid
+    rows = np.arange(2 * 17 * 3, dtype=np.float32).reshape(2, 17, 3)
+    maps = as_maps(rows, "patches")
+    assert maps.shape == (2, 3, 4, 4)
+    np.testing.assert_array_equal(maps[1, 2], rows[1, 1:, 2].reshape(4, 4))  # CLS left out
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((40, 48, 3), 90 * i, np.uint8)).save(images / f"{i}.png")
+    store = _extract(f"hf:{models['vit']}", f"folder:{images}", tmp_path, layers="layers.1")
+    report = actextract.render(store, tmp_path / "report")
+    captions = [p.caption for p in report.pictures if p.kind == "grids"]
+    assert any("4×4 patch grid, the CLS token left out" in c for c in captions), captions
+    assert "Top-activating tokens" not in report.index.read_text()  # not a text run
+
+
+def test_a_python_datasets_token_dicts_of_any_length_are_padded_to_max_length(models, tmp_path):
+    """Unpadded tokenizer dicts of different lengths: --max-length pads each on the
+    tokenizer's side (the mask marking the padding), so that with right padding a masked mean
+    is each document's own, as the model gives it alone."""
+    loaded = load_model(f"hf:{models['bert']}")
+    rows = [
+        {k: v[0] for k, v in loaded.tokenizer(d, return_tensors="pt").items()} for d in _hf.DOCS
+    ]
+    assert len({len(r["input_ids"]) for r in rows}) > 1
+    store = _extract(
+        f"hf:{models['bert']}",
+        rows,
+        tmp_path,
+        layers="encoder.layer.1",
+        reduce="mean",
+        max_length=20,
+    )
+    assert (store._node("tokens/mask")[:, 0] == 1).all()  # padded on the right
+    for i, row in enumerate(rows):
+        with torch.no_grad():
+            h = loaded.module(**{k: v[None] for k, v in row.items()}, output_hidden_states=True)
+        np.testing.assert_allclose(
+            store["encoder.layer.1"][i], h.hidden_states[2][0].mean(0), atol=1e-5
+        )
+    left = _extract(
+        f"hf:{models['bert-left']}",
+        rows,
+        tmp_path,
+        name="left.zarr",
+        layers="encoder.layer.1",
+        reduce="mean",
+        max_length=20,
+    )
+    mask = left._node("tokens/mask")[:]
+    assert (mask[:, -1] == 1).all() and mask.sum(1).tolist() == [len(r["input_ids"]) for r in rows]
+    with pytest.raises(actextract.BadSampleError, match="more than the padded length 4"):
+        _extract(f"hf:{models['bert']}", rows, tmp_path, layers="encoder.layer.1", max_length=4)

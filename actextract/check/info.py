@@ -63,6 +63,7 @@ def store_info(store: StoreReader) -> dict[str, Any]:
         "dataset": attrs.get("dataset"),
         "precision": attrs.get("precision"),
         "arrays": arrays,
+        "tokens": attrs.get("tokens"),  # a text run's token records
         "disk_bytes": store.disk_bytes(),
         "labels": labels,
         "skipped": attrs.get("skipped", []),

@@ -6,8 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 from actextract.core.text import human_bytes, layer_counts, written_by
+from actextract.store.build import token_arrays
 
 __all__ = ["format_clustering", "format_info", "format_report"]
+
+
+def _tokens_line(tokens: dict | None) -> list[str]:
+    """A text run's token records, as ``info`` names them."""
+    if not tokens:
+        return []
+    kept = ", ".join(f"tokens/{a}" for a in token_arrays(tokens))
+    return [
+        f"  tokens   {tokens['length']} per sample (padding marked in tokens/mask); {kept}; "
+        "one row per real token: actextract.token_activations(store, layer)"
+    ]
 
 
 def format_info(d: dict) -> str:
@@ -56,6 +68,7 @@ def format_info(d: dict) -> str:
         f"  storage  {d['dtype']}, {codec.get('name')}{level}, {d['chunk_rows']} rows per "
         f"chunk; forward in {d.get('precision')}",
         f"  on disk  {human_bytes(d['disk_bytes'])}",
+        *_tokens_line(d.get("tokens")),
         "  arrays",
     ]
     name_w = max([len(a["name"]) for a in d["arrays"]] + [4])

@@ -28,8 +28,9 @@ from actextract.clusters import results as clustering
 from actextract.errors import OptionError, StoreError
 from actextract.stats import parts as stats
 from actextract.store import Store, lock, parts
+from actextract.store.build import token_arrays
 from actextract.store.integrity import metadata_problems, restore_metadata, undecodable
-from actextract.store.layout import quiet_numcodecs, token_arrays
+from actextract.store.layout import quiet_numcodecs
 from actextract.store.location import writable
 
 __all__ = ["Problem", "VerifyReport", "count_chunks", "format_verify", "verify"]

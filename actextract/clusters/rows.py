@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
-from actextract.store.layout import checked_array, quiet_numcodecs
+from actextract.store.build import checked_array
+from actextract.store.layout import quiet_numcodecs
 
 __all__ = ["OUT_CHUNK", "RowWriter", "label_scores", "result_array"]
 
@@ -75,7 +76,7 @@ class RowWriter:
 
 
 def result_array(group, path, shape, dtype, fill, dims) -> zarr.Array:
-    """A result array (see :func:`~actextract.store.layout.checked_array`), OUT_CHUNK rows a
+    """A result array (see :func:`~actextract.store.build.checked_array`), OUT_CHUNK rows a
     chunk."""
     chunks = (min(OUT_CHUNK, shape[0]) or 1, *shape[1:])
     return checked_array(group, path, shape, chunks, dtype, fill=fill, dims=dims)

@@ -34,6 +34,7 @@ __all__ = [
     "check_one_tensor",
     "describe",
     "map_tensors",
+    "pad_sample",
     "per_sample_shape",
     "positional",
     "split_label",
@@ -251,6 +252,18 @@ def stack(items: Sequence[Inputs], padding: Padding | None = None) -> Inputs:
     return {k: torch.stack(_same_shapes([d[k] for d in dicts], f"input '{k}'")) for k in first}
 
 
+def pad_sample(x: Inputs, padding: Padding) -> Inputs:
+    """One dict sample with an ``attention_mask`` padded to ``padding.to`` tokens (see
+    :func:`stack`); any other input is a ValueError, as is a sample longer than that."""
+    if not isinstance(x, dict) or MASK_KEY not in x:
+        kind = "dict without an attention_mask" if isinstance(x, dict) else describe(x)
+        raise ValueError(
+            f"--max-length pads dict samples with an attention_mask (a tokenizer's), and this "
+            f"sample is a {kind}"
+        )
+    return _padded([x], padding)[0]
+
+
 def _padded(
     dicts: list[dict[str, torch.Tensor]], padding: Padding
 ) -> list[dict[str, torch.Tensor]]:
@@ -259,9 +272,10 @@ def _padded(
     to = padding.to if padding.to is not None else longest
     if longest > to:
         i = lengths.index(longest)
+        which = f"sample {i} of the batch" if len(dicts) > 1 else "the sample"
         raise ValueError(
-            f"sample {i} of the batch has {longest} tokens, more than the padded length {to}: "
-            "truncate it (the tokenizer's truncation=True, max_length=...) or pad to more"
+            f"{which} has {longest} tokens, more than the padded length {to}: truncate it "
+            "(the tokenizer's truncation=True, max_length=...) or pad to more (--max-length)"
         )
     out = []
     for d, n in zip(dicts, lengths, strict=True):

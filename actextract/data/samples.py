@@ -32,10 +32,12 @@ from actextract.data.images import (  # re-exported: where the stages have taken
 )
 from actextract.data.inputs import (
     Inputs,
+    Padding,
     SampleShape,
     WithRecords,
     as_inputs,
     map_tensors,
+    pad_sample,
     per_sample_shape,
     split_label,
     stack,
@@ -223,10 +225,22 @@ class SampleDataset(Dataset):
     """Wraps a base dataset: item ``i`` becomes ``Sample(input, label, i, id)``, or a BadSample
     when reading or transforming it raised."""
 
-    def __init__(self, base: Any, *, transform: Callable | None, ids: Sequence[str] | None):
+    def __init__(
+        self,
+        base: Any,
+        *,
+        transform: Callable | None,
+        ids: Sequence[str] | None,
+        pad: Padding | None = None,
+    ):
         self.base = base
         self.transform = transform
         self.ids = ids
+        self.pad = pad  # dict samples padded to one length (a tokenizer's, --max-length)
+
+    def padded(self, pad: Padding) -> SampleDataset:
+        """This dataset with every dict sample padded to ``pad.to`` tokens."""
+        return SampleDataset(self.base, transform=self.transform, ids=self.ids, pad=pad)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -250,6 +264,8 @@ class SampleDataset(Dataset):
             if isinstance(x, WithRecords):  # what the store keeps of it, beside the inputs
                 x, records = x.inputs, x.records
             x = as_inputs(x)  # a tensor, or a tuple or dict of them
+            if self.pad is not None:
+                x = pad_sample(x, self.pad)
             label = as_label(label)  # an integer class index, or -1 (see actextract.data.rules)
         except Exception as e:  # any failure of user data becomes a reported bad sample
             log.debug("sample %d (%s) failed", index, self.sample_id(index), exc_info=True)

@@ -20,6 +20,7 @@ Items and batches are described in :mod:`actextract.data.samples`; this module r
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch.utils.data import Dataset
 
 from actextract.core.references import call_object, load_object
 from actextract.data.folders import open_folder
+from actextract.data.inputs import Padding
 from actextract.data.samples import (  # re-exported: the source stage's public names
     BadSample,
     Batch,
@@ -51,6 +53,7 @@ __all__ = [
     "Source",
     "check_decode",
     "make_loader",
+    "open_dataset",
     "open_source",
     "wrap_dataset",
 ]
@@ -149,6 +152,59 @@ def open_source(
     known += ["text:FILE", "hf-dataset:PATH[:split][:column]"]
     known += [f"{k}:ROOT" for k in TORCHVISION_DATASETS]
     raise SourceError(f"unknown dataset '{spec}'; use one of: {', '.join(known)}.")
+
+
+def open_dataset(
+    dataset: str | Source | Any,
+    preprocess: Preprocess,
+    *,
+    decode: str = "cpu",
+    tokenizer: Any = None,
+    max_length: int | None = None,
+    text_field: str = "text",
+    pack: bool = False,
+) -> Source:
+    """A run's source from a spec (:func:`open_source`) or a Dataset object
+    (:func:`wrap_dataset`): a text spec tokenised by ``tokenizer`` to ``max_length``
+    (``pack``: joined into windows); a python: spec's or a Dataset's dict samples padded to
+    ``max_length`` on the tokenizer's side. Options that do not apply are refused."""
+    kind = dataset.partition(":")[0].lower() if isinstance(dataset, str) else None
+    if pack and kind not in TEXT_KINDS:
+        raise OptionError(
+            f"{option('pack')} joins the documents of text datasets (text:FILE, "
+            f"hf-dataset:PATH), and {option('dataset')} is not one; drop --pack."
+        )
+    if max_length is not None and kind not in (*TEXT_KINDS, "python", None):
+        raise OptionError(
+            f"{option('max_length')} cuts the documents of text datasets (text:FILE, "
+            f"hf-dataset:PATH) and pads the dict samples of python: datasets, and "
+            f"{option('dataset')} is neither; drop --max-length."
+        )
+    if isinstance(dataset, str):
+        source = open_source(
+            dataset,
+            preprocess,
+            decode=decode,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            text_field=text_field,
+            pack=pack,
+        )
+    else:
+        source = wrap_dataset(dataset)
+    if decode == "gpu" and not source.encoded:
+        raise OptionError(
+            f"decode='gpu' applies to 'folder:PATH' dataset specs; a {type(dataset).__name__}"
+            " object is fed as it is. Pass the folder spec, or leave decode at 'cpu'."
+        )
+    if max_length is not None and kind not in TEXT_KINDS:  # a user's token dicts
+        pad = Padding(
+            getattr(tokenizer, "padding_side", "right"),
+            max_length,
+            {"input_ids": getattr(tokenizer, "pad_token_id", None) or 0},
+        )
+        source = replace(source, dataset=source.dataset.padded(pad))
+    return source
 
 
 def check_decode(decode: str) -> None:

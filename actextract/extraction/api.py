@@ -17,14 +17,7 @@ from actextract.core.devices import resolve_device
 from actextract.core.names import names_option
 from actextract.data.decode import DeviceDecoder
 from actextract.data.inputs import Inputs, SampleShape, attention_mask, tokens_attribute
-from actextract.data.source import (
-    TEXT_KINDS,
-    Preprocess,
-    Source,
-    make_loader,
-    open_source,
-    wrap_dataset,
-)
+from actextract.data.source import Preprocess, Source, make_loader, open_dataset
 from actextract.errors import OptionError, option
 from actextract.extraction import distributed
 from actextract.extraction.engine import (
@@ -191,7 +184,7 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
                 {
                     **provenance(loaded, source, cap.method, o.precision, options, o.batch_size),
                     "stats": stats_attrs,
-                    "tokens": tokens,  # a text run's: tokens/mask and tokens/input_ids
+                    **({"tokens": tokens} if tokens else {}),  # a text run's tokens/
                 },
                 chunk_rows_given=o.chunk_rows is not None,
             )
@@ -367,33 +360,14 @@ def _record_stop(store: Store, status: str, error: str) -> None:
 
 
 def _open(o: ExtractOptions, loaded: Any, preprocess: Preprocess) -> Source:
-    """The run's source; a text source is tokenised by the model's tokenizer."""
-    text = isinstance(o.dataset, str) and o.dataset.partition(":")[0].lower() in TEXT_KINDS
-    if o.pack and not text:
-        raise OptionError(
-            f"{option('pack')} joins the documents of text datasets (text:FILE, "
-            f"hf-dataset:PATH), and {option('dataset')} is not one; drop --pack."
-        )
-    if o.max_length is not None and not text:
-        raise OptionError(
-            f"{option('max_length')} cuts the documents of text datasets (text:FILE, "
-            f"hf-dataset:PATH), and {option('dataset')} is not one; drop --max-length, or pad "
-            "your own samples to one length."
-        )
-    if isinstance(o.dataset, str):
-        return open_source(
-            o.dataset,
-            preprocess,
-            decode=o.decode,
-            tokenizer=loaded.tokenizer,
-            max_length=o.max_length,
-            text_field=o.text_field,
-            pack=o.pack,
-        )
-    source = wrap_dataset(o.dataset)
-    if o.decode == "gpu" and not source.encoded:
-        raise OptionError(
-            f"decode='gpu' applies to 'folder:PATH' dataset specs; a {type(o.dataset).__name__}"
-            " object is fed as it is. Pass the folder spec, or leave decode at 'cpu'."
-        )
-    return source
+    """The run's source (:func:`actextract.data.source.open_dataset`), with the model's
+    tokenizer for text."""
+    return open_dataset(
+        o.dataset,
+        preprocess,
+        decode=o.decode,
+        tokenizer=loaded.tokenizer,
+        max_length=o.max_length,
+        text_field=o.text_field,
+        pack=o.pack,
+    )

@@ -18,7 +18,8 @@ from typing import Any
 
 from actextract.errors import StoreError
 from actextract.store import Store, integrity, lock
-from actextract.store.layout import ArraySpec, StoreOptions, build_store, store_attrs
+from actextract.store.build import build_store, store_attrs
+from actextract.store.layout import ArraySpec, StoreOptions
 from actextract.store.location import Location, writable
 from actextract.store.opening import check_identity, open_for_writing, open_store
 

@@ -46,8 +46,8 @@ from actextract.extraction.blocks import (
 )
 from actextract.extraction.transfer import BlockRing, Run
 from actextract.store import Store
+from actextract.store.build import token_arrays, token_dtype
 from actextract.store.chunks import BlockRows
-from actextract.store.layout import token_arrays, token_dtype
 
 __all__ = ["Sink"]
 

@@ -85,12 +85,12 @@ def module_axis(
         return (rank - 1 if fmt == "channels_last" else 1) if rank >= 2 else None
     name = type(module).__name__
     # transformers' Conv1D is GPT-2's linear layer (its weight transposed), not a convolution
-    if isinstance(module, _LAST) or (
-        name == "Conv1D" and "transformers" in type(module).__module__
-    ):
+    if name == "Conv1D" and "transformers" in type(module).__module__:
         return rank - 1 if rank >= 2 else None
     if _ND.search(name) or isinstance(module, _FIRST):
         return 1 if rank >= 2 else None
+    if isinstance(module, _LAST):
+        return rank - 1 if rank >= 2 else None
     dims = getattr(module, "dims", None)
     if name == "Permute" and isinstance(dims, Sequence):  # torchvision.ops.misc.Permute
         return _permuted(in_axis, list(dims), rank)

@@ -48,6 +48,7 @@ from actextract.model.probe import configure, model_output_layers, probe
 from actextract.model.reduce import Reducer
 from actextract.model.zoo import borrowed
 from actextract.record.recording import open_recording
+from actextract.store.build import store_attrs
 from actextract.store.epochs import AXIS, EpochStore
 from actextract.store.layout import (
     ArraySpec,
@@ -55,7 +56,6 @@ from actextract.store.layout import (
     choose_chunk_rows,
     now,
     quiet_numcodecs,
-    store_attrs,
 )
 from actextract.store.location import Location, writable
 

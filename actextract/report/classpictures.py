@@ -13,6 +13,8 @@ per-channel histograms.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from actextract.core.axes import to_channels_first
@@ -26,11 +28,34 @@ __all__ = ["MAX_CLASS_ROWS", "ClassPictures", "as_maps", "describe_maps"]
 MAX_CLASS_ROWS = 32  # classes in an averages figure
 
 
+def patch_grid(tokens: int) -> tuple[int, int] | None:
+    """An image transformer's (T, D) tokens as (leading tokens, side): T = s² patches, or a
+    CLS token and s² patches (197 = 1 + 14²), s at least 4; None when T is neither."""
+    for lead in (1, 0):
+        side = math.isqrt(tokens - lead)
+        if side >= 4 and side * side == tokens - lead:
+            return lead, side
+    return None
+
+
+def drawing_layout(layout: str, shape: tuple[int, ...], text: bool) -> str:
+    """How a layer is drawn: a token layer of an image transformer (not of a text run) whose
+    tokens are a patch grid as ``patches``, per feature a (side, side) map; else its layout."""
+    if layout == "tokens" and not text and len(shape) == 2 and patch_grid(shape[0]):
+        return "patches"
+    return layout
+
+
 def as_maps(rows: np.ndarray, layout: str) -> np.ndarray:
     """Rows (N, *shape) in ``layout``, 2 or 3 axes each, → (N, C, h, w) maps to draw: nchw and
     nhwc maps channels first ((N, C, H, W); a (C, L) or (L, C) layer is one (C, L) map), a
-    token layer's (T, D) one map with the tokens down, ``other`` as it is stored (the first
-    axis as channels when there are three). A view where it can be."""
+    token layer's (T, D) one map with the tokens down (``patches``: each feature's patch grid,
+    the CLS token left out), ``other`` as it is stored (the first axis as channels when there
+    are three). A view where it can be."""
+    if layout == "patches":
+        lead, side = patch_grid(rows.shape[1])  # type: ignore[misc]
+        grid = rows[:, lead:].reshape(len(rows), side, side, rows.shape[2])
+        return np.moveaxis(grid, 3, 1)
     if layout in MAPS:
         rows = to_channels_first(rows, layout)
     return rows if rows.ndim == 4 else rows[:, None]
@@ -46,6 +71,10 @@ def describe_maps(shape: tuple[int, ...], layout: str, shown: int) -> str:
     if layout in MAPS:
         c, length = (shape[1], shape[0]) if layout == "nhwc" else shape
         return f"one map of {c} channels × {length} positions"
+    if layout == "patches":
+        lead, side = patch_grid(shape[0])  # type: ignore[misc]
+        cls = ", the CLS token left out" if lead else ""
+        return f"{min(shape[1], shown)} of {shape[1]} features on the {side}×{side} patch grid{cls}"
     if layout == "tokens":
         return f"{shape[0]} tokens × {shape[1]} features"
     if len(shape) == 3:

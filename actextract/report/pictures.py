@@ -12,6 +12,7 @@ from here).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,12 @@ from actextract.report.canvas import (
     Write,
     file_stem,
 )
-from actextract.report.classpictures import ClassPictures, as_maps, describe_maps
+from actextract.report.classpictures import (
+    ClassPictures,
+    as_maps,
+    describe_maps,
+    drawing_layout,
+)
 from actextract.report.clusterpictures import ClusterPictures
 from actextract.report.rebuild import RebuildError, conv_weights, open_inputs, rebuild_model
 from actextract.stats.aggregate import predictions, summarize
@@ -121,14 +127,17 @@ class Drawer:
             self.report.note(layer, _other_note(layer, shape, drawable))
         if not stored:
             self.report.note(layer, "not stored in full (--store): statistics only.")
+        # an image transformer's token layer: each feature on the patch grid
+        draw = drawing_layout(layout, shape, bool(self.store.attrs.get("tokens")))
         if opts.wants("grids") and drawable and rows and stored:
-            self.samples(layer, shape, rows, layout)
+            self.samples(layer, shape, rows, draw)
         if opts.wants("filters") and spec.get("kind") == "Conv2d":
             self.filters(layer)
         if drawable and (opts.wants("averages") or opts.wants("histograms")):
             stats = summarize(self.store, layer, max_channels=opts.max_channels)
             if opts.wants("averages"):
-                self.class_pictures.averages(layer, tuple(stats.sums.shape[1:]) or shape, stats)
+                drawn = replace(stats, layout=draw) if draw == "patches" else stats
+                self.class_pictures.averages(layer, tuple(stats.sums.shape[1:]) or shape, drawn)
             if opts.wants("histograms"):
                 self.class_pictures.histograms(layer, layout, stats)
         if opts.wants("histograms") and layer in stats_specs:

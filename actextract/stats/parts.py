@@ -30,7 +30,8 @@ import torch
 
 from actextract.stats.accumulate import Accumulator, LayerStatsSpec
 from actextract.store import Store
-from actextract.store.layout import ArraySpec, checked_array, now
+from actextract.store.build import checked_array
+from actextract.store.layout import ArraySpec, now
 from actextract.store.location import writable
 from actextract.store.parts import PARTS, parts, summed_blocks, summed_layers
 

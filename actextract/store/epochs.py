@@ -202,7 +202,7 @@ def build_recording(
     n: int, arrays: Sequence[ArraySpec], options: StoreOptions, chunk_rows: int, attrs: dict
 ) -> Any:
     """What :meth:`Location.create` runs to lay out a new recording (no epoch yet), as
-    :func:`actextract.store.layout.build_store` does for a run."""
+    :func:`actextract.store.build.build_store` does for a run."""
 
     def build(zstore: zarr.abc.store.Store) -> None:
         group = zarr.open_group(zstore, mode="w-")

@@ -3,8 +3,8 @@ every reader runs before it trusts a store.
 
 The root attributes (``zarr.json``) are the record of the run: they say which arrays exist and
 their shapes, chunking and dtype, and a resume checks a new run against them. Every other
-metadata file follows from them: :func:`~actextract.store.layout.expected_metadata` rebuilds each
-one as :func:`~actextract.store.layout.build_store` wrote it, :func:`metadata_problems` compares the
+metadata file follows from them: :func:`~actextract.store.build.expected_metadata` rebuilds each
+one as :func:`~actextract.store.build.build_store` wrote it, :func:`metadata_problems` compares the
 store's with those (a file missing, unreadable, or disagreeing on shape, chunks or dtype) and
 :func:`restore_metadata` writes them back. Attributes that disagree with every array, or with
 themselves, are damage of the record itself: nothing can tell which side is true, and
@@ -35,13 +35,8 @@ from zarr.core.sync import sync
 from actextract.core.axes import reduced_shape, stored_layout
 from actextract.errors import StoreError
 from actextract.store import parts
-from actextract.store.layout import (
-    expected_metadata,
-    layer_arrays,
-    list_keys,
-    row_paths,
-    token_arrays,
-)
+from actextract.store.build import expected_metadata, token_arrays
+from actextract.store.layout import layer_arrays, list_keys, row_paths
 
 if TYPE_CHECKING:
     from actextract.store.run import Store

@@ -1,10 +1,9 @@
 """Layout: how a run's arrays are shaped, chunked and compressed, decided before writing.
 
 ``StoreOptions`` (dtype, codec, level, chunk rows) and ``ArraySpec`` (one layer's array) are
-the store's schema decisions; ``choose_chunk_rows`` sizes a row block; ``build_store`` lays a
-new store out (the schema is in :mod:`actextract.store.run`); ``schema`` and ``expected_metadata``
-go back from a store's root attributes to what ``build_store`` was given and wrote (for
-:mod:`actextract.store.integrity`).
+the store's schema decisions; ``choose_chunk_rows`` sizes a row block; ``schema`` goes back
+from a store's root attributes to what :func:`actextract.store.build.build_store` was given
+(the laying out itself, and the metadata it writes, are in :mod:`actextract.store.build`).
 """
 
 from __future__ import annotations
@@ -12,15 +11,13 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
-from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from actextract.core.axes import array_layout, dimension_names, reduced_shape, stored_layout
@@ -32,10 +29,7 @@ __all__ = [
     "FORMAT_VERSION",
     "ArraySpec",
     "StoreOptions",
-    "build_store",
-    "checked_array",
     "choose_chunk_rows",
-    "expected_metadata",
     "layer_arrays",
     "list_keys",
     "now",
@@ -43,8 +37,6 @@ __all__ = [
     "row_keys",
     "row_paths",
     "schema",
-    "token_arrays",
-    "token_dtype",
 ]
 
 # 2: per-block records (progress/skipped, progress/nonfinite), crc32c; 3: stats/ and
@@ -172,97 +164,9 @@ def choose_chunk_rows(batch_size: int, max_bytes_per_sample: int, n: int) -> int
     return max(fits, default=1)
 
 
-def build_store(
-    n: int,
-    arrays: Sequence[ArraySpec],
-    options: StoreOptions,
-    chunk_rows: int,
-    attrs: Mapping[str, Any],
-) -> Callable[[zarr.abc.store.Store], None]:
-    """What :meth:`Location.create` runs to lay out a new store (see the module docstring)."""
-
-    def build(zstore: zarr.abc.store.Store) -> None:
-        group = zarr.open_group(zstore, mode="w-")
-        fill = np.nan  # an unwritten or skipped row reads as NaN, never as real zeros
-        compressors = options.compressors()
-        with quiet_numcodecs():
-            for spec in arrays:
-                group.create_array(
-                    spec.array,
-                    shape=(n, *spec.shape),
-                    chunks=(chunk_rows, *spec.shape),
-                    dtype=options.dtype,
-                    fill_value=fill,
-                    compressors=compressors,
-                    dimension_names=spec.dimension_names(),
-                )
-        crc = (Crc32cCodec(),)
-        group.create_array(
-            "labels",
-            shape=(n,),
-            chunks=(chunk_rows,),
-            dtype="int64",
-            fill_value=-1,
-            compressors=crc,
-            dimension_names=("sample",),
-        )
-        group.create_array(
-            "ids",
-            shape=(n,),
-            chunks=(chunk_rows,),
-            dtype=str,
-            compressors=crc,
-            dimension_names=("sample",),
-        )
-        n_blocks = math.ceil(n / chunk_rows)
-        # one chunk per block: processes writing different blocks never touch the same file
-        group.create_array(
-            "progress/skipped",
-            shape=(n_blocks,),
-            chunks=(1,),
-            dtype=str,
-            compressors=crc,
-            dimension_names=("block",),
-        )
-        group.create_array(
-            "progress/nonfinite",
-            shape=(n_blocks, len(arrays)),
-            chunks=(1, len(arrays)),
-            dtype="int64",
-            fill_value=0,
-            compressors=crc,
-            dimension_names=("block", "layer"),
-        )
-        group.create_array(
-            "progress/done",
-            shape=(n_blocks,),
-            chunks=(1,),
-            dtype="uint8",
-            fill_value=0,
-            compressors=crc,
-            dimension_names=("block",),
-        )
-        tokens = attrs.get("tokens")
-        for name in token_arrays(tokens):
-            group.create_array(
-                f"tokens/{name}",
-                shape=(n, tokens["length"]),
-                chunks=(chunk_rows, tokens["length"]),
-                dtype=token_dtype(name)[0],
-                fill_value=token_dtype(name)[1],  # a skipped row: no real tokens
-                compressors=crc,
-                dimension_names=("sample", "token"),
-            )
-        if attrs.get("stats"):
-            group.require_group("progress/parts")  # each process's committed sums (stats.py)
-        group.update_attributes(store_attrs(n, arrays, options, chunk_rows, attrs))
-
-    return build
-
-
 def schema(attrs: Mapping[str, Any]) -> tuple[list[ArraySpec], StoreOptions]:
     """The row arrays and storage options a run's root attributes describe (what
-    :func:`~actextract.store.layout.build_store` was given)."""
+    :func:`~actextract.store.build.build_store` was given)."""
     layers = {s["name"]: s for s in attrs["layers"]}
     stats = attrs.get("stats") or {}
     specs = []
@@ -304,39 +208,6 @@ def schema(attrs: Mapping[str, Any]) -> tuple[list[ArraySpec], StoreOptions]:
     return specs, StoreOptions(dtype=attrs["dtype"], codec=name, level=level)
 
 
-def expected_metadata(attrs: Mapping[str, Any]) -> dict[str, bytes]:
-    """{node path: its zarr.json} for every node below the root that creating a store with
-    these attributes writes (built in memory, byte for byte as creation wrote it)."""
-    specs, options = schema(attrs)
-    memory = zarr.storage.MemoryStore()
-    n, rows = int(attrs["n_samples"]), int(attrs["chunk_rows"])
-    build_store(
-        n, specs, options, rows, {"stats": attrs.get("stats"), "tokens": attrs.get("tokens")}
-    )(memory)
-    prototype = default_buffer_prototype()
-    keys = sorted(k for k in list_keys(memory, "") if k.endswith("/zarr.json"))
-    return {
-        key.removesuffix("/zarr.json"): sync(memory.get(key, prototype=prototype)).to_bytes()
-        for key in keys
-    }
-
-
-def token_arrays(tokens: Mapping[str, Any] | None) -> list[str]:
-    """The arrays under ``tokens/`` of a run whose ``tokens`` attribute is this: ``mask``,
-    ``input_ids`` where the inputs had them, and the samples' records (a packed window's
-    ``document`` and ``position``)."""
-    if not tokens:
-        return []
-    ids = ["input_ids"] if tokens.get("input_ids") else []
-    return ["mask", *ids, *tokens.get("records", [])]
-
-
-def token_dtype(name: str) -> tuple[str, int]:
-    """A ``tokens/`` array's dtype and fill value: the mask uint8 and 0 (no real token), the
-    rest int32 and -1."""
-    return ("uint8", 0) if name == "mask" else ("int32", -1)
-
-
 def list_keys(zstore: zarr.abc.store.Store, prefix: str) -> set[str]:
     """Every key of ``zstore`` under ``prefix``, in one listing."""
 
@@ -361,67 +232,6 @@ def row_keys(attrs: Mapping[str, Any]) -> list[str]:
     """The arrays written per row block, as a run names them (see :attr:`ArraySpec.key`), in
     the order of ``progress/nonfinite``'s columns."""
     return [p.removeprefix("acts/") for p in row_paths(attrs)]
-
-
-def store_attrs(
-    n: int,
-    arrays: Sequence[ArraySpec],
-    options: StoreOptions,
-    chunk_rows: int,
-    attrs: Mapping[str, Any],
-) -> dict[str, Any]:
-    """The root attributes of a new store: the run's provenance ``attrs`` and its layout."""
-    return {
-        **attrs,
-        "format_version": FORMAT_VERSION,
-        "n_samples": n,
-        "chunk_rows": chunk_rows,
-        "dtype": options.dtype,
-        "codec": {
-            "name": options.codec,
-            "level": options.level
-            if options.level is not None
-            else DEFAULT_LEVEL.get(options.codec),
-        },
-        "layers": [
-            {
-                "name": s.name,
-                "kind": s.kind,
-                "shape": list(s.shape),
-                "output_shape": list(s.output_shape or s.shape),
-                "reduce": s.reduce,
-                "layout": s.output_layout,
-                "clone": s.clone,
-                "batch_axis": s.batch_axis,
-                "model_output": s.model_output,
-                "array": s.array,
-            }
-            for s in arrays
-            if not s.path
-        ],
-        "row_arrays": [s.array for s in arrays],  # written per row block, in this order
-        "status": "incomplete",
-        "created": now(),
-    }
-
-
-def checked_array(group, path: str, shape, chunks, dtype, *, fill=0, dims=None) -> zarr.Array:
-    """An array written whole beside the row arrays (statistics, clustering results), replacing
-    any at ``path``: crc32c on every chunk, and every chunk written (a chunk of fill values
-    too), so that a missing one is damage that ``verify`` sees, not a silent fill value. (The
-    setting goes with the array: zarr's global config is shared with the writer threads.)
-    ``dims``: its dimension names, as xarray reads them."""
-    return group.create_array(
-        path,
-        shape=shape,
-        chunks=chunks,
-        dtype=dtype,
-        fill_value=fill,
-        compressors=(Crc32cCodec(),),
-        overwrite=True,
-        config={"write_empty_chunks": True},
-        dimension_names=dims,
-    )
 
 
 @contextmanager

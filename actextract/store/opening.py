@@ -18,8 +18,9 @@ import zarr
 
 from actextract.errors import OutputExistsError, StoreError
 from actextract.store.base import StoreReader
+from actextract.store.build import build_store
 from actextract.store.epochs import AXIS, EpochStore
-from actextract.store.layout import FORMAT_VERSION, ArraySpec, StoreOptions, build_store
+from actextract.store.layout import FORMAT_VERSION, ArraySpec, StoreOptions
 from actextract.store.location import Location, writable
 from actextract.store.run import Store
 

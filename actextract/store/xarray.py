@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from actextract.store.base import StoreReader
-from actextract.store.layout import token_arrays
+from actextract.store.build import token_arrays
 from actextract.store.opening import open_store
 
 if TYPE_CHECKING:
