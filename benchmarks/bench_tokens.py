@@ -226,48 +226,58 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
 
 
 def table(results: list[dict], header: dict) -> str:
-    """The markdown table: per corpus size and method, the medians."""
+    """The results file's page: a heading, what was run, and :func:`summary_table`."""
     lines = [
         f"# Token activations ({header['device']}, {header['date']})",
         "",
+        describe(header),
+        "",
+        summary_table(results),
+    ]
+    return "\n".join(lines)
+
+
+def describe(header: dict) -> str:
+    return (
         f"GPT-2-shaped model: {header['layers']} blocks of {header['width']}, windows of "
         f"{header['length']} tokens (packed), batch {header['batch_size']}, "
-        f"{header['chunk_rows']} windows per row block; every block's "
-        "output stored per token (actextract: float16, the hand way: float32). Medians of "
-        f"{header['repeats']} interleaved rounds; benchmarks/bench_tokens.py.",
-        "",
+        f"{header['chunk_rows']} windows per row block; every block's output stored per token "
+        "(actextract: float16, the hand way: float32). Medians of "
+        f"{header['repeats']} interleaved rounds; benchmarks/bench_tokens.py."
+    )
+
+
+def summary_table(results: list[dict]) -> str:
+    """Per corpus size and method, the medians; then the peak RSS at 2N ÷ at N."""
+    lines = [
         "| corpus | method | tokens | tokens/s | ÷ forward | written | peak RSS | RSS growth |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for docs in sorted({r["docs"] for r in results}):
-        rows = [r for r in results if r["docs"] == docs]
-        med = {
-            m: {
-                k: statistics.median(r[k] for r in rows if r["method"] == m)
-                for k in ("seconds", "tokens", "peak_rss", "rss_growth", "disk_bytes")
-            }
-            for m in METHODS
-        }
+    sizes = sorted({r["docs"] for r in results})
+
+    def median(method: str, docs: int, key: str) -> float:
+        return statistics.median(
+            r[key] for r in results if r["method"] == method and r["docs"] == docs
+        )
+
+    for docs in sizes:
+        forward = median("forward", docs, "seconds")
         for m in METHODS:
-            v = med[m]
-            ratio = med["forward"]["seconds"] / v["seconds"]
+            seconds, tokens = median(m, docs, "seconds"), median(m, docs, "tokens")
             lines.append(
-                f"| {docs} docs | {m} | {int(v['tokens']):,} | {v['tokens'] / v['seconds']:,.0f} "
-                f"| {ratio:.2f} | {v['disk_bytes'] / 1e6:,.1f} MB | {v['peak_rss'] / 1e6:,.0f} MB "
-                f"| {v['rss_growth'] / 1e6:,.0f} MB |"
+                f"| {docs} docs | {m} | {int(tokens):,} | {tokens / seconds:,.0f} "
+                f"| {forward / seconds:.2f} | {median(m, docs, 'disk_bytes') / 1e6:,.1f} MB "
+                f"| {median(m, docs, 'peak_rss') / 1e6:,.0f} MB "
+                f"| {median(m, docs, 'rss_growth') / 1e6:,.0f} MB |"
             )
-    growth = {
-        m: [
-            statistics.median(r["peak_rss"] for r in results if r["method"] == m and r["docs"] == d)
-            for d in sorted({r["docs"] for r in results})
+    if len(sizes) > 1:
+        growth = {
+            m: median(m, sizes[-1], "peak_rss") / median(m, sizes[0], "peak_rss") for m in METHODS
+        }
+        lines += [
+            "",
+            "Peak RSS at 2N ÷ at N: " + ", ".join(f"{m} {g:.2f}" for m, g in growth.items()),
         ]
-        for m in METHODS
-    }
-    lines += [
-        "",
-        "Peak RSS at 2N ÷ at N: "
-        + ", ".join(f"{m} {g[-1] / g[0]:.2f}" for m, g in growth.items() if len(g) > 1),
-    ]
     return "\n".join(lines) + "\n"
 
 

@@ -336,6 +336,21 @@ def make_codecs(page: Path, name: str) -> str:
     )
 
 
+def make_tokens(page: Path, device: str) -> str:
+    """benchmarks/bench_tokens.py's table, as its own results page has it."""
+    import importlib.util
+
+    path = RESULTS / f"tokens-{device}.json"
+    d = _json(path)
+    spec = importlib.util.spec_from_file_location(
+        "bench_tokens", ROOT / "benchmarks" / "bench_tokens.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    note = bench.describe(d["header"]) + f" {d['header']['device']}, {d['header']['date']}."
+    return bench.summary_table(d["results"]).rstrip() + "\n\n" + source(page, path, note)
+
+
 def make_zarr_settings(page: Path, machine: str) -> str:
     path = RESULTS / f"zarr-settings-{machine}.json"
     d = _json(path)

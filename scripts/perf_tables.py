@@ -34,6 +34,7 @@ from perf_makers import (  # noqa: E402
     make_codecs,
     make_integrity,
     make_stats,
+    make_tokens,
     make_zarr_settings,
 )
 
@@ -55,6 +56,7 @@ KINDS: list[tuple[re.Pattern[str], Callable[..., str]]] = [
     (re.compile(r"cluster-(?P<x>[\w.-]+)"), make_cluster),
     (re.compile(r"codecs-(?P<x>[\w.-]+)"), make_codecs),
     (re.compile(r"zarr-settings-(?P<x>[\w.-]+)"), make_zarr_settings),
+    (re.compile(r"tokens-(?P<x>[\w.-]+)"), make_tokens),
 ]
 
 

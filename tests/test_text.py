@@ -391,3 +391,28 @@ def test_a_python_datasets_token_dicts_of_any_length_are_padded_to_max_length(mo
     assert (mask[:, -1] == 1).all() and mask.sum(1).tolist() == [len(r["input_ids"]) for r in rows]
     with pytest.raises(actextract.BadSampleError, match="more than the padded length 4"):
         _extract(f"hf:{models['bert']}", rows, tmp_path, layers="encoder.layer.1", max_length=4)
+
+
+def test_timm_takes_pretrained_weights_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
+    """A file in the cache's layout for the model's hub id is loaded, and nothing asks the hub
+    (HF_HUB_OFFLINE inside); without it the weights are random."""
+    import huggingface_hub.constants
+    import safetensors.torch
+    import timm
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    name = "vit_tiny_patch16_224"
+    assert load_model(f"timm:{name}").weights is None  # nothing cached: random
+    repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+    folder = tmp_path / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("abc123")
+    (folder / "snapshots" / "abc123").mkdir(parents=True)
+    torch.manual_seed(7)
+    saved = timm.create_model(name).state_dict()
+    file = folder / "snapshots" / "abc123" / "model.safetensors"
+    safetensors.torch.save_file(saved, file)
+    loaded = load_model(f"timm:{name}")
+    assert loaded.weights == str(file) and loaded.weights_format == "hub"
+    for key in ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "head.weight"):
+        assert torch.equal(loaded.module.state_dict()[key], saved[key]), key

@@ -69,6 +69,7 @@ def _need(package: str, spec: str) -> Any:
 def _offline():
     """Hugging Face libraries look only at local files in here, whatever the environment, and
     show no progress bars of their own (actextract's come later)."""
+    from huggingface_hub import constants
     from huggingface_hub.utils import (
         are_progress_bars_disabled,
         disable_progress_bars,
@@ -78,6 +79,8 @@ def _offline():
     keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     old = {k: os.environ.get(k) for k in keys}
     os.environ.update(dict.fromkeys(keys, "1"))
+    was_offline = constants.HF_HUB_OFFLINE  # read from the environment at import time
+    constants.HF_HUB_OFFLINE = True
     bars = not are_progress_bars_disabled()
     disable_progress_bars()
     transformers = _transformers_logging()
@@ -87,6 +90,7 @@ def _offline():
     try:
         yield
     finally:
+        constants.HF_HUB_OFFLINE = was_offline
         if bars:
             enable_progress_bars()
         if quiet:
@@ -259,8 +263,11 @@ def load_timm(spec: str) -> HubModel:
             f"{option('model')} {spec}: '{name}' is not a timm model.{hint} See timm.list_models()."
         )
     cached = _timm_cached(timm, name)
-    with _offline():
-        module = timm.create_model(name, pretrained=cached is not None)
+    with _offline():  # the cached file itself: nothing asks the hub whether it is current
+        overlay = {"file": cached} if cached else None
+        module = timm.create_model(
+            name, pretrained=cached is not None, pretrained_cfg_overlay=overlay
+        )
     if cached is None:
         log.info("%s: random weights (the local Hugging Face cache has none for it)", spec)
     cfg = timm.data.resolve_model_data_config(module)
