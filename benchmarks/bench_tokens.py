@@ -109,8 +109,6 @@ def one(method: str, case: dict, args: argparse.Namespace, out: Path) -> dict:
     sys.path.insert(0, str(HERE))
     from bench_machine import PeakRSS, folder_bytes, warm_free_memory
 
-    import actextract
-
     device = torch.device(args.device)
     result: dict = {"method": method}
     warm_up(method, case, args, out)
@@ -118,18 +116,8 @@ def one(method: str, case: dict, args: argparse.Namespace, out: Path) -> dict:
     with PeakRSS() as rss:
         start = time.perf_counter()
         if method == "actextract":
-            store = actextract.extract(
-                f"hf:{case['model']}",
-                f"text:{case['corpus']}",
-                layers="h.*",
-                pack=True,
-                max_length=args.length,
-                batch_size=args.batch_size,
-                chunk_rows=args.chunk_rows,
-                device=args.device,
-                out=str(out / "run" / "store.zarr"),
-                overwrite=True,
-                progress=False,
+            store = run_actextract(
+                case, args, out / "run" / "store.zarr", chunk_rows=args.chunk_rows
             )
             tokens = int(store._node("tokens/mask")[:].sum())
         else:
@@ -167,27 +155,32 @@ def one(method: str, case: dict, args: argparse.Namespace, out: Path) -> dict:
     return result
 
 
+def run_actextract(case: dict, args: argparse.Namespace, out: Path, **options):
+    """Every block's output per token, packed, float16: the store is the product."""
+    import actextract
+
+    return actextract.extract(
+        f"hf:{case['model']}",
+        f"text:{case['corpus']}",
+        layers="h.*",
+        pack=True,
+        max_length=args.length,
+        batch_size=args.batch_size,
+        device=args.device,
+        out=str(out),
+        overwrite=True,
+        progress=False,
+        **options,
+    )
+
+
 def warm_up(method: str, case: dict, args: argparse.Namespace, out: Path) -> None:
     """Two batches of the method, outside the clock, as the main benchmark warms up: the
     kernels and the allocator of a first forward are not what a long run pays for."""
     import torch
 
-    import actextract
-
     if method == "actextract":
-        actextract.extract(
-            f"hf:{case['model']}",
-            f"text:{case['corpus']}",
-            layers="h.*",
-            pack=True,
-            max_length=args.length,
-            batch_size=args.batch_size,
-            limit=2 * args.batch_size,
-            device=args.device,
-            out=str(out / "warm.zarr"),
-            overwrite=True,
-            progress=False,
-        )
+        run_actextract(case, args, out / "warm.zarr", limit=2 * args.batch_size)
         return
     module, source = windows(case, args.length)
     module = module.to(args.device).eval()

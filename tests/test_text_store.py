@@ -220,3 +220,23 @@ def test_render_shows_each_features_top_tokens_in_their_context(text_run, tmp_pa
     assert page.count("Top-activating tokens") == 2
     assert "<b>cat</b>" in page or "<b>dog</b>" in page or "<b>" in page
     assert "the inputs are token ids" in page
+
+
+def test_the_per_sample_maps_of_a_text_run_leave_the_padding_blank(text_run, tmp_path, monkeypatch):
+    from actextract.report.canvas import Canvas
+
+    _, store, _ = text_run
+    drawn = []
+    grid = Canvas.grid
+
+    def keep(self, maps, *args, **kwargs):
+        drawn.append(np.array(maps))
+        return grid(self, maps, *args, **kwargs)
+
+    monkeypatch.setattr(Canvas, "grid", keep)
+    actextract.render(store, tmp_path / "report", layers="h.0", only="grids", samples=[0, 5])
+    mask = store._node("tokens/mask")[[0, 5]].astype(bool)
+    assert len(drawn) == 2
+    for maps, real in zip(drawn, mask, strict=True):
+        tokens = maps[0]  # one (T, D) map
+        assert np.isnan(tokens[~real]).all() and not np.isnan(tokens[real]).any()

@@ -127,7 +127,7 @@ _EXTRACT_OPTIONS = [
         type=click.IntRange(min=1),
         default=None,
         help="Text datasets: tokens per document, cut and padded to it (default: the "
-        "tokenizer's model_max_length).",
+        "tokenizer's model_max_length); python: datasets of token dicts: padded to it.",
     ),
     click.option(
         "--pack",

@@ -154,6 +154,11 @@ class Drawer:
         (:func:`~actextract.report.classpictures.as_maps`) beside its input, and all rows in
         one figure."""
         data = np.asarray(self.store[layer].get_orthogonal_selection((np.array(rows),)))
+        tokens = self.store.attrs.get("tokens")
+        if tokens and layout == "tokens" and data.ndim == 3 and data.shape[1] == tokens["length"]:
+            # a text run's padding is no token of the sample: left blank, not drawn as one
+            mask = self.store._node("tokens/mask").get_orthogonal_selection((np.array(rows),))
+            data = np.where(np.asarray(mask, bool)[..., None], data, np.nan)
         stem = file_stem(layer)
         labels = [f"{self.canvas.name_of(int(self.canvas.labels[r]))}\nrow {r}" for r in rows]
         if len(shape) == 1:
