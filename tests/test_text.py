@@ -319,17 +319,37 @@ def test_layers_probes_a_text_model_with_real_tokens(models):
     assert "(12, 32)" in res.output
 
 
-def test_statistics_of_a_text_runs_token_layers_are_refused(models, tmp_path):
-    with pytest.raises(OptionError, match=r"h\.0: these token layers of a text run hold padding"):
-        _extract(
-            f"hf:{models['gpt2-left']}",
-            f"text:{models['corpus']}",
-            tmp_path,
-            layers="h.0",
-            max_length=12,
-            stats="h.0=channel-hist",
-        )
-    assert not (tmp_path / "out.zarr").exists()
+def test_statistics_of_a_text_runs_token_layers_are_over_its_real_tokens(models, tmp_path):
+    """class-mean, class-std and channel-hist of a token layer take every real token as a
+    row (padding left out), channel-mean is each document's masked mean: all against numpy
+    over the mask of the stored layer (float32)."""
+    path = tmp_path / "docs.jsonl"
+    labels = [0, 1, 1, 0, 1]
+    rows = [{"text": d, "label": labels[i]} for i, d in enumerate(_hf.DOCS)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    store = _extract(
+        f"hf:{models['gpt2-left']}",
+        f"text:{path}",
+        tmp_path,
+        layers="h.0",
+        max_length=16,
+        stats="h.0=class-mean,class-std,channel-hist,channel-mean",
+        hist_bins=8,
+    )
+    values = store["h.0"][:].astype(np.float64)
+    mask = store._node("tokens/mask")[:].astype(bool)
+    group = store.group["stats/h.0"]
+    assert store.stats_layers()["h.0"]["over"] == "tokens"
+    assert group["count"][:].tolist() == [2, 3]  # documents per class
+    for j, c in enumerate((0, 1)):
+        tokens = np.concatenate([values[i][mask[i]] for i in range(5) if labels[i] == c])
+        assert group["tokens"][j] == len(tokens)
+        np.testing.assert_allclose(group["mean"][j], tokens.mean(0), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(group["std"][j], tokens.std(0), rtol=1e-6, atol=1e-9)
+        assert group["hist"][j].sum() == tokens.size  # every real token's every feature once
+    means = store.row_array("stats/h.0/channel_means")[:]
+    for i in range(5):
+        np.testing.assert_allclose(means[i], values[i][mask[i]].mean(0), atol=1e-6)
 
 
 def test_render_draws_a_vits_token_layers_on_the_patch_grid(models, tmp_path):

@@ -29,11 +29,11 @@ from actextract.extraction.engine import (
 )
 from actextract.extraction.options import ExtractOptions
 from actextract.extraction.plan import (
-    check_token_stats,
     choose_chunk_rows_for,
     choose_outputs,
     plan_arrays,
     provenance,
+    token_stats,
 )
 from actextract.extraction.resume import NewStore, open_run
 from actextract.extraction.sink import Sink
@@ -173,7 +173,7 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
                 layouts=o.layout,
             )
             tokens = tokens_attribute(input_shape, source.records)
-            check_token_stats(stats_attrs, tokens)
+            token_stats(stats_attrs, tokens)  # over real tokens
             new = NewStore(
                 len(rows),
                 arrays,

@@ -19,7 +19,13 @@ import torch
 from tqdm import tqdm
 
 from actextract.core.devices import PRECISIONS, autocast
-from actextract.data.inputs import Inputs, batch_len, map_tensors, token_records
+from actextract.data.inputs import (
+    Inputs,
+    attention_mask,
+    batch_len,
+    map_tensors,
+    token_records,
+)
 from actextract.data.samples import BadSample, Batch
 from actextract.errors import BadSampleError, OptionError, option
 from actextract.extraction.blocks import Filled
@@ -175,7 +181,8 @@ def run(
                     acts, raw = forward(batch.inputs)
             indices = batch.indices.numpy()
             if stats is not None:
-                stats.add(raw, indices, batch.labels.numpy(), [s.index for s in batch.bad])
+                bad = [s.index for s in batch.bad]
+                stats.add(raw, indices, batch.labels.numpy(), bad, attention_mask(batch.inputs))
             runs, waited = sink.place(indices, batch.bad)  # waits while every buffer is taken
             ready, copied = to_host(acts, runs, also=raw)
             waited += sink.filled(

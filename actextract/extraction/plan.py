@@ -30,13 +30,13 @@ from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, open_st
 from actextract.store.location import Location
 
 __all__ = [
-    "check_token_stats",
     "choose_outputs",
     "first_samples",
     "layer_arrays",
     "plan_arrays",
     "provenance",
     "state_sha256",
+    "token_stats",
 ]
 
 
@@ -132,23 +132,16 @@ def plan_arrays(
     return arrays, reducer, attrs, per_sample_shape(examples[0].input)
 
 
-def check_token_stats(stats: dict[str, Any], tokens: dict[str, Any] | None) -> None:
-    """The statistics sum every token of a layer's output, padding too: a text run's token
-    layers are refused (their pooled arrays are stored per document instead)."""
+def token_stats(stats: dict[str, Any], tokens: dict[str, Any] | None) -> None:
+    """A text run's token layers are summed over their real tokens, padding left out: each
+    token a row of (D,) features (``over: tokens``; their count per class is kept beside the
+    samples'), so that class-mean, class-std and channel-hist are per feature over tokens.
+    The channel means are the masked means per document already (the reduction's)."""
     if not tokens:
         return
-    padded = [
-        name
-        for name, entry in stats.items()
-        if entry["layout"] == "tokens" and entry["shape"][:1] == [tokens["length"]]
-    ]
-    if padded:
-        raise OptionError(
-            f"{option('stats')} on {', '.join(padded)}: these token layers of a text run hold "
-            "padding tokens beside the real ones, and the statistics would sum them all. Store "
-            f"the layer ({option('reduce')} mean pools the real tokens per document) and read "
-            "its token rows with actextract.token_activations."
-        )
+    for entry in stats.values():
+        if entry["layout"] == "tokens" and entry["shape"][:1] == [tokens["length"]]:
+            entry["over"] = "tokens"  # the entry keeps the layer's (T, D) shape and layout
 
 
 def choose_outputs(

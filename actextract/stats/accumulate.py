@@ -128,6 +128,9 @@ class LayerStatsSpec:
     shape: tuple[int, ...]
     edges: tuple[float, ...] = ()
     layout: str = ""  # the layer's (:mod:`actextract.core.axes`); "": a store from before layouts
+    # a text run's token layer: every real token is a row of ``shape`` (D,), padding left out,
+    # and ``tokens`` counts them per class beside the samples' count
+    over_tokens: bool = False
 
     @property
     def channel_axis(self) -> int | None:
@@ -146,7 +149,10 @@ class LayerStatsSpec:
     def from_attrs(cls, layer: str, attrs: Mapping) -> LayerStatsSpec:
         kinds = tuple(k for k in attrs["kinds"] if k in ACCUMULATED)
         edges = tuple(attrs.get("edges") or ())
-        return cls(layer, kinds, tuple(attrs["shape"]), edges, attrs.get("layout") or "")
+        shape, layout = tuple(attrs["shape"]), attrs.get("layout") or ""
+        if attrs.get("over") == "tokens":  # a (T, D) layer summed a token at a time: (D,) rows
+            return cls(layer, kinds, shape[1:], edges, "vector", True)
+        return cls(layer, kinds, shape, edges, layout)
 
 
 class _LayerSums:
@@ -156,7 +162,7 @@ class _LayerSums:
     def __init__(self, spec: LayerStatsSpec, device: torch.device):
         self.spec = spec
         self.device = device
-        self.sum = self.sumsq = self.hist = None
+        self.sum = self.sumsq = self.hist = self.tokens = None
         self.edges = torch.tensor(spec.edges, dtype=torch.float32, device=device)
         self.k = 0
 
@@ -175,10 +181,14 @@ class _LayerSums:
         if "channel-hist" in kinds:
             bins = len(self.spec.edges) + 1  # below, len(edges) - 1 bins, above
             self.hist = grown(self.hist, (self.spec.channels, bins), torch.int64)
+        if self.spec.over_tokens:
+            self.tokens = grown(self.tokens, (), torch.int64)
         self.k = k
 
     def add(self, x: torch.Tensor, slots: torch.Tensor) -> None:
         """Add rows ``x`` (n, *shape) to the classes ``slots`` (n,) int64 on the device."""
+        if self.tokens is not None:
+            self.tokens.index_add_(0, slots, torch.ones_like(slots))
         per_row = max(1, math.prod(x.shape[1:]))
         step = max(1, CHUNK_ELEMENTS // per_row)
         for lo in range(0, len(x), step):
@@ -208,7 +218,8 @@ class _LayerSums:
         self.hist.view(-1).add_(counts)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {n: t for n in ("sum", "sumsq", "hist") if (t := getattr(self, n)) is not None}
+        names = ("sum", "sumsq", "hist", "tokens")
+        return {n: t for n in names if (t := getattr(self, n)) is not None}
 
 
 class Accumulator:
@@ -252,10 +263,12 @@ class Accumulator:
         indices: np.ndarray,
         labels: np.ndarray,
         bad: Sequence[int] = (),
+        mask: torch.Tensor | None = None,
     ) -> None:
         """Sum the rows of ``outputs`` ({layer: (B, *shape)}) that belong to this
         accumulator's blocks; ``indices``/``labels`` (B,) are their dataset rows and labels,
-        ``bad`` the rows of the batch's skipped samples (they count towards their block)."""
+        ``bad`` the rows of the batch's skipped samples (they count towards their block);
+        ``mask`` (B, T) the batch's real tokens, for the layers summed over tokens."""
         blocks = indices // self.chunk_rows
         keep = np.isin(blocks, self.blocks)
         self._arrived(blocks[keep], np.asarray(bad, np.int64) // self.chunk_rows)
@@ -280,7 +293,14 @@ class Accumulator:
         rows = None if keep.all() else torch.from_numpy(np.flatnonzero(keep)).to(self.device)
         for layer, sums in self._sums.items():
             x = outputs[layer]
-            sums.add(x if rows is None else x.index_select(0, rows), s)
+            x = x if rows is None else x.index_select(0, rows)
+            if sums.spec.over_tokens:  # every real token a row, with its sample's class
+                if mask is None:
+                    raise ValueError(f"{layer}: statistics over tokens need the attention mask")
+                real = (mask if rows is None else mask.index_select(0, rows)).to(torch.bool)
+                sums.add(x[real], s.repeat_interleave(real.sum(1)))
+            else:
+                sums.add(x, s)
 
     def _arrived(self, blocks: np.ndarray, bad_blocks: np.ndarray) -> None:
         for b in [*blocks.tolist(), *bad_blocks.tolist()]:

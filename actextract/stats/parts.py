@@ -48,7 +48,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 WRITE_BYTES = 64 << 20
-SUMS = ("sum", "sumsq", "hist")
+SUMS = ("sum", "sumsq", "hist", "tokens")
 
 
 def accumulated(store: Store) -> list[LayerStatsSpec]:
@@ -74,9 +74,9 @@ class PartWriter:
             self.group = store.group.require_group(f"{PARTS}/{self.name}")
             self.group.update_attributes({"slot": None, "blocks": [], "started": now()})
 
-    def add(self, outputs, indices: np.ndarray, labels: np.ndarray, bad=()) -> None:
+    def add(self, outputs, indices: np.ndarray, labels: np.ndarray, bad=(), mask=None) -> None:
         """A batch's outputs into the sums (:meth:`Accumulator.add`)."""
-        self.acc.add(outputs, indices, labels, bad)
+        self.acc.add(outputs, indices, labels, bad, mask)
 
     def maybe_commit(self) -> float:
         """Commit when due and possible; the seconds it took."""
@@ -159,6 +159,10 @@ def _finalize_layer(store: Store, spec: LayerStatsSpec, parts, slots, counts) ->
     group = store.group.require_group(f"stats/{spec.layer}")
     _write(group, "classes", (slots - 1).astype(np.int64), ("class",))
     _write(group, "count", counts.astype(np.int64), ("class",))
+    if spec.over_tokens:  # the rows of the sums are tokens: their count per class divides
+        tokens = [_class_total(parts, spec.layer, "tokens", slot) for slot in slots.tolist()]
+        counts = np.asarray([int(t) if t is not None else 0 for t in tokens], np.int64)
+        _write(group, "tokens", counts, ("class",))
     k = len(slots)
     names = ArraySpec(spec.layer, tuple(spec.shape), layout=spec.layout).dimension_names()
     maps = ("class", *names[1:])
@@ -180,10 +184,10 @@ def _finalize_layer(store: Store, spec: LayerStatsSpec, parts, slots, counts) ->
     for j, (slot, n) in enumerate(zip(slots.tolist(), counts.tolist(), strict=True)):
         total = {name: _class_total(parts, spec.layer, name, slot) for name in SUMS}
         if "mean" in arrays:
-            mean = total["sum"] / n
+            mean = total["sum"] / max(n, 1)
             arrays["mean"][j] = mean
             if "std" in arrays:
-                arrays["std"][j] = np.sqrt(np.maximum(total["sumsq"] / n - mean * mean, 0.0))
+                arrays["std"][j] = np.sqrt(np.maximum(total["sumsq"] / max(n, 1) - mean**2, 0.0))
         if "hist" in arrays:
             arrays["hist"][j] = total["hist"]
 
