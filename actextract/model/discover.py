@@ -16,7 +16,7 @@ from torch import nn
 from actextract.core.names import count_matches, match_names, names_option, wider_hint
 from actextract.data.inputs import MASK_KEY, Inputs, per_sample_shape, stack
 from actextract.data.samples import Sample
-from actextract.data.source import open_source
+from actextract.data.source import open_dataset
 from actextract.errors import LayerNotFoundError, OptionError, option
 from actextract.model.capture import Method
 from actextract.model.probe import LayerInfo, layer_table
@@ -103,7 +103,7 @@ def _example(
         enc = loaded.tokenizer(words, max_length=max_length, return_tensors="pt", **cut)
         sample, what = {k: v[0] for k, v in enc.items()}, f"text {words!r}"
     elif dataset is not None:
-        source = open_source(
+        source = open_dataset(  # as extract opens it: text tokenised, token dicts padded
             dataset, loaded.preprocess, tokenizer=loaded.tokenizer, max_length=max_length
         )
         first = source.dataset[0] if len(source) else None
