@@ -436,3 +436,12 @@ def test_timm_takes_pretrained_weights_from_the_local_hugging_face_cache(tmp_pat
     assert loaded.weights == str(file) and loaded.weights_format == "hub"
     for key in ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "head.weight"):
         assert torch.equal(loaded.module.state_dict()[key], saved[key]), key
+
+
+def test_the_graph_of_a_text_model_is_probed_with_tokens(models, tmp_path):
+    res = CliRunner().invoke(
+        main, ["layers", f"hf:{models['gpt2-right']}", "--graph", str(tmp_path / "g.dot")]
+    )
+    assert res.exit_code == 0, res.output
+    dot = (tmp_path / "g.dot").read_text()
+    assert "input {input_ids: (10,), attention_mask: (10,)}" in dot  # the probe sentence

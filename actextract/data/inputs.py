@@ -37,6 +37,7 @@ __all__ = [
     "pad_sample",
     "per_sample_shape",
     "positional",
+    "shape_text",
     "split_label",
     "stack",
     "token_records",
@@ -136,6 +137,14 @@ def per_sample_shape(x: Inputs) -> SampleShape:
     if isinstance(x, tuple):
         return tuple(tuple(t.shape) for t in x)
     return {k: tuple(t.shape) for k, t in x.items()}
+
+
+def shape_text(shape: Any) -> str:
+    """A per-sample shape as messages and tables write it: ``(3, 224, 224)``, a tuple's, or a
+    dict's ``{input_ids: (128,), attention_mask: (128,)}``."""
+    if isinstance(shape, dict):
+        return "{" + ", ".join(f"{k}: {tuple(v)}" for k, v in shape.items()) + "}"
+    return str(tuple(shape))
 
 
 def describe(x: Inputs) -> str:

@@ -39,6 +39,7 @@ from actextract.data.inputs import (
     map_tensors,
     pad_sample,
     per_sample_shape,
+    shape_text,
     split_label,
     stack,
 )
@@ -170,7 +171,7 @@ def collate(items: Sequence[Sample | BadSample], *, shape: SampleShape | None = 
             BadSample(
                 s.index,
                 s.id,
-                f"input shape {_shape_text(sh)} differs from {whose} {_shape_text(common)}{why}; "
+                f"input shape {shape_text(sh)} differs from {whose} {shape_text(common)}{why}; "
                 f"{fix}",
             )
             for s, sh in zip(good, shapes, strict=True)
@@ -198,13 +199,6 @@ def _as_shape(shape: Any) -> Any:
     if len(shape) and not isinstance(shape[0], int):
         return tuple(tuple(v) for v in shape)
     return tuple(shape)
-
-
-def _shape_text(shape: object) -> str:
-    """A per-sample shape as the messages write it: ``(3, 224, 224)``, or a tuple's or dict's."""
-    if isinstance(shape, dict):
-        return "{" + ", ".join(f"{k}: {v}" for k, v in shape.items()) + "}"
-    return str(shape)
 
 
 def collate_encoded(items: Sequence[Sample | BadSample]) -> Batch:

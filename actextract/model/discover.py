@@ -7,7 +7,7 @@ is left as it was."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ def list_layers(
     dataset: str | None = None,
     text: str | None = None,
     max_length: int | None = None,
+    tokenizer: Any = None,
 ) -> LayerTable:
     """Every capturable layer of ``model``: name, kind, per-sample output shape, layout and
     whether it is cloned at capture, found by a probe with (1, *input_shape) zeros on the
@@ -59,8 +60,10 @@ def list_layers(
     :func:`actextract.model.zoo.load_model` takes it. ``dataset``: probe with its first
     sample instead (a text dataset tokenised to ``max_length``); ``text``: with these words,
     tokenised by the model's tokenizer; a model that reads text and is given neither is
-    probed with a sentence of its tokenizer's."""
+    probed with a sentence of its tokenizer's (``tokenizer``: the one of a Module given)."""
     loaded = load_model(model, weights=weights, trust_checkpoint=trust_checkpoint)
+    if tokenizer is not None:  # a Module given with the tokenizer its text is read with
+        loaded = replace(loaded, tokenizer=tokenizer)
     example, shape, tokens, what = _example(loaded, input_shape, dataset, text, max_length)
     with borrowed(loaded.module) as module:
         rows, method = layer_table(module, shape, method=capture, example=example)

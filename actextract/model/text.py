@@ -7,6 +7,7 @@ from typing import Any
 
 from actextract.core.dtypes import STORAGE_DTYPES
 from actextract.core.text import human_bytes, written_by
+from actextract.data.inputs import shape_text
 
 __all__ = ["format_layer_summary", "format_layer_table"]
 
@@ -55,11 +56,7 @@ def _shape(row: Any) -> str:
 
 def _head(table: Any) -> str:
     """The table's first line: the model, what the probe ran on, and how layers are captured."""
-    shape = table.input_shape
-    if isinstance(shape, dict):
-        shape = "{" + ", ".join(f"{k}: {tuple(v)}" for k, v in shape.items()) + "}"
-    else:
-        shape = str(tuple(shape))
+    shape = shape_text(table.input_shape)
     with_ = getattr(table, "probed_with", None)
     tokens = getattr(table, "tokens", None)
     on = f" ({with_}" + (f", {tokens} real tokens)" if tokens is not None else ")") if with_ else ""

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 from torch.fx import Graph, Node
 
+from actextract.data.inputs import shape_text
 from actextract.data.samples import BadSample
 from actextract.errors import ActextractError, GraphvizError, OptionError
 from actextract.model.capture import Candidates, Method, select_layers
@@ -118,7 +119,8 @@ def model_graph(
     """The Graphviz graph :func:`draw_graph` writes. Shapes come from one forward pass of a
     (1, *input_shape) zero tensor on the CPU, as ``actextract layers`` finds them."""
     loaded = load_model(model, weights=weights, trust_checkpoint=trust_checkpoint)
-    table = _table(loaded.module, loaded.spec, input_shape or loaded.input_shape, capture)
+    shape = input_shape or loaded.input_shape
+    table = _table(loaded.module, loaded.spec, shape, capture, loaded.tokenizer)
     return layer_graph(loaded.module, table, layers)
 
 
@@ -214,13 +216,15 @@ def _no_dot(out: str | Path) -> str:
 
 # -- what is drawn ---------------------------------------------------------------------------
 def _table(
-    module: nn.Module, spec: str, shape: Sequence[int] | None, capture: Method
+    module: nn.Module, spec: str, shape: Sequence[int] | None, capture: Method, tokenizer=None
 ) -> LayerTable:
-    if not shape:
+    """The layers' table of ``module``: a probe with zeros of ``shape``, or for a model that
+    reads text (``tokenizer``) with a tokenised sentence."""
+    if not shape and tokenizer is None:
         raise OptionError(
             f"model '{spec}' implies no input shape; pass --input-shape, e.g. 3,224,224."
         )
-    table = list_layers(module, input_shape=shape, capture=capture)
+    table = list_layers(module, input_shape=shape, capture=capture, tokenizer=tokenizer)
     return dataclasses.replace(table, model=spec)  # the spec, not 'python-object:...'
 
 
@@ -259,7 +263,7 @@ def _label(name: str, kind: str, shape: tuple[int, ...] | None) -> str:
 
 def _title(table: LayerTable, what: str, chosen: list[str]) -> str:
     """Left-justified lines (DOT's ``\\l`` ends each): the model, what is drawn, the chosen."""
-    lines = [f"{table.model}, input {tuple(table.input_shape)}: {what}"]
+    lines = [f"{table.model}, input {shape_text(table.input_shape)}: {what}"]
     if chosen:
         more = len(chosen) - _MAX_TITLE_NAMES
         names = ", ".join(chosen[:_MAX_TITLE_NAMES]) + (f" and {more} more" if more > 0 else "")
@@ -288,7 +292,8 @@ def _fx_graph(module: nn.Module, table: LayerTable, chosen: list[str]) -> graphv
     for node in graph.nodes:
         if node.op == "placeholder":
             ids[node] = f"__input__{node.name}"
-            shape = tuple(table.input_shape)
+            shape = table.input_shape
+            shape = tuple(shape.get(node.name, ())) if isinstance(shape, dict) else tuple(shape)
             members.setdefault("", []).append((ids[node], _label(node.name, "input", shape), _IO))
         elif node.op == "output":
             ids[node] = "__output__"
