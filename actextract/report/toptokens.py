@@ -21,7 +21,7 @@ import numpy as np
 from actextract.store import Store
 from actextract.store.tokens import iter_token_blocks
 
-__all__ = ["Example", "top_examples", "top_tokens_html"]
+__all__ = ["Example", "is_text_layer", "top_examples", "top_tokens_html"]
 
 FEATURES = 8  # the first features shown
 TOP = 5  # examples per feature
