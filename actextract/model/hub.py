@@ -218,10 +218,11 @@ def _hf_preprocess(processor: Any, module: nn.Module) -> tuple[Preprocess, tuple
         return Preprocess(), None  # a text model
     pre = Preprocess(channels=channels or 3)
     if processor is not None:
-        crop = _side(getattr(processor, "crop_size", None)) if processor.do_center_crop else None
-        resize = _side(getattr(processor, "size", None)) if processor.do_resize else None
-        mean = getattr(processor, "image_mean", None) if processor.do_normalize else None
-        std = getattr(processor, "image_std", None) if processor.do_normalize else None
+        does = lambda step: bool(getattr(processor, f"do_{step}", False))  # noqa: E731
+        crop = _side(getattr(processor, "crop_size", None)) if does("center_crop") else None
+        resize = _side(getattr(processor, "size", None)) if does("resize") else None
+        mean = getattr(processor, "image_mean", None) if does("normalize") else None
+        std = getattr(processor, "image_std", None) if does("normalize") else None
         pre = Preprocess(
             channels=channels or 3,
             resize=resize,
