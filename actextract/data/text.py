@@ -69,9 +69,8 @@ class Tokenize:
 
     def describe(self) -> str:
         t = self.tokenizer
-        name = getattr(t, "name_or_path", "") or type(t).__name__
         return (
-            f"tokenized by {name}: max_length {self.max_length}, truncated, padded on the "
+            f"tokenized by {_name(t)}: max_length {self.max_length}, truncated, padded on the "
             f"{t.padding_side} with token {t.pad_token_id} (attention_mask marks the real tokens)"
         )
 
@@ -142,12 +141,13 @@ class _Windows:
         texts = [documents[i][0] for i in range(len(documents))]
         ids = tokenizer(texts)["input_ids"]
         # a tokenizer that marks documents itself ([CLS] ... [SEP]) needs no separator
-        self.separator = None if tokenizer("")["input_ids"] else tokenizer.eos_token_id
-        if self.separator is None and not tokenizer("")["input_ids"]:
+        self.marks = bool(tokenizer("")["input_ids"])
+        self.separator = None if self.marks else tokenizer.eos_token_id
+        if self.separator is None and not self.marks:
             log.warning(
                 "%s has no end-of-text token and adds no special tokens: packed documents are "
                 "joined with nothing between them (each token's document is recorded)",
-                getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
+                _name(tokenizer),
             )
         extra = [] if self.separator is None else [self.separator]
         self.ids = np.concatenate([np.asarray([*d, *extra], np.int32) for d in ids])
@@ -180,17 +180,22 @@ class _Windows:
         return WithRecords(inputs, records), -1
 
     def describe(self) -> str:
-        t = self.tokenizer
-        name = getattr(t, "name_or_path", "") or type(t).__name__
         joined = (
             "each followed by token " + str(self.separator)
             if self.separator is not None
             else "with the tokenizer's own special tokens"
+            if self.marks
+            else "with nothing between them"
         )
         return (
-            f"tokenized by {name} and packed: {len(self.ids)} tokens of the documents "
-            f"({joined}) in windows of {self.length} (the last one padded on the right)"
+            f"tokenized by {_name(self.tokenizer)} and packed: {len(self.ids)} tokens of the "
+            f"documents ({joined}) in windows of {self.length} (the last one padded on the right)"
         )
+
+
+def _name(tokenizer: Any) -> str:
+    """A tokenizer as provenance and messages name it: its folder or hub name, else its type."""
+    return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
 
 
 def _tokenizer_limit(tokenizer: Any) -> int:

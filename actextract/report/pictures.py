@@ -40,6 +40,7 @@ from actextract.report.clusterpictures import ClusterPictures
 from actextract.report.rebuild import RebuildError, conv_weights, open_inputs, rebuild_model
 from actextract.stats.aggregate import predictions, summarize
 from actextract.store import Store
+from actextract.store.tokens import is_token_layer
 
 __all__ = [
     "KINDS",
@@ -154,8 +155,7 @@ class Drawer:
         (:func:`~actextract.report.classpictures.as_maps`) beside its input, and all rows in
         one figure."""
         data = np.asarray(self.store[layer].get_orthogonal_selection((np.array(rows),)))
-        tokens = self.store.attrs.get("tokens")
-        if tokens and layout == "tokens" and data.ndim == 3 and data.shape[1] == tokens["length"]:
+        if layout == "tokens" and is_token_layer(self.store, layer):
             # a text run's padding is no token of the sample: left blank, not drawn as one
             mask = self.store._node("tokens/mask").get_orthogonal_selection((np.array(rows),))
             data = np.where(np.asarray(mask, bool)[..., None], data, np.nan)

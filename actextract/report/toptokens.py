@@ -21,7 +21,7 @@ import numpy as np
 from actextract.store import Store
 from actextract.store.tokens import iter_token_blocks
 
-__all__ = ["Example", "is_text_layer", "top_examples", "top_tokens_html"]
+__all__ = ["Example", "top_examples", "top_tokens_html"]
 
 FEATURES = 8  # the first features shown
 TOP = 5  # examples per feature
@@ -40,13 +40,6 @@ class Example:
     ids: list[int]
     values: list[float]
     at: int
-
-
-def is_text_layer(store: Store, layer: str) -> bool:
-    """Whether ``layer`` is a token layer of a text run stored whole (one row per token)."""
-    tokens = store.attrs.get("tokens")
-    arr = store[layer] if layer in store.layers else None
-    return bool(tokens) and arr is not None and arr.ndim == 3 and arr.shape[1] == tokens["length"]
 
 
 def top_examples(

@@ -25,9 +25,10 @@ from actextract.errors import LayerNotFoundError, OutputExistsError, StoreError
 from actextract.report import figures
 from actextract.report.evolution import Evolution
 from actextract.report.pictures import KINDS, Drawer, Picture, RenderOptions, Report
-from actextract.report.toptokens import is_text_layer, top_tokens_html
+from actextract.report.toptokens import top_tokens_html
 from actextract.store import Store, StoreReader, integrity, open_store
 from actextract.store.layout import layer_arrays
+from actextract.store.tokens import is_token_layer
 
 __all__ = ["KINDS", "Picture", "RenderOptions", "Report", "pick_layers", "render"]
 
@@ -100,7 +101,7 @@ def render(
             drawer.layer(layer, rows)
             if evolution:
                 evolution.layer(layer, rows)
-            if options.wants("tokens") and is_text_layer(store, layer):
+            if options.wants("tokens") and is_token_layer(store, layer):
                 report.html.setdefault(layer, []).append(top_tokens_html(store, layer, decode))
         except Exception as e:  # a chunk that does not read back
             if not integrity.is_damage(e):

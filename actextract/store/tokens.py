@@ -21,7 +21,7 @@ import numpy as np
 from actextract.errors import StoreError
 from actextract.store.base import StoreReader
 
-__all__ = ["iter_token_blocks", "token_activations", "token_table"]
+__all__ = ["is_token_layer", "iter_token_blocks", "token_activations", "token_table"]
 
 
 def _mask(store: StoreReader) -> tuple[dict, object]:
@@ -40,7 +40,11 @@ def token_table(store: StoreReader, rows: slice | None = None) -> dict[str, np.n
     inputs had no ids)}, each (n_tokens,), in the store's order."""
     tokens, mask_arr = _mask(store)
     sl = rows or slice(0, store.n)
-    mask = np.asarray(mask_arr[sl], dtype=bool)
+    return _table(store, tokens, sl, np.asarray(mask_arr[sl], dtype=bool))
+
+
+def _table(store: StoreReader, tokens: dict, sl: slice, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`token_table` of the rows ``sl``, whose mask is read already."""
     sample, at = np.nonzero(mask)
     start = sl.start or 0
 
@@ -63,6 +67,16 @@ def token_table(store: StoreReader, rows: slice | None = None) -> dict[str, np.n
     }
 
 
+def is_token_layer(store: StoreReader, layer: str) -> bool:
+    """Whether ``layer`` is stored with a row for each of a text run's tokens: (N, T, D) with
+    the run's T (a token layer kept whole, not pooled)."""
+    tokens = store.attrs.get("tokens")
+    if not tokens or layer not in store.layers:
+        return False
+    arr = store[layer]
+    return arr.ndim == 3 and arr.shape[1] == tokens["length"]
+
+
 def iter_token_blocks(
     store: StoreReader, layer: str
 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
@@ -70,7 +84,7 @@ def iter_token_blocks(
     rows of those tokens, (tokens of the block, D)."""
     tokens, mask_arr = _mask(store)
     arr = store[layer]
-    if arr.ndim != 3 or arr.shape[1] != tokens["length"]:
+    if not is_token_layer(store, layer):
         raise StoreError(
             f"layer '{layer}' is stored as {tuple(arr.shape[1:])} per sample, not a row for each "
             f"of the run's {tokens['length']} tokens; token rows are of token layers stored "
@@ -79,9 +93,8 @@ def iter_token_blocks(
     for block in range(store.n_blocks):
         rows = store.block_range(block)
         sl = slice(rows.start, rows.stop)
-        mask = np.asarray(mask_arr[sl], dtype=bool)
-        values = np.asarray(arr[sl])
-        yield token_table(store, sl), values[mask]
+        mask = np.asarray(mask_arr[sl], dtype=bool)  # read once for the table and the rows
+        yield _table(store, tokens, sl, mask), np.asarray(arr[sl])[mask]
 
 
 def token_activations(store: StoreReader, layer: str) -> np.ndarray:

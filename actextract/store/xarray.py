@@ -21,6 +21,7 @@ import numpy as np
 from actextract.store.base import StoreReader
 from actextract.store.build import token_arrays
 from actextract.store.opening import open_store
+from actextract.store.tokens import is_token_layer
 
 if TYPE_CHECKING:
     import xarray
@@ -56,9 +57,8 @@ def to_xarray(store: StoreReader | str | Path, layer: str) -> xarray.DataArray:
         "ids": ("sample", ids),
     }
     dims = arr.metadata.dimension_names
-    tokens = store.attrs.get("tokens")
-    if tokens and dims[:2] == ("sample", "token") and arr.shape[1] == tokens["length"]:
+    if dims[:2] == ("sample", "token") and is_token_layer(store, layer):
         # a text run's token layer: which tokens are real, and their ids, beside the values
-        for name in token_arrays(tokens):
+        for name in token_arrays(store.attrs["tokens"]):
             coords[name] = (("sample", "token"), da.from_zarr(store._node(f"tokens/{name}")))
     return xr.DataArray(da.from_zarr(arr), dims=dims, coords=coords, name=layer)
