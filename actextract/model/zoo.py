@@ -115,6 +115,8 @@ def load_model(
     whole module), which runs code from the file; without it such a file is refused."""
     own = isinstance(model, nn.Module)  # the caller's: left in its mode (see ``borrowed``)
     tokenizer = None
+    # where the weights came from: a checkpoint file (read below), or the spec's own files
+    source, sha, form = (str(weights) if weights else None), None, None
     if own:
         module = unwrap_compiled(model)
         spec, shape = f"python-object:{type(module).__qualname__}", None
@@ -151,8 +153,7 @@ def load_model(
         )
         if weights is None and got.weights is not None:
             sha = file_sha256(got.weights) if Path(got.weights).is_file() else None
-            module.eval()
-            return LoadedModel(module, spec, shape, pre, got.weights, sha, "hub", tokenizer)
+            source, form = got.weights, "hub"
     else:
         names = torchvision_model_names()
         if model not in names:
@@ -171,19 +172,14 @@ def load_model(
         pre, shape = hub.torchvision_preprocess(model, chosen)
         spec = model
         if chosen is not None:
-            module.eval()
-            sha = file_sha256(hub.torchvision_file(chosen))
-            return LoadedModel(module, spec, shape, pre, enum, sha, "torchvision")
-    sha = form = None
-    if weights is not None:
+            sha, form = file_sha256(hub.torchvision_file(chosen)), "torchvision"
+    if weights is not None and form != "torchvision":
         checkpoint = read_checkpoint(weights, trust=trust_checkpoint)
         module = fit_checkpoint(module, checkpoint.content, Path(weights))
         sha, form = checkpoint.sha256, checkpoint.format
     if not own:
         module.eval()
-    return LoadedModel(
-        module, spec, shape, pre, str(weights) if weights else None, sha, form, tokenizer
-    )
+    return LoadedModel(module, spec, shape, pre, source, sha, form, tokenizer)
 
 
 def _weights_enum(weights: str | Path | None) -> str | None:
