@@ -13,7 +13,7 @@ import actextract
 from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, create_store
 
 GOLDEN_ATTRS = {
-    "format_version": 5,
+    "format_version": 6,
     "n_samples": 16,
     "chunk_rows": 8,
     "dtype": "float16",
@@ -49,6 +49,7 @@ GOLDEN_ATTRS = {
             "batch_axis": 0,
             "model_output": False,
             "array": "acts/conv1",
+            "rows": "sample",
         },
         {
             "name": "block",
@@ -61,6 +62,7 @@ GOLDEN_ATTRS = {
             "batch_axis": 0,
             "model_output": False,
             "array": "acts/block",
+            "rows": "sample",
         },
         {
             "name": "fc",
@@ -73,6 +75,7 @@ GOLDEN_ATTRS = {
             "batch_axis": 0,
             "model_output": True,
             "array": "acts/fc",
+            "rows": "sample",
         },
     ],
     "row_arrays": ["acts/conv1", "acts/block", "acts/fc"],

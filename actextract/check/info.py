@@ -93,6 +93,9 @@ def _array(store: StoreReader, spec: dict[str, Any], path: str, broken: set[str]
     else:
         arr = store[spec["name"]]
         shape, chunks, dtype, raw = tuple(arr.shape), tuple(arr.chunks), str(arr.dtype), arr.nbytes
+        if spec.get("rows") == "token":  # its rows are the done blocks' real tokens
+            n_tokens = int(store.token_counts().sum())  # type: ignore[attr-defined]
+            shape, raw = (n_tokens, *shape[1:]), n_tokens * arr.nbytes // max(1, arr.shape[0])
     return {
         "name": spec["name"],
         "shape": tuple(shape),
@@ -102,6 +105,7 @@ def _array(store: StoreReader, spec: dict[str, Any], path: str, broken: set[str]
         "layout": spec.get("layout"),  # the layer's output's (None: before format 4)
         "clone": spec.get("clone"),
         "batch_axis": spec.get("batch_axis", 0),
+        "rows": spec.get("rows", "sample"),  # "token": a row per real token of a text run
         "raw_bytes": raw,
         "disk_bytes": store.disk_bytes(path),
     }

@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from functools import partial
 from typing import Any
 
+import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 from zarr.core.sync import sync
@@ -29,7 +30,12 @@ from actextract.errors import OptionError, StoreError
 from actextract.stats import parts as stats
 from actextract.store import Store, lock, parts
 from actextract.store.build import token_arrays
-from actextract.store.integrity import metadata_problems, restore_metadata, undecodable
+from actextract.store.integrity import (
+    is_damage,
+    metadata_problems,
+    restore_metadata,
+    undecodable,
+)
 from actextract.store.layout import quiet_numcodecs
 from actextract.store.location import writable
 
@@ -142,7 +148,13 @@ def count_chunks(store: Store) -> int:
     """How many chunks :func:`verify` checks (the total of its ``progress``; 0 when the
     metadata must be repaired first)."""
     try:
-        return sum(math.prod(arr.cdata_shape) for _, arr, _ in _arrays(store, set())[0])
+        entries = _arrays(store, set())[0]
+        whole = sum(math.prod(e[1].cdata_shape) for e in entries if not store.per_token(e[0]))
+        tokens = [e for e in entries if store.per_token(e[0])]
+        if tokens:  # a layer of token rows: the chunks of the blocks' real tokens
+            blocks = np.flatnonzero(store.token_counts()).tolist()
+            whole += sum(len(_coords(store, e, b)) for e in tokens for b in blocks)
+        return whole
     except Exception:
         return 0
 
@@ -183,16 +195,16 @@ def _arrays(store: Store, skip: set[str]) -> tuple[list[Entry], list[Found]]:
 
 
 def _coords(store: Store, entry: Entry, block: int) -> list[tuple[int, ...]]:
-    """The chunk coordinates holding ``block`` of the array."""
+    """The chunk coordinates holding ``block`` of the array (in a layer of token rows, those
+    of its real tokens: none where its count of them cannot be read, which is damage of
+    progress/tokens that resets the block)."""
     _, arr, per_block = entry
-    c0 = arr.chunks[0]
-    if per_block:
-        first, stop = block // c0, block // c0 + 1
-    else:
-        rows = store.block_range(block)
-        first, stop = rows.start // c0, -(-rows.stop // c0)
-    rest = list(itertools.product(*(range(n) for n in arr.cdata_shape[1:])))
-    return [(i, *r) for i in range(first, stop) for r in rest]
+    try:
+        return store.block_chunks(arr.path, block, per_block=per_block)
+    except Exception as e:
+        if not is_damage(e):
+            raise
+        return []
 
 
 def _check(
@@ -205,9 +217,9 @@ def _check(
         absent = _absent(arr, _coords(store, entry, block))
         if absent:
             errors.append(("missing", absent))
-    rows = store.block_range(block)
     try:
-        data = arr[block : block + 1] if per_block else arr[rows.start : rows.stop]
+        rows = store.block_rows(arr.path, block) if not per_block else range(block, block + 1)
+        data = arr[rows.start : rows.stop]
     except OSError:  # the store cannot be read at all (permissions, network): not damage
         raise
     except Exception as e:

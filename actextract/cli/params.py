@@ -235,6 +235,13 @@ _EXTRACT_OPTIONS = [
         default=None,
         help="Samples per chunk (default: a multiple of the batch size, ~32 MB a chunk).",
     ),
+    click.option(
+        "--chunk-tokens",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Token rows per chunk of a text run's --reduce tokens layers, a divisor of a row "
+        "block's chunk-rows × max-length (default: the largest within 4 MB).",
+    ),
     click.option("--overwrite", is_flag=True, help="Replace an existing store at --out."),
     click.option(
         "--resume",

@@ -39,6 +39,7 @@ from actextract.errors import OptionError, StoreError, option
 from actextract.store import Store, StoreReader, integrity, open_store
 from actextract.store.layout import now, quiet_numcodecs
 from actextract.store.location import writable
+from actextract.store.tokens import is_token_layer, sample_tokens
 
 __all__ = ["cluster"]
 
@@ -52,8 +53,15 @@ class Rows:
     def __init__(self, store: Store, layer: str, pool: str, device: torch.device):
         self.store, self.layer, self.pool, self.device = store, layer, pool, device
         self.arr = store[layer]
-        shape = tuple(self.arr.shape[1:])
+        shape = store.sample_shape(layer)
         self.layout = store.layout(layer)
+        self.text = is_token_layer(store, layer)  # pooled over each document's real tokens
+        if self.text and pool == "none":
+            raise OptionError(
+                f"layer '{layer}' holds a text run's tokens, {shape} per document with its "
+                f"padding: cluster documents pooled over their real tokens, with "
+                f"{option('pool')} mean, max, cls or last (pool='mean')."
+            )
         if pool != "none" and pool not in reductions_for(self.layout):
             raise OptionError(
                 f"{option('pool')} '{pool}': the rows of '{layer}' have shape {shape} with "
@@ -69,20 +77,28 @@ class Rows:
         with ThreadPoolExecutor(1) as pool:
             ahead = pool.submit(self._read, order[0]) if order else None
             for i in range(len(order)):
-                span, data, labels = ahead.result()  # type: ignore[union-attr]
+                read = ahead.result()  # type: ignore[union-attr]
                 ahead = pool.submit(self._read, order[i + 1]) if i + 1 < len(order) else None
-                yield self._prepare(span, data, labels)
+                yield self._prepare(*read)
 
-    def _read(self, block: int) -> tuple[range, np.ndarray, np.ndarray]:
+    def _read(self, block: int) -> tuple[range, np.ndarray, np.ndarray, np.ndarray | None]:
         span = self.store.block_range(block)
         with quiet_numcodecs():
-            return span, self.arr[span.start : span.stop], self.store.labels[span.start : span.stop]
+            labels = self.store.labels[span.start : span.stop]
+            if not self.text:
+                return span, self.arr[span.start : span.stop], labels, None
+            mask = np.asarray(self.store._node("tokens/mask")[span.start : span.stop], bool)
+            data = sample_tokens(self.store, self.layer, span)
+            return span, np.nan_to_num(data, nan=0.0), labels, mask
 
     def _prepare(
-        self, span: range, data: np.ndarray, labels: np.ndarray
+        self, span: range, data: np.ndarray, labels: np.ndarray, mask: np.ndarray | None
     ) -> tuple[torch.Tensor, ...]:
         x = torch.from_numpy(np.ascontiguousarray(data)).to(self.device).float()
-        x = pool_rows(x, self.layout, self.pool).reshape(len(x), -1)
+        real = None if mask is None else torch.from_numpy(mask).to(self.device)
+        x = pool_rows(x, self.layout, self.pool, real).reshape(len(x), -1)
+        if real is not None:  # a skipped document, or one of a block not done: no tokens
+            x[~real.any(1)] = float("nan")
         keep = torch.isfinite(x).all(1)
         rows = torch.arange(span.start, span.stop, device=self.device)
         labels_t = torch.from_numpy(labels.astype(np.int64)).to(self.device)

@@ -33,6 +33,7 @@ from actextract.extraction.plan import (
     choose_outputs,
     plan_arrays,
     provenance,
+    token_rows,
     token_stats,
 )
 from actextract.extraction.resume import NewStore, open_run
@@ -174,6 +175,7 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
             )
             tokens = tokens_attribute(input_shape, source.records)
             token_stats(stats_attrs, tokens)  # over real tokens
+            arrays = token_rows(arrays, tokens)  # --reduce tokens: a row per real token
             new = NewStore(
                 len(rows),
                 arrays,

@@ -60,6 +60,7 @@ class ExtractOptions:
     codec: str = "none"
     level: int | None = None
     chunk_rows: int | None = None
+    chunk_tokens: int | None = None
     overwrite: bool = False
     resume: bool = False
     shard: str | Shard | None = None
@@ -135,7 +136,12 @@ class ExtractOptions:
 
     @property
     def store_options(self) -> StoreOptions:
-        """How the store is laid out: dtype, codec and level, chunk rows (None: chosen)."""
+        """How the store is laid out: dtype, codec and level, chunk rows and tokens (None:
+        chosen)."""
         return StoreOptions(
-            dtype=self.dtype, codec=self.codec, level=self.level, chunk_rows=self.chunk_rows
+            dtype=self.dtype,
+            codec=self.codec,
+            level=self.level,
+            chunk_rows=self.chunk_rows,
+            chunk_tokens=self.chunk_tokens,
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -36,6 +36,7 @@ __all__ = [
     "plan_arrays",
     "provenance",
     "state_sha256",
+    "token_rows",
     "token_stats",
 ]
 
@@ -142,6 +143,20 @@ def token_stats(stats: dict[str, Any], tokens: dict[str, Any] | None) -> None:
     for entry in stats.values():
         if entry["layout"] == "tokens" and entry["shape"][:1] == [tokens["length"]]:
             entry["over"] = "tokens"  # the entry keeps the layer's (T, D) shape and layout
+
+
+def token_rows(arrays: Sequence[ArraySpec], tokens: dict[str, Any] | None) -> list[ArraySpec]:
+    """A text run's token layers stored with ``--reduce tokens`` get one row per real token
+    (``rows: token``: the (n_tokens, D) layout sparse-autoencoder and probe training read);
+    with ``none`` they stay padded, (N, T, D) beside the mask."""
+    if not tokens:
+        return list(arrays)
+    return [
+        replace(a, rows="token")
+        if a.reduce == "tokens" and len(a.shape) == 2 and a.shape[0] == tokens["length"]
+        else a
+        for a in arrays
+    ]
 
 
 def choose_outputs(

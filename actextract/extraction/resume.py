@@ -19,7 +19,7 @@ from typing import Any
 from actextract.errors import StoreError
 from actextract.store import Store, integrity, lock
 from actextract.store.build import build_store, store_attrs
-from actextract.store.layout import ArraySpec, StoreOptions
+from actextract.store.layout import ArraySpec, StoreOptions, token_chunk
 from actextract.store.location import Location, writable
 from actextract.store.opening import check_identity, open_for_writing, open_store
 
@@ -38,6 +38,11 @@ class NewStore:
     chunk_rows: int
     provenance: dict[str, Any]
     chunk_rows_given: bool = False  # False: a resumed run adopts the store's chunk rows
+
+    def __post_init__(self) -> None:
+        for spec in self.arrays:  # a --chunk-tokens that fits no block: refused before writing
+            if spec.rows == "token":
+                token_chunk(spec, self.options, self.chunk_rows)
 
     def attrs(self) -> dict[str, Any]:
         return store_attrs(self.n, self.arrays, self.options, self.chunk_rows, self.provenance)

@@ -91,7 +91,7 @@ class Sink:
         }
         self.nonfinite = dict.fromkeys(keys, 0)  # rows with NaN/Inf written, per row array
         self.ring = BlockRing(
-            {key: tuple(store.row_array(key).shape[1:]) for key in keys},
+            {key: store.sample_shape(key) for key in keys},  # a token layer's (T, D) too
             STORAGE_DTYPES[store.attrs["dtype"]],
             rows=store.chunk_rows,
             slots=slots,
@@ -255,7 +255,10 @@ class Sink:
                 if blk.ready is not None:
                     blk.ready.synchronize()  # the block's device→host copies have landed
                 rows = {name: self._rows(blk, name) for name in self.ring.shapes}
-                self._finish(blk, self.store.write_rows(blk.block, rows, check=not self.cuda))
+                found = self.store.write_rows(
+                    blk.block, rows, check=not self.cuda, mask=blk.tokens.get("mask")
+                )
+                self._finish(blk, found)
         except BaseException as e:
             self._error = self._error or e
         finally:
@@ -294,8 +297,9 @@ class Sink:
         cpu = time.thread_time()
         try:
             try:
+                mask = blk.tokens.get("mask")
                 turn.found[blk.block].update(
-                    self.store.write_rows(blk.block, {name: rows}, check=not self.cuda)
+                    self.store.write_rows(blk.block, {name: rows}, check=not self.cuda, mask=mask)
                 )
             except BaseException as e:
                 self._error = self._error or e  # before the count: the last chunk sees it

@@ -40,7 +40,7 @@ from actextract.report.clusterpictures import ClusterPictures
 from actextract.report.rebuild import RebuildError, conv_weights, open_inputs, rebuild_model
 from actextract.stats.aggregate import predictions, summarize
 from actextract.store import Store
-from actextract.store.tokens import is_token_layer
+from actextract.store.tokens import is_token_layer, sample_tokens
 
 __all__ = [
     "KINDS",
@@ -118,7 +118,7 @@ class Drawer:
         specs, stats_specs = self.canvas.specs, self.canvas.stats_specs
         stored = layer in specs
         spec = specs.get(layer) or stats_specs[layer]
-        shape = tuple(self.store[layer].shape[1:] if stored else spec["shape"])
+        shape = tuple(self.store.sample_shape(layer) if stored else spec["shape"])
         layout = self.store.layout(layer)  # of the stored rows (vector once pooled)
         opts = self.options
         drawable = len(shape) in (1, 2, 3)
@@ -154,11 +154,11 @@ class Drawer:
         for 1-D layers; else per row its maps
         (:func:`~actextract.report.classpictures.as_maps`) beside its input, and all rows in
         one figure."""
-        data = np.asarray(self.store[layer].get_orthogonal_selection((np.array(rows),)))
         if layout == "tokens" and is_token_layer(self.store, layer):
             # a text run's padding is no token of the sample: left blank, not drawn as one
-            mask = self.store._node("tokens/mask").get_orthogonal_selection((np.array(rows),))
-            data = np.where(np.asarray(mask, bool)[..., None], data, np.nan)
+            data = sample_tokens(self.store, layer, rows)
+        else:
+            data = np.asarray(self.store[layer].get_orthogonal_selection((np.array(rows),)))
         stem = file_stem(layer)
         labels = [f"{self.canvas.name_of(int(self.canvas.labels[r]))}\nrow {r}" for r in rows]
         if len(shape) == 1:

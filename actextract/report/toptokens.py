@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from actextract.store import Store
-from actextract.store.tokens import iter_token_blocks
+from actextract.store.tokens import iter_token_blocks, sample_tokens
 
 __all__ = ["Example", "top_examples", "top_tokens_html"]
 
@@ -67,7 +67,7 @@ def top_examples(
     for f, heap in enumerate(heaps):
         out[f] = []
         for value, _, (sample, column, document, position) in sorted(heap, reverse=True):
-            row = np.asarray(store[layer][sample], np.float32)[:, f]
+            row = np.asarray(sample_tokens(store, layer, [sample])[0, :, f], np.float32)
             mask = np.asarray(mask_arr[sample], bool)
             ids = np.asarray(ids_arr[sample]) if ids_arr is not None else np.full(len(row), -1)
             lo, hi = max(0, column - context), min(len(row), column + context + 1)

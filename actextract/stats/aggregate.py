@@ -26,6 +26,7 @@ import numpy as np
 from actextract.core.axes import channel_axis, stored_layout, to_channels_first
 from actextract.stats.parts import read_stats
 from actextract.store import Store
+from actextract.store.tokens import is_token_layer, iter_token_blocks
 
 __all__ = [
     "MAPS",
@@ -119,6 +120,8 @@ def layer_stats(
     """Per-class sums and counts, and per-row channel means (of the channels of the stored
     rows' layout, :func:`channel_means`), of ``layer`` in one streaming pass. Exact: float64
     accumulation of the stored values."""
+    if is_token_layer(store, layer):
+        return _token_layer_stats(store, layer, max_channels)
     shape = tuple(store[layer].shape[1:])
     layout = store.layout(layer)
     sums: dict[int, np.ndarray] = {}
@@ -153,6 +156,49 @@ def layer_stats(
         rows_missing=store.n - used,
         source=f"one pass over the {used} stored rows (float64 sums)",
         layout=layout,
+    )
+
+
+def _token_layer_stats(store: Store, layer: str, max_channels: int) -> LayerStats:
+    """:func:`layer_stats` of a text run's token layer: per class the sums over its real
+    tokens, (K, D), counted in tokens, and each document's mean over its real tokens (the
+    padding, stored or not, is no token of it)."""
+    labels_all = np.asarray(store.labels[:])
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, int] = {}
+    means: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    width = store[layer].shape[-1]
+    for table, values in iter_token_blocks(store, layer):
+        values = values.astype(np.float64)
+        keep = np.isfinite(values).all(axis=1)
+        sample, values = table["sample"][keep], values[keep]
+        token_labels = labels_all[sample]
+        for cls in np.unique(token_labels):
+            picked = token_labels == cls
+            total = values[picked].sum(axis=0)
+            key = int(cls)
+            sums[key] = sums[key] + total if key in sums else total
+            counts[key] = counts.get(key, 0) + int(picked.sum())
+        if len(sample):  # the tokens of a sample are together, in order
+            starts = np.flatnonzero(np.r_[True, sample[1:] != sample[:-1]])
+            n = np.diff(np.r_[starts, len(sample)])
+            part = values[:, :max_channels]
+            means.append(np.add.reduceat(part, starts, axis=0) / n[:, None])
+            labels.append(labels_all[sample[starts]])
+    keys = sorted(sums)
+    docs = sum(len(m) for m in means)
+    return LayerStats(
+        layer=layer,
+        classes=np.array(keys, dtype=np.int64),
+        counts=np.array([counts[k] for k in keys], dtype=np.int64),
+        sums=np.stack([sums[k] for k in keys]) if keys else np.zeros((0, width)),
+        channel_means=np.concatenate(means) if means else np.zeros((0, min(width, max_channels))),
+        labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
+        rows_missing=store.n - docs,
+        source=f"one pass over the {sum(counts.values())} real tokens of {docs} stored rows "
+        "(float64 sums)",
+        layout="tokens",
     )
 
 

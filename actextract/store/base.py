@@ -7,6 +7,7 @@ The schema itself is described once, in ``docs/store-format.md``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import threading
@@ -60,6 +61,53 @@ class StoreReader:
         """A row array by its key (a stored layer's name, or a path such as
         ``stats/conv1/channel_means``)."""
         return self._node(key if "/" in key else f"acts/{key}")
+
+    def per_token(self, key: str) -> bool:
+        """Whether the row array ``key`` holds a row per real token of a text run (a token
+        layer stored with ``--reduce tokens``), not a row per sample: block ``b``'s tokens are
+        rows ``b * token_capacity`` on, ``progress/tokens[b]`` of them (:meth:`block_rows`)."""
+        name = key.removeprefix("acts/")
+        spec = next((s for s in self.attrs["layers"] if s["name"] == name), None)
+        return spec is not None and spec.get("rows") == "token"
+
+    def sample_shape(self, key: str) -> tuple[int, ...]:
+        """A sample's rows in the row array ``key``: (T, D) for a layer of token rows, else
+        the array's shape past the sample axis."""
+        if self.per_token(key):
+            return tuple(next(s["shape"] for s in self.attrs["layers"] if s["name"] == key))
+        return tuple(self.row_array(key).shape[1:])
+
+    @property
+    def token_capacity(self) -> int:
+        """The token rows each row block has room for: ``chunk_rows`` × the run's T."""
+        return self.chunk_rows * int(self.attrs["tokens"]["length"])
+
+    def block_rows(self, key: str, block: int, count: int | None = None) -> range:
+        """The rows of the row array ``key`` that row block ``block`` holds: its samples, or
+        in a layer of token rows its real tokens (``count`` of them; default: as
+        ``progress/tokens`` records)."""
+        if not self.per_token(key):
+            return self.block_range(block)
+        if count is None:
+            count = int(self._node("progress/tokens")[block])
+        start = block * self.token_capacity
+        return range(start, start + count)
+
+    def block_chunks(
+        self, path: str, block: int, *, per_block: bool = False, count: int | None = None
+    ) -> list[tuple[int, ...]]:
+        """The coordinates of the chunks of the array at ``path`` that hold row block
+        ``block``: those of its rows (:meth:`block_rows`, ``count`` real tokens in a layer of
+        token rows), or of a record with a row per block (``per_block``)."""
+        arr = self._node(path)
+        c0 = arr.chunks[0]
+        if per_block:
+            first, stop = block // c0, block // c0 + 1
+        else:
+            rows = self.block_rows(path, block, count)
+            first, stop = rows.start // c0, -(-rows.stop // c0)
+        rest = list(itertools.product(*(range(n) for n in arr.cdata_shape[1:])))
+        return [(i, *r) for i in range(first, stop) for r in rest]
 
     def layout(self, layer: str) -> str:
         """The layout of a layer's stored rows (:mod:`actextract.core.axes`): the layer's own, or
@@ -157,6 +205,13 @@ class BlockReader(StoreReader):
         done = self._node("progress/done")[:].astype(bool)  # chunks are read afresh
         done[self._left_out] = False
         return done
+
+    def token_counts(self) -> np.ndarray:
+        """(n_blocks,) int64: the real tokens of each done row block of a text run (0 in the
+        others)."""
+        counts = np.asarray(self._node("progress/tokens")[:], np.int64)
+        counts[~self.done()] = 0
+        return counts
 
     def leave_out(self, blocks: Sequence[int]) -> None:
         """Readers of this Store object treat ``blocks`` as not done: ``render

@@ -26,6 +26,7 @@ from actextract.store.layout import (
     now,
     quiet_numcodecs,
     schema,
+    token_chunk,
 )
 
 __all__ = [
@@ -51,12 +52,18 @@ def build_store(
         group = zarr.open_group(zstore, mode="w-")
         fill = np.nan  # an unwritten or skipped row reads as NaN, never as real zeros
         compressors = options.compressors()
+        n_blocks = math.ceil(n / chunk_rows)
         with quiet_numcodecs():
             for spec in arrays:
+                shape, chunks = (n, *spec.shape), (chunk_rows, *spec.shape)
+                if spec.rows == "token":  # each block's region: room for all its T tokens
+                    width = spec.shape[1:]
+                    shape = (n_blocks * chunk_rows * spec.shape[0], *width)
+                    chunks = (token_chunk(spec, options, chunk_rows), *width)
                 group.create_array(
                     spec.array,
-                    shape=(n, *spec.shape),
-                    chunks=(chunk_rows, *spec.shape),
+                    shape=shape,
+                    chunks=chunks,
                     dtype=options.dtype,
                     fill_value=fill,
                     compressors=compressors,
@@ -80,7 +87,6 @@ def build_store(
             compressors=crc,
             dimension_names=("sample",),
         )
-        n_blocks = math.ceil(n / chunk_rows)
         # one chunk per block: processes writing different blocks never touch the same file
         group.create_array(
             "progress/skipped",
@@ -109,6 +115,16 @@ def build_store(
             dimension_names=("block",),
         )
         tokens = attrs.get("tokens")
+        if tokens:  # the real tokens of each block: where its token rows end
+            group.create_array(
+                "progress/tokens",
+                shape=(n_blocks,),
+                chunks=(1,),
+                dtype="int64",
+                fill_value=0,
+                compressors=crc,
+                dimension_names=("block",),
+            )
         for name in token_arrays(tokens):
             group.create_array(
                 f"tokens/{name}",
@@ -191,6 +207,12 @@ def store_attrs(
                 "batch_axis": s.batch_axis,
                 "model_output": s.model_output,
                 "array": s.array,
+                "rows": s.rows,
+                **(
+                    {"chunk_tokens": token_chunk(s, options, chunk_rows)}
+                    if s.rows == "token"
+                    else {}
+                ),
             }
             for s in arrays
             if not s.path

@@ -71,11 +71,31 @@ class BlockRows:
             out[start : start + len(piece)] = piece
         return out
 
+    def tokens(self, mask: np.ndarray) -> np.ndarray:
+        """The real tokens of these rows, one row each, (``mask.sum()``, D): each piece's
+        (k, T, D) rows where the block's ``mask`` (rows, T) is set, in order. A row no piece
+        covers (a skipped sample) has no real token."""
+        mask = np.asarray(mask, bool)
+        count = int(mask.sum())
+        width = self.pieces[0][1].shape[2:] if self.pieces else ()
+        dtype = self.pieces[0][1].dtype if self.pieces else np.dtype(np.float32)
+        out = np.empty((count, *width), dtype)
+        at = 0
+        for start, piece in self.pieces:
+            keep = mask[start : start + len(piece)].reshape(-1)
+            k = int(keep.sum())
+            flat = piece.reshape(len(keep), *width)
+            np.compress(keep, flat, axis=0, out=out[at : at + k])
+            at += k
+        if at != count:  # a real token without its rows: never written as if it were there
+            raise RuntimeError(f"{count} real tokens in the mask, {at} in the rows written")
+        return out
+
 
 def chunk_file(arr: zarr.Array, local: Path | None, block: int) -> Path | None:
-    """The file of ``arr``'s chunk of ``block`` when :func:`write_chunk` can write it as zarr
-    would: a local store, chunks one block tall and as wide as a row, the default codec, a
-    little-endian machine. None where zarr must write it."""
+    """The file of ``arr``'s chunk ``block`` along the rows (a row block's, or one of its
+    token rows') when :func:`write_chunk` can write it as zarr would: a local store, chunks
+    as wide as a row, the default codec, a little-endian machine. None where zarr must."""
     meta = arr.metadata
     if local is None or sys.byteorder != "little" or getattr(meta, "zarr_format", 3) != 3:
         return None

@@ -172,14 +172,19 @@ def chunk_gaps(store: Store) -> list[tuple[str, int, int, str]]:
     names = layer_arrays(store.attrs)
     out = []
     tokens = [f"tokens/{a}" for a in token_arrays(store.attrs.get("tokens"))]
-    for path in [*row_paths(store.attrs), "labels", "ids", *tokens, *RECORDS[:2]]:
+    records = _records(store)
+    counts = _token_counts(store)
+    for path in [*row_paths(store.attrs), "labels", "ids", *tokens, *records]:
         arr = store._node(path)
         keys = list_keys(store.group.store, f"{path}/")
-        rest = list(itertools.product(*(range(n) for n in arr.cdata_shape[1:])))
+        per_block = path in records
         missing = [
             b
             for b in blocks.tolist()
-            if any(f"{path}/{arr.metadata.encode_chunk_key((b, *r))}" not in keys for r in rest)
+            if any(
+                f"{path}/{arr.metadata.encode_chunk_key(c)}" not in keys
+                for c in store.block_chunks(path, b, per_block=per_block, count=counts[b])
+            )
         ]
         for first, last in _runs(missing):
             rows = (store.block_range(first).start, store.block_range(last).stop)
@@ -187,6 +192,25 @@ def chunk_gaps(store: Store) -> list[tuple[str, int, int, str]]:
             span = f"{first}" if first == last else f"{first}-{last}"
             out.append((names.get(path, path), *rows, f"chunks of done {what} {span} missing"))
     return out
+
+
+def _records(store: Store) -> list[str]:
+    """The block records written with each block (progress/done aside): skipped samples,
+    non-finite rows and, in a text run, the real tokens."""
+    return [*RECORDS[:2], *(["progress/tokens"] if store.attrs.get("tokens") else [])]
+
+
+def _token_counts(store: Store) -> list[int | None]:
+    """Each block's real tokens (progress/tokens), where the token rows of a block end; 0
+    where the record cannot be read (the record's damage is reported, and resets the block)."""
+    if not store.attrs.get("tokens"):
+        return [None] * store.n_blocks
+    try:
+        return store.token_counts().tolist()
+    except Exception as e:
+        if not is_damage(e):
+            raise
+        return [0] * store.n_blocks
 
 
 def check(store: Store) -> Damage:
@@ -197,7 +221,7 @@ def check(store: Store) -> Damage:
     if not damage.metadata and store.attrs.get("axis") != "epoch" and store.has_records():
         damage.gaps = chunk_gaps(store)
         damage.gaps += _unreadable(store, ["labels"], per_block=False)  # ids: N strings
-        damage.gaps += _unreadable(store, list(RECORDS[:2]), per_block=True)
+        damage.gaps += _unreadable(store, _records(store), per_block=True)
         damage.stats = parts.problems(store)
     return damage
 

@@ -37,17 +37,21 @@ __all__ = [
     "row_keys",
     "row_paths",
     "schema",
+    "token_chunk",
 ]
 
 # 2: per-block records (progress/skipped, progress/nonfinite), crc32c; 3: stats/ and
 # progress/parts (on-device statistics), row arrays other than acts/ (``row_arrays``);
 # 4: each layer's layout, clone and batch axis (dimension names follow the layout);
 # 5: tokens/ (a text run's attention mask and token ids, per sample, written with each block)
-FORMAT_VERSION = 5
+# 6: a text run's layers with one row per real token (``rows: token``), progress/tokens
+FORMAT_VERSION = 6
 CODECS = ("zstd", "lz4", "blosc-zstd", "blosc-lz4", "none")
 DEFAULT_LEVEL = {"zstd": 3, "blosc-zstd": 5, "blosc-lz4": 5}
 TARGET_CHUNK_BYTES = 32 << 20  # rows per chunk aim at 16-64 MB for the largest layer
 MAX_CHUNK_BYTES = 64 << 20
+TOKEN_CHUNK_BYTES = 4 << 20  # a token-row array's chunks: a block's last one is part padding
+STORAGE_BYTES = {"float16": 2, "float32": 4}
 
 
 def now() -> str:
@@ -63,6 +67,7 @@ class StoreOptions:
     codec: str = "none"  # measured: compressing costs more CPU than it saves (README)
     level: int | None = None  # None: the codec's default
     chunk_rows: int | None = None  # None: chosen from the batch size and the largest layer
+    chunk_tokens: int | None = None  # token rows per chunk of a token-row array (None: chosen)
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float16", "float32"):
@@ -76,6 +81,8 @@ class StoreOptions:
             raise StoreError(f"--level has no meaning for --codec {self.codec}; leave it out.")
         if self.chunk_rows is not None and self.chunk_rows <= 0:
             raise StoreError(f"--chunk-rows {self.chunk_rows} must be a positive integer.")
+        if self.chunk_tokens is not None and self.chunk_tokens <= 0:
+            raise StoreError(f"--chunk-tokens {self.chunk_tokens} must be a positive integer.")
 
     def compressors(self) -> tuple[Any, ...]:
         """The bytes-to-bytes codecs: the compressor (if any), then a crc32c checksum of what
@@ -120,6 +127,8 @@ class ArraySpec:
     layout: str = ""  # of the layer's output; "": as stores before layouts (channels first)
     clone: str | None = None  # why the output is cloned where it is produced
     batch_axis: int = 0  # where the output's batch axis was (moved to the front)
+    rows: str = "sample"  # "token": a text run's (T, D) layer, one row per real token
+    chunk_tokens: int = 0  # its token rows per chunk (0: not decided yet, see token_chunk)
 
     @property
     def array(self) -> str:
@@ -140,6 +149,8 @@ class ArraySpec:
         "feature"), ("sample", "y", "x", "channel"), ("sample", "feature"), ...; a pooled map
         keeps its ("sample", "channel")."""
         layout = self.output_layout
+        if self.rows == "token":
+            return ("token", "feature")
         if self.reduce in ("mean", "max") and layout in ("nchw", "nhwc"):
             return ("sample", "channel")
         return dimension_names(array_layout(layout, self.reduce), len(self.shape))
@@ -164,6 +175,32 @@ def choose_chunk_rows(batch_size: int, max_bytes_per_sample: int, n: int) -> int
     return max(fits, default=1)
 
 
+def token_chunk(spec: ArraySpec, options: StoreOptions, chunk_rows: int) -> int:
+    """Token rows per chunk of a token-row array (``spec.rows == "token"``) whose row blocks
+    have room for ``chunk_rows × T`` of them: as recorded, else ``--chunk-tokens`` (which must
+    divide that), else the largest divisor whose chunk stays within ``TOKEN_CHUNK_BYTES``.
+    A divisor, so that no chunk straddles two blocks; small, because a block's last chunk is
+    the one with padding after its tokens."""
+    if spec.chunk_tokens:
+        return spec.chunk_tokens
+    capacity = chunk_rows * spec.shape[0]
+    small = [d for d in range(1, math.isqrt(capacity) + 1) if capacity % d == 0]
+    divisors = sorted({*small, *(capacity // d for d in small)})
+    if options.chunk_tokens is not None:
+        if capacity % options.chunk_tokens:
+            near = [d for d in divisors if d > 1][:8]
+            raise StoreError(
+                f"--chunk-tokens {options.chunk_tokens} does not divide a row block's "
+                f"{capacity} token rows ({chunk_rows} rows × {spec.shape[0]} tokens), so a "
+                f"chunk would hold two blocks' tokens; choose a divisor: "
+                f"{', '.join(map(str, near))}, ..."
+            )
+        return options.chunk_tokens
+    row_bytes = math.prod(spec.shape[1:]) * STORAGE_BYTES[options.dtype]
+    fits = max(1, TOKEN_CHUNK_BYTES // max(1, row_bytes))
+    return max(d for d in divisors if d <= fits)
+
+
 def schema(attrs: Mapping[str, Any]) -> tuple[list[ArraySpec], StoreOptions]:
     """The row arrays and storage options a run's root attributes describe (what
     :func:`~actextract.store.build.build_store` was given)."""
@@ -184,6 +221,8 @@ def schema(attrs: Mapping[str, Any]) -> tuple[list[ArraySpec], StoreOptions]:
                     layout=s.get("layout") or "",
                     clone=s.get("clone"),
                     batch_axis=int(s.get("batch_axis", 0)),
+                    rows=s.get("rows", "sample"),
+                    chunk_tokens=int(s.get("chunk_tokens", 0)),
                 )
             )
         else:  # stats/<layer>/channel_means

@@ -51,21 +51,29 @@ class Store(BlockReader):
         *,
         skipped: Sequence[Mapping[str, Any]] = (),
         nonfinite: Sequence[int] | None = None,
+        tokens: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Write one row block (``acts``: {row key: the block's rows}) and its records
-        (``skipped`` samples, ``nonfinite`` rows per row array), then mark it done:
-        :meth:`write_rows`, then :meth:`finish_block`."""
-        self.write_rows(block, acts)
-        self.finish_block(block, labels, ids, skipped=skipped, nonfinite=nonfinite)
+        (``skipped`` samples, ``nonfinite`` rows per row array, a text run's ``tokens``), then
+        mark it done: :meth:`write_rows`, then :meth:`finish_block`."""
+        self.write_rows(block, acts, mask=(tokens or {}).get("mask"))
+        self.finish_block(block, labels, ids, skipped=skipped, nonfinite=nonfinite, tokens=tokens)
 
     def write_rows(
-        self, block: int, acts: Mapping[str, np.ndarray | BlockRows], *, check: bool = False
+        self,
+        block: int,
+        acts: Mapping[str, np.ndarray | BlockRows],
+        *,
+        check: bool = False,
+        mask: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Write the block's chunk of each row array (``acts``: {row key: its
         ``len(block_range(block))`` rows, as one array or as :class:`BlockRows`}), straight
         from the pieces where :func:`~actextract.store.chunks.chunk_file` allows, else through
-        zarr. With ``check``, returns {row key: (rows,) bool} where a written row holds a NaN
-        or Inf (taken in the same pass as the write where it is direct); else {}."""
+        zarr; a layer of token rows gets the real tokens of its rows, where the block's
+        ``mask`` (rows, T) says. With ``check``, returns {row key: (rows,) bool} where a
+        written row (a sample) holds a NaN or Inf (taken in the same pass as the write where
+        it is direct); else {}."""
         rows = self.block_range(block)
         flags: dict[str, np.ndarray] = {}
         with writable(self.location, f"write row block {block} (rows {rows.start}-{rows.stop})"):
@@ -76,6 +84,9 @@ class Store(BlockReader):
                 found = None
                 if check:
                     found = flags[key] = np.zeros(len(rows), np.bool_)
+                if self.per_token(key):
+                    self._write_tokens(block, key, data, mask, found)
+                    continue
                 path = chunk_file(arr, self.location.local, block)
                 if path is not None:
                     write_chunk(arr, path, data, found)
@@ -89,6 +100,38 @@ class Store(BlockReader):
                 with quiet_numcodecs():
                     arr[rows.start : rows.stop] = data.array(arr)
         return flags
+
+    def _write_tokens(
+        self,
+        block: int,
+        key: str,
+        data: BlockRows,
+        mask: np.ndarray | None,
+        found: np.ndarray | None,
+    ) -> None:
+        """The block's real tokens of the token-row array ``key``, from the start of the
+        block's region, chunk by chunk (the last one padded with the fill value; those after
+        it are never written); ``found`` (rows,): set for the samples of a NaN or Inf token."""
+        if mask is None:
+            raise ValueError(f"{key} holds a row per real token: writing it needs the mask")
+        arr = self.row_array(key)
+        values = data.tokens(mask)
+        span = self.block_rows(key, block, len(values))
+        per_chunk = arr.chunks[0]
+        bad = np.zeros(len(values), np.bool_) if found is not None else None
+        if chunk_file(arr, self.location.local, 0) is not None:
+            for lo in range(0, len(values), per_chunk):
+                path = chunk_file(arr, self.location.local, (span.start + lo) // per_chunk)
+                piece = BlockRows(per_chunk, [(0, values[lo : lo + per_chunk])])
+                write_chunk(arr, path, piece, None if bad is None else bad[lo : lo + per_chunk])
+        elif len(values):
+            if bad is not None:
+                bad[:] = nonfinite_rows(values.reshape(len(values), -1))
+            with quiet_numcodecs():
+                arr[span.start : span.stop] = values
+        if found is not None and bad is not None:
+            owner = np.repeat(np.arange(len(found)), np.asarray(mask, bool).sum(axis=1))
+            found[owner[bad]] = True
 
     def finish_block(
         self,
@@ -110,6 +153,9 @@ class Store(BlockReader):
             ("ids", sl, np.asarray(ids, dtype=str)),
         ]
         writes += [(f"tokens/{k}", sl, v) for k, v in (tokens or {}).items()]
+        if self.attrs.get("tokens"):  # where the block's token rows end
+            count = int(np.asarray(tokens["mask"], bool).sum()) if tokens else 0
+            writes.append(("progress/tokens", block, count))
         if self.has_records():
             counts = np.zeros(len(self.row_keys), np.int64)
             if nonfinite is not None:

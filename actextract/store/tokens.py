@@ -1,27 +1,43 @@
 """Tokens: a text run's activations as one row per real token, the layout sparse-autoencoder
 and probe training read.
 
-A text run stores each token layer padded, ``acts/<layer>`` (N, T, D), and beside it
-``tokens/mask`` (N, T) (1: a real token, 0: padding, on the tokenizer's side) and
-``tokens/input_ids`` (N, T), written with each row block (so resume, shards and torchrun keep
-their guarantees). :func:`token_table` lists the real tokens in order: ``sample`` (the
-store's row), ``document`` and ``position`` (0 for a document's first token) and ``token_id``;
-a row is a document, or in a packed run (``--pack``) a window of several, whose
-``tokens/document`` and ``tokens/position`` say where each token came from.
-:func:`token_activations` gives the tokens' rows of a layer, (n_tokens, D), in the same order,
-block by block or whole.
+A text run keeps ``tokens/mask`` (N, T) (1: a real token, 0: padding, on the tokenizer's side)
+and ``tokens/input_ids`` (N, T), written with each row block (so resume, shards and torchrun
+keep their guarantees), and each token layer one of two ways:
+
+- with ``--reduce tokens``, one row per real token (``rows: token``): row block ``b`` owns the
+  rows from ``b × token_capacity`` (``chunk_rows × T``: room for every token of its samples),
+  and its ``progress/tokens[b]`` real tokens fill them from the start, in order; the rows
+  after them are never written (their chunks are absent, and read as NaN). Blocks stay
+  disjoint, so any process writes any block, and the same tokens land in the same bytes;
+- with ``--reduce none``, padded: ``acts/<layer>`` (N, T, D) beside the mask.
+
+:func:`token_table` lists the real tokens in order: ``sample`` (the store's row),
+``document`` and ``position`` (0 for a document's first token) and ``token_id``; a row is a
+document, or in a packed run (``--pack``) a window of several, whose ``tokens/document`` and
+``tokens/position`` say where each token came from. :func:`token_activations` gives the
+tokens' rows of a layer, (n_tokens, D), in the same order, block by block
+(:func:`iter_token_blocks`) or whole, from either layout; :func:`sample_tokens` gives chosen
+samples' (T, D) rows, NaN at the padding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from actextract.errors import StoreError
 from actextract.store.base import StoreReader
 
-__all__ = ["is_token_layer", "iter_token_blocks", "token_activations", "token_table"]
+__all__ = [
+    "is_token_layer",
+    "iter_token_blocks",
+    "sample_tokens",
+    "token_activations",
+    "token_table",
+]
 
 
 def _mask(store: StoreReader) -> tuple[dict, object]:
@@ -68,11 +84,14 @@ def _table(store: StoreReader, tokens: dict, sl: slice, mask: np.ndarray) -> dic
 
 
 def is_token_layer(store: StoreReader, layer: str) -> bool:
-    """Whether ``layer`` is stored with a row for each of a text run's tokens: (N, T, D) with
-    the run's T (a token layer kept whole, not pooled)."""
+    """Whether ``layer`` is stored with a row for each of a text run's tokens: a row per real
+    token (``--reduce tokens``), or (N, T, D) with the run's T (a token layer kept whole and
+    padded, not pooled)."""
     tokens = store.attrs.get("tokens")
     if not tokens or layer not in store.layers:
         return False
+    if store.per_token(layer):
+        return True
     arr = store[layer]
     return arr.ndim == 3 and arr.shape[1] == tokens["length"]
 
@@ -83,23 +102,65 @@ def iter_token_blocks(
     """Row block by row block (memory: one block): its :func:`token_table` and the layer's
     rows of those tokens, (tokens of the block, D)."""
     tokens, mask_arr = _mask(store)
+    arr = _token_layer(store, layer, tokens)
+    counts = store.token_counts() if store.per_token(layer) else None  # type: ignore[attr-defined]
+    for block in range(store.n_blocks):
+        rows = store.block_range(block)
+        sl = slice(rows.start, rows.stop)
+        mask = np.asarray(mask_arr[sl], dtype=bool)  # read once for the table and the rows
+        if counts is None:
+            values = np.asarray(arr[sl])[mask]
+        else:
+            span = store.block_rows(layer, block, int(counts[block]))
+            values = np.asarray(arr[span.start : span.stop])
+            if len(values) != mask.sum():  # a done block's count is its mask's
+                raise StoreError(
+                    f"{store.location}: block {block} of '{layer}' records {len(values)} "
+                    f"tokens and its mask {int(mask.sum())}; run `actextract verify`."
+                )
+        yield _table(store, tokens, sl, mask), values
+
+
+def sample_tokens(store: StoreReader, layer: str, samples: Sequence[int]) -> np.ndarray:
+    """The (T, D) rows of each of ``samples`` (store rows) of a token layer, (len(samples), T,
+    D), NaN at the padding, from either layout."""
+    tokens, mask_arr = _mask(store)
+    arr = _token_layer(store, layer, tokens)
+    picked = np.asarray(samples, np.int64)
+    mask = np.asarray(mask_arr.get_orthogonal_selection((picked,)), bool)
+    if not store.per_token(layer):
+        data = np.asarray(arr.get_orthogonal_selection((picked,)))
+        return np.where(mask[..., None], data, np.nan).astype(data.dtype)
+    out = np.full((len(picked), tokens["length"], arr.shape[-1]), np.nan, arr.dtype)
+    for block in np.unique(picked // store.chunk_rows).tolist():
+        rows = store.block_range(block)
+        real = np.asarray(mask_arr[rows.start : rows.stop], bool).sum(axis=1)
+        ends = np.cumsum(real)  # each sample's tokens end here in the block's rows
+        here = np.flatnonzero(picked // store.chunk_rows == block)
+        local = picked[here] - rows.start
+        lo, hi = int((ends - real)[local].min()), int(ends[local].max())
+        first = store.block_rows(layer, block, 0).start
+        values = np.asarray(arr[first + lo : first + hi])  # one read for the block's picks
+        for i, r in zip(here.tolist(), local.tolist(), strict=True):
+            out[i, mask[i]] = values[ends[r] - real[r] - lo : ends[r] - lo]
+    return out
+
+
+def _token_layer(store: StoreReader, layer: str, tokens: dict) -> Any:
+    """The array of a token layer (:func:`is_token_layer`); a clear error for any other."""
     arr = store[layer]
     if not is_token_layer(store, layer):
         raise StoreError(
             f"layer '{layer}' is stored as {tuple(arr.shape[1:])} per sample, not a row for each "
             f"of the run's {tokens['length']} tokens; token rows are of token layers stored "
-            "whole (--reduce none or tokens), not pooled ones."
+            "whole (--reduce tokens or none), not pooled ones."
         )
-    for block in range(store.n_blocks):
-        rows = store.block_range(block)
-        sl = slice(rows.start, rows.stop)
-        mask = np.asarray(mask_arr[sl], dtype=bool)  # read once for the table and the rows
-        yield _table(store, tokens, sl, mask), np.asarray(arr[sl])[mask]
+    return arr
 
 
 def token_activations(store: StoreReader, layer: str) -> np.ndarray:
     """Every real token's row of ``layer``, (n_tokens, D), in :func:`token_table`'s order."""
     parts = [values for _, values in iter_token_blocks(store, layer)]
-    if not parts:
+    if not parts:  # pragma: no cover - a store has at least one block
         return np.zeros((0, store[layer].shape[-1]), store[layer].dtype)
     return np.concatenate(parts)

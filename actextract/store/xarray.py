@@ -2,11 +2,12 @@
 
 ``to_xarray(store, "conv1")`` is one layer as a lazy (dask-backed) ``xarray.DataArray`` with the
 store's dimension names (``sample``, ``channel``, ``y``, ``x``, ...) and the run's ``labels`` and
-``ids`` as coordinates on ``sample`` (a text run's token layer also has ``mask`` and
-``input_ids`` on ``sample`` and ``token``). One layer at a time, because layers share
-dimension names with different sizes (``channel`` is 64 in one layer, 256 in another), which one
-``xarray.Dataset`` cannot hold: ``xarray.open_zarr(path, group="acts")`` fails on a store of
-several layers.
+``ids`` as coordinates on ``sample`` (a text run's padded token layer also has ``mask`` and
+``input_ids`` on ``sample`` and ``token``; its layer of token rows, ``--reduce tokens``, is
+(``token``, ``feature``) with each token's sample, document, position, id and label). One
+layer at a time, because layers share dimension names with different sizes (``channel`` is 64
+in one layer, 256 in another), which one ``xarray.Dataset`` cannot hold:
+``xarray.open_zarr(path, group="acts")`` fails on a store of several layers.
 
 Needs ``pip install xarray dask`` (imported on first use, not with actextract).
 """
@@ -21,7 +22,7 @@ import numpy as np
 from actextract.store.base import StoreReader
 from actextract.store.build import token_arrays
 from actextract.store.opening import open_store
-from actextract.store.tokens import is_token_layer
+from actextract.store.tokens import is_token_layer, token_table
 
 if TYPE_CHECKING:
     import xarray
@@ -48,6 +49,8 @@ def to_xarray(store: StoreReader | str | Path, layer: str) -> xarray.DataArray:
         ) from None
     if not isinstance(store, StoreReader):
         store = open_store(store)
+    if store.per_token(layer):
+        return _token_rows(store, layer, da, xr)
     # an unknown one: store[layer]'s StoreError, naming the layers
     arr = store.row_array(layer) if layer in store.row_keys else store[layer]
     labels, ids = store.labels[:], store.ids[:]
@@ -62,3 +65,26 @@ def to_xarray(store: StoreReader | str | Path, layer: str) -> xarray.DataArray:
         for name in token_arrays(store.attrs["tokens"]):
             coords[name] = (("sample", "token"), da.from_zarr(store._node(f"tokens/{name}")))
     return xr.DataArray(da.from_zarr(arr), dims=dims, coords=coords, name=layer)
+
+
+def _token_rows(store: StoreReader, layer: str, da, xr) -> xarray.DataArray:
+    """A layer of token rows (``--reduce tokens``): (``token``, ``feature``), the real tokens of
+    the done blocks in order (their rows of the store, lazily), and on ``token`` where each came
+    from (:func:`~actextract.store.tokens.token_table`: ``sample``, ``document``, ``position``,
+    ``token_id``) with its sample's ``labels`` and ``ids``."""
+    arr = store[layer]
+    counts = store.token_counts()  # type: ignore[attr-defined]
+    lazy = da.from_zarr(arr)
+    pieces = []
+    for block, count in enumerate(counts.tolist()):
+        span = store.block_rows(layer, block, count)
+        if count:
+            pieces.append(lazy[span.start : span.stop])
+    values = da.concatenate(pieces) if pieces else lazy[:0]
+    table = token_table(store)
+    sample = table["sample"]
+    coords = {name: ("token", table[name]) for name in ("sample", "document", "position")}
+    coords["token_id"] = ("token", table["token_id"])
+    coords["labels"] = ("token", np.asarray(store.labels[:])[sample])
+    coords["ids"] = ("token", np.asarray(store.ids[:])[sample])
+    return xr.DataArray(values, dims=("token", "feature"), coords=coords, name=layer)
