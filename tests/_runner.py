@@ -210,7 +210,7 @@ def _main() -> None:
         time.sleep(stall)
         if opts.kill == f"mid-block:{block}" or (opts.kill == "first-block" and block == 0):
             first = next(iter(acts))
-            write_rows(self, block, {first: acts[first]})  # one array's chunk, then killed
+            write_rows(self, block, {first: acts[first]}, **kwargs)  # one array, then killed
             die()
         return write_rows(self, block, acts, **kwargs)
 

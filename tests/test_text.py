@@ -83,6 +83,45 @@ def test_bert_layers_equal_output_hidden_states(models, tmp_path):
         np.testing.assert_array_equal(np.asarray(store[f"encoder.layer.{i}"]), hidden[i + 1])
 
 
+@pytest.mark.parametrize("model", ["gpt2-left", "gpt2-right", "bert"])
+def test_token_rows_are_the_real_tokens_in_order(models, tmp_path, model):
+    """--reduce tokens: one row per real token, (n_tokens, D), the padding left out wherever
+    it is; blocks of 2 documents in chunks of 8 token rows, so a block ends mid-chunk."""
+    layer = "h.1" if model.startswith("gpt2") else "encoder.layer.1"
+    hidden, mask = _reference(models[model], _hf.DOCS, 16)
+    store = _extract(
+        f"hf:{models[model]}",
+        f"text:{models['corpus']}",
+        tmp_path,
+        layers=layer,
+        reduce="tokens",
+        max_length=16,
+        batch_size=len(_hf.DOCS),
+        chunk_rows=2,
+        chunk_tokens=8,
+    )
+    want = hidden[2][mask]  # every document's real tokens, in order
+    np.testing.assert_array_equal(actextract.token_activations(store, layer), want)
+    per_block = [int(mask[i : i + 2].sum()) for i in range(0, len(mask), 2)]
+    assert store.token_counts().tolist() == per_block and sum(per_block) == mask.sum()
+    arr = store[layer]  # each block's region: 2 × 16 rows from b × 32, its tokens first
+    assert arr.shape == (32 * len(per_block), 32) and arr.chunks == (8, 32)
+    for b, count in enumerate(per_block):
+        before = sum(per_block[:b])
+        np.testing.assert_array_equal(arr[32 * b : 32 * b + count], want[before : before + count])
+        assert np.isnan(arr[32 * b + count : 32 * (b + 1)]).all()  # never written: NaN
+    table = actextract.token_table(store)
+    np.testing.assert_array_equal(table["sample"], np.nonzero(mask)[0])
+    from actextract.check.verification import verify
+    from actextract.store.tokens import sample_tokens
+
+    report = verify(store)
+    assert report.ok and report.chunks > 0
+    both = sample_tokens(store, layer, [0, 3])  # (T, D) of chosen documents, NaN at padding
+    np.testing.assert_array_equal(both[mask[[0, 3]]], hidden[2][[0, 3]][mask[[0, 3]]])
+    assert np.isnan(both[~mask[[0, 3]]]).all()
+
+
 @pytest.mark.parametrize("model", ["gpt2-left", "gpt2-right", "bert", "bert-left"])
 def test_masked_reductions_equal_numpy_over_the_mask(models, tmp_path, model):
     layer = "h.1" if model.startswith("gpt2") else "encoder.layer.1"

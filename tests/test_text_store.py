@@ -17,6 +17,7 @@ from _runner import ENV, run, same_store
 import actextract
 from actextract.check.verification import verify
 from actextract.errors import StoreError
+from actextract.store.integrity import check
 from actextract.store.tokens import iter_token_blocks
 from tests import _hf
 
@@ -42,7 +43,9 @@ def text_run(tmp_path_factory):
         "--layers",
         "h.*",
         "--reduce",
-        "h.2=mean",
+        "h.0=tokens,h.2=mean",  # h.0: a row per real token; h.1 padded; h.2 pooled
+        "--chunk-tokens",
+        "8",  # blocks of 6 × 16 token rows in chunks of 8: a block ends mid-chunk
         "--stats",
         "h.1=class-mean,class-std,channel-hist,channel-mean",
         "--stats-every",
@@ -81,13 +84,36 @@ def test_a_text_run_keeps_the_mask_and_token_ids(text_run):
     np.testing.assert_array_equal(table["sample"], np.nonzero(real)[0])
     for doc in (0, 7):  # positions count a document's real tokens from 0
         assert table["position"][table["sample"] == doc].tolist() == list(range(real[doc].sum()))
-    rows = actextract.token_activations(store, "h.0")
-    padded = store["h.0"][:]
-    assert rows.shape == (real.sum(), 32)
+    rows = actextract.token_activations(store, "h.1")  # padded: (N, T, D) beside the mask
+    padded = store["h.1"][:]
+    assert padded.shape == (20, 16, 32) and rows.shape == (real.sum(), 32)
     np.testing.assert_array_equal(rows, padded[real])
     blocks = list(iter_token_blocks(store, "h.1"))
     assert len(blocks) == 4
-    np.testing.assert_array_equal(np.concatenate([v for _, v in blocks]), store["h.1"][:][real])
+    np.testing.assert_array_equal(np.concatenate([v for _, v in blocks]), rows)
+    # h.0 with --reduce tokens: the real tokens only, each block's from 6 × 16 × b on
+    counts = [int(real[i : i + 6].sum()) for i in range(0, 20, 6)]
+    assert store.token_counts().tolist() == counts
+    assert store["h.0"].shape == (4 * 96, 32) and store["h.0"].chunks == (8, 32)
+    with torch.no_grad():
+        hidden = tok_model(model, enc)
+    dense = actextract.token_activations(store, "h.0")
+    np.testing.assert_allclose(dense.astype(np.float32), hidden[real], atol=2e-2, rtol=1e-2)
+    on_disk = sorted(int(p.name) for p in (store.path / "acts" / "h.0" / "c").iterdir())
+    assert on_disk == [12 * b + c for b, n in enumerate(counts) for c in range(-(-n // 8))]
+
+
+def tok_model(model, enc):
+    """The first block's output of the model over the padded batch ``enc``, float32."""
+    from actextract.model.zoo import load_model
+
+    module = load_model(f"hf:{model}").module
+    out = module(
+        input_ids=torch.from_numpy(enc["input_ids"]).long(),
+        attention_mask=torch.from_numpy(enc["attention_mask"]).long(),
+        output_hidden_states=True,
+    )
+    return out.hidden_states[1].numpy()
 
 
 def test_token_rows_are_of_token_layers_stored_whole(text_run, tmp_path):
@@ -106,24 +132,34 @@ def test_token_rows_are_of_token_layers_stored_whole(text_run, tmp_path):
         actextract.token_table(digits)
 
 
-def test_to_xarray_carries_the_mask_and_ids_of_a_token_layer(text_run):
+def test_to_xarray_carries_the_mask_and_ids_and_the_token_rows_their_table(text_run):
     pytest.importorskip("xarray")
     _, store, _ = text_run
-    da = actextract.to_xarray(store, "h.0")
+    da = actextract.to_xarray(store, "h.1")
     assert da.dims == ("sample", "token", "feature")
     np.testing.assert_array_equal(da["mask"].values, store._node("tokens/mask")[:])
     assert "input_ids" in da.coords
     assert "mask" not in actextract.to_xarray(store, "h.2").coords
+    rows = actextract.to_xarray(store, "h.0")  # --reduce tokens: the real tokens, in order
+    table = actextract.token_table(store)
+    assert rows.dims == ("token", "feature") and rows.shape == (len(table["sample"]), 32)
+    np.testing.assert_array_equal(rows.values, actextract.token_activations(store, "h.0"))
+    for name in ("sample", "document", "position", "token_id"):
+        np.testing.assert_array_equal(rows[name].values, table[name])
+    np.testing.assert_array_equal(rows["labels"].values, store.labels[:][table["sample"]])
 
 
-def test_a_missing_token_chunk_is_damage_that_resume_mends(text_run, tmp_path):
+def test_a_missing_token_chunk_or_token_row_chunk_is_damage_that_resume_mends(text_run, tmp_path):
     args, ref, _ = text_run
     out = tmp_path / "run.zarr"
     assert run(*args, "--out", str(out)).returncode == 0
     (out / "tokens" / "mask" / "c" / "2" / "0").unlink()
-    report = verify(actextract.open_store(out, mode="r+"), repair=True)
-    assert not report.ok and report.reset_blocks == [2]
-    assert [p.array for p in report.problems] == ["tokens/mask"]
+    (out / "acts" / "h.0" / "c" / "13" / "0").unlink()  # block 1's second chunk of token rows
+    store = actextract.open_store(out, mode="r+")
+    assert [g[0] for g in check(store).gaps] == ["h.0", "tokens/mask"]  # the quick check too
+    report = verify(store, repair=True)
+    assert not report.ok and report.reset_blocks == [1, 2]
+    assert sorted(p.array for p in report.problems) == ["h.0", "tokens/mask"]
     done = run(*args, "--out", str(out), "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     same_store(actextract.open_store(out), ref)
@@ -244,3 +280,22 @@ def test_the_per_sample_maps_of_a_text_run_leave_the_padding_blank(text_run, tmp
     for maps, real in zip(drawn, mask, strict=True):
         tokens = maps[0]  # one (T, D) map
         assert np.isnan(tokens[~real]).all() and not np.isnan(tokens[real]).any()
+
+
+def test_cluster_pools_each_document_over_its_real_tokens(text_run):
+    from actextract.clusters.job import Rows
+    from actextract.errors import OptionError
+
+    _, store, _ = text_run
+    mask = store._node("tokens/mask")[:].astype(bool)
+    for layer in ("h.0", "h.1"):  # token rows, and padded
+        values = actextract.token_activations(store, layer).astype(np.float32)
+        sample = actextract.token_table(store)["sample"]
+        want = np.stack([values[sample == i].mean(0) for i in range(store.n)])
+        parts = list(Rows(store, layer, "mean", torch.device("cpu")).blocks())
+        rows = torch.cat([p[0] for p in parts]).numpy()
+        x = torch.cat([p[2] for p in parts]).numpy()
+        assert rows.tolist() == list(range(store.n)) and mask.any(1).all()
+        np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5, err_msg=layer)
+        with pytest.raises(OptionError, match="pooled over their real tokens"):
+            Rows(store, layer, "none", torch.device("cpu"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actextract.core.text import human_bytes, layer_counts, written_by
+from actextract.core.text import human_bytes, layer_counts, samples_word, written_by
 from actextract.store.build import token_arrays
 
 __all__ = ["format_clustering", "format_info", "format_report"]
@@ -18,7 +18,8 @@ def _tokens_line(tokens: dict | None) -> list[str]:
     kept = ", ".join(f"tokens/{a}" for a in token_arrays(tokens))
     return [
         f"  tokens   {tokens['length']} per sample (padding marked in tokens/mask); {kept}; "
-        "one row per real token: actextract.token_activations(store, layer)"
+        "layers reduced 'tokens' hold a row per real token; every token layer's rows: "
+        "actextract.token_activations(store, layer)"
     ]
 
 
@@ -120,8 +121,8 @@ def format_info(d: dict) -> str:
     summary = d.get("summary")
     if summary:
         lines.append(
-            f"  run      {summary['images']:,} images in {summary['seconds']:.2f} s "
-            f"({summary['images_per_s']:,.1f} images/s)"
+            f"  run      {summary['images']:,} {samples_word(d)} in {summary['seconds']:.2f} s "
+            f"({summary['images_per_s']:,.1f} {samples_word(d)}/s)"
         )
     return "\n".join(lines)
 

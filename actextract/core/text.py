@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["human_bytes", "layer_counts", "written_by"]
+__all__ = ["human_bytes", "layer_counts", "samples_word", "written_by"]
 
 
 def human_bytes(n: float) -> str:
@@ -17,6 +17,12 @@ def human_bytes(n: float) -> str:
 def written_by(clone: str) -> str:
     """What writes a cloned layer's output, from the reason recorded: "by 'relu'"."""
     return clone.removeprefix("written in place later, ")
+
+
+def samples_word(attrs: dict) -> str:
+    """What a run's rows are called in its summaries: samples of a text run (documents or
+    packed windows), else images."""
+    return "samples" if attrs.get("tokens") else "images"
 
 
 def layer_counts(per_layer: dict[str, int]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actextract.core.text import layer_counts
+from actextract.core.text import layer_counts, samples_word
 
 __all__ = ["format_summary", "run_report"]
 
@@ -22,8 +22,8 @@ def format_summary(attrs: dict, run: dict | None = None) -> str:
         return f"{s.get(key, 0.0):.2f} s ({100 * s.get(key, 0.0) / total:.0f}%)"
 
     lines = [
-        f"{s.get('images', 0)} images in {s.get('seconds', 0.0):.2f} s "
-        f"({s.get('images_per_s', 0.0):,.1f} images/s), "
+        f"{s.get('images', 0)} {samples_word(attrs)} in {s.get('seconds', 0.0):.2f} s "
+        f"({s.get('images_per_s', 0.0):,.1f} {samples_word(attrs)}/s), "
         f"{s.get('bytes_written', 0) / 1e6:,.1f} MB of activations written",
         f"time: waiting for data {part('data_wait_s')}, compute {part('compute_s')}, "
         f"device→host {part('d2h_s')}, waiting for the writer {part('write_wait_s')}; "
