@@ -17,7 +17,12 @@ from actextract.store.layout import FORMAT_VERSION, ArraySpec, StoreOptions, cho
 from actextract.store.location import Location
 from actextract.store.opening import check_output, create_store, open_store
 from actextract.store.run import Store
-from actextract.store.tokens import iter_token_blocks, token_activations, token_table
+from actextract.store.tokens import (
+    iter_token_blocks,
+    sample_tokens,
+    token_activations,
+    token_table,
+)
 from actextract.store.xarray import to_xarray
 
 __all__ = [
@@ -35,6 +40,7 @@ __all__ = [
     "create_store",
     "iter_token_blocks",
     "open_store",
+    "sample_tokens",
     "to_xarray",
     "token_activations",
     "token_table",
