@@ -249,3 +249,25 @@ def test_a_dict_batch_as_positional_arguments_in_the_functions_order():
     assert [float(v) if isinstance(v, torch.Tensor) else v for v in args] == [0.0, 1.0, 7]
     with pytest.raises(TypeError):
         positional(f, {"z": torch.ones(1)})
+
+
+def test_a_left_padded_batch_gets_the_positions_of_its_real_tokens():
+    from actextract.data.inputs import with_positions
+
+    class Takes(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            return position_ids
+
+    left = {"input_ids": torch.ones(2, 4, dtype=torch.long)}
+    left["attention_mask"] = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert with_positions(Takes(), left)["position_ids"].tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
+    assert call(Takes(), left).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]  # as the model gets it
+    right = {**left, "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])}
+    assert with_positions(Takes(), right) is right  # the real tokens are first: 0, 1, ...
+    given = {**left, "position_ids": torch.zeros(2, 4, dtype=torch.long)}
+    assert with_positions(Takes(), given) is given  # the batch's own are kept
+
+    def takes_none(input_ids, attention_mask=None):
+        return input_ids
+
+    assert with_positions(takes_none, left) is left  # a model without absolute positions

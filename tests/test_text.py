@@ -35,13 +35,18 @@ def models(tmp_path_factory):
 
 
 def _reference(folder, docs, max_length):
-    """The model's hidden states and attention mask for ``docs`` as one padded batch."""
+    """The model's hidden states and attention mask for ``docs`` as one padded batch, the real
+    tokens of a left-padded one numbered from 0 (``position_ids``, as transformers' generate
+    counts them)."""
     loaded = load_model(f"hf:{folder}")
     enc = loaded.tokenizer(
         docs, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
     )
+    positions = None
+    if loaded.tokenizer.padding_side == "left":
+        positions = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)
     with torch.no_grad():
-        out = loaded.module(**enc, output_hidden_states=True)
+        out = loaded.module(**enc, position_ids=positions, output_hidden_states=True)
     return [h.numpy() for h in out.hidden_states], enc["attention_mask"].numpy().astype(bool)
 
 
@@ -81,6 +86,32 @@ def test_bert_layers_equal_output_hidden_states(models, tmp_path):
     hidden, _ = _reference(models["bert"], _hf.DOCS, 20)
     for i in range(2):
         np.testing.assert_array_equal(np.asarray(store[f"encoder.layer.{i}"]), hidden[i + 1])
+
+
+@pytest.mark.parametrize("model", ["gpt2-left", "bert-left", "gpt2-right"])
+def test_a_document_padded_on_either_side_gives_what_it_gives_alone(models, tmp_path, model):
+    """Padding on the left shifts no position: the real tokens are numbered from 0 (without
+    position_ids a left-padded GPT-2 or BERT numbers the padding too, and a document's rows
+    would depend on its batch's padding)."""
+    layer = "h.1" if model.startswith("gpt2") else "encoder.layer.1"
+    loaded = load_model(f"hf:{models[model]}")
+    store = _extract(
+        f"hf:{models[model]}",
+        f"text:{models['corpus']}",
+        tmp_path,
+        layers=layer,
+        reduce="tokens",
+        max_length=16,
+    )
+    alone = []
+    for doc in _hf.DOCS:
+        with torch.no_grad():
+            out = loaded.module(
+                **loaded.tokenizer(doc, return_tensors="pt"), output_hidden_states=True
+            )
+        alone.append(out.hidden_states[2][0].numpy())
+    rows = actextract.token_activations(store, layer)
+    np.testing.assert_allclose(rows, np.concatenate(alone), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("model", ["gpt2-left", "gpt2-right", "bert"])

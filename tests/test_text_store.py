@@ -108,9 +108,11 @@ def tok_model(model, enc):
     from actextract.model.zoo import load_model
 
     module = load_model(f"hf:{model}").module
+    mask = torch.from_numpy(enc["attention_mask"]).long()
     out = module(
         input_ids=torch.from_numpy(enc["input_ids"]).long(),
-        attention_mask=torch.from_numpy(enc["attention_mask"]).long(),
+        attention_mask=mask,
+        position_ids=(mask.cumsum(-1) - 1).clamp_min(0),  # the real tokens from 0
         output_hidden_states=True,
     )
     return out.hidden_states[1].numpy()

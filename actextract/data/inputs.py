@@ -42,6 +42,7 @@ __all__ = [
     "stack",
     "token_records",
     "tokens_attribute",
+    "with_positions",
 ]
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
@@ -214,12 +215,37 @@ def batch_len(x: Inputs) -> int:
 
 def call(fn: Callable[..., Any], x: Inputs) -> Any:
     """``fn`` called with a batch: one tensor as its argument, a tuple's tensors as positional
-    arguments, a dict's as keyword arguments."""
+    arguments, a dict's as keyword arguments (:func:`with_positions` first)."""
     if isinstance(x, torch.Tensor):
         return fn(x)
     if isinstance(x, tuple):
         return fn(*x)
-    return fn(**x)
+    return fn(**with_positions(fn, x))
+
+
+def with_positions(fn: Callable[..., Any], x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch padded on the left, given the ``position_ids`` of its real tokens when ``fn``
+    takes them and the batch does not say: 0 for each sequence's first real token, as
+    transformers' ``generate`` and TransformerLens count them. Without them a model with
+    absolute positions (GPT-2, BERT) numbers the padding too, and a document's activations
+    would depend on how much padding its batch gave it. Right padding needs none (the real
+    tokens come first: 0, 1, ...); other batches are returned as they are."""
+    mask = x.get(MASK_KEY)
+    if "position_ids" in x or not isinstance(mask, torch.Tensor) or mask.ndim != 2:
+        return x
+    real = mask != 0
+    if not bool((real[:, 1:] & ~real[:, :-1]).any()):  # no real token after a padding one
+        return x
+    target = getattr(fn, "_orig_mod", fn)  # a compiled module: the module it compiled
+    if isinstance(target, torch.nn.Module):  # its __call__ takes (*args, **kwargs)
+        target = target.forward
+    try:
+        takes = "position_ids" in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if not takes:
+        return x
+    return {**x, "position_ids": (real.long().cumsum(-1) - 1).clamp_min(0)}
 
 
 def positional(fn: Callable[..., Any], x: Inputs) -> tuple[Any, ...]:
@@ -230,7 +256,7 @@ def positional(fn: Callable[..., Any], x: Inputs) -> tuple[Any, ...]:
         return (x,)
     if isinstance(x, tuple):
         return x
-    bound = inspect.signature(fn).bind(**x)
+    bound = inspect.signature(fn).bind(**with_positions(fn, x))
     bound.apply_defaults()
     return bound.args
 
