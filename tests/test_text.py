@@ -34,13 +34,14 @@ def models(tmp_path_factory):
     }
 
 
-def _reference(folder, docs, max_length):
+def _reference(folder, docs, max_length, padding="max_length"):
     """The model's hidden states and attention mask for ``docs`` as one padded batch, the real
     tokens of a left-padded one numbered from 0 (``position_ids``, as transformers' generate
-    counts them)."""
+    counts them). ``padding="longest"``: the batch as actextract computes it when it stores no
+    padding (cut to its real tokens, :mod:`actextract.model.trim`)."""
     loaded = load_model(f"hf:{folder}")
     enc = loaded.tokenizer(
-        docs, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+        docs, padding=padding, truncation=True, max_length=max_length, return_tensors="pt"
     )
     positions = None
     if loaded.tokenizer.padding_side == "left":
@@ -119,7 +120,8 @@ def test_token_rows_are_the_real_tokens_in_order(models, tmp_path, model):
     """--reduce tokens: one row per real token, (n_tokens, D), the padding left out wherever
     it is; blocks of 2 documents in chunks of 8 token rows, so a block ends mid-chunk."""
     layer = "h.1" if model.startswith("gpt2") else "encoder.layer.1"
-    hidden, mask = _reference(models[model], _hf.DOCS, 16)
+    hidden, mask = _reference(models[model], _hf.DOCS, 16, padding="longest")
+    assert mask.shape[1] < 16  # the batch is cut to its longest document
     store = _extract(
         f"hf:{models[model]}",
         f"text:{models['corpus']}",
@@ -149,8 +151,9 @@ def test_token_rows_are_the_real_tokens_in_order(models, tmp_path, model):
     report = verify(store)
     assert report.ok and report.chunks > 0
     both = sample_tokens(store, layer, [0, 3])  # (T, D) of chosen documents, NaN at padding
-    np.testing.assert_array_equal(both[mask[[0, 3]]], hidden[2][[0, 3]][mask[[0, 3]]])
-    assert np.isnan(both[~mask[[0, 3]]]).all()
+    real = store._node("tokens/mask")[:][[0, 3]].astype(bool)  # (2, 16), the run's length
+    np.testing.assert_array_equal(both[real], hidden[2][[0, 3]][mask[[0, 3]]])
+    assert np.isnan(both[~real]).all()
 
 
 @pytest.mark.parametrize("model", ["gpt2-left", "gpt2-right", "bert", "bert-left"])

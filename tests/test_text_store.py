@@ -43,7 +43,7 @@ def text_run(tmp_path_factory):
         "--layers",
         "h.*",
         "--reduce",
-        "h.0=tokens,h.2=mean",  # h.0: a row per real token; h.1 padded; h.2 pooled
+        "h.0=tokens,h.1=tokens,h.2=mean",  # a row per real token; h.2 one per document
         "--chunk-tokens",
         "8",  # blocks of 6 × 16 token rows in chunks of 8: a block ends mid-chunk
         "--stats",
@@ -84,14 +84,11 @@ def test_a_text_run_keeps_the_mask_and_token_ids(text_run):
     np.testing.assert_array_equal(table["sample"], np.nonzero(real)[0])
     for doc in (0, 7):  # positions count a document's real tokens from 0
         assert table["position"][table["sample"] == doc].tolist() == list(range(real[doc].sum()))
-    rows = actextract.token_activations(store, "h.1")  # padded: (N, T, D) beside the mask
-    padded = store["h.1"][:]
-    assert padded.shape == (20, 16, 32) and rows.shape == (real.sum(), 32)
-    np.testing.assert_array_equal(rows, padded[real])
+    rows = actextract.token_activations(store, "h.1")
     blocks = list(iter_token_blocks(store, "h.1"))
-    assert len(blocks) == 4
+    assert len(blocks) == 4 and rows.shape == (real.sum(), 32)
     np.testing.assert_array_equal(np.concatenate([v for _, v in blocks]), rows)
-    # h.0 with --reduce tokens: the real tokens only, each block's from 6 × 16 × b on
+    # with --reduce tokens: the real tokens only, each block's from 6 × 16 × b on
     counts = [int(real[i : i + 6].sum()) for i in range(0, 20, 6)]
     assert store.token_counts().tolist() == counts
     assert store["h.0"].shape == (4 * 96, 32) and store["h.0"].chunks == (8, 32)
@@ -134,13 +131,41 @@ def test_token_rows_are_of_token_layers_stored_whole(text_run, tmp_path):
         actextract.token_table(digits)
 
 
-def test_to_xarray_carries_the_mask_and_ids_and_the_token_rows_their_table(text_run):
+def test_a_padded_token_layer_keeps_every_column_beside_the_mask(text_run, tmp_path):
+    """--reduce none: (N, T, D), the padding's columns as the model computed them (the batch
+    is not cut: every stored value is one the layer produced), the same real tokens."""
+    args, store, _ = text_run
+    dataset = args[args.index("--dataset") + 1]
+    padded = actextract.extract(
+        args[args.index("--model") + 1],
+        dataset,
+        layers="h.0",
+        max_length=16,
+        batch_size=3,
+        chunk_rows=6,
+        out=str(tmp_path / "padded.zarr"),
+        progress=False,
+    )
+    real = padded._node("tokens/mask")[:].astype(bool)
+    values = padded["h.0"][:]
+    assert values.shape == (20, 16, 32) and np.isfinite(values).all()
+    rows = actextract.token_activations(padded, "h.0")
+    np.testing.assert_array_equal(rows, values[real])
+    blocks = list(iter_token_blocks(padded, "h.0"))
+    assert len(blocks) == 4
+    np.testing.assert_array_equal(np.concatenate([v for _, v in blocks]), rows)
+    dense = actextract.token_activations(store, "h.0")  # computed cut to the real tokens
+    np.testing.assert_allclose(rows.astype(np.float32), dense.astype(np.float32), atol=2e-3)
+    pytest.importorskip("xarray")
+    da = actextract.to_xarray(padded, "h.0")
+    assert da.dims == ("sample", "token", "feature")
+    np.testing.assert_array_equal(da["mask"].values, real)
+    assert "input_ids" in da.coords
+
+
+def test_to_xarray_gives_the_token_rows_with_their_table(text_run):
     pytest.importorskip("xarray")
     _, store, _ = text_run
-    da = actextract.to_xarray(store, "h.1")
-    assert da.dims == ("sample", "token", "feature")
-    np.testing.assert_array_equal(da["mask"].values, store._node("tokens/mask")[:])
-    assert "input_ids" in da.coords
     assert "mask" not in actextract.to_xarray(store, "h.2").coords
     rows = actextract.to_xarray(store, "h.0")  # --reduce tokens: the real tokens, in order
     table = actextract.token_table(store)
@@ -284,20 +309,28 @@ def test_the_per_sample_maps_of_a_text_run_leave_the_padding_blank(text_run, tmp
         assert np.isnan(tokens[~real]).all() and not np.isnan(tokens[real]).any()
 
 
-def test_cluster_pools_each_document_over_its_real_tokens(text_run):
+def test_cluster_pools_each_document_over_its_real_tokens(text_run, tmp_path):
     from actextract.clusters.job import Rows
     from actextract.errors import OptionError
 
-    _, store, _ = text_run
-    mask = store._node("tokens/mask")[:].astype(bool)
-    for layer in ("h.0", "h.1"):  # token rows, and padded
-        values = actextract.token_activations(store, layer).astype(np.float32)
-        sample = actextract.token_table(store)["sample"]
-        want = np.stack([values[sample == i].mean(0) for i in range(store.n)])
-        parts = list(Rows(store, layer, "mean", torch.device("cpu")).blocks())
+    args, store, _ = text_run
+    padded = actextract.extract(  # --reduce none: the padding stored, left out by the pooling
+        args[args.index("--model") + 1],
+        args[args.index("--dataset") + 1],
+        layers="h.1",
+        max_length=16,
+        out=str(tmp_path / "padded.zarr"),
+        progress=False,
+    )
+    assert store._node("tokens/mask")[:].any(1).all()  # every document has real tokens
+    for where, layer in ((store, "h.0"), (store, "h.1"), (padded, "h.1")):
+        values = actextract.token_activations(where, layer).astype(np.float32)
+        sample = actextract.token_table(where)["sample"]
+        want = np.stack([values[sample == i].mean(0) for i in range(where.n)])
+        parts = list(Rows(where, layer, "mean", torch.device("cpu")).blocks())
         rows = torch.cat([p[0] for p in parts]).numpy()
         x = torch.cat([p[2] for p in parts]).numpy()
-        assert rows.tolist() == list(range(store.n)) and mask.any(1).all()
+        assert rows.tolist() == list(range(where.n))
         np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5, err_msg=layer)
         with pytest.raises(OptionError, match="pooled over their real tokens"):
-            Rows(store, layer, "none", torch.device("cpu"))
+            Rows(where, layer, "none", torch.device("cpu"))

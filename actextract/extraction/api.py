@@ -32,6 +32,7 @@ from actextract.extraction.plan import (
     choose_chunk_rows_for,
     choose_outputs,
     plan_arrays,
+    plan_cut,
     provenance,
     token_rows,
     token_stats,
@@ -43,6 +44,7 @@ from actextract.extraction.transfer import default_writers, ring_slots, takes_tu
 from actextract.extraction.work import Shard, Work
 from actextract.model.capture import build_capture
 from actextract.model.discover import LayerTable, list_layers
+from actextract.model.trim import Trim
 from actextract.model.zoo import borrowed, load_model
 from actextract.stats.accumulate import Accumulator
 from actextract.stats.parts import PartWriter, accumulated, finalize
@@ -176,6 +178,7 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
             tokens = tokens_attribute(input_shape, source.records)
             token_stats(stats_attrs, tokens)  # over real tokens
             arrays = token_rows(arrays, tokens)  # --reduce tokens: a row per real token
+            trim = plan_cut(cap, source, rows, options, arrays, stats_attrs, tokens, decoder)
             new = NewStore(
                 len(rows),
                 arrays,
@@ -224,6 +227,7 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
                 decoder,
                 input_shape,
                 group,
+                trim,
             )
         finally:
             cap.close()
@@ -271,6 +275,7 @@ def _compute(
     decoder: DeviceDecoder | None,
     input_shape: SampleShape,
     group: Any,
+    trim: Trim | None = None,
 ) -> tuple[list[int], Summary]:
     """Compute this process's row blocks not done yet (and the statistics of those not
     summed yet) through the engine: the blocks it computed, and the run's numbers."""
@@ -326,6 +331,7 @@ def _compute(
                 decode=decoder,
                 stats=sums,
                 grad_mode=cap.grad_mode,
+                trim=trim,
             )
     except KeyboardInterrupt:
         _record_stop(store, "interrupted", "interrupted (SIGINT/Ctrl-C)")

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
@@ -32,6 +33,9 @@ from actextract.extraction.blocks import Filled
 from actextract.extraction.sink import Sink
 from actextract.extraction.transfer import ToHost
 from actextract.stats.parts import PartWriter
+
+if TYPE_CHECKING:
+    from actextract.model.trim import Trim
 
 __all__ = [
     "RunOptions",
@@ -147,13 +151,16 @@ def run(
     decode: Callable[[Batch], Batch] | None = None,
     stats: PartWriter | None = None,
     grad_mode: Callable[[], AbstractContextManager] = torch.inference_mode,
+    trim: Trim | None = None,
 ) -> Summary:
     """Push every batch of ``loader`` through ``forward`` (capture + reduce: the row arrays,
     and the layer outputs that ``stats`` sums on the device) into ``sink``, under
     ``grad_mode`` (the capture's: ``no_grad`` where it checks version counters).
 
     ``decode`` (:class:`actextract.data.decode.DeviceDecoder`) turns batches of undecoded images
-    into inputs on the device, and may find bad samples among them."""
+    into inputs on the device, and may find bad samples among them. ``trim``
+    (:class:`actextract.model.trim.Trim`): a text batch is computed at the length of its real
+    tokens, and its outputs put back at the run's."""
     summary = Summary()
     to_host = ToHost(options.device)
     bar = tqdm(
@@ -171,6 +178,10 @@ def run(
             summary.data_wait += now - tick
             batch = decode(batch) if decode else batch
             tokens = token_records(batch.inputs, batch.records)  # text: mask, ids, from the host
+            span = None
+            if trim is not None and batch.inputs is not None:  # on the host: the padding cut
+                cut, span = trim.cut(batch.inputs)
+                batch = replace(batch, inputs=cut)
             batch = to_device(batch, options)
             if batch.bad:
                 check_bad(batch.bad, options.on_bad_sample)
@@ -179,10 +190,13 @@ def run(
             if batch.inputs is not None:
                 with autocast(options.device, options.precision):
                     acts, raw = forward(batch.inputs)
+                if span is not None:
+                    acts, raw = trim.put_back(acts, raw, span)  # type: ignore[union-attr]
             indices = batch.indices.numpy()
             if stats is not None:
                 bad = [s.index for s in batch.bad]
-                stats.add(raw, indices, batch.labels.numpy(), bad, attention_mask(batch.inputs))
+                mask = trim.mask(batch.inputs, span) if trim else attention_mask(batch.inputs)
+                stats.add(raw, indices, batch.labels.numpy(), bad, mask)
             runs, waited = sink.place(indices, batch.bad)  # waits while every buffer is taken
             ready, copied = to_host(acts, runs, also=raw)
             waited += sink.filled(

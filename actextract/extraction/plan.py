@@ -4,6 +4,7 @@ layout, reduction, dtype, clone), and the provenance a new store records."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
@@ -24,16 +25,20 @@ from actextract.errors import CaptureError, OptionError, option
 from actextract.extraction.engine import RunOptions, check_bad, device_inputs
 from actextract.model.probe import LayerProbe, model_output_layers, probe
 from actextract.model.reduce import Reducer, parse_reductions
+from actextract.model.trim import Trim, plan_trim
 from actextract.model.zoo import LoadedModel
 from actextract.stats.accumulate import DEFAULT_BINS, hist_edges, parse_stats
 from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, open_store
 from actextract.store.location import Location
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "choose_outputs",
     "first_samples",
     "layer_arrays",
     "plan_arrays",
+    "plan_cut",
     "provenance",
     "state_sha256",
     "token_rows",
@@ -157,6 +162,41 @@ def token_rows(arrays: Sequence[ArraySpec], tokens: dict[str, Any] | None) -> li
         else a
         for a in arrays
     ]
+
+
+def plan_cut(
+    cap,
+    source: Source,
+    rows: range,
+    options: RunOptions,
+    arrays: Sequence[ArraySpec],
+    stats: Mapping[str, Any],
+    tokens: dict[str, Any] | None,
+    decoder: DeviceDecoder | None = None,
+) -> Trim | None:
+    """How a text run's batches are cut to their real tokens
+    (:func:`~actextract.model.trim.plan_trim`, tried on the first sample); None for other
+    runs, for models whose layers do not follow the length, and for runs that store or sum
+    some layer with its padding (a token layer kept padded, ``--reduce none``): every value
+    such a run stores is one the layer produced for the batch as padded, padding included."""
+    if not tokens:
+        return None
+    length = tokens["length"]
+    padded = [a.key for a in arrays if a.rows != "token" and length in a.shape]
+    padded += [n for n, e in stats.items() if e.get("over") != "tokens" and length in e["shape"]]
+    if padded:
+        log.info(
+            "batches keep all %d tokens: %s kept with the padding (a row per real token: "
+            "--reduce tokens; one per document: mean, max, cls, last)",
+            length,
+            ", ".join(padded[:4]),
+        )
+        return None
+    first = first_samples(source, rows, options.on_bad_sample, decoder)[0]
+    x = device_inputs(stack([first.input]), options)
+    layers = {name: tuple(entry["shape"]) for name, entry in stats.items()}
+    with autocast(options.device, options.precision):
+        return plan_trim(cap, x, {a.key: a.shape for a in arrays}, layers, tokens["length"])
 
 
 def choose_outputs(

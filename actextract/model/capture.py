@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from actextract.core.names import match_names, wider_hint
-from actextract.data.inputs import Inputs, batch_len, call
+from actextract.data.inputs import Inputs, attention_mask, batch_len, call
 from actextract.errors import CaptureError, LayerNotFoundError, option
 from actextract.model.elements import (  # re-exported: the capture's names for its callers
     check_outputs,
@@ -53,6 +53,7 @@ __all__ = [
     "build_capture",
     "candidates",
     "check_outputs",
+    "follows",
     "from_transformers",
     "select_element",
     "select_layers",
@@ -204,6 +205,7 @@ class Capture:
         self.clones: dict[str, str] = {}  # layer → why it is cloned at capture
         self.batch_axes: dict[str, int] = {}  # layer → where its batch axis is (moved to 0)
         self.shapes: dict[str, tuple[int, ...]] = {}  # per sample, as the probe found them
+        self.tokens: int | None = None  # the probe's number of tokens (text)
         # fx returns one output per node: a container is read from its last node
         self._node_of = {n: cands.alias.get(b, b) for n, (b, _) in self.index.items()}
         if self.method == "fx":
@@ -280,9 +282,13 @@ class Capture:
         clones: Mapping[str, str] | None = None,
         batch_axes: Mapping[str, int] | None = None,
         shapes: Mapping[str, tuple[int, ...]] | None = None,
+        tokens: int | None = None,
     ) -> None:
         """What the probe found: layers to clone where they are produced (and why), batch
-        axes to move to the front, and each layer's per-sample shape."""
+        axes to move to the front, each layer's per-sample shape, and the probe's number of
+        tokens (text: a batch cut shorter, :mod:`actextract.model.trim`, has its layers' token
+        axes as long as its own)."""
+        self.tokens = tokens
         self.clones = dict(clones or {})
         self.batch_axes = {n: a for n, a in (batch_axes or {}).items() if a != 0}
         self.shapes = dict(shapes or {})
@@ -333,13 +339,18 @@ class Capture:
         tensor, or whose shape is not the probe's, is a CaptureError."""
         outputs = self.raw(x)
         check_outputs(self.names, outputs)
+        mask = attention_mask(x)
+        cut = None  # a text batch cut shorter than the probe's (actextract.model.trim)
+        if mask is not None and self.tokens is not None and mask.shape[1] != self.tokens:
+            cut = int(mask.shape[1])
         result = {}
         for n in self.names:
             t = outputs[n]
             axis = self.batch_axes.get(n)
             t = t.movedim(axis, 0) if axis else t  # type: ignore[union-attr]
             want = self.shapes.get(n)
-            if want is not None and tuple(t.shape[1:]) != want:  # type: ignore[union-attr]
+            have = tuple(t.shape[1:])  # type: ignore[union-attr]
+            if want is not None and not follows(have, want, self.tokens, cut):
                 raise CaptureError(
                     f"layer '{n}' output {tuple(t.shape[1:])} per sample for a batch of "  # type: ignore[union-attr]
                     f"{batch_len(x)}, and {want} at the probe: its shape changes from batch to "
@@ -370,3 +381,16 @@ def build_capture(
     cands = candidates(module, method)
     names = select_layers(patterns, cands, model_name=model_name)
     return Capture(module, names, cands)
+
+
+def follows(
+    have: tuple[int, ...], want: tuple[int, ...], tokens: int | None, cut: int | None
+) -> bool:
+    """Whether a layer's per-sample shape ``have`` is the probe's ``want``, or, for a batch
+    cut to ``cut`` of the probe's ``tokens`` tokens, ``want`` with each axis of ``tokens``
+    made ``cut`` long."""
+    if have == want:
+        return True
+    if cut is None or len(have) != len(want):
+        return False
+    return all(h == w or (h == cut and w == tokens) for h, w in zip(have, want, strict=True))

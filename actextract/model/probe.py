@@ -33,7 +33,7 @@ from actextract.core.axes import (
     check_layout,
     layout_of,
 )
-from actextract.data.inputs import Inputs, describe, map_tensors
+from actextract.data.inputs import Inputs, attention_mask, describe, map_tensors
 from actextract.errors import CaptureError, option
 from actextract.model.capture import (
     Capture,
@@ -166,7 +166,8 @@ def probe(
             "cloned at capture (written in place later in the forward): %s",
             "; ".join(f"{n} ({why})" for n, why in cloned.items()),
         )
-    configure(cap, found)
+    mask = attention_mask(single)
+    configure(cap, found, None if mask is None else int(mask.shape[1]))
     return found, outputs
 
 
@@ -177,13 +178,14 @@ def _one_sample(x: Inputs) -> str:
     return describe(map_tensors(lambda t: t[0], x))
 
 
-def configure(cap: Capture, found: Mapping[str, LayerProbe]) -> None:
+def configure(cap: Capture, found: Mapping[str, LayerProbe], tokens: int | None = None) -> None:
     """Set ``cap`` (or a new capture of the same layers) up as the probe ``found`` them:
-    clones, batch axes, per-sample shapes."""
+    clones, batch axes, per-sample shapes, and the probe's ``tokens`` (text)."""
     cap.configure(
         clones={n: p.clone for n, p in found.items() if p.clone},
         batch_axes={n: p.batch_axis for n, p in found.items() if p.shape is not None},
         shapes={n: p.shape for n, p in found.items() if p.shape is not None},
+        tokens=tokens,
     )
 
 
