@@ -209,8 +209,9 @@ _EXTRACT_OPTIONS = [
         default=None,
         help="Per-layer pooling by layout: 'layer3=mean,layer4=max' (maps: over the spatial "
         "axes; tokens: over the tokens), 'encoder.**=cls' (the first token), 'h.*=last' (the "
-        "last), or 'mean' for every layer; text: over the attention mask's real tokens. "
-        "Default: none.",
+        "last), or 'mean' for every layer; text: over the attention mask's real tokens, and "
+        "'tokens' stores one row per real token. Default: none (a text run's token layers "
+        "padded, beside the mask).",
     ),
     click.option(
         "--layout",
