@@ -12,8 +12,9 @@ corpus, loading the model and packing the corpus included:
 - ``hand``: the by-hand way: a forward hook on every block appending ``out.detach().cpu()``
   to lists, ``torch.cat`` and one ``torch.save`` of all blocks at the end (float32, as the
   tutorials keep them);
-- ``actextract``: ``actextract.extract(..., pack=True)`` of every block's residual stream
-  (``h.*``) in float16 into a store (the store is the product; nothing is read back).
+- ``actextract``: ``actextract.extract(..., pack=True, reduce="tokens")`` of every block's
+  residual stream (``h.*``) in float16 into a store, one row per real token (the store is
+  the product; nothing is read back).
 
 Each method runs on the corpus of ``--docs`` documents and of twice as many; rounds are
 interleaved ``--repeats`` times and the median counts. Reported: tokens/s, the ratio to the
@@ -156,13 +157,15 @@ def one(method: str, case: dict, args: argparse.Namespace, out: Path) -> dict:
 
 
 def run_actextract(case: dict, args: argparse.Namespace, out: Path, **options):
-    """Every block's output per token, packed, float16: the store is the product."""
+    """Every block's output per token, packed, float16, a row per real token: the store is
+    the product."""
     import actextract
 
     return actextract.extract(
         f"hf:{case['model']}",
         f"text:{case['corpus']}",
         layers="h.*",
+        reduce="tokens",
         pack=True,
         max_length=args.length,
         batch_size=args.batch_size,
@@ -235,7 +238,8 @@ def describe(header: dict) -> str:
         f"GPT-2-shaped model: {header['layers']} blocks of {header['width']}, windows of "
         f"{header['length']} tokens (packed), batch {header['batch_size']}, "
         f"{header['chunk_rows']} windows per row block; every block's output stored per token "
-        "(actextract: float16, the hand way: float32). Medians of "
+        "(actextract: float16, a row per real token, --reduce tokens; the hand way: float32). "
+        "Medians of "
         f"{header['repeats']} interleaved rounds; benchmarks/bench_tokens.py."
     )
 
