@@ -74,12 +74,13 @@ class BlockRows:
     def tokens(self, mask: np.ndarray) -> np.ndarray:
         """The real tokens of these rows, one row each, (``mask.sum()``, D): each piece's
         (k, T, D) rows where the block's ``mask`` (rows, T) is set, in order. A row no piece
-        covers (a skipped sample) has no real token."""
+        covers (a skipped sample) has no real token. The rows are in this thread's scratch
+        space, valid until its next call: a block's worth, reused, not allocated per block."""
         mask = np.asarray(mask, bool)
         count = int(mask.sum())
         width = self.pieces[0][1].shape[2:] if self.pieces else ()
         dtype = self.pieces[0][1].dtype if self.pieces else np.dtype(np.float32)
-        out = np.empty((count, *width), dtype)
+        out = _scratch(count * math.prod(width), np.dtype(dtype)).reshape(count, *width)
         at = 0
         for start, piece in self.pieces:
             keep = mask[start : start + len(piece)].reshape(-1)
