@@ -334,3 +334,32 @@ def test_cluster_pools_each_document_over_its_real_tokens(text_run, tmp_path):
         np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5, err_msg=layer)
         with pytest.raises(OptionError, match="pooled over their real tokens"):
             Rows(where, layer, "none", torch.device("cpu"))
+
+
+def test_a_text_store_of_format_5_reads_and_verifies_as_it_was_written(text_run, tmp_path):
+    """Before format 6 a text run kept no progress/tokens and its layers no ``rows``: such a
+    store is not damage, and reads, checks and verifies as before."""
+    import json
+    import shutil
+
+    args, _, _ = text_run
+    out = tmp_path / "v5.zarr"
+    actextract.extract(
+        args[args.index("--model") + 1],
+        args[args.index("--dataset") + 1],
+        layers="h.0",
+        max_length=16,
+        out=str(out),
+        progress=False,
+    )
+    shutil.rmtree(out / "progress" / "tokens")  # what format 5 did not write
+    meta = json.loads((out / "zarr.json").read_text())
+    meta["attributes"]["format_version"] = 5
+    for layer in meta["attributes"]["layers"]:
+        del layer["rows"]
+    (out / "zarr.json").write_text(json.dumps(meta))
+    store = actextract.open_store(out)
+    assert not check(store) and verify(store).ok
+    rows = actextract.token_activations(store, "h.0")
+    np.testing.assert_array_equal(rows, store["h.0"][:][store._node("tokens/mask")[:] == 1])
+    assert "tokens" in actextract.store_info(store)["arrays"][0]["layout"]

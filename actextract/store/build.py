@@ -32,6 +32,7 @@ from actextract.store.layout import (
 __all__ = [
     "build_store",
     "checked_array",
+    "counts_tokens",
     "expected_metadata",
     "store_attrs",
     "token_arrays",
@@ -115,7 +116,7 @@ def build_store(
             dimension_names=("block",),
         )
         tokens = attrs.get("tokens")
-        if tokens:  # the real tokens of each block: where its token rows end
+        if counts_tokens(attrs):  # the real tokens of each block: where its token rows end
             group.create_array(
                 "progress/tokens",
                 shape=(n_blocks,),
@@ -149,7 +150,11 @@ def expected_metadata(attrs: Mapping[str, Any]) -> dict[str, bytes]:
     memory = zarr.storage.MemoryStore()
     n, rows = int(attrs["n_samples"]), int(attrs["chunk_rows"])
     build_store(
-        n, specs, options, rows, {"stats": attrs.get("stats"), "tokens": attrs.get("tokens")}
+        n,
+        specs,
+        options,
+        rows,
+        {k: attrs.get(k) for k in ("stats", "tokens", "format_version")},
     )(memory)
     prototype = default_buffer_prototype()
     keys = sorted(k for k in list_keys(memory, "") if k.endswith("/zarr.json"))
@@ -157,6 +162,13 @@ def expected_metadata(attrs: Mapping[str, Any]) -> dict[str, bytes]:
         key.removesuffix("/zarr.json"): sync(memory.get(key, prototype=prototype)).to_bytes()
         for key in keys
     }
+
+
+def counts_tokens(attrs: Mapping[str, Any]) -> bool:
+    """Whether a store with these root attributes records each block's real tokens
+    (``progress/tokens``): a text run's, from format 6 on (a store being built has no
+    format yet: the current one's)."""
+    return bool(attrs.get("tokens")) and int(attrs.get("format_version") or FORMAT_VERSION) >= 6
 
 
 def token_arrays(tokens: Mapping[str, Any] | None) -> list[str]:

@@ -35,7 +35,7 @@ from zarr.core.sync import sync
 from actextract.core.axes import reduced_shape, stored_layout
 from actextract.errors import StoreError
 from actextract.store import parts
-from actextract.store.build import expected_metadata, token_arrays
+from actextract.store.build import counts_tokens, expected_metadata, token_arrays
 from actextract.store.layout import layer_arrays, list_keys, row_paths
 
 if TYPE_CHECKING:
@@ -197,13 +197,13 @@ def chunk_gaps(store: Store) -> list[tuple[str, int, int, str]]:
 def _records(store: Store) -> list[str]:
     """The block records written with each block (progress/done aside): skipped samples,
     non-finite rows and, in a text run, the real tokens."""
-    return [*RECORDS[:2], *(["progress/tokens"] if store.attrs.get("tokens") else [])]
+    return [*RECORDS[:2], *(["progress/tokens"] if counts_tokens(store.attrs) else [])]
 
 
 def _token_counts(store: Store) -> list[int | None]:
     """Each block's real tokens (progress/tokens), where the token rows of a block end; 0
     where the record cannot be read (the record's damage is reported, and resets the block)."""
-    if not store.attrs.get("tokens"):
+    if not counts_tokens(store.attrs):
         return [None] * store.n_blocks
     try:
         return store.token_counts().tolist()

@@ -24,6 +24,7 @@ import numpy as np
 from zarr.core.sync import sync
 
 from actextract.store.base import BlockReader, write_attributes
+from actextract.store.build import counts_tokens
 from actextract.store.chunks import BlockRows, chunk_file, nonfinite_rows, write_chunk
 from actextract.store.layout import now, quiet_numcodecs
 from actextract.store.location import writable
@@ -153,7 +154,7 @@ class Store(BlockReader):
             ("ids", sl, np.asarray(ids, dtype=str)),
         ]
         writes += [(f"tokens/{k}", sl, v) for k, v in (tokens or {}).items()]
-        if self.attrs.get("tokens"):  # where the block's token rows end
+        if counts_tokens(self.attrs):  # where the block's token rows end
             count = int(np.asarray(tokens["mask"], bool).sum()) if tokens else 0
             writes.append(("progress/tokens", block, count))
         if self.has_records():
