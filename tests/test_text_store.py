@@ -363,3 +363,26 @@ def test_a_text_store_of_format_5_reads_and_verifies_as_it_was_written(text_run,
     rows = actextract.token_activations(store, "h.0")
     np.testing.assert_array_equal(rows, store["h.0"][:][store._node("tokens/mask")[:] == 1])
     assert "tokens" in actextract.store_info(store)["arrays"][0]["layout"]
+
+
+def test_a_block_not_done_has_no_tokens_whatever_its_records_say(text_run, tmp_path):
+    """A block's mask is written with its records, before the flag that makes them true: a
+    block not flagged done gives no token rows, in either layout."""
+    import shutil
+
+    _, ref, _ = text_run
+    out = tmp_path / "undone.zarr"
+    shutil.copytree(ref.path, out)
+    store = actextract.open_store(out, mode="r+")
+    store._node("progress/done")[1] = 0  # block 1: written, records and all, but not flagged
+    table = actextract.token_table(store)
+    assert not np.isin(table["sample"], np.arange(6, 12)).any()
+    full = actextract.token_table(ref)
+    keep = ~np.isin(full["sample"], np.arange(6, 12))
+    for layer in ("h.0", "h.1"):
+        np.testing.assert_array_equal(
+            actextract.token_activations(store, layer),
+            actextract.token_activations(ref, layer)[keep],
+        )
+    assert np.isnan(actextract.sample_tokens(store, "h.0", [7])).all()
+    assert not np.isnan(actextract.sample_tokens(store, "h.0", [13])).all()

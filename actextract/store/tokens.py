@@ -53,10 +53,19 @@ def _mask(store: StoreReader) -> tuple[dict, object]:
 def token_table(store: StoreReader, rows: slice | None = None) -> dict[str, np.ndarray]:
     """The real tokens of ``rows`` (default: every row): {``sample``, ``column`` (its place in
     the stored row, padding counted), ``document``, ``position``, ``token_id`` (-1 where the
-    inputs had no ids)}, each (n_tokens,), in the store's order."""
+    inputs had no ids)}, each (n_tokens,), in the store's order. Rows of blocks not done
+    have none (their records may be written before the flag that makes them true)."""
     tokens, mask_arr = _mask(store)
     sl = rows or slice(0, store.n)
-    return _table(store, tokens, sl, np.asarray(mask_arr[sl], dtype=bool))
+    mask = np.asarray(mask_arr[sl], dtype=bool)
+    mask[~_done_rows(store)[sl]] = False
+    return _table(store, tokens, sl, mask)
+
+
+def _done_rows(store: StoreReader) -> np.ndarray:
+    """(N,) bool: the rows of the row blocks recorded done."""
+    done = store.done() if hasattr(store, "done") else np.ones(store.n_blocks, bool)
+    return np.repeat(done, store.chunk_rows)[: store.n]
 
 
 def _table(store: StoreReader, tokens: dict, sl: slice, mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -104,10 +113,12 @@ def iter_token_blocks(
     tokens, mask_arr = _mask(store)
     arr = _token_layer(store, layer, tokens)
     counts = store.token_counts() if store.per_token(layer) else None  # type: ignore[attr-defined]
+    done = _done_rows(store)
     for block in range(store.n_blocks):
         rows = store.block_range(block)
         sl = slice(rows.start, rows.stop)
         mask = np.asarray(mask_arr[sl], dtype=bool)  # read once for the table and the rows
+        mask[~done[sl]] = False  # a block not done has no tokens yet
         if counts is None:
             values = np.asarray(arr[sl])[mask]
         else:
@@ -128,11 +139,12 @@ def sample_tokens(store: StoreReader, layer: str, samples: Sequence[int]) -> np.
     arr = _token_layer(store, layer, tokens)
     picked = np.asarray(samples, np.int64)
     mask = np.asarray(mask_arr.get_orthogonal_selection((picked,)), bool)
+    mask[~_done_rows(store)[picked]] = False  # a block not done has no tokens yet
     if not store.per_token(layer):
         data = np.asarray(arr.get_orthogonal_selection((picked,)))
         return np.where(mask[..., None], data, np.nan).astype(data.dtype)
     out = np.full((len(picked), tokens["length"], arr.shape[-1]), np.nan, arr.dtype)
-    for block in np.unique(picked // store.chunk_rows).tolist():
+    for block in np.unique(picked[mask.any(axis=1)] // store.chunk_rows).tolist():
         rows = store.block_range(block)
         real = np.asarray(mask_arr[rows.start : rows.stop], bool).sum(axis=1)
         ends = np.cumsum(real)  # each sample's tokens end here in the block's rows
