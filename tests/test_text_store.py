@@ -85,6 +85,7 @@ def test_a_text_run_keeps_the_mask_and_token_ids(text_run):
     for doc in (0, 7):  # positions count a document's real tokens from 0
         assert table["position"][table["sample"] == doc].tolist() == list(range(real[doc].sum()))
     rows = actextract.token_activations(store, "h.1")
+    np.testing.assert_array_equal(rows, actextract.token_activations(store.path, "h.1"))  # a path
     blocks = list(iter_token_blocks(store, "h.1"))
     assert len(blocks) == 4 and rows.shape == (real.sum(), 32)
     np.testing.assert_array_equal(np.concatenate([v for _, v in blocks]), rows)

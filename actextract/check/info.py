@@ -8,6 +8,7 @@ is listed with its shape from the root attributes, the damage comes with its row
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,13 +16,15 @@ import numpy as np
 from actextract.store import EpochStore, StoreReader, integrity
 from actextract.store.epochs import AXIS
 from actextract.store.layout import layer_arrays
+from actextract.store.opening import as_store
 
 __all__ = ["store_info"]
 
 
-def store_info(store: StoreReader) -> dict[str, Any]:
+def store_info(store: StoreReader | str | Path) -> dict[str, Any]:
     """See the module docstring; ``damage`` lists what is wrong, one line each ([] when
-    the store is whole)."""
+    the store is whole). ``store``: an open store, or its path or URL."""
+    store = as_store(store)
     attrs = store.attrs
     damage = integrity.check(store)
     broken = {p.path for p in damage.metadata}

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from actextract.check.report import DAMAGE, EVERY_ARRAY, Problem, VerifyReport, 
 from actextract.clusters import results as clustering
 from actextract.errors import OptionError, StoreError
 from actextract.stats import parts as stats
-from actextract.store import Store, lock, parts
+from actextract.store import Store, lock, open_store, parts
 from actextract.store.build import token_arrays
 from actextract.store.integrity import (
     is_damage,
@@ -48,7 +49,7 @@ Found = tuple[str, str, int, str]  # (kind, array name, block, detail)
 
 
 def verify(
-    store: Store,
+    store: Store | str | Path,
     *,
     progress: Callable[[int], None] | None = None,
     workers: int = 4,
@@ -60,7 +61,10 @@ def verify(
     attributes (:mod:`actextract.store.integrity`). ``repair`` (a store opened with mode 'r+')
     rewrites the missing or wrong ones from the root attributes, then marks the blocks with a
     missing or undecodable chunk not done: ``extract --resume`` redoes them. When the root
-    attributes themselves are damaged nothing is read or repaired: the report says so."""
+    attributes themselves are damaged nothing is read or repaired: the report says so.
+    ``store``: an open store, or a path or URL (opened with mode 'r+' to ``repair``)."""
+    if not isinstance(store, Store):
+        store = open_store(store, mode="r+" if repair else "r")  # type: ignore[assignment]
     if workers < 1:
         raise OptionError(f"workers={workers} must be at least 1.")
     if repair and store.group.store.read_only:

@@ -42,6 +42,7 @@ from actextract.clusters.kmeans import Pca
 from actextract.errors import OptionError, option
 from actextract.store import Store
 from actextract.store.layout import quiet_numcodecs
+from actextract.store.opening import as_store
 
 __all__ = [
     "POOLS",
@@ -140,8 +141,10 @@ class Clustering:
         )
 
 
-def clusterings(store: Store, layer: str | None = None) -> list[Clustering]:
-    """The clustering results in ``store`` (of ``layer``), complete or not, by layer and name."""
+def clusterings(store: Store | str | Path, layer: str | None = None) -> list[Clustering]:
+    """The clustering results in ``store`` (open, or its path or URL; of ``layer``), complete
+    or not, by layer and name."""
+    store = as_store(store)  # type: ignore[assignment]
     if ROOT not in store.group:
         return []
     out = []

@@ -24,26 +24,35 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep  # frames of actext
 
 
 def load_object(ref: str, *, what: str, error: type[Exception]) -> Any:
-    """Import ``module.sub:attr`` or ``some/file.py:attr`` and return the attribute.
+    """Import ``module.sub:attr`` or ``some/file.py:attr`` and return the attribute, which may
+    be dotted (``module:Factory.make``), as :func:`pkgutil.resolve_name` reads ``module:a.b``.
 
     ``what`` names the option in messages ("--model python:..."), ``error`` is the class raised.
     """
     module_name, sep, attr = ref.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise error(f"{what} '{ref}' is not of the form 'module:callable' or 'file.py:callable'.")
+    if not sep or not module_name or not attr or "" in attr.split("."):
+        raise error(
+            f"{what} '{ref}' is not of the form 'module:callable' or 'file.py:callable' "
+            "(the callable may be dotted: 'module:Class.method')."
+        )
     if module_name.endswith(".py"):
         module = _import_file(Path(module_name), what=what, error=error)
     else:
         module = _import_module(module_name, attr, what=what, error=error)
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        public = sorted(n for n in vars(module) if not n.startswith("_"))
-        shown = ", ".join(public[:12]) + (", ..." if len(public) > 12 else "")
-        raise error(
-            f"{what}: module '{module_name}' has no attribute '{attr}'"
-            + (f"; it defines: {shown}." if public else ".")
-        ) from None
+    obj, where, walked = module, f"module '{module_name}'", []
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            public = sorted(n for n in dir(obj) if not n.startswith("_"))
+            shown = ", ".join(public[:12]) + (", ..." if len(public) > 12 else "")
+            raise error(
+                f"{what}: {where} has no attribute '{part}'"
+                + (f"; it defines: {shown}." if public else ".")
+            ) from None
+        walked.append(part)
+        where = f"'{module_name}:{'.'.join(walked)}'"
+    return obj
 
 
 def call_object(obj: Any, *, what: str, error: type[Exception], returns: str) -> Any:

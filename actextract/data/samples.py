@@ -248,6 +248,8 @@ class SampleDataset(Dataset):
             if isinstance(item, Mapping):  # a dict row: its label key is the label
                 x, label = split_label(item)
                 label = -1 if label is None else label
+            elif isinstance(item, tuple | list) and len(item) == 1:  # (input,): no label
+                x, label = item[0], -1
             elif isinstance(item, tuple | list):
                 x, label = item[0], item[1]
             else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,9 +130,15 @@ class ExtractOptions:
                 f"extract() got an unknown keyword '{unknown[0]}'{hint}. Its keywords are the "
                 "options of `actextract extract --help`, with _ for -."
             )
-        for name in ("layers", "out"):
-            if name not in keywords:
-                raise OptionError(f"extract() needs {option(name)}.")
+        if "layers" not in keywords:
+            raise OptionError(f"extract() needs {option('layers')}.")
+        if "out" not in keywords:
+            raise OptionError(
+                f"extract() needs {option('out')}: a folder or URL for the store, or out=None "
+                "for a store in memory (it lasts as long as the process)."
+            )
+        if keywords["out"] is None:  # in memory: fsspec's memory filesystem, this process's
+            keywords["out"] = f"memory://actextract-{uuid.uuid4().hex}/run.zarr"
         return cls(model, dataset, **keywords)
 
     @property

@@ -26,8 +26,9 @@ from actextract.report import figures
 from actextract.report.evolution import Evolution
 from actextract.report.pictures import KINDS, Drawer, Picture, RenderOptions, Report
 from actextract.report.toptokens import top_tokens_html
-from actextract.store import Store, StoreReader, integrity, open_store
+from actextract.store import Store, integrity
 from actextract.store.layout import layer_arrays
+from actextract.store.opening import as_store
 from actextract.store.tokens import is_token_layer
 
 __all__ = ["KINDS", "Picture", "RenderOptions", "Report", "pick_layers", "render"]
@@ -74,7 +75,7 @@ def render(
         cmap=cmap,
         bins=bins,
     )
-    store = store if isinstance(store, StoreReader) else open_store(store)
+    store = as_store(store)
     out = Path(out)
     report = Report(out=out, index=out / "index.html")
     damaged, left_out = _around_damage(store, allow_damaged, report)

@@ -24,7 +24,14 @@ from actextract.store.layout import FORMAT_VERSION, ArraySpec, StoreOptions
 from actextract.store.location import Location, writable
 from actextract.store.run import Store
 
-__all__ = ["check_identity", "check_output", "create_store", "open_for_writing", "open_store"]
+__all__ = [
+    "as_store",
+    "check_identity",
+    "check_output",
+    "create_store",
+    "open_for_writing",
+    "open_store",
+]
 
 S = TypeVar("S", bound=StoreReader)
 
@@ -153,3 +160,9 @@ def create_store(
         raise StoreError(f"cannot create '{location}' for {n} samples: the dataset is empty.")
     build = build_store(n, arrays, options, chunk_rows, attrs)
     return open_for_writing(location, build, None, overwrite=overwrite)  # type: ignore[return-value]
+
+
+def as_store(store: StoreReader | str | Path | Location) -> StoreReader:
+    """An open store as it is, or one opened from its path or URL (mode 'r'): what every
+    reader takes."""
+    return store if isinstance(store, StoreReader) else open_store(store)

@@ -24,12 +24,14 @@ samples' (T, D) rows, NaN at the padding.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from actextract.errors import StoreError
 from actextract.store.base import StoreReader
+from actextract.store.opening import as_store
 
 __all__ = [
     "is_token_layer",
@@ -50,11 +52,14 @@ def _mask(store: StoreReader) -> tuple[dict, object]:
     return tokens, store._node("tokens/mask")
 
 
-def token_table(store: StoreReader, rows: slice | None = None) -> dict[str, np.ndarray]:
+def token_table(
+    store: StoreReader | str | Path, rows: slice | None = None
+) -> dict[str, np.ndarray]:
     """The real tokens of ``rows`` (default: every row): {``sample``, ``column`` (its place in
     the stored row, padding counted), ``document``, ``position``, ``token_id`` (-1 where the
     inputs had no ids)}, each (n_tokens,), in the store's order. Rows of blocks not done
     have none (their records may be written before the flag that makes them true)."""
+    store = as_store(store)
     tokens, mask_arr = _mask(store)
     sl = rows or slice(0, store.n)
     mask = np.asarray(mask_arr[sl], dtype=bool)
@@ -106,10 +111,11 @@ def is_token_layer(store: StoreReader, layer: str) -> bool:
 
 
 def iter_token_blocks(
-    store: StoreReader, layer: str
+    store: StoreReader | str | Path, layer: str
 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
     """Row block by row block (memory: one block): its :func:`token_table` and the layer's
     rows of those tokens, (tokens of the block, D)."""
+    store = as_store(store)
     tokens, mask_arr = _mask(store)
     arr = _token_layer(store, layer, tokens)
     counts = store.token_counts() if store.per_token(layer) else None  # type: ignore[attr-defined]
@@ -132,9 +138,12 @@ def iter_token_blocks(
         yield _table(store, tokens, sl, mask), values
 
 
-def sample_tokens(store: StoreReader, layer: str, samples: Sequence[int]) -> np.ndarray:
+def sample_tokens(
+    store: StoreReader | str | Path, layer: str, samples: Sequence[int]
+) -> np.ndarray:
     """The (T, D) rows of each of ``samples`` (store rows) of a token layer, (len(samples), T,
     D), NaN at the padding, from either layout."""
+    store = as_store(store)
     tokens, mask_arr = _mask(store)
     arr = _token_layer(store, layer, tokens)
     picked = np.asarray(samples, np.int64)
@@ -170,8 +179,9 @@ def _token_layer(store: StoreReader, layer: str, tokens: dict) -> Any:
     return arr
 
 
-def token_activations(store: StoreReader, layer: str) -> np.ndarray:
+def token_activations(store: StoreReader | str | Path, layer: str) -> np.ndarray:
     """Every real token's row of ``layer``, (n_tokens, D), in :func:`token_table`'s order."""
+    store = as_store(store)
     parts = [values for _, values in iter_token_blocks(store, layer)]
     if not parts:  # pragma: no cover - a store has at least one block
         return np.zeros((0, store[layer].shape[-1]), store[layer].dtype)

@@ -21,7 +21,7 @@ import numpy as np
 
 from actextract.store.base import StoreReader
 from actextract.store.build import token_arrays
-from actextract.store.opening import open_store
+from actextract.store.opening import as_store
 from actextract.store.tokens import is_token_layer, token_table
 
 if TYPE_CHECKING:
@@ -47,8 +47,7 @@ def to_xarray(store: StoreReader | str | Path, layer: str) -> xarray.DataArray:
         raise ImportError(
             f"to_xarray needs xarray and dask ({e}); install them: pip install xarray dask"
         ) from None
-    if not isinstance(store, StoreReader):
-        store = open_store(store)
+    store = as_store(store)
     if store.per_token(layer):
         return _token_rows(store, layer, da, xr)
     # an unknown one: store[layer]'s StoreError, naming the layers
