@@ -124,3 +124,77 @@ def test_python_specs_take_a_dotted_callable(tmp_path, monkeypatch):
             out=tmp_path / "x.zarr",
             progress=False,
         )
+
+
+def _loader(**kw) -> torch.utils.data.DataLoader:
+    x = _images(20)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.arange(20)), **kw)
+
+
+def test_a_dataloader_gives_its_samples_in_its_order_and_its_batch_size(tmp_path):
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(3)).tolist()
+    loader = _loader(batch_size=5, sampler=order)  # a fixed order: the same each time
+    store = actextract.extract(
+        tiny_cnn(), loader, layers="fc", dtype="float32", out=tmp_path / "l.zarr", progress=False
+    )
+    assert store.attrs["batch_size"] == 5  # the loader's, not the default
+    assert store.ids[:].tolist() == [str(i) for i in order]  # each row's index in the dataset
+    assert store.labels[:].tolist() == order  # the labels are the indices here
+    x = loader.dataset.tensors[0]
+    with torch.no_grad():
+        want = tiny_cnn()(x[order]).numpy()
+    np.testing.assert_allclose(store["fc"][:], want, rtol=1e-5, atol=1e-6)
+    resumed = actextract.extract(  # a fixed order lists the same again: resume takes it
+        tiny_cnn(),
+        loader,
+        layers="fc",
+        dtype="float32",
+        out=tmp_path / "l.zarr",
+        resume=True,
+        progress=False,
+    )
+    assert resumed.complete
+    given = actextract.extract(  # a batch size given wins over the loader's
+        tiny_cnn(), loader, layers="fc", batch_size=4, out=tmp_path / "b.zarr", progress=False
+    )
+    assert given.attrs["batch_size"] == 4
+
+
+def test_a_dataloader_whose_order_changes_is_refused_for_resume(tmp_path):
+    seeded = torch.Generator().manual_seed(0)  # moves on as it is used: a new order each time
+    loader = _loader(batch_size=4, shuffle=True, generator=seeded)
+    store = actextract.extract(
+        tiny_cnn(), loader, layers="fc", out=tmp_path / "r.zarr", progress=False
+    )
+    assert sorted(int(i) for i in store.ids[:]) == list(range(20))  # one run: every sample
+    with pytest.raises(
+        OptionError,
+        match=r"resume \(--resume\) needs the same samples in the same order: .*pass "
+        r"shuffle=False, or sampler= a fixed list",
+    ):
+        actextract.extract(
+            tiny_cnn(), loader, layers="fc", out=tmp_path / "r.zarr", resume=True, progress=False
+        )
+
+
+def test_a_dataloader_of_an_iterable_dataset_is_refused_saying_why(tmp_path):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield from _images(4)
+
+    with pytest.raises(SourceError, match="an IterableDataset has none"):
+        actextract.extract(
+            tiny_cnn(),
+            torch.utils.data.DataLoader(Stream()),
+            layers="fc",
+            out=tmp_path / "i.zarr",
+            progress=False,
+        )
+
+
+def test_a_dataloader_whose_order_changes_is_refused_for_shards(tmp_path):
+    loader = _loader(batch_size=4, shuffle=True)
+    with pytest.raises(OptionError, match=r"shard \(--shard\) needs the same samples"):
+        actextract.extract(
+            tiny_cnn(), loader, layers="fc", out=tmp_path / "s.zarr", shard="0/2", progress=False
+        )

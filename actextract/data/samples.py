@@ -284,6 +284,7 @@ class Source:
     # with ``collate_encoded`` and actextract.data.decode.DeviceDecoder makes the inputs
     encoded: bool = False
     records: tuple[str, ...] = ()  # what each sample carries for the store (packed text)
+    repeatable: str = ""  # why the samples' order cannot be listed again ("": it can)
 
     def __len__(self) -> int:
         return len(self.dataset)

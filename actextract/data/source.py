@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from actextract.core.references import call_object, load_object
 from actextract.data.folders import open_folder
 from actextract.data.inputs import Padding
+from actextract.data.loaders import wrap_loader
 from actextract.data.samples import (  # re-exported: the source stage's public names
     BadSample,
     Batch,
@@ -220,6 +221,8 @@ def wrap_dataset(dataset: Any, *, spec: str | None = None) -> Source:
     """A user's own Dataset (items: tensor, or (tensor, label, ...)), fed as it is."""
     if isinstance(dataset, Source):
         return dataset
+    if isinstance(dataset, DataLoader):  # its dataset in its order, batched by the run
+        return wrap_loader(dataset)
     classes = getattr(dataset, "classes", None)
     return Source(
         spec=spec or f"python-object:{type(dataset).__module__}.{type(dataset).__qualname__}",

@@ -17,6 +17,7 @@ from actextract.core.devices import resolve_device
 from actextract.core.names import names_option
 from actextract.data.decode import DeviceDecoder
 from actextract.data.inputs import Inputs, SampleShape, attention_mask, tokens_attribute
+from actextract.data.loaders import check_repeatable
 from actextract.data.source import Preprocess, Source, make_loader, open_dataset
 from actextract.errors import OptionError, option
 from actextract.extraction import distributed
@@ -149,6 +150,7 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
         torch.manual_seed(0)
         loaded = load_model(o.model, weights=o.weights, trust_checkpoint=o.trust_checkpoint)
     source = _open(o, loaded, o.preprocess.over(loaded.preprocess))
+    check_repeatable(source, resume=o.resume, shards=part.count)
     decoder = DeviceDecoder(source.preprocess, options.device) if source.encoded else None
     rows = range(min(len(source), o.limit) if o.limit else len(source))
     if len(rows) == 0:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from actextract.data.loaders import loader_options
 from actextract.data.samples import Preprocess
 from actextract.data.source import check_decode
 from actextract.errors import OptionError, option
@@ -130,6 +131,7 @@ class ExtractOptions:
                 f"extract() got an unknown keyword '{unknown[0]}'{hint}. Its keywords are the "
                 "options of `actextract extract --help`, with _ for -."
             )
+        loader_options(dataset, keywords)  # a DataLoader's batch size and workers
         if "layers" not in keywords:
             raise OptionError(f"extract() needs {option('layers')}.")
         if "out" not in keywords:
