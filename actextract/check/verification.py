@@ -29,7 +29,7 @@ from actextract.check.report import DAMAGE, EVERY_ARRAY, Problem, VerifyReport, 
 from actextract.clusters import results as clustering
 from actextract.errors import OptionError, StoreError
 from actextract.stats import parts as stats
-from actextract.store import Store, lock, open_store, parts
+from actextract.store import Store, StoreReader, lock, open_store, parts
 from actextract.store.build import token_arrays
 from actextract.store.integrity import (
     is_damage,
@@ -63,7 +63,7 @@ def verify(
     missing or undecodable chunk not done: ``extract --resume`` redoes them. When the root
     attributes themselves are damaged nothing is read or repaired: the report says so.
     ``store``: an open store, or a path or URL (opened with mode 'r+' to ``repair``)."""
-    if not isinstance(store, Store):
+    if not isinstance(store, StoreReader):  # a path or URL (a Recorder's store stays one)
         store = open_store(store, mode="r+" if repair else "r")  # type: ignore[assignment]
     if workers < 1:
         raise OptionError(f"workers={workers} must be at least 1.")
