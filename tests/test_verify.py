@@ -223,3 +223,20 @@ def test_a_damaged_clustering_result_is_found_and_deleted_by_repair(run):
     from actextract.clusters.results import clusterings
 
     assert [c.name for c in clusterings(open_store(run))] == [good.name]
+
+
+def test_verify_lists_each_array_once_instead_of_asking_for_every_chunk(run, monkeypatch):
+    """On an object store a request per chunk is a round trip each: verify lists the keys of
+    each array once and finds a missing chunk in the listing."""
+    chunk_file(run, "acts/fc1", 1).unlink()
+    asked = []
+    original = zarr.storage.LocalStore.exists
+
+    async def exists(self, key):
+        asked.append(key)
+        return await original(self, key)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "exists", exists)
+    report = verify(open_store(run))
+    assert [p.array for p in report.problems if p.kind == "missing"] == ["fc1"]
+    assert not [k for k in asked if "/c/" in k]  # no chunk asked for on its own

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
-from zarr.core.sync import sync
 
 from actextract.check.report import DAMAGE, EVERY_ARRAY, Problem, VerifyReport, format_verify
 from actextract.clusters import results as clustering
@@ -37,7 +36,7 @@ from actextract.store.integrity import (
     restore_metadata,
     undecodable,
 )
-from actextract.store.layout import quiet_numcodecs
+from actextract.store.layout import list_keys, quiet_numcodecs
 from actextract.store.location import writable
 
 __all__ = ["Problem", "VerifyReport", "count_chunks", "format_verify", "verify"]
@@ -116,7 +115,7 @@ def _verify(
     crc = {n for n, a, _ in entries if any(isinstance(c, Crc32cCodec) for c in a.metadata.codecs)}
     report.unchecked = [n for n, _, _ in entries if n not in crc]
     done = [False] * store.n_blocks
-    check = partial(_check, store)
+    check = partial(_check, store, {})
     with quiet_numcodecs(), ThreadPoolExecutor(workers) as pool:
         reads = ((done_entry, b, True) for b in range(store.n_blocks))
         for (_, b, _), (errors, is_done) in _bounded(pool, check, reads, 2 * workers):
@@ -125,6 +124,10 @@ def _verify(
             if not (is_done or errors):
                 found.append(("not-done", EVERY_ARRAY, b, "not written yet"))
             tick(1 + (0 if is_done else sum(len(_coords(store, e, b)) for e in rest)))
+        # each array's chunks listed once (not a request per chunk), after the done flags:
+        # a block flagged done by then has every chunk in the listing
+        listed = {e[1].path: _listing(e[1]) for e in rest}
+        check = partial(_check, store, listed)
         reads = ((e, b, False) for b in range(store.n_blocks) if done[b] for e in rest)
         for (e, b, _), (errors, _) in _bounded(pool, check, reads, 2 * workers):
             found += [(kind, e[0], b, detail) for kind, detail in errors]
@@ -212,13 +215,14 @@ def _coords(store: Store, entry: Entry, block: int) -> list[tuple[int, ...]]:
 
 
 def _check(
-    store: Store, entry: Entry, block: int, read_done: bool
+    store: Store, listed: dict[str, set[str]], entry: Entry, block: int, read_done: bool
 ) -> tuple[list[tuple[str, str]], bool]:
-    """([(kind, detail)], whether the block is recorded done (``read_done``: the done array))."""
+    """([(kind, detail)], whether the block is recorded done (``read_done``: the done array));
+    ``listed``: {array path: its chunk keys}."""
     _, arr, per_block = entry
     errors: list[tuple[str, str]] = []
     if not read_done:  # an absent done chunk only means "not done"
-        absent = _absent(arr, _coords(store, entry, block))
+        absent = _absent(arr, _coords(store, entry, block), listed.get(arr.path))
         if absent:
             errors.append(("missing", absent))
     try:
@@ -231,10 +235,19 @@ def _check(
     return errors, read_done and not errors and bool(data.all())
 
 
-def _absent(arr: zarr.Array, coords: Iterable[tuple[int, ...]]) -> str:
-    """Which of the chunks at ``coords`` are not in the store ('' when all are)."""
+def _listing(arr: zarr.Array) -> set[str]:
+    """Every key under the array, in one listing of the store."""
+    return list_keys(arr.store_path.store, f"{arr.store_path.path}/")
+
+
+def _absent(
+    arr: zarr.Array, coords: Iterable[tuple[int, ...]], listed: set[str] | None = None
+) -> str:
+    """Which of the chunks at ``coords`` are not in the store ('' when all are): looked up in
+    ``listed`` (the array's keys, :func:`_listing`; default: listed now)."""
     keys = [f"{arr.store_path.path}/{arr.metadata.encode_chunk_key(c)}" for c in coords]
-    absent = [k for k in keys if not sync(arr.store_path.store.exists(k))]
+    listed = _listing(arr) if listed is None else listed
+    absent = [k for k in keys if k not in listed]
     more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
     return f"chunk '{absent[0]}'{more} not in the store" if absent else ""
 
