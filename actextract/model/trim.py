@@ -57,11 +57,15 @@ class Trim:
         lo, hi = int(real[0]), int(real[-1]) + 1
         if (lo, hi) == (0, self.length):
             return x, None
-        cut = {
+        return self.columns(x, (lo, hi)), (lo, hi)
+
+    def columns(self, x: dict[str, torch.Tensor], span: Span) -> dict[str, torch.Tensor]:
+        """The batch's columns ``span`` of every tensor that has the run's length."""
+        lo, hi = span
+        return {
             k: v[:, lo:hi].contiguous() if v.ndim >= 2 and v.shape[1] == self.length else v
             for k, v in x.items()
         }
-        return cut, (lo, hi)
 
     def put_back(
         self, acts: Mapping[str, torch.Tensor], raw: Mapping[str, torch.Tensor], span: Span
@@ -114,10 +118,7 @@ def plan_trim(
     cut, span = trim.cut(example)
     if span is None:  # every token real: try the first half
         span = (0, length // 2)
-        cut = {
-            k: v[:, : length // 2] if v.ndim >= 2 and v.shape[1] == length else v
-            for k, v in example.items()
-        }  # type: ignore[union-attr]
+        cut = trim.columns(example, span)  # type: ignore[arg-type]
     with cap.grad_mode():
         try:
             got = cap.raw(cut, verify=False)  # unchecked: the shapes are looked at below

@@ -66,15 +66,18 @@ class StoreReader:
         """Whether the row array ``key`` holds a row per real token of a text run (a token
         layer stored with ``--reduce tokens``), not a row per sample: block ``b``'s tokens are
         rows ``b * token_capacity`` on, ``progress/tokens[b]`` of them (:meth:`block_rows`)."""
-        name = key.removeprefix("acts/")
-        spec = next((s for s in self.attrs["layers"] if s["name"] == name), None)
+        spec = self._layer_spec(key.removeprefix("acts/"))
         return spec is not None and spec.get("rows") == "token"
+
+    def _layer_spec(self, name: str) -> dict[str, Any] | None:
+        """The root attributes' entry of the stored layer ``name`` (None: not one)."""
+        return next((s for s in self.attrs["layers"] if s["name"] == name), None)
 
     def sample_shape(self, key: str) -> tuple[int, ...]:
         """A sample's rows in the row array ``key``: (T, D) for a layer of token rows, else
         the array's shape past the sample axis."""
         if self.per_token(key):
-            return tuple(next(s["shape"] for s in self.attrs["layers"] if s["name"] == key))
+            return tuple(self._layer_spec(key)["shape"])  # type: ignore[index]
         return tuple(self.row_array(key).shape[1:])
 
     @property
@@ -112,7 +115,7 @@ class StoreReader:
     def layout(self, layer: str) -> str:
         """The layout of a layer's stored rows (:mod:`actextract.core.axes`): the layer's own, or
         ``vector`` once pooled; for a layer kept only as statistics, its output's."""
-        spec = next((s for s in self.attrs["layers"] if s["name"] == layer), None)
+        spec = self._layer_spec(layer)
         if spec is None:
             kept = self.stats_layers().get(layer)
             if kept is None:
