@@ -4,6 +4,9 @@ rendezvous on 127.0.0.1, as on two machines of a cluster (a Slurm job's two ``sr
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import logging
 import os
 import signal
 import socket
@@ -96,3 +99,29 @@ def test_two_torchrun_nodes_write_one_store_like_one_process(tmp_path, reference
     summary = store.attrs["summary"]
     assert summary["processes"] == 2 * nproc and summary["images"] == 640, summary
     same_store(store, reference)  # every row array, the labels, the ids and the statistics
+
+
+# -- shared file systems -----------------------------------------------------------------------
+@pytest.mark.parametrize("code", [errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP])
+def test_a_file_system_without_locks_runs_unlocked_with_a_warning(
+    tmp_path, monkeypatch, caplog, code
+):
+    """Lustre mounted without ``-o flock`` (ENOSYS), NFS without its lock service (ENOLCK), a
+    FUSE file system (EOPNOTSUPP): the run goes on without the writer lock, as on an object
+    store, instead of failing with the OSError."""
+    real = fcntl.flock
+
+    def flock(fd, operation):
+        if operation & fcntl.LOCK_UN:
+            return real(fd, operation)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    out = tmp_path / "run.zarr"
+    with caplog.at_level(logging.WARNING, logger="actextract"):
+        store = actextract.extract(
+            "digits-cnn", "synthetic:64:1:28:28", layers="fc1", out=out, progress=False
+        )
+    assert store.complete
+    assert "does not support file locks" in caplog.text and os.strerror(code) in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.zarr"]  # no lock file left

@@ -12,7 +12,9 @@ file, which the next run takes over).
 
 The holder writes who it is (pid, host, start time, what it does) into the file, so that a
 refused process names the other. Object stores (``s3://``, ...) have no such lock: there the
-user keeps to one writer per store, or the shards of one run (README).
+user keeps to one writer per store, or the shards of one run (README). Nor has a shared file
+system that refuses ``flock`` (Lustre mounted without ``-o flock``, NFS without its lock
+service): the run goes on unlocked, with a warning, as on an object store.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -33,6 +36,10 @@ from actextract.store.layout import now
 from actextract.store.location import Location, writable
 
 __all__ = ["WriterLock", "acquire", "session"]
+
+log = logging.getLogger(__name__)
+# flock's errors where the file system has no locks at all (not: another process holds one)
+NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
 
 # the locks taken during the current :func:`session` (one ``extract`` call), released with it
 _SESSION: ContextVar[list[WriterLock] | None] = ContextVar("actextract_locks", default=None)
@@ -97,6 +104,15 @@ def acquire(location: Location, doing: str, *, shard: tuple[int, int] | None = N
                 path = Path(f"{base}.shard-{shard[0]}-of-{shard[1]}.lock")
                 what = f"shard {shard[0]}/{shard[1]}"
                 lock.held.append((_take(path, False, doing, location, what), path))
+    except _NoLocks as e:
+        lock.release()
+        log.warning(
+            "cannot lock '%s' for writing: its file system does not support file locks (%s); "
+            "going on without the writer lock, as on an object store: keep to one writer per "
+            "store, or the --shard processes (or torchrun ranks) of one run.",
+            location,
+            e.reason,
+        )
     except BaseException:
         lock.release()
         raise
@@ -115,6 +131,9 @@ def _take(path: Path, shared: bool, doing: str, location: Location, what: str = 
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
+            if e.errno in NO_LOCKS:
+                path.unlink(missing_ok=True)  # nobody can hold it
+                raise _NoLocks(e.strerror or str(e)) from None
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             raise StoreError(_refusal(path, location, what)) from None
@@ -130,6 +149,14 @@ def _take(path: Path, shared: bool, doing: str, location: Location, what: str = 
         os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, line)
     return fd
+
+
+class _NoLocks(Exception):
+    """The file system of the lock file refuses ``flock`` itself."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _same_file(fd: int, path: Path) -> bool:
