@@ -20,6 +20,9 @@ from _runner import ARGS, ENV, same_store
 
 import actextract
 from actextract.check.verification import verify
+from actextract.extraction import distributed
+from actextract.store import Store
+from actextract.store.location import Location
 
 LIMIT = 300  # seconds: a hang fails the test instead of blocking CI
 
@@ -125,3 +128,25 @@ def test_a_file_system_without_locks_runs_unlocked_with_a_warning(
     assert store.complete
     assert "does not support file locks" in caplog.text and os.strerror(code) in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.zarr"]  # no lock file left
+
+
+def test_a_rank_waits_until_the_store_rank_0_made_is_visible_on_its_host(tmp_path, monkeypatch):
+    """An NFS client that cached the absence of --out (each rank looked for it before rank 0
+    created it) answers "no such file" for up to its attribute cache time: a rank of another
+    host looks again, reading the store's folder to refresh the client's view, instead of
+    failing the whole job."""
+    out = tmp_path / "run.zarr"
+    actextract.extract("digits-cnn", "synthetic:64:1:28:28", layers="fc1", out=out, progress=False)
+    seen, listed = iter([False, False, True]), []
+    monkeypatch.setattr(Location, "is_store", lambda self: next(seen, True))
+    monkeypatch.setattr(os, "listdir", lambda path: listed.append(path) or [])
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    store = distributed.open_shared(Location.parse(out))
+    assert isinstance(store, Store) and store.complete
+    assert listed == [out.parent, out.parent]
+
+
+def test_a_rank_gives_up_on_a_store_that_never_appears(tmp_path, monkeypatch):
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    with pytest.raises(actextract.StoreError, match="not a Zarr store"):
+        distributed.open_shared(Location.parse(tmp_path / "none.zarr"), wait=0.01)

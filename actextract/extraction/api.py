@@ -19,6 +19,7 @@ from actextract.data.decode import DeviceDecoder
 from actextract.data.inputs import Inputs, SampleShape, attention_mask, tokens_attribute
 from actextract.data.loaders import check_repeatable
 from actextract.data.source import Preprocess, Source, make_loader, open_dataset
+from actextract.data.streams import stream_batches
 from actextract.errors import OptionError, option
 from actextract.extraction import distributed
 from actextract.extraction.engine import (
@@ -28,6 +29,7 @@ from actextract.extraction.engine import (
     merge_summaries,
     run,
 )
+from actextract.extraction.growth import Growth
 from actextract.extraction.options import ExtractOptions
 from actextract.extraction.plan import (
     choose_chunk_rows_for,
@@ -140,7 +142,7 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
             f"{options.device}; use --device cuda (device='cuda'), or --decode cpu "
             "(decode='cpu': decoding in the loader's workers)."
         )
-    location = Location.parse(o.out)
+    location = Location.parse(o.out, o.storage_options)
     if not (o.resume or join):  # before any slow work: refuse early, touch nothing
         lead(lambda: check_output(location, o.overwrite))
 
@@ -181,12 +183,13 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
             token_stats(stats_attrs, tokens)  # over real tokens
             arrays = token_rows(arrays, tokens)  # --reduce tokens: a row per real token
             trim = plan_cut(cap, source, rows, options, arrays, stats_attrs, tokens, decoder)
+            n = 0 if source.stream is not None else len(rows)  # a stream's store grows
             new = NewStore(
-                len(rows),
+                n,
                 arrays,
                 o.store_options,
                 choose_chunk_rows_for(
-                    location, o.store_options, o.resume or join, o.batch_size, arrays, len(rows)
+                    location, o.store_options, o.resume or join, o.batch_size, arrays, n
                 ),
                 {
                     **provenance(loaded, source, cap.method, o.precision, options, o.batch_size),
@@ -201,7 +204,7 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
                 chunk_rows=new.chunk_rows,
                 writers=writers(o, options),
             )
-            work = Work(len(rows), o.batch_size, new.chunk_rows)
+            work = Work(n, o.batch_size, new.chunk_rows)
             mine = work.blocks(part)
             store = lead(
                 lambda: open_run(
@@ -213,7 +216,7 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
                     blocks=mine,
                     shard=(part.index, part.count),
                 )
-            ) or open_store(location, mode="r+")
+            ) or distributed.open_shared(location)  # a rank but rank 0
             if decoder is not None:
                 decoder = replace(decoder, input_shape=input_shape)
             todo, summary = _compute(
@@ -237,7 +240,9 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
     store = open_store(location)  # the sealed attributes, whichever process wrote them
     if group is None:  # what this process did, for the summary it prints
         store.this_run = run_report(store, part, len(mine), len(todo), summary.as_dict())
-    log.info("%s\n%s", store.location, format_summary(store.attrs, store.this_run))
+    # the CLI echoes this summary itself and leaves out the record marked run_summary
+    summary_text = format_summary(store.attrs, store.this_run)
+    log.info("%s\n%s", store.location, summary_text, extra={"run_summary": True})
     return store
 
 
@@ -286,8 +291,8 @@ def _compute(
     write = [b for b in mine if not done[b]]
     add = [b for b in mine if not summed[b]]
     todo = sorted({*write, *add})
-    if len(todo) < len(mine):
-        log.warning(
+    if len(todo) < len(mine):  # a resume doing its job: news, not a warning
+        log.info(
             "%s: %d of this run's %d row blocks are already done; computing the other %d",
             store.location,
             len(mine) - len(todo),
@@ -299,14 +304,20 @@ def _compute(
     if specs and add:
         acc = Accumulator(specs, options.device, chunk_rows=store.chunk_rows, n=store.n, blocks=add)
         sums = PartWriter(store, acc, every=o.stats_every, rank=group.rank if group else None)
-    loader = make_loader(
-        source,
-        [row for batch in batches for row in batch],  # full batches but the dataset's last
-        batch_size=o.batch_size,
-        num_workers=o.num_workers,
-        pin_memory=options.device.type == "cuda",
-        input_shape=input_shape,  # every input the probe's shape, or a bad sample
-    )
+    pin = options.device.type == "cuda"
+    if source.stream is not None:  # an iterable: read once as it comes, the store grows
+        loader: Any = stream_batches(
+            source, batch_size=o.batch_size, pin_memory=pin, input_shape=input_shape, limit=o.limit
+        )
+    else:
+        loader = make_loader(
+            source,
+            [row for batch in batches for row in batch],  # full batches but the dataset's last
+            batch_size=o.batch_size,
+            num_workers=o.num_workers,
+            pin_memory=pin,
+            input_shape=input_shape,  # every input the probe's shape, or a bad sample
+        )
 
     def forward(x: Inputs) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         out = cap(x)  # the row arrays, and the outputs the statistics sum
@@ -323,13 +334,14 @@ def _compute(
             turns=takes_turns(options.device),
             blocks=write,
             on_nonfinite=o.on_nonfinite,
+            grow=Growth(store) if source.stream is not None else None,
         ) as sink:
             summary = run(
                 loader,
                 forward,
                 sink,
                 options,
-                total=sum(len(b) for b in batches),
+                total=None if source.stream is not None else sum(len(b) for b in batches),
                 decode=decoder,
                 stats=sums,
                 grad_mode=cap.grad_mode,
@@ -341,6 +353,8 @@ def _compute(
     except BaseException as e:
         _record_stop(store, "failed", f"{type(e).__name__}: {e}")
         raise
+    if source.stream is not None:  # every block of the store it grew
+        todo = list(range(store.n_blocks))
     return todo, summary
 
 
@@ -380,4 +394,5 @@ def _open(o: ExtractOptions, loaded: Any, preprocess: Preprocess) -> Source:
         max_length=o.max_length,
         text_field=o.text_field,
         pack=o.pack,
+        num_workers=o.num_workers,  # an IterableDataset's readers
     )

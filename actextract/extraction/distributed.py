@@ -6,13 +6,17 @@ on the GPU LOCAL_RANK when the run is on CUDA, else on the CPU. Rank 0 alone cre
 ``--resume``) the store while the others wait in a collective of a gloo process group, which
 also carries rank 0's error to them, so every rank stops with the same message; at the end
 rank 0 gathers the ranks' summaries and seals the store. Blocks are the unit of exclusion
-(each has exactly one writer), so no file lock is needed.
+(each has exactly one writer), so no file lock is needed. The ranks may be on several hosts
+sharing a file system or an object store: a rank of another host than rank 0's may see the new
+store only a while after rank 0 made it (:func:`open_shared`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -21,13 +25,18 @@ import torch
 import torch.distributed as dist
 
 from actextract.errors import OptionError, RankError, option
+from actextract.store import Store, open_store
+from actextract.store.location import Location
 
-__all__ = ["Group", "from_env"]
+__all__ = ["Group", "from_env", "open_shared"]
 
 T = TypeVar("T")
 
 # Ranks finish their shards at different times; the last collective waits for the slowest.
 WAIT = datetime.timedelta(days=7)
+# How long a rank looks for the store rank 0 made: beyond an NFS client's longest attribute
+# cache (acdirmax, 60 s by default), during which it may still answer "no such file"
+SEEN = 120.0
 
 
 @dataclass
@@ -104,3 +113,18 @@ def from_env() -> Group | None:
         # the device the forward runs on
         dist.init_process_group("gloo", timeout=WAIT)
     return Group(rank, world, local_rank, owned)
+
+
+def open_shared(location: Location, *, wait: float = SEEN) -> Store:
+    """The store rank 0 has just created or checked, opened for writing on another rank. On a
+    file system shared by several hosts (NFS) this rank's client may have cached the absence
+    of ``--out`` (every rank looked for it before rank 0 made it) and go on answering "no such
+    file" for up to its attribute cache time: until ``wait`` seconds have passed, look again,
+    reading the folder of the store first (which makes the client revalidate it)."""
+    deadline = time.monotonic() + wait
+    while not location.is_store() and time.monotonic() < deadline:
+        if location.local is not None:
+            with contextlib.suppress(OSError):
+                os.listdir(location.local.parent)
+        time.sleep(0.5)
+    return open_store(location, mode="r+")  # type: ignore[return-value]
