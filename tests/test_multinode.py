@@ -146,7 +146,11 @@ def test_a_rank_waits_until_the_store_rank_0_made_is_visible_on_its_host(tmp_pat
     assert listed == [out.parent, out.parent]
 
 
-def test_a_rank_gives_up_on_a_store_that_never_appears(tmp_path, monkeypatch):
+def test_a_rank_of_another_host_that_never_sees_the_store_says_where_it_must_be(
+    tmp_path, monkeypatch
+):
     monkeypatch.setattr(time, "sleep", lambda s: None)
-    with pytest.raises(actextract.StoreError, match="not a Zarr store"):
+    """--out on a disk of rank 0's host (/tmp, a node's scratch): the other hosts' ranks stop
+    with an error that says where the store must be."""
+    with pytest.raises(actextract.StoreError, match="file system every host mounts"):
         distributed.open_shared(Location.parse(tmp_path / "none.zarr"), wait=0.01)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from actextract.errors import OptionError, RankError, option
+from actextract.errors import OptionError, RankError, StoreError, option
 from actextract.store import Store, open_store
 from actextract.store.location import Location
 
@@ -127,4 +128,11 @@ def open_shared(location: Location, *, wait: float = SEEN) -> Store:
             with contextlib.suppress(OSError):
                 os.listdir(location.local.parent)
         time.sleep(0.5)
+    if not location.is_store():
+        raise StoreError(
+            f"rank 0 created '{location}', and this rank, on {socket.gethostname()}, does not "
+            f"see it after {wait:.0f} s: under torchrun on several hosts --out must be on a "
+            "file system every host mounts at the same path (NFS, Lustre, GPFS, ...) or an "
+            "object store URL (s3://...), not a disk of one host."
+        )
     return open_store(location, mode="r+")  # type: ignore[return-value]
