@@ -177,21 +177,6 @@ def test_a_dataloader_whose_order_changes_is_refused_for_resume(tmp_path):
         )
 
 
-def test_a_dataloader_of_an_iterable_dataset_is_refused_saying_why(tmp_path):
-    class Stream(torch.utils.data.IterableDataset):
-        def __iter__(self):
-            yield from _images(4)
-
-    with pytest.raises(SourceError, match="an IterableDataset has none"):
-        actextract.extract(
-            tiny_cnn(),
-            torch.utils.data.DataLoader(Stream()),
-            layers="fc",
-            out=tmp_path / "i.zarr",
-            progress=False,
-        )
-
-
 def test_a_dataloader_whose_order_changes_is_refused_for_shards(tmp_path):
     loader = _loader(batch_size=4, shuffle=True)
     with pytest.raises(OptionError, match=r"shard \(--shard\) needs the same samples"):

@@ -10,8 +10,9 @@ asked), not by the loader's ``collate_fn``.
 A resumed or sharded run must see the same order again. A sampler that gives another order
 each time it is listed (``shuffle=True``, seeded or not: a generator moves on as it is used) is
 fine for one uninterrupted run, and refused for ``--resume``, ``--shard`` and torchrun with the
-reason (:func:`check_repeatable`). An
-``IterableDataset`` has no index to address a row by: it is refused, saying what to pass.
+reason (:func:`check_repeatable`). A DataLoader over an ``IterableDataset`` gives its items
+as they come (:mod:`actextract.data.streams`), unless the dataset is indexable too: then it is
+read by index, 0 to ``len - 1``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data.dataloader import default_collate
 
 from actextract.data.samples import SampleDataset, Source
+from actextract.data.streams import is_stream, wrap_stream
 from actextract.errors import OptionError, SourceError, option
 
 __all__ = ["check_repeatable", "loader_options", "wrap_loader"]
@@ -70,18 +72,25 @@ def _order(loader: DataLoader) -> np.ndarray:
     return np.asarray(flat, np.int64)
 
 
-def wrap_loader(loader: DataLoader) -> Source:
-    """The loader's samples, in its order, as a run's source (see the module docstring)."""
+def wrap_loader(loader: DataLoader, *, num_workers: int | None = None) -> Source:
+    """The loader's samples, in its order, as a run's source (see the module docstring); over
+    an IterableDataset, as it yields them, read by ``num_workers`` (default: the loader's)."""
     dataset = loader.dataset
     name = f"{type(dataset).__module__}.{type(dataset).__qualname__}"
-    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
+    workers = loader.num_workers if num_workers is None else num_workers
+    if is_stream(dataset):
+        spec = f"python-object:DataLoader({name})"
+        return wrap_stream(dataset, spec=spec, num_workers=workers, loader=loader)
+    if not hasattr(dataset, "__getitem__"):
         raise SourceError(
-            f"a DataLoader over the iterable dataset {name}: a store addresses each row by its "
-            "index, and an IterableDataset has none. Pass a map-style Dataset (with __len__ "
-            "and __getitem__), or its DataLoader."
+            f"a DataLoader over {name}, which has no __getitem__: pass a map-style Dataset "
+            "(with __len__ and __getitem__), an IterableDataset, or a DataLoader over one."
         )
-    order = _order(loader)
-    again = _order(loader)
+    if isinstance(dataset, IterableDataset):  # an indexable one: the map-style dataset it is
+        order = again = np.arange(len(dataset), dtype=np.int64)
+    else:
+        order = _order(loader)
+        again = _order(loader)
     repeatable = ""
     if not np.array_equal(order, again):
         repeatable = (
@@ -114,7 +123,8 @@ def loader_options(dataset: Any, keywords: dict[str, Any]) -> None:
 
 
 def check_repeatable(source: Source, *, resume: bool, shards: int) -> None:
-    """A source whose order cannot be repeated is refused for a run that needs it again."""
+    """A source whose order cannot be repeated is refused for a run that needs it again
+    (``shards``: the run's processes, ``--shard`` or torchrun's)."""
     if source.repeatable and (resume or shards > 1):
-        what = option("resume") if resume else option("shard")
+        what = option("resume") if resume else option("shard")  # torchrun's ranks are shards
         raise OptionError(f"{what} needs the same samples in the same order: {source.repeatable}.")

@@ -53,6 +53,7 @@ __all__ = [
     "Sample",
     "SampleDataset",
     "Source",
+    "as_shape",
     "collate",
     "collate_encoded",
     "convert_image",
@@ -155,7 +156,7 @@ def collate(items: Sequence[Sample | BadSample], *, shape: SampleShape | None = 
     if good:
         shapes = [per_sample_shape(s.input) for s in good]
         if shape is not None:
-            common = _as_shape(shape)
+            common = as_shape(shape)
             whose = "the run's"
             why = " (that of the first sample, which decided the layers' shapes)"
         else:
@@ -191,7 +192,7 @@ def collate(items: Sequence[Sample | BadSample], *, shape: SampleShape | None = 
     )
 
 
-def _as_shape(shape: Any) -> Any:
+def as_shape(shape: Any) -> Any:
     """A run's per-sample input shape as :func:`per_sample_shape` gives it: a tuple of ints
     (from a list or ``torch.Size``), a tuple of them, or a dict of them."""
     if isinstance(shape, dict):
@@ -243,8 +244,13 @@ class SampleDataset(Dataset):
         return self.ids[index] if self.ids is not None else str(index)
 
     def __getitem__(self, index: int) -> Sample | BadSample:
+        return self.sample(index, lambda: self.base[index])
+
+    def sample(self, index: int, read: Callable[[], Any]) -> Sample | BadSample:
+        """Row ``index`` from the item ``read()`` gives (the base dataset's, or the next one
+        an iterable yields), or a BadSample when reading or transforming it raised."""
         try:
-            item = self.base[index]
+            item = read()
             if isinstance(item, Mapping):  # a dict row: its label key is the label
                 x, label = split_label(item)
                 label = -1 if label is None else label
@@ -285,6 +291,9 @@ class Source:
     encoded: bool = False
     records: tuple[str, ...] = ()  # what each sample carries for the store (packed text)
     repeatable: str = ""  # why the samples' order cannot be listed again ("": it can)
+    # an iterable read once (actextract.data.streams.Stream): ``dataset`` holds only its first
+    # samples, for the probe, and the run reads them all from here, its length unknown
+    stream: Any = None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -315,7 +324,7 @@ def make_loader(
         extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor}
     collate_fn: Callable[[Sequence[Sample | BadSample]], Batch] = collate_encoded
     if not source.encoded:  # a partial of a module-level function: picklable for the workers
-        shape = _as_shape(input_shape) if input_shape is not None else None
+        shape = as_shape(input_shape) if input_shape is not None else None
         collate_fn = partial(collate, shape=shape)
     return DataLoader(
         Subset(source.dataset, rows),

@@ -10,7 +10,8 @@ Specs (``open_source``):
   (``download=False``); split ``train`` (default) or ``test``.
 - ``synthetic:N:C:H:W``: N seeded random inputs, fed to the model as they are (benchmarks).
 - ``python:module:callable``: a user Dataset (or a callable returning one); items are an input
-  tensor or ``(input, label, ...)``, fed as they are.
+  tensor or ``(input, label, ...)``, fed as they are; an IterableDataset is read once, as it
+  comes (:mod:`actextract.data.streams`).
 - ``text:FILE``, ``hf-dataset:PATH[:split][:column]``: documents, tokenised by the model's
   tokenizer (:mod:`actextract.data.text`).
 
@@ -40,6 +41,7 @@ from actextract.data.samples import (  # re-exported: the source stage's public 
     Source,
     make_loader,
 )
+from actextract.data.streams import is_stream, wrap_stream
 from actextract.data.text import TEXT_KINDS, open_text
 from actextract.errors import OptionError, SourceError, option
 
@@ -108,9 +110,11 @@ def open_source(
     max_length: int | None = None,
     text_field: str = "text",
     pack: bool = False,
+    num_workers: int = 0,
 ) -> Source:
     """Resolve a dataset spec (see the module docstring). ``preprocess`` overrides the source's
-    own defaults for image sources; synthetic and python sources are fed as they are. Text
+    own defaults for image sources; synthetic and python sources are fed as they are (a
+    python: IterableDataset read by ``num_workers``). Text
     sources are tokenised by ``tokenizer`` (the model's) to ``max_length`` tokens (``pack``:
     joined and cut into windows of that many).
 
@@ -139,6 +143,8 @@ def open_source(
         dataset = base
         if callable(base) and not isinstance(base, Dataset):
             dataset = call_object(base, what=what, error=SourceError, returns="a Dataset")
+        if is_stream(dataset):  # an IterableDataset: read once, as it comes
+            return wrap_stream(dataset, spec=spec, num_workers=num_workers)
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
             raise SourceError(
                 f"{option('dataset')} {spec} gave {type(dataset).__name__}, not a map-style "
@@ -164,11 +170,13 @@ def open_dataset(
     max_length: int | None = None,
     text_field: str = "text",
     pack: bool = False,
+    num_workers: int = 0,
 ) -> Source:
     """A run's source from a spec (:func:`open_source`) or a Dataset object
-    (:func:`wrap_dataset`): a text spec tokenised by ``tokenizer`` to ``max_length``
-    (``pack``: joined into windows); a python: spec's or a Dataset's dict samples padded to
-    ``max_length`` on the tokenizer's side. Options that do not apply are refused."""
+    (:func:`wrap_dataset`; an iterable one read by ``num_workers``): a text spec tokenised by
+    ``tokenizer`` to ``max_length`` (``pack``: joined into windows); a python: spec's or a
+    Dataset's dict samples padded to ``max_length`` on the tokenizer's side. Options that do
+    not apply are refused."""
     kind = dataset.partition(":")[0].lower() if isinstance(dataset, str) else None
     if pack and kind not in TEXT_KINDS:
         raise OptionError(
@@ -190,9 +198,10 @@ def open_dataset(
             max_length=max_length,
             text_field=text_field,
             pack=pack,
+            num_workers=num_workers,
         )
     else:
-        source = wrap_dataset(dataset)
+        source = wrap_dataset(dataset, num_workers=num_workers)
     if decode == "gpu" and not source.encoded:
         raise OptionError(
             f"decode='gpu' applies to 'folder:PATH' dataset specs; a {type(dataset).__name__}"
@@ -217,15 +226,20 @@ def check_decode(decode: str) -> None:
         )
 
 
-def wrap_dataset(dataset: Any, *, spec: str | None = None) -> Source:
-    """A user's own Dataset (items: tensor, or (tensor, label, ...)), fed as it is."""
+def wrap_dataset(dataset: Any, *, spec: str | None = None, num_workers: int = 0) -> Source:
+    """A user's own Dataset (items: tensor, or (tensor, label, ...)), fed as it is; an
+    IterableDataset without an index is read once as it comes (:mod:`actextract.data.streams`:
+    by ``num_workers`` DataLoader workers, when more than 0)."""
     if isinstance(dataset, Source):
         return dataset
     if isinstance(dataset, DataLoader):  # its dataset in its order, batched by the run
-        return wrap_loader(dataset)
+        return wrap_loader(dataset, num_workers=num_workers)
+    name = f"{type(dataset).__module__}.{type(dataset).__qualname__}"
+    if is_stream(dataset):
+        return wrap_stream(dataset, spec=spec or f"python-object:{name}", num_workers=num_workers)
     classes = getattr(dataset, "classes", None)
     return Source(
-        spec=spec or f"python-object:{type(dataset).__module__}.{type(dataset).__qualname__}",
+        spec=spec or f"python-object:{name}",
         dataset=SampleDataset(dataset, transform=None, ids=None),
         transform="as given by the dataset",
         classes=tuple(map(str, classes)) if classes is not None else None,

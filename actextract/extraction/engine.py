@@ -147,7 +147,7 @@ def run(
     sink: Sink,
     options: RunOptions,
     *,
-    total: int,
+    total: int | None,
     decode: Callable[[Batch], Batch] | None = None,
     stats: PartWriter | None = None,
     grad_mode: Callable[[], AbstractContextManager] = torch.inference_mode,
@@ -160,7 +160,8 @@ def run(
     ``decode`` (:class:`actextract.data.decode.DeviceDecoder`) turns batches of undecoded images
     into inputs on the device, and may find bad samples among them. ``trim``
     (:class:`actextract.model.trim.Trim`): a text batch is computed at the length of its real
-    tokens, and its outputs put back at the run's."""
+    tokens, and its outputs put back at the run's. ``total``: the rows to come (None: not
+    known, a stream's; the bar counts without an end)."""
     summary = Summary()
     to_host = ToHost(options.device)
     bar = tqdm(

@@ -65,6 +65,12 @@ def plan_arrays(
     configures it): the row arrays (``stored`` layers, default all, and the ``channel-mean``
     statistics), their reducer, the ``stats`` attributes of the store ({layer: kinds, output
     shape, layout, histogram edges}) and the per-sample input shape every sample must have."""
+    if stats and source.stream is not None:
+        raise OptionError(
+            f"{option('stats')} sums each row block's rows as a whole, and an IterableDataset's "
+            "row count is known only at its end: pass a map-style Dataset (with __len__ and "
+            "__getitem__), or drop --stats and store the layers (--store) instead."
+        )
     examples = first_samples(source, rows, options.on_bad_sample, decoder)
     single = device_inputs(stack([examples[0].input]), options)
     pair = device_inputs(stack([e.input for e in examples]), options)
@@ -231,7 +237,7 @@ def choose_chunk_rows_for(
     n: int,
 ) -> int:
     """Rows per chunk: as asked, else the existing store's (when resuming or joining it), else
-    chosen from the batch size and the largest layer."""
+    chosen from the batch size and the largest layer (``n`` 0: rows not known, a stream's)."""
     if options.chunk_rows:
         return options.chunk_rows
     if reuse and location.is_store():
@@ -239,7 +245,7 @@ def choose_chunk_rows_for(
     per_sample = max(
         (math.prod(a.shape) * STORAGE_DTYPES[options.dtype].itemsize for a in arrays), default=1
     )
-    return choose_chunk_rows(batch_size, per_sample, n)
+    return choose_chunk_rows(batch_size, per_sample, n or STREAM_ROWS)
 
 
 def layer_arrays(
@@ -301,6 +307,7 @@ def first_samples(
     )
 
 
+STREAM_ROWS = 1 << 40  # the row count a stream's chunk rows are chosen for: unknown, large
 HIST_PROBE_ROWS = 64  # rows looked at for a default histogram range, at most
 
 
@@ -364,7 +371,7 @@ def provenance(
         "dataset": {
             "spec": source.spec,
             "transform": source.transform,
-            "n": len(source),
+            "n": None if source.stream is not None else len(source),  # a stream's: at the end
             "classes": list(source.classes) if source.classes else None,
             "preprocess": _preprocess_attrs(source.preprocess),
             "decode": "gpu" if source.encoded else "cpu",

@@ -44,6 +44,7 @@ from actextract.extraction.blocks import (
     check_nonfinite_policy,
     nonfinite_counts,
 )
+from actextract.extraction.growth import Growth
 from actextract.extraction.transfer import BlockRing, Run
 from actextract.store import Store
 from actextract.store.build import token_arrays, token_dtype
@@ -63,7 +64,8 @@ class Sink:
     page-locked buffers for asynchronous copies, and the non-finite flags come with them
     (on the CPU the writers find them); ``turns``: the loop and the writers take turns (see
     the module docstring); ``blocks``: the row blocks to write (default: all);
-    ``on_nonfinite``: ``count`` or ``error``."""
+    ``on_nonfinite``: ``count`` or ``error``; ``grow``: the store grows with the rows of a
+    stream (:mod:`actextract.extraction.growth`), whose last block is written at ``close``."""
 
     def __init__(
         self,
@@ -75,8 +77,10 @@ class Sink:
         turns: bool = False,
         blocks: Collection[int] | None = None,
         on_nonfinite: str = "count",
+        grow: Growth | None = None,
     ):
         check_nonfinite_policy(on_nonfinite)
+        self.grow = grow
         self.store = store
         self.on_nonfinite = on_nonfinite
         self.cuda = cuda
@@ -126,6 +130,10 @@ class Sink:
         free buffers; return where each run of consecutive good rows goes, and the seconds
         waited."""
         waited = 0.0
+        if self.grow is not None:  # a stream's: every block, the store grown to hold them
+            self.grow.cover(indices, bad)
+            self._wanted = set(range(self.store.n_blocks))
+            self.wanted = np.arange(self.store.n_blocks)
         rows = self.store.chunk_rows
         blocks = indices // rows
         keep = np.flatnonzero(np.isin(blocks, self.wanted))  # batch positions this sink writes
@@ -204,6 +212,8 @@ class Sink:
         try:
             if self._ready and not abort:
                 self._take_turn()  # the last turn
+            if self.grow is not None and not abort and self._error is None:
+                self._end_stream()
         finally:
             for blk in self._ready:  # aborted: let go unwritten (no error over the caller's)
                 self._free(blk)
@@ -217,6 +227,23 @@ class Sink:
                     f"row blocks {blocks} were left incomplete: "
                     f"{[self._open[b].missing for b in blocks]} rows never came"
                 )
+
+    def _end_stream(self) -> None:
+        """The stream has ended: once the blocks being written have landed, the store is cut
+        to its rows and the last block, cut with it, written."""
+        if not self.turns:
+            self._pool.shutdown(wait=True)  # the writes in flight, before the shape changes
+        self.grow.end()  # type: ignore[union-attr]
+        for b in sorted(self._open):
+            blk = self._open[b]
+            self.grow.cut(blk)  # type: ignore[union-attr]
+            if blk.missing == 0:
+                del self._open[b]
+                if self.turns:
+                    self._ready.append(blk)
+                    self._take_turn()
+                else:
+                    self._write(blk)  # here: the pool is shut
 
     def check(self) -> None:
         """Raise the writers' first error, if any (the engine calls it while it waits)."""
