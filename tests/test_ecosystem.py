@@ -65,11 +65,13 @@ def test_open_zarr_reads_one_layer_with_named_dimensions(store, layer, dims, sha
 
 def test_open_zarr_at_the_root_reads_labels_and_ids_on_sample(store):
     root = xr.open_zarr(store.path, consolidated=False)
-    assert root["labels"].dims == root["ids"].dims == ("sample",)
+    assert root["labels"].dims == ("sample",)
+    assert root["ids"].dims == ("sample", "id_byte")  # fixed-width UTF-8 (format 7)
     assert root.sizes["sample"] == store.n
     np.testing.assert_array_equal(root["labels"].values, store.labels[:])
     assert root["labels"].values[SKIPPED] == -1  # the fill value is not turned into NaN
-    assert root["ids"].values.tolist() == [str(i) for i in range(16)]
+    ids = [bytes(row).rstrip(b"\0").decode() for row in root["ids"].values]
+    assert ids == [str(i) for i in range(16)]
     assert root.attrs["n_samples"] == 16  # the run's provenance comes along
 
 

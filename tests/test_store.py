@@ -13,7 +13,8 @@ import actextract
 from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, create_store
 
 GOLDEN_ATTRS = {
-    "format_version": 6,
+    "format_version": 7,
+    "id_width": 256,
     "n_samples": 16,
     "chunk_rows": 8,
     "dtype": "float16",
@@ -153,11 +154,19 @@ def test_arrays_chunks_and_dimension_names(store):
         # stored as they are by default: no compressor, only the checksum after the bytes
         assert [c["name"] for c in meta["codecs"]] == ["bytes", "crc32c"]
     assert root["labels"].dtype == np.int64 and root["labels"].chunks == (8,)
-    assert root["ids"].shape == (16,)
+    # strings as fixed-width UTF-8 (format 7): 256 bytes per id, a block's JSON record in
+    # chunk_rows × (256 + 256) bytes; NUL-padded, in one chunk per row block
+    ids, skipped = root["ids"], root["progress/skipped"]
+    assert ids.shape == (16, 256) and ids.chunks == (8, 256) and ids.dtype == np.uint8
+    assert ids.metadata.dimension_names == ("sample", "id_byte")
+    assert dict(ids.attrs) == {"encoding": "utf-8", "width": 256, "padding": "nul"}
+    assert bytes(ids[3]).rstrip(b"\0") == b"3"
+    assert skipped.shape == (2, 4096) and skipped.chunks == (1, 4096)
+    assert bytes(skipped[1]).rstrip(b"\0") == b"[]"
     done = root["progress/done"]
     assert done.shape == (2,) and done.chunks == (1,) and done.dtype == np.uint8
     assert done[:].tolist() == [1, 1]
-    assert root["progress/nonfinite"].shape == (2, 3) and root["progress/skipped"].shape == (2,)
+    assert root["progress/nonfinite"].shape == (2, 3)
 
 
 def test_reader_is_lazy_and_chunk_wise(store):

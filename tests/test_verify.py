@@ -175,7 +175,7 @@ def test_fsspec_store(run):
         if path.is_file():
             fs.pipe(f"{root}/{path.relative_to(run).as_posix()}", path.read_bytes())
     try:
-        fs.rm(f"{root}/ids/c/4")
+        fs.rm(f"{root}/ids/c/4/0")  # (rows, id bytes): chunk (4, 0)
         report = verify(open_store(f"memory://{root}"))
         [p] = report.problems
         assert (p.kind, p.array, p.rows) == ("missing", "ids", (256, 300))

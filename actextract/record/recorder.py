@@ -20,7 +20,6 @@ The layout is in :mod:`actextract.store.epochs`.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import random
@@ -181,7 +180,7 @@ class Recorder:
             "nonfinite": nonfinite,
         }
         with writable(self.location, f"record epoch {epoch}"):
-            store._node("progress/records")[epoch] = json.dumps(record)
+            store.write_record(epoch, record)
             store._node("progress/epochs")[epoch] = 1  # only now is the epoch trusted
             store.update_attrs(status="complete", capturing=None, error=None, finished=now())
         if any(nonfinite.values()):
@@ -259,7 +258,7 @@ class Recorder:
                     counts[k] = int((~np.isfinite(sums)).sum())  # finite iff every value is
             if (stored == "").any():
                 self.store._node("labels")[rows] = labels[:size]
-                self.store._node("ids")[rows] = np.asarray(ids, dtype=str)
+                self.store.ids[rows] = ids  # in the store's form of strings
                 self._ids[rows] = ids
         return counts
 

@@ -11,26 +11,34 @@ import itertools
 import json
 import math
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from actextract.core.axes import array_layout, stored_layout
 from actextract.errors import StoreError
 from actextract.store.layout import quiet_numcodecs, row_keys
 from actextract.store.location import Location, writable
+from actextract.store.strings import TextArray
 
-__all__ = ["BlockReader", "StoreReader", "write_attributes"]
+__all__ = ["BlockReader", "StoreReader", "consolidate", "drop_consolidated", "write_attributes"]
+
+SLAB_BYTES = 64 << 20  # fixed-width records read this much at a time (see skipped)
 
 
 class StoreReader:
     """What every store of actextract reads alike, and nothing it writes: its attributes, its
     arrays opened lazily (``store[layer]``: slicing reads only the chunks it touches), the
-    labels (N,) int64 and ids (N,) str. :class:`~actextract.store.run.Store` (a run's row
-    blocks) and :class:`~actextract.store.epochs.EpochStore` (a recording's epochs) build on it.
+    labels (N,) int64 and ids (N,) str (a :class:`~actextract.store.strings.TextArray`: read
+    alike from a store of format 7's fixed-width UTF-8 and an older store's strings).
+    :class:`~actextract.store.run.Store` (a run's row blocks) and
+    :class:`~actextract.store.epochs.EpochStore` (a recording's epochs) build on it.
     """
 
     def __init__(self, location: str | Path | Location, group: zarr.Group):
@@ -166,8 +174,14 @@ class StoreReader:
         return self._node("labels")
 
     @property
-    def ids(self) -> zarr.Array:
-        return self._node("ids")
+    def ids(self) -> TextArray:
+        """(N,) str: each row's id (dataset index or relative path); indexing reads only the
+        chunks it touches and returns NumPy strings, as zarr reads a store's own."""
+        return TextArray(self._node("ids"))
+
+    def text(self, path: str) -> TextArray:
+        """The array of strings at ``path`` (ids, a block or epoch record), read as strings."""
+        return TextArray(self._node(path))
 
     @property
     def n(self) -> int:
@@ -232,8 +246,15 @@ class BlockReader(StoreReader):
     def skipped(self) -> list[dict[str, Any]]:
         """The skipped samples recorded by the done blocks, in row order (one read of the
         records: zarr fetches their chunks concurrently)."""
-        records = self._node("progress/skipped")[:][self.done()]
-        return [s for text in records.tolist() if text for s in json.loads(text)]
+        records = self.text("progress/skipped")
+        done = np.flatnonzero(self.done())
+        row = records.width or 1  # a fixed-width record's bytes: read in slabs of blocks
+        step = max(1, SLAB_BYTES // row) if records.fixed else max(1, len(done))
+        out: list[dict[str, Any]] = []
+        for lo in range(0, len(done), step):
+            texts = records[done[lo : lo + step]].tolist()
+            out += [s for text in texts if text for s in json.loads(text)]
+        return out
 
     def nonfinite(self) -> dict[str, int]:
         """{row array: rows holding NaN or Inf}, summed over the done blocks."""
@@ -247,3 +268,29 @@ def write_attributes(store: StoreReader, values: dict[str, Any]) -> None:
     an update); one process at a time, as the file is rewritten whole."""
     with writable(store.location, "update the store's attributes"):
         store.group.update_attributes(values)
+
+
+def consolidate(store: StoreReader) -> None:
+    """Write the store's consolidated metadata (every node's metadata, copied into the root
+    zarr.json), which xarray and ``zarr.open_group`` read in one request: done when the store
+    is sealed, and dropped whenever it is reopened for writing (:func:`drop_consolidated`), so
+    that no copy outlives what it copies. actextract's own readers never read it."""
+    with warnings.catch_warnings():  # "not part in the Zarr format 3 specification": known
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(store.group.store)
+
+
+def drop_consolidated(zstore: zarr.abc.store.Store) -> bool:
+    """Remove the consolidated metadata from the root zarr.json of ``zstore`` (opened for
+    writing), if it has any: a store reopened for writing (``--resume``, a shard, ``cluster``,
+    ``verify --repair``, a Recorder) may change what it copies. True when there was some."""
+    prototype = default_buffer_prototype()
+    raw = sync(zstore.get("zarr.json", prototype=prototype))
+    if raw is None:
+        return False
+    meta = json.loads(raw.to_bytes())
+    if meta.pop("consolidated_metadata", None) is None:
+        return False
+    text = json.dumps(meta, indent=2).encode()
+    sync(zstore.set("zarr.json", prototype.buffer.from_bytes(text)))
+    return True

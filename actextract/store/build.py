@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
@@ -28,13 +28,17 @@ from actextract.store.layout import (
     schema,
     token_chunk,
 )
+from actextract.store.strings import DEFAULT_ID_WIDTH, SKIPPED_ROW_BYTES, text_attrs
 
 __all__ = [
     "build_store",
     "checked_array",
     "counts_tokens",
     "expected_metadata",
+    "fixed_strings",
+    "id_width",
     "store_attrs",
+    "string_arrays",
     "token_arrays",
     "token_dtype",
 ]
@@ -80,23 +84,20 @@ def build_store(
             compressors=crc,
             dimension_names=("sample",),
         )
-        group.create_array(
-            "ids",
-            shape=(n,),
-            chunks=(chunk_rows,),
-            dtype=str,
-            compressors=crc,
-            dimension_names=("sample",),
-        )
-        # one chunk per block: processes writing different blocks never touch the same file
-        group.create_array(
-            "progress/skipped",
-            shape=(n_blocks,),
-            chunks=(1,),
-            dtype=str,
-            compressors=crc,
-            dimension_names=("block",),
-        )
+        # one chunk per block (of skipped): processes writing different blocks never touch
+        # the same file; fixed-width UTF-8 from format 7 (actextract.store.strings)
+        strings = string_arrays(n, chunk_rows, attrs)
+        for path, (shape, chunks, dims, width) in strings.items():
+            group.create_array(
+                path,
+                shape=shape,
+                chunks=chunks,
+                dtype="uint8" if width else str,
+                fill_value=0 if width else None,
+                compressors=(ZstdCodec(level=3), *crc) if width else crc,
+                dimension_names=dims,
+                attributes=text_attrs(width) if width else None,
+            )
         group.create_array(
             "progress/nonfinite",
             shape=(n_blocks, len(arrays)),
@@ -154,7 +155,7 @@ def expected_metadata(attrs: Mapping[str, Any]) -> dict[str, bytes]:
         specs,
         options,
         rows,
-        {k: attrs.get(k) for k in ("stats", "tokens", "format_version")},
+        {k: attrs.get(k) for k in ("stats", "tokens", "format_version", "id_width")},
     )(memory)
     prototype = default_buffer_prototype()
     keys = sorted(k for k in list_keys(memory, "") if k.endswith("/zarr.json"))
@@ -169,6 +170,38 @@ def counts_tokens(attrs: Mapping[str, Any]) -> bool:
     (``progress/tokens``): a text run's, from format 6 on (a store being built has no
     format yet: the current one's)."""
     return bool(attrs.get("tokens")) and int(attrs.get("format_version") or FORMAT_VERSION) >= 6
+
+
+def fixed_strings(attrs: Mapping[str, Any]) -> bool:
+    """Whether a store with these root attributes keeps its strings (ids, block records) as
+    fixed-width UTF-8 bytes, as every Zarr v3 reader reads them: from format 7 on (older
+    stores hold zarr's variable-length strings)."""
+    return int(attrs.get("format_version") or FORMAT_VERSION) >= 7
+
+
+def id_width(attrs: Mapping[str, Any]) -> int:
+    """Bytes of UTF-8 per id: the root attribute ``id_width``, or DEFAULT_ID_WIDTH."""
+    return int(attrs.get("id_width") or DEFAULT_ID_WIDTH)
+
+
+def string_arrays(
+    n: int, chunk_rows: int, attrs: Mapping[str, Any]
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...], int]]:
+    """{path: (shape, chunks, dimension names, width)} of a run's string arrays: ``ids``
+    (a row per sample) and ``progress/skipped`` (a JSON record per block); width 0 where
+    they are zarr's variable-length strings (stores before format 7)."""
+    n_blocks = math.ceil(n / chunk_rows)
+    if not fixed_strings(attrs):
+        return {
+            "ids": ((n,), (chunk_rows,), ("sample",), 0),
+            "progress/skipped": ((n_blocks,), (1,), ("block",), 0),
+        }
+    width = id_width(attrs)
+    record = chunk_rows * (width + SKIPPED_ROW_BYTES)  # a block's JSON: its skipped samples
+    return {
+        "ids": ((n, width), (chunk_rows, width), ("sample", "id_byte"), width),
+        "progress/skipped": ((n_blocks, record), (1, record), ("block", "record_byte"), record),
+    }
 
 
 def token_arrays(tokens: Mapping[str, Any] | None) -> list[str]:
@@ -198,6 +231,7 @@ def store_attrs(
     return {
         **attrs,
         "format_version": FORMAT_VERSION,
+        "id_width": id_width(attrs),  # bytes of UTF-8 per id (strings.py)
         "n_samples": n,
         "chunk_rows": chunk_rows,
         "dtype": options.dtype,

@@ -23,11 +23,13 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from actextract.errors import StoreError
 from actextract.store.base import BlockReader, StoreReader, write_attributes
+from actextract.store.build import id_width
 from actextract.store.layout import ArraySpec, StoreOptions, quiet_numcodecs
+from actextract.store.strings import RECORD_MIN_BYTES, fit_json, text_attrs
 
 __all__ = [
     "AXIS",
@@ -36,6 +38,7 @@ __all__ = [
     "EpochView",
     "build_recording",
     "format_epochs",
+    "record_width",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,8 +82,16 @@ class EpochStore(StoreReader):
         """{epoch: its record (state_sha256 of the weights, captured, seconds, nonfinite)}
         for the epochs completely written."""
         done = self.done()
-        texts = self._node("progress/records")[: len(done)]
+        texts = self.text("progress/records")[: len(done)].tolist()
         return {int(e): json.loads(texts[e]) for e in np.flatnonzero(done) if texts[e]}
+
+    def write_record(self, epoch: int, record: dict[str, Any]) -> None:
+        """Write epoch ``epoch``'s record (JSON, in the form the store keeps strings)."""
+        records = self.text("progress/records")
+        text = json.dumps(record)
+        if records.fixed:
+            text = fit_json(record, records.width or 0, f"epoch {epoch}'s record")
+        records[epoch] = text
 
     def at(self, epoch: int) -> EpochView:
         """Epoch ``epoch``, read like a run's store of N rows."""
@@ -198,6 +209,12 @@ class EpochArray:
         return f"<epoch {self.epoch} of {self.array.path}: shape {self.shape}, {self.dtype}>"
 
 
+def record_width(arrays: Sequence[ArraySpec]) -> int:
+    """Bytes of a recording's per-epoch record (JSON): the weights' sha256, times, and a
+    count per layer."""
+    return max(RECORD_MIN_BYTES, 512 + sum(2 * len(a.name.encode()) + 32 for a in arrays))
+
+
 def build_recording(
     n: int, arrays: Sequence[ArraySpec], options: StoreOptions, chunk_rows: int, attrs: dict
 ) -> Any:
@@ -218,25 +235,39 @@ def build_recording(
                     compressors=options.compressors(),
                     dimension_names=(AXIS, *spec.dimension_names()),
                 )
-        for name, dtype, fill in (("labels", "int64", -1), ("ids", str, None)):
+        group.create_array(
+            "labels",
+            shape=(n,),
+            chunks=(chunk_rows,),
+            dtype="int64",
+            fill_value=-1,
+            compressors=crc,
+            dimension_names=("sample",),
+        )
+        group.create_array(
+            "progress/epochs",
+            shape=(0,),
+            chunks=(1,),
+            dtype="uint8",
+            fill_value=0,
+            compressors=crc,
+            dimension_names=(AXIS,),
+        )
+        # the strings: fixed-width UTF-8 rows (actextract.store.strings)
+        ids, record = id_width(attrs), record_width(arrays)
+        for path, shape, chunks, dims, width in (
+            ("ids", (n, ids), (chunk_rows, ids), ("sample", "id_byte"), ids),
+            ("progress/records", (0, record), (1, record), (AXIS, "record_byte"), record),
+        ):
             group.create_array(
-                name,
-                shape=(n,),
-                chunks=(chunk_rows,),
-                dtype=dtype,
-                fill_value=fill,
-                compressors=crc,
-                dimension_names=("sample",),
-            )
-        for name, dtype, fill in (("progress/records", str, None), ("progress/epochs", "uint8", 0)):
-            group.create_array(
-                name,
-                shape=(0,),
-                chunks=(1,),
-                dtype=dtype,
-                fill_value=fill,
-                compressors=crc,
-                dimension_names=(AXIS,),
+                path,
+                shape=shape,
+                chunks=chunks,
+                dtype="uint8",
+                fill_value=0,
+                compressors=(ZstdCodec(level=3), *crc),
+                dimension_names=dims,
+                attributes=text_attrs(width),
             )
         group.update_attributes(attrs)
 

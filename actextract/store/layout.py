@@ -45,7 +45,10 @@ __all__ = [
 # 4: each layer's layout, clone and batch axis (dimension names follow the layout);
 # 5: tokens/ (a text run's attention mask and token ids, per sample, written with each block)
 # 6: a text run's layers with one row per real token (``rows: token``), progress/tokens
-FORMAT_VERSION = 6
+# 7: strings (ids, progress/skipped, a recording's progress/records) as fixed-width UTF-8
+#    uint8 rows that every Zarr v3 reader reads (store/strings.py); consolidated metadata
+#    in the root zarr.json once sealed
+FORMAT_VERSION = 7
 CODECS = ("zstd", "lz4", "blosc-zstd", "blosc-lz4", "none")
 DEFAULT_LEVEL = {"zstd": 3, "blosc-zstd": 5, "blosc-lz4": 5}
 TARGET_CHUNK_BYTES = 32 << 20  # rows per chunk aim at 16-64 MB for the largest layer

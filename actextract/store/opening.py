@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import zarr
 
 from actextract.errors import OutputExistsError, StoreError
-from actextract.store.base import StoreReader
+from actextract.store.base import StoreReader, drop_consolidated
 from actextract.store.build import build_store
 from actextract.store.epochs import AXIS, EpochStore
 from actextract.store.layout import FORMAT_VERSION, ArraySpec, StoreOptions
@@ -45,7 +45,9 @@ def open_store(path: str | Path | Location, *, mode: str = "r") -> Store | Epoch
             f"'{location}' is not a Zarr store (no zarr.json); give the --out of an actextract run."
         )
     try:
-        group = zarr.open_group(location.zarr_store(read_only=mode == "r"), mode=mode)
+        # never through consolidated metadata: a copy, which a writer may have made stale
+        zstore = location.zarr_store(read_only=mode == "r")
+        group = zarr.open_group(zstore, mode=mode, use_consolidated=False)
     except Exception as e:
         raise StoreError(
             f"'{location}' cannot be opened as a Zarr v3 group ({type(e).__name__}: {e}). If "
@@ -63,6 +65,9 @@ def open_store(path: str | Path | Location, *, mode: str = "r") -> Store | Epoch
             f"'{location}' has store format {version}; this actextract reads up to "
             f"{FORMAT_VERSION}. Upgrade actextract."
         )
+    if mode != "r":  # a sealed store's copy of the metadata: gone until the next seal
+        with writable(location, "drop the consolidated metadata"):
+            drop_consolidated(zstore)
     if group.attrs.get("axis") == AXIS:
         return EpochStore(location, group)
     return Store(location, group)

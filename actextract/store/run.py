@@ -10,7 +10,9 @@ zarr deletes chunks equal to the fill value, so "the file exists" never means "d
 is sealed (status ``complete``) once every block is done; the run's totals (skipped samples,
 non-finite rows) are then summed from the per-block records, so they count each block once
 whatever the number of processes, kills and resumes behind it. Every chunk ends with a crc32c
-checksum (:meth:`~actextract.store.layout.StoreOptions.compressors`).
+checksum (:meth:`~actextract.store.layout.StoreOptions.compressors`). A sealed store (format 7
+on) gets consolidated metadata in its root zarr.json, for xarray and zarr; reopening it for
+writing drops it (:func:`~actextract.store.base.drop_consolidated`) until the next seal.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from typing import Any
 import numpy as np
 from zarr.core.sync import sync
 
-from actextract.store.base import BlockReader, write_attributes
-from actextract.store.build import counts_tokens
+from actextract.store.base import BlockReader, consolidate, write_attributes
+from actextract.store.build import counts_tokens, fixed_strings
 from actextract.store.chunks import BlockRows, chunk_file, nonfinite_rows, write_chunk
 from actextract.store.layout import now, quiet_numcodecs
 from actextract.store.location import writable
+from actextract.store.strings import fit_json
 
 __all__ = ["MAX_SKIPPED_IN_ATTRS", "Store"]
 
@@ -151,7 +154,7 @@ class Store(BlockReader):
         sl = slice(rows.start, rows.stop)
         writes: list[tuple[str, Any, Any]] = [
             ("labels", sl, labels),
-            ("ids", sl, np.asarray(ids, dtype=str)),
+            ("ids", sl, self.ids.encoded(ids)),  # a StoreError for an id too long for it
         ]
         writes += [(f"tokens/{k}", sl, v) for k, v in (tokens or {}).items()]
         if counts_tokens(self.attrs):  # where the block's token rows end
@@ -161,8 +164,12 @@ class Store(BlockReader):
             counts = np.zeros(len(self.row_keys), np.int64)
             if nonfinite is not None:
                 counts[:] = nonfinite
+            record = self.text("progress/skipped")
+            text = json.dumps(list(skipped))
+            if record.fixed:  # errors cut to fit the block's record, if need be
+                text = fit_json(list(skipped), record.width or 0, f"block {block}'s record")
             writes += [
-                ("progress/skipped", block, json.dumps(list(skipped))),
+                ("progress/skipped", block, record.encoded(text, "record")),
                 ("progress/nonfinite", block, counts),
             ]
         with writable(self.location, f"write row block {block} (rows {rows.start}-{rows.stop})"):
@@ -202,3 +209,6 @@ class Store(BlockReader):
         if self.attrs.get("error"):  # a failed attempt's error, no longer true
             totals["error"] = None
         self.update_attrs(**values, **totals, status="complete", finished=now())
+        if fixed_strings(self.attrs):  # readable by all: consolidated metadata, once sealed
+            with writable(self.location, "consolidate the sealed store's metadata"):
+                consolidate(self)
