@@ -6,7 +6,7 @@ exit with code 2 and a message that says how to fix them.
 
 from __future__ import annotations
 
-import logging
+import json
 import signal
 import threading
 from collections.abc import Iterator
@@ -14,12 +14,17 @@ from contextlib import contextmanager
 
 import click
 
+from actextract.cli.extract_options import EXAMPLES, SECTIONS
+from actextract.cli.help import Group
+from actextract.cli.output import layers_json
 from actextract.cli.params import (
     CONTEXT,
     capture_option,
     dtype_option,
-    extract_options,
     int_list,
+    quiet,
+    say,
+    storage_kwargs,
     trust_option,
     user_errors,
 )
@@ -29,41 +34,47 @@ from actextract.extraction.text import format_summary
 from actextract.model.text import format_layer_summary, format_layer_table
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="actextract")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def main(verbose: int) -> None:
+def main() -> None:
     """Extract intermediate activations of PyTorch models over whole datasets into chunked
     Zarr v3 stores.
 
     Start with 'actextract layers MODEL' to see what can be captured, then 'actextract
-    extract', then 'actextract info' on the store.
+    extract', then 'actextract info' on the store. -v and -q work before the command or after
+    it ('actextract -v extract ...', 'actextract extract -v ...').
     """
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-@main.command(context_settings=CONTEXT)
+@main.command(
+    context_settings=CONTEXT,
+    short_help="The layers of a model that can be captured, with their shapes.",
+)
 @click.argument("model")
 @click.option(
     "--input-shape",
     callback=int_list,
+    metavar="C,H,W",
     help="Per-sample input shape, e.g. 3,224,224 "
     "(default: the model's own, 1,28,28 for digits-cnn).",
 )
 @click.option(
     "--weights",
     type=click.Path(dir_okay=False),
-    help="Checkpoint to load first, or torchvision weights by name (IMAGENET1K_V2).",
+    metavar="FILE|NAME",
+    help="Checkpoint to load first, or torchvision weights by name (IMAGENET1K_V2). Default: "
+    "the spec's own (hf:, timm:), else random weights.",
 )
 @trust_option
 @click.option(
     "--dataset",
+    metavar="SPEC",
     help="Probe with this dataset's first sample (a text dataset tokenised by the model's "
-    "tokenizer), not with zeros.",
+    "tokenizer), not with zeros. Default: zeros of --input-shape.",
 )
 @click.option(
     "--text",
+    metavar="WORDS",
     help="Probe a text model with these words, tokenised by its tokenizer (default for a "
     "text model: a sentence of its own).",
 )
@@ -71,7 +82,8 @@ def main(verbose: int) -> None:
     "--max-length",
     type=click.IntRange(min=1),
     default=None,
-    help="Tokens per document for --dataset text and --text (padded to it).",
+    help="Tokens per document for --dataset text and --text (padded to it). Default: as "
+    "many as the text has.",
 )
 @dtype_option("Storage dtype the byte counts assume.")
 @click.option(
@@ -79,7 +91,7 @@ def main(verbose: int) -> None:
     "n_samples",
     type=click.IntRange(min=1),
     default=None,
-    help="Show the projected store size for N samples (uncompressed).",
+    help="Show the projected store size for N samples (uncompressed). Default: not shown.",
 )
 @click.option(
     "--summary",
@@ -89,16 +101,27 @@ def main(verbose: int) -> None:
 @click.option(
     "--graph",
     type=click.Path(dir_okay=False),
+    metavar="FILE",
     help="Draw the torch.fx graph into this file instead (.svg or .png: needs Graphviz's "
-    "'dot' program; .dot: needs nothing); models fx cannot trace are drawn as module trees.",
+    "'dot' program; .dot: needs nothing); models fx cannot trace are drawn as module trees. "
+    "Default: no drawing.",
 )
 @click.option(
     "--layers",
     "layer_names",
+    metavar="NAME[,NAME...]",
     help="Only the layers these comma-separated names or globs match, as 'extract --layers' "
-    "takes them, and how many each matched; with --graph, the layers to highlight.",
+    "takes them, and how many each matched; with --graph, the layers to highlight. Default: "
+    "every layer.",
 )
 @capture_option
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="The table as JSON on stdout: the model, its input, the capture method and a record "
+    "per layer (with --graph, the drawing's path too).",
+)
 @click.pass_context
 def layers(
     ctx,
@@ -115,6 +138,7 @@ def layers(
     graph,
     layer_names,
     capture,
+    as_json,
 ) -> None:
     """Every capturable layer of MODEL: name, kind, output shape, layout, bytes per sample and
     whether it is cloned at capture; or, with --graph, a drawing of the model's graph (add
@@ -123,6 +147,7 @@ def layers(
     from actextract.report.graph import draw_graph
 
     with user_errors(ctx):
+        path = None
         if graph is not None:
             path = draw_graph(
                 model,
@@ -133,8 +158,8 @@ def layers(
                 capture=capture,
                 trust_checkpoint=trust_checkpoint,
             )
-            click.echo(f"wrote {path}")
-        if graph is None or summary:
+            say(ctx, f"wrote {path}", err=as_json)  # stdout is the JSON's alone
+        if graph is None or summary or as_json:
             table = list_layers(
                 model,
                 input_shape=input_shape,
@@ -146,29 +171,46 @@ def layers(
                 text=text,
                 max_length=max_length,
             )
-            show = format_layer_summary if summary else format_layer_table
-            click.echo(show(table, dtype, n_samples))
+    if as_json:
+        click.echo(json.dumps(layers_json(table, dtype, graph=path), indent=2))
+    elif graph is None or summary:
+        show = format_layer_summary if summary else format_layer_table
+        click.echo(show(table, dtype, n_samples))
 
 
-@main.command(context_settings=CONTEXT)
-@extract_options
+@main.command(
+    sections=SECTIONS,
+    rest="Output and help",
+    examples=EXAMPLES,
+    context_settings=CONTEXT,
+    short_help="Run a model over a dataset; store the chosen layers' outputs.",
+)
 @click.pass_context
-def extract(ctx, channels, **options) -> None:
-    """Run MODEL over DATASET and store the outputs of the chosen layers."""
+def extract(ctx, channels, storage_options, **options) -> None:
+    """Run MODEL over DATASET and store the outputs of the chosen layers (or statistics of
+    them) in a Zarr v3 store at --out, row block by row block; a killed run resumes with
+    --resume."""
     from actextract.extraction.api import extract as run_extract
 
+    if options["progress"] is None and quiet(ctx):
+        options["progress"] = False
     with user_errors(ctx), _interruptible(ctx, options["out"]):
         channels = int(channels) if channels else None
         store = run_extract(
-            options.pop("model"), options.pop("dataset"), channels=channels, **options
+            options.pop("model"),
+            options.pop("dataset"),
+            channels=channels,
+            **storage_kwargs(storage_options),
+            **options,
         )
     stats = [f"{name} ({', '.join(a['kinds'])})" for name, a in store.stats_layers().items()]
     wrote = "wrote" if store.this_run is None or store.this_run["computed"] else "store"
-    click.echo(
+    say(
+        ctx,
         f"{wrote} {store.location} ({store.status}): {', '.join(store.layers) or 'no layer'} in "
-        f"full" + (f"; statistics of {'; '.join(stats)}" if stats else "")
+        f"full" + (f"; statistics of {'; '.join(stats)}" if stats else ""),
     )
-    click.echo(format_summary(store.attrs, store.this_run))
+    say(ctx, format_summary(store.attrs, store.this_run))
 
 
 @contextmanager
@@ -198,21 +240,34 @@ def _interruptible(ctx: click.Context, out: str) -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-@main.command("train-demo", context_settings=CONTEXT)
+@main.command(
+    "train-demo",
+    context_settings=CONTEXT,
+    short_help="Train digits-cnn on the embedded digits (seconds on a CPU).",
+)
 @click.option(
     "--out",
     default="demo/digits-cnn.pt",
-    show_default=True,
     type=click.Path(),
+    metavar="FILE",
     help="Where to save the checkpoint (a state_dict).",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=10, help="Passes over the training digits."
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    help="Seed of the weights, the train/test split and the batch order.",
+)
 @click.option(
     "--record",
     type=click.Path(),
+    metavar="PATH",
     help="Also record conv1, conv2 and fc1 of 100 held-out digits before training and after "
-    "every epoch into this store (replaced if it exists); 'actextract render' draws it.",
+    "every epoch into this store (replaced if it exists); 'actextract render' draws it. "
+    "Default: no recording.",
 )
 @click.pass_context
 def train_demo(ctx, out, epochs, seed, record) -> None:
@@ -221,13 +276,14 @@ def train_demo(ctx, out, epochs, seed, record) -> None:
 
     with user_errors(ctx):
         result = train_digits_cnn(out, epochs=epochs, seed=seed, record=record)
-    click.echo(
+    say(
+        ctx,
         f"trained digits-cnn for {result.epochs} epochs on {result.train_samples} digits: "
         f"test accuracy {result.test_accuracy:.1%} on {result.test_samples} held-out "
-        f"digits; saved {result.path}"
+        f"digits; saved {result.path}",
     )
     if result.record is not None:
-        click.echo(f"recorded epochs 0-{result.epochs} (0: before training) in {result.record}")
+        say(ctx, f"recorded epochs 0-{result.epochs} (0: before training) in {result.record}")
 
 
 for command in (info, verify, render, cluster):

@@ -11,21 +11,36 @@ import click
 
 from actextract.check import store_info
 from actextract.check.text import format_clustering, format_info, format_report
-from actextract.cli.params import CONTEXT, sample_rows, user_errors
+from actextract.cli.help import Command
+from actextract.cli.output import verify_json
+from actextract.cli.params import (
+    CONTEXT,
+    progress_off,
+    sample_rows,
+    say,
+    storage_kwargs,
+    storage_option,
+    user_errors,
+)
 
 __all__ = ["cluster", "info", "render", "verify"]
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(
+    cls=Command,
+    context_settings=CONTEXT,
+    short_help="What a store holds: arrays, shapes, codec, size, labels, status.",
+)
 @click.argument("path", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@storage_option
+@click.option("--json", "as_json", is_flag=True, help="The same as JSON on stdout.")
 @click.pass_context
-def info(ctx, path, as_json) -> None:
+def info(ctx, path, storage_options, as_json) -> None:
     """Arrays, shapes, dtype, codec, size on disk, labels and status of a store."""
     from actextract.store import open_store
 
     with user_errors(ctx):
-        data = store_info(open_store(path))
+        data = store_info(open_store(path, **storage_kwargs(storage_options)))
     click.echo(json.dumps(data, indent=2, default=str) if as_json else format_info(data))
     if data.get("damage"):
         click.echo(
@@ -35,19 +50,29 @@ def info(ctx, path, as_json) -> None:
         ctx.exit(2)
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(
+    cls=Command,
+    context_settings=CONTEXT,
+    short_help="Read every chunk of a store back; report what is damaged.",
+)
 @click.argument("path", type=click.Path())
+@storage_option
 @click.option(
     "--repair",
     is_flag=True,
     help="Mark the row blocks with missing or damaged chunks not done, so that "
     "'extract ... --resume' computes them again.",
 )
+@click.option("--workers", type=click.IntRange(min=1), default=4, help="Reader threads.")
 @click.option(
-    "--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Reader threads."
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="The report as JSON on stdout: state, blocks done and each problem (the exit code "
+    "is the same).",
 )
 @click.pass_context
-def verify(ctx, path, repair, workers) -> None:
+def verify(ctx, path, storage_options, repair, workers, as_json) -> None:
     """Read every chunk of a store (checksums included) and report missing, damaged and
     unfinished row blocks by layer and row range. Exits 1 unless the store is complete."""
     from tqdm import tqdm
@@ -57,34 +82,59 @@ def verify(ctx, path, repair, workers) -> None:
     from actextract.store import open_store
 
     with user_errors(ctx):
-        store = open_store(path, mode="r+" if repair else "r")
-        with tqdm(total=count_chunks(store), unit="chunk", disable=None) as bar:
+        store = open_store(path, mode="r+" if repair else "r", **storage_kwargs(storage_options))
+        with tqdm(total=count_chunks(store), unit="chunk", disable=progress_off(ctx)) as bar:
             report = verify_store(store, progress=bar.update, workers=workers, repair=repair)
-    click.echo(format_verify(report))
+    if as_json:
+        click.echo(json.dumps(verify_json(report), indent=2, default=str))
+    else:
+        click.echo(format_verify(report))
     if not report.ok:
         ctx.exit(1)
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(
+    cls=Command,
+    context_settings=CONTEXT,
+    short_help="Pictures of a store, and an index.html to browse them.",
+)
 @click.argument("path", type=click.Path())
-@click.option("--out", required=True, type=click.Path(), help="Report folder (new or a report).")
-@click.option("--layers", "layer_names", help="Comma-separated names or globs (default: all).")
+@storage_option
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(),
+    metavar="FOLDER",
+    help="Report folder (new or a report).",
+)
+@click.option(
+    "--layers",
+    "layer_names",
+    metavar="NAME[,NAME...]",
+    help="Comma-separated names or globs (default: every stored layer).",
+)
 @click.option(
     "--samples",
     default="per-class",
-    show_default=True,
+    metavar="per-class|ROW[,ROW...]",
     callback=sample_rows,
     help="'per-class' (the first stored sample of each label) or row indices, e.g. 0,17,42.",
 )
-@click.option("--max-channels", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--max-channels",
+    type=click.IntRange(min=1),
+    default=64,
+    help="Channels drawn per feature-map grid (the first ones).",
+)
 @click.option(
     "--only",
+    metavar="KIND[,KIND...]",
     help="Comma-separated picture kinds: grids, averages, histograms, filters, confusion, "
-    "clusters.",
+    "clusters. Default: every kind the store has data for.",
 )
 @click.option("--same-scale", is_flag=True, help="All maps of a grid on one colour scale.")
-@click.option("--cmap", default="viridis", show_default=True, help="A matplotlib colour map.")
-@click.option("--bins", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--cmap", default="viridis", metavar="NAME", help="A matplotlib colour map.")
+@click.option("--bins", type=click.IntRange(min=1), default=30, help="Bins of each histogram.")
 @click.option(
     "--allow-damaged",
     is_flag=True,
@@ -93,7 +143,18 @@ def verify(ctx, path, repair, workers) -> None:
 )
 @click.pass_context
 def render(
-    ctx, path, out, layer_names, samples, max_channels, only, same_scale, cmap, bins, allow_damaged
+    ctx,
+    path,
+    storage_options,
+    out,
+    layer_names,
+    samples,
+    max_channels,
+    only,
+    same_scale,
+    cmap,
+    bins,
+    allow_damaged,
 ):
     """Pictures of a store: feature-map grids, per-class averages, histograms, filters, a
     confusion matrix, and OUT/index.html to browse them."""
@@ -103,8 +164,8 @@ def render(
     from actextract.store import open_store
 
     with user_errors(ctx):
-        store = open_store(path)
-        with tqdm(total=len(store.layers), unit="layer", disable=None) as bar:
+        store = open_store(path, **storage_kwargs(storage_options))
+        with tqdm(total=len(store.layers), unit="layer", disable=progress_off(ctx)) as bar:
 
             def progress(layer: str) -> None:
                 bar.set_postfix_str(layer)
@@ -123,39 +184,61 @@ def render(
                 progress=progress,
                 allow_damaged=allow_damaged,
             )
-    click.echo(format_report(report))
+    say(ctx, format_report(report))
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(
+    cls=Command,
+    context_settings=CONTEXT,
+    short_help="K-means of one stored layer, streamed, on the device.",
+)
 @click.argument("path", type=click.Path())
-@click.option("--layer", required=True, help="The stored layer whose rows are clustered.")
+@storage_option
+@click.option(
+    "--layer", required=True, metavar="NAME", help="The stored layer whose rows are clustered."
+)
 @click.option("--k", type=click.IntRange(min=2), required=True, help="Number of clusters.")
 @click.option(
     "--pool",
     type=click.Choice(["none", "mean", "max"]),
     default="none",
-    show_default=True,
     help="Reduce each channel's map to one value first (spatial mean or max).",
 )
 @click.option(
     "--pca",
     type=click.IntRange(min=1),
-    help="Run k-means on this many principal components (a streaming PCA) instead of the rows.",
+    help="Run k-means on this many principal components (a streaming PCA) instead of the rows. "
+    "Default: on the rows themselves.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--seed", type=int, default=0, help="Seed of the k-means++ seeding and the order.")
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=10, help="Passes of mini-batch k-means."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, help="Rows per mini-batch.")
 @click.option(
     "--nearest",
     type=click.IntRange(min=1),
     default=8,
-    show_default=True,
     help="Rows kept as the nearest to each centre (the report shows them).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result's attributes as JSON.")
 @click.pass_context
-def cluster(ctx, path, layer, k, pool, pca, seed, epochs, batch_size, nearest, device, as_json):
+def cluster(
+    ctx,
+    path,
+    storage_options,
+    layer,
+    k,
+    pool,
+    pca,
+    seed,
+    epochs,
+    batch_size,
+    nearest,
+    device,
+    as_json,
+):
     """Mini-batch k-means (k-means++ seeding, fixed seed) of one stored layer, streamed chunk by
     chunk, on the device. The assignments, centres and PCA basis go into the store under
     clusters/LAYER/; with labels, prints purity, adjusted Rand index and NMI."""
@@ -170,11 +253,12 @@ def cluster(ctx, path, layer, k, pool, pca, seed, epochs, batch_size, nearest, d
         if phase not in bars:
             for bar in bars.values():
                 bar.close()
-            bars[phase] = tqdm(total=store.n, desc=phase, unit="row", disable=None, leave=False)
+            off = progress_off(ctx)
+            bars[phase] = tqdm(total=store.n, desc=phase, unit="row", disable=off, leave=False)
         bars[phase].update(rows)
 
     with user_errors(ctx):
-        store = open_store(path)
+        store = open_store(path, **storage_kwargs(storage_options))
         try:
             result = cluster_layer(
                 store,
