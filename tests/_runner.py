@@ -83,17 +83,21 @@ def command(*args: str, kill: str | None = None, stall: float = 0, log: Path | N
     return [*cmd, "--", *args]
 
 
-def run(*args: str, **faults) -> subprocess.CompletedProcess:
-    return subprocess.run(command(*args, **faults), env=ENV, capture_output=True, text=True)
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float | None = None, **faults
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command(*args, **faults), env=env or ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
-def start(*args: str, **faults) -> subprocess.Popen:
+def start(*args: str, env: dict[str, str] | None = None, **faults) -> subprocess.Popen:
     """The run in the background, as a terminal's foreground job would get Ctrl-C: SIGINT at
     its default (a job started with ``&``, like a CI script's, inherits it ignored, and
     Python then never raises KeyboardInterrupt)."""
     return subprocess.Popen(
         command(*args, **faults),
-        env=ENV,
+        env=env or ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

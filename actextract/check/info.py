@@ -8,6 +8,7 @@ is listed with its shape from the root attributes, the damage comes with its row
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ from actextract.store.opening import as_store
 __all__ = ["store_info"]
 
 
-def store_info(store: StoreReader | str | Path) -> dict[str, Any]:
+def store_info(
+    store: StoreReader | str | Path, *, storage_options: Mapping[str, Any] | str | None = None
+) -> dict[str, Any]:
     """See the module docstring; ``damage`` lists what is wrong, one line each ([] when
-    the store is whole). ``store``: an open store, or its path or URL."""
-    store = as_store(store)
+    the store is whole). ``store``: an open store, or its path or URL (opened with
+    ``storage_options``)."""
+    store = as_store(store, storage_options)
     attrs = store.attrs
     damage = integrity.check(store)
     broken = {p.path for p in damage.metadata}

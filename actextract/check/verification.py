@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from functools import partial
 from pathlib import Path
@@ -53,6 +53,7 @@ def verify(
     progress: Callable[[int], None] | None = None,
     workers: int = 4,
     repair: bool = False,
+    storage_options: Mapping[str, Any] | str | None = None,
 ) -> VerifyReport:
     """Read every chunk of every array of ``store``, block by block, ``workers`` chunks at a
     time (one chunk in memory per worker); ``progress(n)`` is called as ``n`` more chunks are
@@ -61,9 +62,11 @@ def verify(
     rewrites the missing or wrong ones from the root attributes, then marks the blocks with a
     missing or undecodable chunk not done: ``extract --resume`` redoes them. When the root
     attributes themselves are damaged nothing is read or repaired: the report says so.
-    ``store``: an open store, or a path or URL (opened with mode 'r+' to ``repair``)."""
+    ``store``: an open store, or a path or URL (opened with mode 'r+' to ``repair``, with
+    ``storage_options``)."""
     if not isinstance(store, StoreReader):  # a path or URL (a Recorder's store stays one)
-        store = open_store(store, mode="r+" if repair else "r")  # type: ignore[assignment]
+        mode = "r+" if repair else "r"
+        store = open_store(store, mode=mode, storage_options=storage_options)  # type: ignore[assignment]
     if workers < 1:
         raise OptionError(f"workers={workers} must be at least 1.")
     if repair and store.group.store.read_only:

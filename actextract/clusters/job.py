@@ -12,10 +12,11 @@ between passes when they fit in ``cache_bytes``; otherwise every pass reads the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,17 +124,19 @@ def cluster(
     device: str | torch.device = "auto",
     cache_bytes: int = 1 << 30,
     progress: Progress | None = None,
+    storage_options: Mapping[str, Any] | str | None = None,
 ) -> Clustering:
     """Cluster the rows of ``layer`` into ``k`` groups and write the result into the store
     under ``clusters/<layer>/<settings name>``; a result of the same settings is replaced
     once the new one is complete (a kill leaves one of them).
     ``pool`` ('mean', 'max') reduces spatial maps to one value per channel first; ``pca`` projects
     the rows on that many principal components before k-means. ``progress(phase, rows)`` is
-    called as rows pass. Same store, settings and device: the same result."""
+    called as rows pass. Same store, settings and device: the same result.
+    ``storage_options``: the fsspec options of a store URL."""
 
     settings = Settings(k, pool, pca, seed, epochs, batch_size, n_init, init_size, nearest)
     settings.check()
-    store = _writable_store(store)
+    store = _writable_store(store, storage_options)
     if layer not in store.layers:
         if layer in store.stats_layers():
             raise StoreError(
@@ -176,9 +179,9 @@ def cluster(
     return _write(store, layer, settings, dev, rows, space, cache, km, fitted, max_label, tick)
 
 
-def _writable_store(store: Store | str | Path) -> Store:
+def _writable_store(store: Store | str | Path, storage_options: Any) -> Store:
     location = store.location if isinstance(store, StoreReader) else store
-    store = open_store(location, mode="r+")
+    store = open_store(location, mode="r+", storage_options=storage_options)
     if store.attrs.get("axis") == "epoch":
         raise StoreError(
             f"'{store.location}' is a Recorder's store (an epoch axis); clustering takes the store "

@@ -27,7 +27,7 @@ import re
 import socket
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,10 +141,15 @@ class Clustering:
         )
 
 
-def clusterings(store: Store | str | Path, layer: str | None = None) -> list[Clustering]:
-    """The clustering results in ``store`` (open, or its path or URL; of ``layer``), complete
-    or not, by layer and name."""
-    store = as_store(store)  # type: ignore[assignment]
+def clusterings(
+    store: Store | str | Path,
+    layer: str | None = None,
+    *,
+    storage_options: Mapping[str, Any] | str | None = None,
+) -> list[Clustering]:
+    """The clustering results in ``store`` (open, or its path or URL with
+    ``storage_options``; of ``layer``), complete or not, by layer and name."""
+    store = as_store(store, storage_options)  # type: ignore[assignment]
     if ROOT not in store.group:
         return []
     out = []

@@ -63,6 +63,8 @@ class ExtractOptions:
     level: int | None = None
     chunk_rows: int | None = None
     chunk_tokens: int | None = None
+    # the fsspec options of an ``out`` URL (endpoint, credentials: actextract.store.remote)
+    storage_options: Mapping[str, Any] | None = None
     overwrite: bool = False
     resume: bool = False
     shard: str | Shard | None = None

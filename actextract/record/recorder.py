@@ -97,6 +97,7 @@ class Recorder:
         overwrite: bool = False,
         capture: Method = "auto",
         precision: str = "fp32",
+        storage_options: Mapping[str, Any] | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise OptionError(f"model is a {type(model).__name__}; a Recorder needs the nn.Module.")
@@ -119,7 +120,7 @@ class Recorder:
             num_workers if num_workers is not None else (loader.num_workers if loader else 0)
         )
         self.options = StoreOptions(dtype=dtype, codec=codec)
-        self.location = Location.parse(out)
+        self.location = Location.parse(out, storage_options)
         arrays, names, method = self._plan(reduce)
         self.layers = names
         self.reducer = Reducer(

@@ -14,20 +14,22 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from actextract.core.names import match_names
-from actextract.errors import LayerNotFoundError, OutputExistsError, StoreError
+from actextract.errors import LayerNotFoundError, OptionError, OutputExistsError, StoreError
 from actextract.report import figures
 from actextract.report.evolution import Evolution
 from actextract.report.pictures import KINDS, Drawer, Picture, RenderOptions, Report
 from actextract.report.toptokens import top_tokens_html
 from actextract.store import Store, integrity
 from actextract.store.layout import layer_arrays
+from actextract.store.location import Location
 from actextract.store.opening import as_store
 from actextract.store.tokens import is_token_layer
 
@@ -54,6 +56,7 @@ def render(
     bins: int = 30,
     progress: Callable[[str], None] | None = None,
     allow_damaged: bool = False,
+    storage_options: Mapping[str, Any] | str | None = None,
 ) -> Report:
     """Draw the pictures of ``store`` (a Store or its path) into the folder ``out`` and write
     ``out/index.html``. ``layers``: names or globs (default: all); ``samples``: 'per-class' or
@@ -75,8 +78,8 @@ def render(
         cmap=cmap,
         bins=bins,
     )
-    store = as_store(store)
-    out = Path(out)
+    out = local_folder(out)
+    store = as_store(store, storage_options)
     report = Report(out=out, index=out / "index.html")
     damaged, left_out = _around_damage(store, allow_damaged, report)
     names = [n for n in pick_layers(store, options.layers) if n not in damaged]
@@ -120,6 +123,19 @@ def render(
     report.index.write_text(page.index_html(store, report, names, model), encoding="utf-8")
     _write_manifest(report, [name for name, _ in model.files])
     return report
+
+
+def local_folder(out: str | Path) -> Path:
+    """``render --out``: a local folder (the page opens its pictures from beside it); a URL
+    is refused with the way to publish the folder instead."""
+    text = str(out)
+    if "://" in text and not text.startswith("file://"):
+        raise OptionError(
+            f"render --out '{text}': the report is written to a local folder, not a URL. Give "
+            "a folder (--out report/), then copy it where it should be served, e.g. aws s3 cp "
+            f"--recursive report/ {text}"
+        )
+    return Location.parse(text).local  # type: ignore[return-value]  # a path, or file://
 
 
 def _around_damage(store: Store, allow: bool, report: Report) -> tuple[set[str], bool]:

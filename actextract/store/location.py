@@ -5,8 +5,9 @@ a ``*.partial`` file and renames it into place, so a killed writer never leaves 
 chunk under a real name; a new local store is built in a hidden sibling folder and renamed into
 place once its metadata is complete, so ``--out`` is either absent or a whole empty store, and
 of several ``--shard`` processes started together exactly one creates it. Other URLs
-(``s3://``, ``gs://``, ``memory://``, ...) use zarr's ``FsspecStore``: their writes are as atomic
-as the file system makes them, and their store is created in place.
+(``s3://``, ``gs://``, ``memory://``, ...) use zarr's ``FsspecStore``, opened with the
+location's storage options (:mod:`actextract.store.remote`): their writes are as atomic as the
+file system makes them (an object is whole or absent), and their store is created in place.
 """
 
 from __future__ import annotations
@@ -16,34 +17,55 @@ import errno
 import os
 import shutil
 import socket
+import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import zarr
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from actextract.errors import OptionError, StoreError
+from actextract.store.remote import check_options, probe, remote_error_message
 
 __all__ = ["Location", "check_out", "writable"]
+
+ROOT = "zarr.json"  # the root group's metadata: a store is there once it is
+# how long a process that finds a remote store half created waits for its creator to finish
+CREATION_WAIT = 60.0
 
 
 @dataclass(frozen=True)
 class Location:
-    """A store's address: ``local`` is its folder for local stores, None for remote ones."""
+    """A store's address: ``local`` is its folder for local stores, None for remote ones;
+    ``options``: the fsspec storage options a remote one is opened with (local stores need
+    none and ignore them)."""
 
     url: str
     local: Path | None
+    options: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def parse(cls, out: str | Path | Location) -> Location:
+    def parse(
+        cls, out: str | Path | Location, storage_options: Mapping[str, Any] | str | None = None
+    ) -> Location:
+        """``out`` as a Location; ``storage_options`` (a mapping or its JSON) replace those
+        of a Location given."""
+        options = check_options(storage_options)
         if isinstance(out, Location):
-            return out
+            return out if options is None else replace(out, options=options)
+        if not isinstance(out, (str, Path)):
+            raise StoreError(
+                f"a store is named by a path or URL (or is an open Store), not a "
+                f"{type(out).__name__} ({out!r})."
+            )
         if isinstance(out, Path):
-            return cls(str(out), out)
+            return cls(str(out), out, options)
         parsed = urlparse(out)
         if parsed.scheme == "file":
             if parsed.netloc not in ("", "localhost"):
@@ -51,10 +73,10 @@ class Location:
                     f"'{out}' names the host '{parsed.netloc}'; a file:// URL must be local "
                     "(file:///absolute/path)."
                 )
-            return cls(out, Path(unquote(parsed.path)))
+            return cls(out, Path(unquote(parsed.path)), options)
         if "://" in out:
-            return cls(out, None)
-        return cls(out, Path(out))
+            return cls(out, None, options)
+        return cls(out, Path(out), options)
 
     def __str__(self) -> str:
         return self.url
@@ -67,24 +89,41 @@ class Location:
         if self.local is not None:
             return zarr.storage.LocalStore(self.local, read_only=read_only)
         try:
-            return zarr.storage.FsspecStore.from_url(self.url, read_only=read_only)
+            return zarr.storage.FsspecStore.from_url(
+                self.url, storage_options=dict(self.options or {}), read_only=read_only
+            )
         except (ImportError, ValueError) as e:
             raise StoreError(
                 f"'{self.url}' cannot be opened as a zarr store ({e}); install the fsspec "
-                "package of its scheme (s3fs, gcsfs, ...) or give a local path."
+                "package of its scheme (pip install 'actextract[s3]' for s3://, gcsfs, ...) or "
+                "give a local path."
             ) from None
+        except TypeError as e:  # an option the scheme's file system does not take
+            raise OptionError(
+                f"--storage-options {dict(self.options or {})}: '{self.url}' cannot be opened "
+                f"with them ({e}); give only the options of its file system (s3fs: key, "
+                "secret, endpoint_url, anon, client_kwargs, ...)."
+            ) from None
+
+    def check_reachable(self) -> None:
+        """A remote store's bucket exists and answers these credentials (one request);
+        raises the StoreError that says which of them fails and the fix."""
+        if self.local is None:
+            probe(self.zarr_store(read_only=True), self.url, self.options)
 
     # -- what is there -------------------------------------------------------------------------
     def exists(self) -> bool:
         """Anything at all is there (a file, a folder, keys under the URL)."""
         if self.local is not None:
             return self.local.exists()
+        self.check_reachable()
         return bool(sync(_first_key(self.zarr_store(read_only=True))))
 
     def is_store(self) -> bool:
         """A Zarr group (or array) is there: its ``zarr.json`` exists."""
         if self.local is not None:
             return (self.local / "zarr.json").is_file()
+        self.check_reachable()
         return bool(sync(self.zarr_store(read_only=True).exists("zarr.json")))
 
     def is_empty_dir(self) -> bool:
@@ -153,8 +192,9 @@ class Location:
         sibling folder and renamed into place, so nobody ever sees half of one; returns False
         when another process created the store first (it is then left as it is)."""
         if self.local is None:
-            build(self.zarr_store())
-            return True
+            staged = zarr.storage.MemoryStore()
+            build(staged)
+            return sync(self._put_staged(staged))
         parent = self.local.parent
         with writable(self, "create the store"):
             parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +222,32 @@ class Location:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
         return True
+
+
+    async def _put_staged(self, staged: zarr.storage.MemoryStore) -> bool:
+        """An object store has no rename: the store is built in memory (``staged``), its
+        objects are put in place, and its root ``zarr.json`` (what makes it a store, holding
+        the run's record) last, unless another process's root appeared meanwhile: False, and
+        that one is the store. So a reader, or another ``--shard`` process, never opens half
+        a store."""
+        target, prototype = self.zarr_store(), default_buffer_prototype()
+        keys = [key async for key in staged.list() if key != ROOT]
+        for key in keys:
+            await target.set(key, await staged.get(key, prototype))
+        if await target.exists(ROOT):
+            return False
+        await target.set(ROOT, await staged.get(ROOT, prototype))
+        return True
+
+    def await_store(self, timeout: float = CREATION_WAIT) -> bool:
+        """Wait (up to ``timeout`` seconds) for a remote store that another process is
+        creating (objects there, the root not yet) to have its root; whether it did."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.is_store():
+                return True
+            time.sleep(0.5)
+        return self.is_store()
 
 
 def _alive(pid: int) -> bool:
@@ -222,11 +288,21 @@ async def _first_key(store: zarr.abc.store.Store) -> str | None:
 @contextmanager
 def writable(location: Location | str, doing: str) -> Iterator[None]:
     """An OSError that means "cannot write here" becomes a StoreError naming the store, the
-    cause and the fix (read-only, permissions, disk full); other errors pass unchanged."""
+    cause and the fix (read-only, permissions, disk full; for a remote store also a refused
+    key, a missing bucket, an endpoint that does not answer); other errors pass unchanged."""
+    location = Location.parse(location)
     try:
         yield
-    except OSError as e:
-        message = storage_error_message(e, location, doing)
+    except Exception as e:
+        if location.local is not None and isinstance(e, OSError):
+            message = storage_error_message(e, location, doing)
+        elif location.local is None:
+            bucket = urlparse(location.url).netloc or None
+            message = remote_error_message(
+                e, location.url, location.options, bucket=bucket, doing=doing
+            )
+        else:
+            message = None
         if message is None:
             raise
         raise StoreError(message) from e

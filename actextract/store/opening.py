@@ -36,10 +36,16 @@ __all__ = [
 S = TypeVar("S", bound=StoreReader)
 
 
-def open_store(path: str | Path | Location, *, mode: str = "r") -> Store | EpochStore:
+def open_store(
+    path: str | Path | Location,
+    *,
+    mode: str = "r",
+    storage_options: Mapping[str, Any] | str | None = None,
+) -> Store | EpochStore:
     """Open a store written by actextract (a path or URL): a run's :class:`Store`, or an
-    :class:`EpochStore` for a Recorder's. ``mode='r'`` reads; ``'r+'`` lets a run write."""
-    location = Location.parse(path)
+    :class:`EpochStore` for a Recorder's. ``mode='r'`` reads; ``'r+'`` lets a run write.
+    ``storage_options``: the fsspec options of a URL (endpoint, credentials; JSON or a dict)."""
+    location = Location.parse(path, storage_options)
     if not location.is_store():
         raise StoreError(
             f"'{location}' is not a Zarr store (no zarr.json); give the --out of an actextract run."
@@ -133,6 +139,8 @@ def open_for_writing(
         return reopen(location)
     if reopen is not None:
         if location.exists() and not location.is_empty_dir():
+            if location.local is None and location.await_store():  # another shard created it
+                return reopen(location)
             raise OutputExistsError(
                 f"output '{location}' exists and is not a Zarr store; it cannot be {reused}. "
                 "Remove it yourself or choose another --out."
@@ -167,7 +175,12 @@ def create_store(
     return open_for_writing(location, build, None, overwrite=overwrite)  # type: ignore[return-value]
 
 
-def as_store(store: StoreReader | str | Path | Location) -> StoreReader:
-    """An open store as it is, or one opened from its path or URL (mode 'r'): what every
-    reader takes."""
-    return store if isinstance(store, StoreReader) else open_store(store)
+def as_store(
+    store: StoreReader | str | Path | Location,
+    storage_options: Mapping[str, Any] | str | None = None,
+) -> StoreReader:
+    """An open store as it is, or one opened from its path or URL (mode 'r') with these
+    storage options: what every reader takes."""
+    if isinstance(store, StoreReader):
+        return store
+    return open_store(store, storage_options=storage_options)

@@ -14,8 +14,9 @@ Needs ``pip install xarray dask`` (imported on first use, not with actextract).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +31,12 @@ if TYPE_CHECKING:
 __all__ = ["to_xarray"]
 
 
-def to_xarray(store: StoreReader | str | Path, layer: str) -> xarray.DataArray:
+def to_xarray(
+    store: StoreReader | str | Path,
+    layer: str,
+    *,
+    storage_options: Mapping[str, Any] | str | None = None,
+) -> xarray.DataArray:
     """One row array of ``store`` (a path, URL or open :class:`Store`) as a lazy DataArray.
 
     ``layer`` is a stored layer, or another per-sample array by its path
@@ -38,7 +44,7 @@ def to_xarray(store: StoreReader | str | Path, layer: str) -> xarray.DataArray:
     stored (float16 by default: cast with ``.astype("float32")`` before sums and means, which
     overflow in float16). Coordinates: ``sample`` (the row index, kept through selections),
     ``labels`` (-1 where a sample has none) and ``ids``. Skipped or unwritten rows read as NaN.
-    A Recorder's store gives (``epoch``, ``sample``, ...).
+    A Recorder's store gives (``epoch``, ``sample``, ...). ``storage_options``: those of a URL.
     """
     try:
         import dask.array as da
@@ -47,7 +53,7 @@ def to_xarray(store: StoreReader | str | Path, layer: str) -> xarray.DataArray:
         raise ImportError(
             f"to_xarray needs xarray and dask ({e}); install them: pip install xarray dask"
         ) from None
-    store = as_store(store)
+    store = as_store(store, storage_options)
     if store.per_token(layer):
         return _token_rows(store, layer, da, xr)
     # an unknown one: store[layer]'s StoreError, naming the layers
