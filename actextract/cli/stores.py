@@ -160,10 +160,12 @@ def render(
     confusion matrix, and OUT/index.html to browse them."""
     from tqdm import tqdm
 
+    from actextract.report.writer import local_folder
     from actextract.report.writer import render as render_report
     from actextract.store import open_store
 
     with user_errors(ctx):
+        out = local_folder(out)  # a URL is refused before the store is opened
         store = open_store(path, **storage_kwargs(storage_options))
         with tqdm(total=len(store.layers), unit="layer", disable=progress_off(ctx)) as bar:
 
