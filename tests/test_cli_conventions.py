@@ -341,3 +341,21 @@ def test_extract_passes_storage_options_only_when_given(runner, monkeypatch, tmp
     assert runner.invoke(main, args).exit_code == 2
     assert runner.invoke(main, [*args, "--storage-options", '{"anon": true}']).exit_code == 2
     assert calls == ["not given", {"anon": True}]
+
+
+def test_storage_options_open_the_store_they_are_given_for(runner, tmp_path):
+    """A file:// URL with fsspec options, written, read and checked: the library takes them."""
+    url, given = (tmp_path / "run.zarr").as_uri(), ["--storage-options", '{"auto_mkdir": true}']
+    res = runner.invoke(main, ["extract", *RUN, "--out", url, *given])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["info", url, "--json"], env={"ACTEXTRACT_STORAGE_OPTIONS": "{}"})
+    assert res.exit_code == 0 and json.loads(res.stdout)["status"] == "complete", res.output
+    res = runner.invoke(main, ["verify", url, *given, "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["ok"], res.output
+
+
+def test_quiet_keeps_the_errors(runner, tmp_path):
+    out = tmp_path / "x.zarr"
+    res = runner.invoke(main, ["extract", "-q", *RUN[:5], "layer5", *RUN[6:], "--out", str(out)])
+    assert res.exit_code == 2 and "layer 'layer5' is not in digits-cnn" in res.output
+    assert not out.exists()
