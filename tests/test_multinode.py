@@ -4,6 +4,7 @@ rendezvous on 127.0.0.1, as on two machines of a cluster (a Slurm job's two ``sr
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -14,9 +15,10 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
-from _runner import ARGS, ENV, same_store
+from _runner import ARGS, ENV, HERE, run, same_store, wait_for_done_blocks
 
 import actextract
 from actextract.check.verification import verify
@@ -33,7 +35,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _node(rank: int, port: int, rdzv_id: str, out, nproc: int) -> list[str]:
+def _node(rank: int, port: int, rdzv_id: str, out, nproc: int, script: list[str]) -> list[str]:
     """One node's launcher: the command each host of a job runs (docs/long-runs.md)."""
     return [
         sys.executable,
@@ -47,61 +49,106 @@ def _node(rank: int, port: int, rdzv_id: str, out, nproc: int) -> list[str]:
         f"--rdzv-id={rdzv_id}",
         "--local-addr=127.0.0.1",  # the address the other node reaches this one at
         "--max-restarts=0",
-        "-m",
-        "actextract",
+        *script,
         *ARGS,
         "--out",
         str(out),
     ]
 
 
-def _two_nodes(out, nproc: int) -> list[tuple[int | None, str]]:
-    """Both launchers started at once; their exit codes and output, both killed at LIMIT (exit
-    code None). Their output goes to files, so that neither blocks on a full pipe."""
+def _start_nodes(out, nproc: int, script: list[str]) -> list[tuple[subprocess.Popen, Path]]:
+    """Both launchers, started at once, each with its output in a file (so that neither blocks
+    on a full pipe)."""
     port, rdzv_id = _free_port(), f"actextract-{uuid.uuid4().hex[:8]}"
-    logs = [out.parent / f"node-{rank}.log" for rank in (0, 1)]
     nodes = []
-    for rank, log in enumerate(logs):
+    for rank in (0, 1):
+        log = out.parent / f"node-{rank}.log"
         with log.open("w") as f:
-            command = _node(rank, port, rdzv_id, out, nproc)
-            # a session of its own: a hung launcher is killed with its workers
-            nodes.append(
-                subprocess.Popen(
-                    command, env=ENV, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
-                )
-            )
+            command = _node(rank, port, rdzv_id, out, nproc, script)
+            node = subprocess.Popen(command, env=ENV, stdout=f, stderr=subprocess.STDOUT)
+        nodes.append((node, log))
+    return nodes
+
+
+def _kill_node(node: subprocess.Popen) -> None:
+    """SIGKILL a launcher and its ranks, as if their host died (torchrun starts each rank in a
+    session of its own: the launcher's process group alone would leave them running)."""
+    pids, todo = [], [node.pid]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    node.wait()
+
+
+def _finish(nodes: list[tuple[subprocess.Popen, Path]]) -> list[tuple[int | None, str]]:
+    """Each node's exit code and output, once both end; None for one killed at LIMIT."""
     deadline = time.monotonic() + LIMIT
-    for node in nodes:
+    for node, _ in nodes:
         try:
             node.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             break
-    for node in nodes:
+    for node, _ in nodes:
         if node.poll() is None:
-            os.killpg(node.pid, signal.SIGKILL)
-            node.wait()
+            _kill_node(node)
             node.returncode = None  # a hang, not an exit
-    return [(node.returncode, log.read_text()) for node, log in zip(nodes, logs, strict=True)]
+    return [(node.returncode, log.read_text()) for node, log in nodes]
 
 
-@pytest.mark.slow
-def test_two_torchrun_nodes_write_one_store_like_one_process(tmp_path, reference):
-    """Two ranks a node: node 1's ranks are 2 and 3 with LOCAL_RANK 0 and 1 (a shard taken
-    from LOCAL_RANK, or a node's ranks numbered as if alone, would leave blocks unwritten)."""
-    nproc = 2
-    out = tmp_path / "run.zarr"
-    results = _two_nodes(out, nproc)
-    report = "\n".join(
+def _report(results: list[tuple[int | None, str]]) -> str:
+    return "\n".join(
         f"node {r} ({f'exit {code}' if code is not None else f'hung: killed after {LIMIT} s'})"
         f":\n{text[-4000:]}"
         for r, (code, text) in enumerate(results)
     )
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_write_one_store_like_one_process(tmp_path, reference):
+    """Two ranks a node: one node's ranks are 2 and 3 with LOCAL_RANK 0 and 1 (a shard taken
+    from LOCAL_RANK, or a node's ranks numbered as if alone, would leave blocks unwritten)."""
+    nproc = 2
+    out = tmp_path / "run.zarr"
+    results = _finish(_start_nodes(out, nproc, ["-m", "actextract"]))
+    report = _report(results)
     assert all(code == 0 for code, _ in results), report
     store = actextract.open_store(out)
     assert store.complete and verify(store).ok, report
     summary = store.attrs["summary"]
     assert summary["processes"] == 2 * nproc and summary["images"] == 640, summary
     same_store(store, reference)  # every row array, the labels, the ids and the statistics
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_run_stops_the_job_and_resume_finishes_the_store(tmp_path, reference):
+    """One node dies (its launcher and ranks SIGKILLed once two blocks are done): the other
+    ends with an error that says what happened and what to do (not gloo's traceback, nor a
+    wait), what both wrote stays, and --resume (here one process) computes the rest, so that
+    the store is one process's."""
+    out = tmp_path / "run.zarr"
+    # every block after each rank's first two takes a second, so that the kill comes mid-run
+    script = [str(HERE / "_runner.py"), "--stall", "1", "--"]
+    nodes = _start_nodes(out, 1, script)
+    wait_for_done_blocks(out, 2, nodes[1][0])
+    _kill_node(nodes[1][0])
+    results = _finish(nodes)
+    report = _report(results)
+    assert results[0][0] not in (0, None), report  # an error, not a hang nor a success
+    assert "another rank of this torchrun job stopped" in results[0][1], report
+    assert "--resume to finish the store" in results[0][1], report
+    store = actextract.open_store(out)
+    assert not store.complete and store.done().sum() >= 2, report
+    done = run(*ARGS, "--out", str(out), "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    store = actextract.open_store(out)
+    assert store.complete and verify(store).ok
+    same_store(store, reference)
 
 
 # -- shared file systems -----------------------------------------------------------------------

@@ -18,7 +18,7 @@ import datetime
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -75,7 +75,8 @@ class Group:
             except BaseException as e:
                 error = e
         message = [f"{type(error).__name__}: {error}" if error is not None else None]
-        dist.broadcast_object_list(message, src=0)
+        with _collective("while rank 0 prepared the store"):
+            dist.broadcast_object_list(message, src=0)
         if error is not None:
             raise error
         if message[0] is not None:
@@ -85,13 +86,28 @@ class Group:
     def gather(self, value: Any) -> list[Any] | None:
         """Every rank's ``value`` on rank 0 (None elsewhere); waits for the slowest rank."""
         out: list[Any] | None = [None] * self.world if self.leader else None
-        dist.gather_object(value, out, dst=0)
+        with _collective("before the end of the run"):
+            dist.gather_object(value, out, dst=0)
         return out
 
     def close(self) -> None:
         """Leave the process group, unless the caller's program made it (its own DDP job)."""
         if self.owned and dist.is_initialized():
             dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _collective(when: str) -> Iterator[None]:
+    """A collective that fails because another rank is gone (killed, out of memory, its host
+    down: gloo's "Connection closed by peer") becomes a RankError that says what to do."""
+    try:
+        yield
+    except RuntimeError as e:  # torch's DistError and gloo's errors are RuntimeErrors
+        raise RankError(
+            f"another rank of this torchrun job stopped {when} (killed, out of memory, or its "
+            f"host went away; see its output): {e}. The row blocks recorded done so far are "
+            "kept: run the same command with --resume to finish the store."
+        ) from e
 
 
 def from_env() -> Group | None:
