@@ -211,3 +211,54 @@ def test_an_iterable_of_token_dicts_grows_the_token_arrays_too(tmp_path, reduce)
     assert store._node("tokens/mask").shape == (N, 6)
     same_store(store, actextract.extract(Tagger(), rows, out=tmp_path / "m.zarr", **run))
     assert actextract.verify(tmp_path / "t.zarr").ok
+
+
+@pytest.mark.parametrize("turns", [False, True])
+def test_both_ways_of_writing_grow_the_store_alike(tmp_path, monkeypatch, turns):
+    # beside the forward (the last block written after the writes in flight have landed), or
+    # in turns with the loop (the last block in the last turn)
+    monkeypatch.setattr("actextract.extraction.api.takes_turns", lambda device: turns)
+    store = actextract.extract(
+        tiny_cnn(), Samples(), out=tmp_path / "t.zarr", writers=2, host_buffers=4, **RUN
+    )
+    assert store.complete
+    same_store(store, _map_style(tmp_path))
+
+
+def test_an_iterable_shorter_than_its_read_ahead_and_one_block(tmp_path):
+    store = actextract.extract(tiny_cnn(), Samples(n=3), out=tmp_path / "s.zarr", **RUN)
+    assert store.complete and store.n == 3 and store.n_blocks == 1
+    same_store(store, _map_style(tmp_path, limit=3))
+    assert actextract.verify(tmp_path / "s.zarr").ok
+
+
+class WithBad(Samples):
+    def __iter__(self):
+        for i, item in enumerate(super().__iter__()):
+            yield "not an input" if i == 10 else item
+
+
+def test_a_bad_item_of_an_iterable_is_skipped_as_a_map_style_one_is(tmp_path):
+    store = actextract.extract(
+        tiny_cnn(), WithBad(), out=tmp_path / "b.zarr", on_bad_sample="skip", **RUN
+    )
+    assert store.complete and store.n == N
+    assert [s["index"] for s in store.skipped()] == [10] and store.skipped()[0]["id"] == "10"
+    assert store.labels[10] == -1 and np.isnan(store["fc"][10]).all()
+    with pytest.raises(actextract.BadSampleError, match="sample 10"):
+        actextract.extract(tiny_cnn(), WithBad(), out=tmp_path / "c.zarr", **RUN)
+
+
+def test_a_python_spec_of_an_iterable_and_a_store_in_memory(tmp_path):
+    module = tmp_path / "streams_mod.py"
+    module.write_text(
+        "import torch\n"
+        "class Stream(torch.utils.data.IterableDataset):\n"
+        "    def __iter__(self):\n"
+        "        g = torch.Generator().manual_seed(0)\n"
+        "        for i in range(21):\n"
+        "            yield torch.randn(3, 8, 8, generator=g), i % 2\n"
+    )
+    store = actextract.extract(tiny_cnn(), f"python:{module}:Stream", out=None, **RUN)
+    assert store.complete and store.n == 21 and store.labels[:4].tolist() == [0, 1, 0, 1]
+    assert store["fc"].shape == (21, 5) and store.ids[-1] == "20"
