@@ -103,7 +103,7 @@ def test_two_shards_write_one_bucket_at_once(s3, reference):
     url = f"s3://{s3.bucket()}/sharded.zarr"
     procs = [start(*ARGS, "--out", url, "--shard", f"{i}/2", env=aws_env(s3)) for i in (0, 1)]
     for proc in procs:
-        out, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
     store = actextract.open_store(url, storage_options=s3.options)
     assert store.complete

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ from actextract.core.axes import reduced_shape, reductions_for
 from actextract.core.devices import resolve_device
 from actextract.core.versions import software
 from actextract.errors import OptionError, StoreError, option
-from actextract.store import Store, StoreReader, integrity, open_store
+from actextract.store import Store
 from actextract.store.layout import now, quiet_numcodecs
 from actextract.store.location import writable
 from actextract.store.tokens import is_token_layer, sample_tokens
@@ -124,7 +123,7 @@ def cluster(
     device: str | torch.device = "auto",
     cache_bytes: int = 1 << 30,
     progress: Progress | None = None,
-    storage_options: Mapping[str, Any] | str | None = None,
+    storage_options: Mapping | str | None = None,
 ) -> Clustering:
     """Cluster the rows of ``layer`` into ``k`` groups and write the result into the store
     under ``clusters/<layer>/<settings name>``; a result of the same settings is replaced
@@ -136,7 +135,7 @@ def cluster(
 
     settings = Settings(k, pool, pca, seed, epochs, batch_size, n_init, init_size, nearest)
     settings.check()
-    store = _writable_store(store, storage_options)
+    store = clustering.writable_store(store, storage_options)
     if layer not in store.layers:
         if layer in store.stats_layers():
             raise StoreError(
@@ -177,28 +176,6 @@ def cluster(
             tick(f"k-means epoch {epoch + 1}/{epochs}", len(x))
         km.end_epoch()
     return _write(store, layer, settings, dev, rows, space, cache, km, fitted, max_label, tick)
-
-
-def _writable_store(store: Store | str | Path, storage_options: Any) -> Store:
-    location = store.location if isinstance(store, StoreReader) else store
-    store = open_store(location, mode="r+", storage_options=storage_options)
-    if store.attrs.get("axis") == "epoch":
-        raise StoreError(
-            f"'{store.location}' is a Recorder's store (an epoch axis); clustering takes the store "
-            "of an extract run."
-        )
-    if not store.complete:
-        done = store.done()
-        raise StoreError(
-            f"'{store.location}' is {store.status} ({int(done.sum())} of {len(done)} row blocks "
-            "written); finish it with 'actextract extract ... --resume' before clustering it."
-        )
-    damage = integrity.check(store)
-    if damage:
-        raise integrity.damage_error(
-            store, damage, "Clustering it would group rows that are not there (they read as NaN)."
-        )
-    return store
 
 
 def _fit_pca(rows: Rows, n: int, tick: Progress) -> tuple[Pca, int]:

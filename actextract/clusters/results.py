@@ -39,8 +39,8 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from actextract.clusters.kmeans import Pca
-from actextract.errors import OptionError, option
-from actextract.store import Store
+from actextract.errors import OptionError, StoreError, option
+from actextract.store import Store, StoreReader, integrity, open_store
 from actextract.store.layout import quiet_numcodecs
 from actextract.store.opening import as_store
 
@@ -325,3 +325,26 @@ def drop(store: Store, damaged: list[str]) -> list[str]:
         for path in results:
             del store.group[path]
     return results
+
+
+def writable_store(store: Store | str | Path, storage_options: Mapping | str | None) -> Store:
+    """The complete run's store (open, or its path or URL) reopened to write a result in."""
+    location = store.location if isinstance(store, StoreReader) else store
+    store = open_store(location, mode="r+", storage_options=storage_options)
+    if store.attrs.get("axis") == "epoch":
+        raise StoreError(
+            f"'{store.location}' is a Recorder's store (an epoch axis); clustering takes the store "
+            "of an extract run."
+        )
+    if not store.complete:
+        done = store.done()
+        raise StoreError(
+            f"'{store.location}' is {store.status} ({int(done.sum())} of {len(done)} row blocks "
+            "written); finish it with 'actextract extract ... --resume' before clustering it."
+        )
+    damage = integrity.check(store)
+    if damage:
+        raise integrity.damage_error(
+            store, damage, "Clustering it would group rows that are not there (they read as NaN)."
+        )
+    return store

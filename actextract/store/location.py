@@ -31,7 +31,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from actextract.errors import OptionError, StoreError
-from actextract.store.remote import check_options, probe, remote_error_message
+from actextract.store.remote import check_options, probe, probe_options, remote_error_message
 
 __all__ = ["Location", "check_out", "writable"]
 
@@ -109,7 +109,8 @@ class Location:
         """A remote store's bucket exists and answers these credentials (one request);
         raises the StoreError that says which of them fails and the fix."""
         if self.local is None:
-            probe(self.zarr_store(read_only=True), self.url, self.options)
+            asking = replace(self, options=probe_options(self.url, self.options))
+            probe(asking.zarr_store(read_only=True), self.url, self.options)
 
     # -- what is there -------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -222,7 +223,6 @@ class Location:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
         return True
-
 
     async def _put_staged(self, staged: zarr.storage.MemoryStore) -> bool:
         """An object store has no rename: the store is built in memory (``staged``), its

@@ -22,7 +22,7 @@ from zarr.core.sync import sync
 
 from actextract.errors import OptionError, StoreError
 
-__all__ = ["check_options", "probe", "remote_error_message"]
+__all__ = ["check_options", "probe", "probe_options", "remote_error_message"]
 
 # fsspec protocols whose URLs name a bucket (or container) first: the probe asks for it
 BUCKETS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "r2", "oss", "tos"}
@@ -69,6 +69,17 @@ def endpoint(url: str, options: Mapping[str, Any] | None) -> str | None:
     if found is None and urlparse(url).scheme in ("s3", "s3a"):
         found = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     return found
+
+
+def probe_options(url: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options of the probe's request: for S3, botocore's retries cut to two attempts of
+    at most 10 s each (unless given), so an endpoint that does not answer is reported in
+    seconds; the run's own requests keep the file system's patient defaults."""
+    options = dict(options or {})
+    if urlparse(url).scheme in ("s3", "s3a"):
+        config = {"connect_timeout": 10, "retries": {"max_attempts": 2}}
+        options["config_kwargs"] = {**config, **(options.get("config_kwargs") or {})}
+    return options
 
 
 def probe(store: Any, url: str, options: Mapping[str, Any] | None) -> None:
