@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset, get_wor
 
 import actextract
 from actextract.errors import ActextractError, OptionError
+from actextract.extraction.growth import AHEAD
+from actextract.store.growth import Resizer, row_shapes
 
 N = 37  # not a multiple of the block size: the last block is partial
 RUN = dict(layers="conv1,fc", chunk_rows=8, batch_size=5, device="cpu", progress=False)
@@ -127,6 +129,8 @@ def test_an_iterable_that_raises_leaves_the_store_incomplete(tmp_path):
     assert "the stream broke" in store.attrs["error"]
     done = store.done()
     assert done[:2].all() and not done.all()  # the blocks before the break are written
+    # grown by whole blocks, a few ahead of the 20 rows that came (4 batches of 5)
+    assert store.n % 8 == 0 and 24 <= store.n <= 24 + AHEAD * 8
 
 
 @pytest.mark.parametrize("how", [{"resume": True}, {"shard": "0/2"}])
@@ -262,3 +266,14 @@ def test_a_python_spec_of_an_iterable_and_a_store_in_memory(tmp_path):
     store = actextract.extract(tiny_cnn(), f"python:{module}:Stream", out=None, **RUN)
     assert store.complete and store.n == 21 and store.labels[:4].tolist() == [0, 1, 0, 1]
     assert store["fc"].shape == (21, 5) and store.ids[-1] == "20"
+
+
+def test_the_shapes_of_a_grown_store_are_those_a_store_of_its_rows_is_created_with(tmp_path):
+    rows = _rows(N)
+    run = {**RUN, "layers": "embed,head", "reduce": {"embed": "tokens"}}
+    store = actextract.extract(Tagger(), Rows(rows), out=tmp_path / "t.zarr", **run)
+    resize = Resizer(actextract.open_store(tmp_path / "t.zarr", mode="r+"))
+    assert resize.linear  # every array's length grows by the same steps per block
+    for n in (8, 16, 40, 800, 37, 1):
+        assert resize.shapes(n) == row_shapes(store.attrs, n), n
+    assert set(resize.shapes(8)) >= {"labels", "ids", "progress/done", "tokens/mask"}
