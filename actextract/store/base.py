@@ -267,14 +267,16 @@ def write_attributes(store: StoreReader, values: dict[str, Any]) -> None:
     (``attrs.update`` would write it once per key, and a failure between two would leave half
     an update); one process at a time, as the file is rewritten whole."""
     with writable(store.location, "update the store's attributes"):
+        drop_consolidated(store.group.store)  # (the rewrite below would leave it out too)
         store.group.update_attributes(values)
 
 
 def consolidate(store: StoreReader) -> None:
     """Write the store's consolidated metadata (every node's metadata, copied into the root
     zarr.json), which xarray and ``zarr.open_group`` read in one request: done when the store
-    is sealed, and dropped whenever it is reopened for writing (:func:`drop_consolidated`), so
-    that no copy outlives what it copies. actextract's own readers never read it."""
+    is sealed, and dropped before any later write changes what it copies
+    (:func:`drop_consolidated`), so that no copy outlives what it copies. actextract's own
+    readers never read it (``use_consolidated=False``)."""
     with warnings.catch_warnings():  # "not part in the Zarr format 3 specification": known
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(store.group.store)
@@ -282,8 +284,12 @@ def consolidate(store: StoreReader) -> None:
 
 def drop_consolidated(zstore: zarr.abc.store.Store) -> bool:
     """Remove the consolidated metadata from the root zarr.json of ``zstore`` (opened for
-    writing), if it has any: a store reopened for writing (``--resume``, a shard, ``cluster``,
-    ``verify --repair``, a Recorder) may change what it copies. True when there was some."""
+    writing), if it has any; True when there was some. Done before anything that changes
+    what it copies (the metadata below the root: attributes, new arrays and groups) is
+    written to a sealed store: attributes (``write_attributes``), arrays written whole
+    (``checked_array``: statistics, ``cluster``), ``verify --repair``'s restored metadata.
+    Chunks, which it does not copy, are written without it. The root's own attributes (its
+    ``status``) are never copied: the root zarr.json holds them once."""
     prototype = default_buffer_prototype()
     raw = sync(zstore.get("zarr.json", prototype=prototype))
     if raw is None:

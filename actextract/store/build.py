@@ -17,6 +17,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from actextract.store.base import drop_consolidated
 from actextract.store.layout import (
     DEFAULT_LEVEL,
     FORMAT_VERSION,
@@ -274,7 +275,9 @@ def checked_array(group, path: str, shape, chunks, dtype, *, fill=0, dims=None) 
     any at ``path``: crc32c on every chunk, and every chunk written (a chunk of fill values
     too), so that a missing one is damage that ``verify`` sees, not a silent fill value. (The
     setting goes with the array: zarr's global config is shared with the writer threads.)
-    ``dims``: its dimension names, as xarray reads them."""
+    ``dims``: its dimension names, as xarray reads them. A sealed store's consolidated
+    metadata is dropped first (it would not list the array)."""
+    drop_consolidated(group.store)
     return group.create_array(
         path,
         shape=shape,

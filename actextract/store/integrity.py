@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from zarr.core.sync import sync
 from actextract.core.axes import reduced_shape, stored_layout
 from actextract.errors import StoreError
 from actextract.store import parts
+from actextract.store.base import consolidate, drop_consolidated
 from actextract.store.build import counts_tokens, expected_metadata, token_arrays
 from actextract.store.layout import layer_arrays, list_keys, row_paths
 
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 RECORDS = ("progress/skipped", "progress/nonfinite", "progress/done")  # one chunk per block
+SLAB_BYTES = 64 << 20  # the most of a record array read at once
 
 
 @dataclass(frozen=True)
@@ -156,11 +159,14 @@ def restore_metadata(store: Store, problems: Iterable[MetaProblem]) -> list[str]
     expected = expected_metadata(store.attrs)
     prototype = default_buffer_prototype()
     paths = [p.path for p in problems]
+    copied = drop_consolidated(store.group.store)  # a copy of what is rewritten
     for path in paths:
         sync(
             store.group.store.set(f"{path}/zarr.json", prototype.buffer.from_bytes(expected[path]))
         )
     store.forget_nodes()
+    if copied:  # a sealed store: copied again, from the files as creation wrote them
+        consolidate(store)
     return paths
 
 
@@ -228,13 +234,17 @@ def check(store: Store) -> Damage:
 
 def _unreadable(store: Store, paths: list[str], per_block: bool) -> list[tuple[str, int, int, str]]:
     """(array, rows, what) of the done blocks of ``paths`` whose chunks do not decode: each
-    array read whole, then block by block only when that fails."""
+    array read whole (in slabs of SLAB_BYTES: a block's fixed-width record is mostly
+    padding), then block by block only when that fails."""
     out = []
     done = np.flatnonzero(store.done()).tolist()
     for path in paths:
         arr = store._node(path)
+        row = max(1, math.prod(arr.shape[1:]) * np.dtype(arr.dtype).itemsize)
+        step = max(1, SLAB_BYTES // row)
         try:
-            arr[:]
+            for lo in range(0, arr.shape[0], step):
+                arr[lo : lo + step]
             continue
         except Exception as e:
             if not is_damage(e):

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import zarr
 
 from actextract.errors import OutputExistsError, StoreError
-from actextract.store.base import StoreReader, drop_consolidated
+from actextract.store.base import StoreReader
 from actextract.store.build import build_store
 from actextract.store.epochs import AXIS, EpochStore
 from actextract.store.layout import FORMAT_VERSION, ArraySpec, StoreOptions
@@ -71,9 +71,6 @@ def open_store(
             f"'{location}' has store format {version}; this actextract reads up to "
             f"{FORMAT_VERSION}. Upgrade actextract."
         )
-    if mode != "r":  # a sealed store's copy of the metadata: gone until the next seal
-        with writable(location, "drop the consolidated metadata"):
-            drop_consolidated(zstore)
     if group.attrs.get("axis") == AXIS:
         return EpochStore(location, group)
     return Store(location, group)
