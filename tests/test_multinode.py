@@ -57,8 +57,8 @@ def _node(rank: int, port: int, rdzv_id: str, out, nproc: int, script: list[str]
 
 
 def _start_nodes(out, nproc: int, script: list[str]) -> list[tuple[subprocess.Popen, Path]]:
-    """Both launchers, started at once, each with its output in a file (so that neither blocks
-    on a full pipe)."""
+    """Both launchers, node 1's as soon as node 0's listens, each with its output in a file (so
+    that neither blocks on a full pipe)."""
     port, rdzv_id = _free_port(), f"actextract-{uuid.uuid4().hex[:8]}"
     nodes = []
     for rank in (0, 1):
@@ -67,7 +67,18 @@ def _start_nodes(out, nproc: int, script: list[str]) -> list[tuple[subprocess.Po
             command = _node(rank, port, rdzv_id, out, nproc, script)
             node = subprocess.Popen(command, env=ENV, stdout=f, stderr=subprocess.STDOUT)
         nodes.append((node, log))
+        if rank == 0:  # node 0 hosts the rendezvous, as the node --rdzv-endpoint names does
+            _wait_for_port(port, node)
     return nodes
+
+
+def _wait_for_port(port: int, node: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and node.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
 
 
 def _kill_node(node: subprocess.Popen) -> None:
@@ -127,13 +138,14 @@ def test_two_torchrun_nodes_write_one_store_like_one_process(tmp_path, reference
 
 @pytest.mark.slow
 def test_a_node_killed_mid_run_stops_the_job_and_resume_finishes_the_store(tmp_path, reference):
-    """One node dies (its launcher and ranks SIGKILLed once two blocks are done): the other
-    ends with an error that says what happened and what to do (not gloo's traceback, nor a
-    wait), what both wrote stays, and --resume (here one process) computes the rest, so that
-    the store is one process's."""
+    """One node dies (its launcher and ranks SIGKILLed once two blocks are done; not the one
+    that hosts the rendezvous, whose death ends the other launchers at once): the other ends
+    with an error that says what happened and what to do (not gloo's traceback, nor a wait),
+    what both wrote stays, and --resume (here one process) computes the rest, so that the
+    store is one process's."""
     out = tmp_path / "run.zarr"
-    # every block after each rank's first two takes a second, so that the kill comes mid-run
-    script = [str(HERE / "_runner.py"), "--stall", "1", "--"]
+    # every block after each rank's first two takes 2 s, so that the kill comes mid-run
+    script = [str(HERE / "_runner.py"), "--stall", "2", "--"]
     nodes = _start_nodes(out, 1, script)
     wait_for_done_blocks(out, 2, nodes[1][0])
     _kill_node(nodes[1][0])
