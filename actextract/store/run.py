@@ -154,7 +154,7 @@ class Store(BlockReader):
         sl = slice(rows.start, rows.stop)
         writes: list[tuple[str, Any, Any]] = [
             ("labels", sl, labels),
-            ("ids", sl, self.ids.encoded(ids)),  # a StoreError for an id too long for it
+            ("ids", sl, self.ids.encoded(ids, count=len(rows))),  # StoreError: one too long
         ]
         writes += [(f"tokens/{k}", sl, v) for k, v in (tokens or {}).items()]
         if counts_tokens(self.attrs):  # where the block's token rows end

@@ -165,14 +165,20 @@ class TextArray:
 
     def __setitem__(self, selection: Any, values: Any) -> None:
         """Write strings at ``selection`` (a slice or an integer) in the array's form."""
-        self.array[selection] = self.encoded(values)
+        count = None
+        if isinstance(selection, slice):
+            count = len(range(*selection.indices(len(self))))
+        self.array[selection] = self.encoded(values, count=count)
 
-    def encoded(self, values: Any, what: str = "id") -> Any:
-        """``values`` (a string or a sequence of them) as the array stores them."""
+    def encoded(self, values: Any, what: str = "id", *, count: int | None = None) -> Any:
+        """``values`` (a string or a sequence of them) as the array stores them; one string
+        given for ``count`` rows is each row's, as NumPy broadcasts it."""
         single = isinstance(values, str)
         if not self.fixed:
             return values if single else np.asarray(values, dtype=str)
         rows = encode([values] if single else list(values), self.width or 0, what)
+        if single and count is not None:
+            return np.broadcast_to(rows[0], (count, rows.shape[1]))
         return rows[0] if single else rows
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
