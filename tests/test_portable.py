@@ -146,6 +146,28 @@ def test_an_id_longer_than_the_store_keeps_is_a_clear_error(tmp_path):
     assert store.ids[:].tolist() == ["abcd", "é.p", "", ""]
 
 
+def test_a_folder_of_long_paths_gets_an_id_width_that_holds_them(image_folder, tmp_path):
+    deep = "a-folder-name-of-many-words-" * 9  # 252 bytes: with the class and file, past 256
+    shutil.move(image_folder / "cat", tmp_path / "cat")
+    shutil.move(tmp_path / "cat", image_folder / "cat" / deep)  # ImageFolder walks subfolders
+    long = f"cat/{deep}"
+    out = tmp_path / "long.zarr"
+    actextract.extract(
+        "python:tests/_fixtures.py:tiny_cnn",
+        f"folder:{image_folder}",
+        out=out,
+        layers=["fc"],
+        resize=8,
+        crop=8,
+        device="cpu",
+        progress=False,
+    )
+    store = actextract.open_store(out)
+    assert store.attrs["id_width"] == len(f"{long}/0.png") > 256
+    assert store.ids[:].tolist()[:3] == [f"{long}/{i}.png" for i in range(3)]
+    assert verify(out).ok
+
+
 def test_a_store_of_format_6_reads_verifies_and_resumes_as_it_was_written(image_store, tmp_path):
     out = tmp_path / "v6.zarr"
     shutil.copytree(image_store.path, out)

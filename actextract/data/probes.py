@@ -20,7 +20,14 @@ from actextract.data.samples import BadSample, Sample, Source
 from actextract.data.source import open_source, wrap_dataset
 from actextract.errors import BadSampleError, OptionError
 
-__all__ = ["Rows", "bad_sample_error", "first_sample", "probe_source", "select_rows"]
+__all__ = [
+    "Rows",
+    "bad_sample_error",
+    "first_sample",
+    "known_ids",
+    "probe_source",
+    "select_rows",
+]
 
 log = logging.getLogger(__name__)
 
@@ -105,3 +112,13 @@ def bad_sample_error(bad: BadSample) -> BadSampleError:
         f"probe sample {bad.index} ('{bad.id}') could not be loaded: {bad.error}. A recording "
         "needs every probe sample at every epoch; fix it, or leave it out with rows=."
     )
+
+
+def known_ids(dataset: Any) -> Sequence[str] | None:
+    """The ids a dataset names its samples by, where it lists them (a folder's paths, a
+    table's id column; of the whole dataset under a row selection, so that every shard of a
+    run picks the same ``id_width``); None where they are row numbers, which always fit."""
+    while not hasattr(dataset, "ids") and hasattr(dataset, "base"):
+        dataset = dataset.base  # probes.Rows: the rows of another dataset
+    ids = getattr(dataset, "ids", None)
+    return ids if isinstance(ids, list | tuple) else None  # not loaders._Ids: row numbers

@@ -18,6 +18,7 @@ from actextract.core.dtypes import STORAGE_DTYPES
 from actextract.core.names import match_names
 from actextract.core.versions import software
 from actextract.data.decode import DeviceDecoder
+from actextract.data.probes import known_ids
 from actextract.data.inputs import Inputs, SampleShape, per_sample_shape, stack
 from actextract.data.rules import channels_hint
 from actextract.data.source import Preprocess, Sample, Source
@@ -30,6 +31,7 @@ from actextract.model.zoo import LoadedModel
 from actextract.stats.accumulate import DEFAULT_BINS, hist_edges, parse_stats
 from actextract.store import ArraySpec, StoreOptions, choose_chunk_rows, open_store
 from actextract.store.location import Location
+from actextract.store.strings import width_for
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +381,9 @@ def provenance(
         "precision": precision,
         "device": str(options.device),
         "batch_size": batch_size,
+        "id_width": width_for(known_ids(source.dataset)),  # room for the longest id
     }
+
 
 
 def _preprocess_attrs(pre: Preprocess | None) -> dict[str, Any] | None:

@@ -38,7 +38,13 @@ from torch.utils.data import DataLoader, Dataset
 from actextract.core.devices import PRECISIONS, autocast
 from actextract.core.dtypes import STORAGE_DTYPES
 from actextract.core.versions import software
-from actextract.data.probes import Rows, bad_sample_error, first_sample, probe_source
+from actextract.data.probes import (
+    Rows,
+    bad_sample_error,
+    first_sample,
+    known_ids,
+    probe_source,
+)
 from actextract.data.samples import Source, make_loader
 from actextract.errors import OptionError, StoreError
 from actextract.extraction.plan import layer_arrays, state_sha256
@@ -57,6 +63,7 @@ from actextract.store.layout import (
     quiet_numcodecs,
 )
 from actextract.store.location import Location, writable
+from actextract.store.strings import width_for
 
 __all__ = ["Recorder", "preserved"]
 
@@ -345,6 +352,7 @@ class Recorder:
             "precision": self.precision,
             "device": str(self.device),
             "batch_size": self.batch_size,
+            "id_width": width_for(known_ids(source.dataset)),
         }
 
 
