@@ -18,8 +18,8 @@ from actextract.core.dtypes import STORAGE_DTYPES
 from actextract.core.names import match_names
 from actextract.core.versions import software
 from actextract.data.decode import DeviceDecoder
-from actextract.data.probes import known_ids
 from actextract.data.inputs import Inputs, SampleShape, per_sample_shape, stack
+from actextract.data.probes import known_ids
 from actextract.data.rules import channels_hint
 from actextract.data.source import Preprocess, Sample, Source
 from actextract.errors import CaptureError, OptionError, option
@@ -383,7 +383,6 @@ def provenance(
         "batch_size": batch_size,
         "id_width": width_for(known_ids(source.dataset)),  # room for the longest id
     }
-
 
 
 def _preprocess_attrs(pre: Preprocess | None) -> dict[str, Any] | None:
