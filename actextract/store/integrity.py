@@ -36,7 +36,7 @@ from zarr.core.sync import sync
 from actextract.core.axes import reduced_shape, stored_layout
 from actextract.errors import StoreError
 from actextract.store import parts
-from actextract.store.base import consolidate, drop_consolidated
+from actextract.store.base import SLAB_BYTES, consolidate, drop_consolidated
 from actextract.store.build import counts_tokens, expected_metadata, token_arrays
 from actextract.store.layout import layer_arrays, list_keys, row_paths
 
@@ -56,7 +56,6 @@ __all__ = [
 ]
 
 RECORDS = ("progress/skipped", "progress/nonfinite", "progress/done")  # one chunk per block
-SLAB_BYTES = 64 << 20  # the most of a record array read at once
 
 
 @dataclass(frozen=True)
