@@ -240,7 +240,16 @@ def test_reopening_a_sealed_store_for_writing_leaves_no_stale_copy(tmp_path, mon
 def test_clustering_a_sealed_store_leaves_no_stale_copy(tmp_path):
     out = tmp_path / "run.zarr"
     image_run(out)
-    actextract.cluster(out, "fc", 2, epochs=1, n_init=1, nearest=2)
+    for _ in range(2):  # the second replaces the first: one result, in the copy too
+        actextract.cluster(out, "fc", 2, epochs=1, n_init=1, nearest=2)
     root = zarr.open_group(out, mode="r")  # zarr's defaults
     [name] = list(root["clusters/fc"].group_keys())
     assert root[f"clusters/fc/{name}"].attrs["status"] == "complete"
+    copy = consolidated(out)  # consolidated again with the result, as the seal left it
+    assert copy is not None and f"clusters/fc/{name}/assignments" in copy["metadata"]
+    assert {
+        k.split("/")[2]
+        for k in copy["metadata"]
+        if k.count("/") >= 2 and k.startswith("clusters/fc/")
+    } == {name}
+    assert root.metadata.consolidated_metadata is not None
