@@ -19,6 +19,8 @@ from click.testing import CliRunner
 import actextract
 from actextract.cli.commands import main
 from actextract.errors import OptionError, StoreError
+from actextract.store import location
+from actextract.store.remote import probe
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
@@ -52,10 +54,14 @@ def aws_env(s3, **changes: str) -> dict[str, str]:
 
 
 # -- a run in a bucket ----------------------------------------------------------------------
-def test_a_run_into_a_bucket_equals_a_local_one(s3, small_reference, tmp_path):
+def test_a_run_into_a_bucket_equals_a_local_one(s3, small_reference, tmp_path, monkeypatch):
     url = f"s3://{s3.bucket()}/runs/digits.zarr"
+    probes = []
+    monkeypatch.setattr(location, "_REACHED", {})
+    monkeypatch.setattr(location, "probe", lambda *a: probes.append(a) or probe(*a))
     store = actextract.extract(**SMALL, out=url, storage_options=s3.options)
     assert store.complete and str(store.location) == url
+    assert len(probes) == 1  # the bucket is asked once, not at each question about the URL
     same_store(store, small_reference)
     keys = s3.keys(url.split("/")[2])
     assert "runs/digits.zarr/zarr.json" in keys and not any(".partial" in k for k in keys)

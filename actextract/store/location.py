@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import shutil
 import socket
@@ -38,6 +39,9 @@ __all__ = ["Location", "check_out", "writable"]
 ROOT = "zarr.json"  # the root group's metadata: a store is there once it is
 # how long a process that finds a remote store half created waits for its creator to finish
 CREATION_WAIT = 60.0
+# a remote store that answered is not probed again for this long (Location.check_reachable)
+REACHED_FOR = 30.0
+_REACHED: dict[tuple[str, str], float] = {}  # (URL, options JSON): when it last answered
 
 
 @dataclass(frozen=True)
@@ -106,11 +110,17 @@ class Location:
             ) from None
 
     def check_reachable(self) -> None:
-        """A remote store's bucket exists and answers these credentials (one request);
-        raises the StoreError that says which of them fails and the fix."""
+        """A remote store's bucket exists and answers these credentials (one request, not
+        asked again of a URL and options that answered within REACHED_FOR seconds: opening
+        a store asks several questions); raises the StoreError that says which of them fails
+        and the fix."""
         if self.local is None:
+            key = (self.url, json.dumps(dict(self.options or {}), sort_keys=True, default=str))
+            if time.monotonic() - _REACHED.get(key, -REACHED_FOR) < REACHED_FOR:
+                return
             asking = replace(self, options=probe_options(self.url, self.options))
             probe(asking.zarr_store(read_only=True), self.url, self.options)
+            _REACHED[key] = time.monotonic()
 
     # -- what is there -------------------------------------------------------------------------
     def exists(self) -> bool:
