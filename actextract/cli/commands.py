@@ -20,6 +20,7 @@ from actextract.cli.output import layers_json
 from actextract.cli.params import (
     CONTEXT,
     capture_option,
+    count_option,
     dtype_option,
     int_list,
     quiet,
@@ -78,20 +79,16 @@ def main() -> None:
     help="Probe a text model with these words, tokenised by its tokenizer (default for a "
     "text model: a sentence of its own).",
 )
-@click.option(
+@count_option(
     "--max-length",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Tokens per document for --dataset text and --text (padded to it). Default: as "
+    "Tokens per document for --dataset text and --text (padded to it). Default: as "
     "many as the text has.",
 )
 @dtype_option("Storage dtype the byte counts assume.")
-@click.option(
+@count_option(
     "--n",
-    "n_samples",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Show the projected store size for N samples (uncompressed). Default: not shown.",
+    "Show the projected store size for N samples (uncompressed). Default: not shown.",
+    dest="n_samples",
 )
 @click.option(
     "--summary",
@@ -252,9 +249,7 @@ def _interruptible(ctx: click.Context, out: str) -> Iterator[None]:
     metavar="FILE",
     help="Where to save the checkpoint (a state_dict).",
 )
-@click.option(
-    "--epochs", type=click.IntRange(min=1), default=10, help="Passes over the training digits."
-)
+@count_option("--epochs", "Passes over the training digits.", default=10)
 @click.option(
     "--seed",
     type=int,

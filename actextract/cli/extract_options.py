@@ -8,6 +8,7 @@ import click
 from actextract.cli.help import Section, options_of
 from actextract.cli.params import (
     capture_option,
+    count_option,
     dtype_option,
     float_list,
     hist_range,
@@ -48,24 +49,17 @@ _DATA = options_of(
         "cifar10:ROOT, synthetic:N:C:H:W, python:module:callable, text:FILE (a line per "
         "document, or .jsonl) or hf-dataset:PATH[:split][:column] (save_to_disk's).",
     ),
-    click.option(
-        "--limit",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Only the first N samples. Default: all of them.",
-    ),
-    click.option(
+    count_option("--limit", "Only the first N samples. Default: all of them."),
+    count_option(
         "--resize",
-        type=click.IntRange(min=0),
-        default=None,
-        help="Resize the shorter image side to N pixels (0: off). Default: the model's own "
+        "Resize the shorter image side to N pixels (0: off). Default: the model's own "
         "(256 for torchvision models, none for digits-cnn).",
+        least=0,
     ),
-    click.option(
+    count_option(
         "--crop",
-        type=click.IntRange(min=0),
-        default=None,
-        help="Centre crop to NxN (0: off). Default: the model's own (224 for torchvision models).",
+        "Centre crop to NxN (0: off). Default: the model's own (224 for torchvision models).",
+        least=0,
     ),
     click.option(
         "--mean",
@@ -87,11 +81,9 @@ _DATA = options_of(
         help="Convert images to grayscale (1) or RGB (3). Default: the model's own (RGB for "
         "torchvision models, grayscale for digits-cnn).",
     ),
-    click.option(
+    count_option(
         "--max-length",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Text datasets: tokens per document, cut and padded to it (default: the "
+        "Text datasets: tokens per document, cut and padded to it (default: the "
         "tokenizer's model_max_length); python: datasets of token dicts: padded to it.",
     ),
     click.option(
@@ -157,11 +149,8 @@ _LAYERS = options_of(
         "kinds: class-mean, class-std, channel-mean (each sample's mean per channel), "
         "channel-hist. PATTERN picks among the layers of --layers and --store. Default: none.",
     ),
-    click.option(
-        "--hist-bins",
-        type=click.IntRange(min=1),
-        default=64,
-        help="Bins of channel-hist (plus one below and one above the range).",
+    count_option(
+        "--hist-bins", "Bins of channel-hist (plus one below and one above the range).", default=64
     ),
     click.option(
         "--hist-range",
@@ -198,17 +187,12 @@ _STORAGE = options_of(
     click.option(
         "--level", type=int, default=None, help="Compression level (default: the codec's)."
     ),
-    click.option(
-        "--chunk-rows",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Samples per chunk (default: a multiple of the batch size, ~32 MB a chunk).",
+    count_option(
+        "--chunk-rows", "Samples per chunk (default: a multiple of the batch size, ~32 MB a chunk)."
     ),
-    click.option(
+    count_option(
         "--chunk-tokens",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Token rows per chunk of a text run's --reduce tokens layers, a divisor of a row "
+        "Token rows per chunk of a text run's --reduce tokens layers, a divisor of a row "
         "block's chunk-rows × max-length (default: the largest within 4 MB).",
     ),
 )
@@ -221,23 +205,11 @@ _SPEED = options_of(
         default="fp32",
         help="Autocast precision of the forward pass.",
     ),
-    click.option(
-        "--batch-size",
-        type=click.IntRange(min=1),
-        default=64,
-        help="Samples per forward pass.",
-    ),
-    click.option(
-        "--num-workers",
-        type=click.IntRange(min=0),
-        default=0,
-        help="DataLoader worker processes.",
-    ),
-    click.option(
+    count_option("--batch-size", "Samples per forward pass.", default=64),
+    count_option("--num-workers", "DataLoader worker processes.", least=0, default=0),
+    count_option(
         "--writers",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Threads that compress and write (default: 2 on CUDA, beside the forward; on a CPU "
+        "Threads that compress and write (default: 2 on CUDA, beside the forward; on a CPU "
         "whose cores the forward uses, one per core up to 4, taking turns with it).",
     ),
     click.option(

@@ -17,6 +17,7 @@ from actextract.errors import ActextractError
 __all__ = [
     "CONTEXT",
     "capture_option",
+    "count_option",
     "dtype_option",
     "float_list",
     "int_list",
@@ -214,6 +215,21 @@ def dtype_option(help_text: str):
         type=click.Choice(["float16", "float32"]),
         default="float16",
         show_default=True,
+        help=help_text,
+    )
+
+
+def count_option(
+    name: str, help_text: str, *, least: int = 1, default: int | None = None, dest: str = ""
+):
+    """An integer option of at least ``least`` (a count or a size); with no ``default`` its
+    help says what happens without it. ``dest``: the parameter's name where it is not the
+    option's."""
+    return click.option(
+        name,
+        *([dest] if dest else []),
+        type=click.IntRange(min=least),
+        default=default,
         help=help_text,
     )
 
