@@ -35,6 +35,8 @@ __all__ = [
     "build_store",
     "checked_array",
     "counts_tokens",
+    "create_labels",
+    "create_text",
     "expected_metadata",
     "fixed_strings",
     "id_width",
@@ -76,29 +78,22 @@ def build_store(
                     dimension_names=spec.dimension_names(),
                 )
         crc = (Crc32cCodec(),)
-        group.create_array(
-            "labels",
-            shape=(n,),
-            chunks=(chunk_rows,),
-            dtype="int64",
-            fill_value=-1,
-            compressors=crc,
-            dimension_names=("sample",),
-        )
+        create_labels(group, n, chunk_rows)
         # one chunk per block (of skipped): processes writing different blocks never touch
         # the same file; fixed-width UTF-8 from format 7 (actextract.store.strings)
         strings = string_arrays(n, chunk_rows, attrs)
         for path, (shape, chunks, dims, width) in strings.items():
-            group.create_array(
-                path,
-                shape=shape,
-                chunks=chunks,
-                dtype="uint8" if width else str,
-                fill_value=0 if width else None,
-                compressors=(ZstdCodec(level=3), *crc) if width else crc,
-                dimension_names=dims,
-                attributes=text_attrs(width) if width else None,
-            )
+            if width:
+                create_text(group, path, shape, chunks, dims, width)
+            else:  # zarr's variable-length strings (expected_metadata of an older store)
+                group.create_array(
+                    path,
+                    shape=shape,
+                    chunks=chunks,
+                    dtype=str,
+                    compressors=crc,
+                    dimension_names=dims,
+                )
         group.create_array(
             "progress/nonfinite",
             shape=(n_blocks, len(arrays)),
@@ -143,6 +138,42 @@ def build_store(
         group.update_attributes(store_attrs(n, arrays, options, chunk_rows, attrs))
 
     return build
+
+
+def create_labels(group: zarr.Group, n: int, chunk_rows: int) -> zarr.Array:
+    """A run's ``labels`` array: a class index per sample, -1 where there is none (or the
+    row was not written), checksummed."""
+    return group.create_array(
+        "labels",
+        shape=(n,),
+        chunks=(chunk_rows,),
+        dtype="int64",
+        fill_value=-1,
+        compressors=(Crc32cCodec(),),
+        dimension_names=("sample",),
+    )
+
+
+def create_text(
+    group: zarr.Group,
+    path: str,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dims: tuple[str, ...],
+    width: int,
+) -> zarr.Array:
+    """A column of fixed-width UTF-8 strings (actextract.store.strings): uint8 rows of
+    ``width`` bytes, NUL-padded, zstd-compressed (mostly padding) and checksummed."""
+    return group.create_array(
+        path,
+        shape=shape,
+        chunks=chunks,
+        dtype="uint8",
+        fill_value=0,
+        compressors=(ZstdCodec(level=3), Crc32cCodec()),
+        dimension_names=dims,
+        attributes=text_attrs(width),
+    )
 
 
 def expected_metadata(attrs: Mapping[str, Any]) -> dict[str, bytes]:

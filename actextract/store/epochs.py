@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs import Crc32cCodec
 
 from actextract.errors import StoreError
 from actextract.store.base import BlockReader, StoreReader, write_attributes
-from actextract.store.build import id_width
+from actextract.store.build import create_labels, create_text, id_width
 from actextract.store.layout import ArraySpec, StoreOptions, quiet_numcodecs
-from actextract.store.strings import RECORD_MIN_BYTES, fit_json, text_attrs
+from actextract.store.strings import RECORD_MIN_BYTES, fit_json
 
 __all__ = [
     "AXIS",
@@ -235,15 +235,7 @@ def build_recording(
                     compressors=options.compressors(),
                     dimension_names=(AXIS, *spec.dimension_names()),
                 )
-        group.create_array(
-            "labels",
-            shape=(n,),
-            chunks=(chunk_rows,),
-            dtype="int64",
-            fill_value=-1,
-            compressors=crc,
-            dimension_names=("sample",),
-        )
+        create_labels(group, n, chunk_rows)
         group.create_array(
             "progress/epochs",
             shape=(0,),
@@ -259,16 +251,7 @@ def build_recording(
             ("ids", (n, ids), (chunk_rows, ids), ("sample", "id_byte"), ids),
             ("progress/records", (0, record), (1, record), (AXIS, "record_byte"), record),
         ):
-            group.create_array(
-                path,
-                shape=shape,
-                chunks=chunks,
-                dtype="uint8",
-                fill_value=0,
-                compressors=(ZstdCodec(level=3), *crc),
-                dimension_names=dims,
-                attributes=text_attrs(width),
-            )
+            create_text(group, path, shape, chunks, dims, width)
         group.update_attributes(attrs)
 
     return build
