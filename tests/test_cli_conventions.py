@@ -22,7 +22,7 @@ HERE = Path(__file__).parent
 # 96 digits in 3 row blocks of 32 rows
 RUN = ["--model", "digits-cnn", "--dataset", "digits", "--layers", "fc1", "--limit", "96"]
 RUN += ["--batch-size", "32", "--chunk-rows", "32", "--device", "cpu"]
-STORE_COMMANDS = ["extract", "info", "verify", "render", "cluster"]
+STORE_COMMANDS = ["extract", "info", "verify", "render", "cluster", "train-demo"]
 
 
 def commands() -> dict[str, click.Command]:
@@ -276,6 +276,9 @@ def store_args(name: str, path: str) -> list[str]:
     """A command line of ``name`` on the store at ``path``."""
     if name == "extract":
         return ["extract", *RUN, "--out", path]
+    if name == "train-demo":
+        checkpoint = str(Path(path).with_suffix(".pt"))  # replaced where path is a URL
+        return [name, "--out", checkpoint, "--epochs", "1", "--record", path]
     extra = {"render": ["--out", "report"], "cluster": ["--layer", "fc1", "--k", "2"]}
     return [name, path, *extra.get(name, [])]
 
@@ -305,6 +308,33 @@ def test_bad_storage_options_exit_2_naming_the_option(runner, tmp_path, name, va
 
 class Opened(actextract.errors.ActextractError):
     pass
+
+
+def test_train_demo_help_lists_storage_options(runner):
+    res = runner.invoke(main, ["train-demo", "--help"])
+    assert res.exit_code == 0 and "--storage-options JSON" in res.output, res.output
+    assert "ACTEXTRACT_STORAGE_OPTIONS" in res.output
+
+
+def test_train_demo_passes_storage_options_to_the_recorder(runner, monkeypatch, tmp_path):
+    import actextract.record.recorder
+
+    calls = []
+
+    def recorder(model, **kwargs):
+        calls.append(kwargs["storage_options"])
+        raise Opened(f"recording into {kwargs['out']}")
+
+    monkeypatch.setattr(actextract.record.recorder, "Recorder", recorder)
+    args = store_args("train-demo", "s3://bucket/rec.zarr")
+    args[2] = str(tmp_path / "cnn.pt")
+    runner.invoke(main, args)
+    runner.invoke(main, [*args, "--storage-options", '{"anon": true}'])
+    env = {"ACTEXTRACT_STORAGE_OPTIONS": '{"endpoint_url": "http://127.0.0.1:9000"}'}
+    res = runner.invoke(main, args, env=env)
+    assert res.exit_code == 2 and "recording into s3://bucket/rec.zarr" in res.output
+    assert calls == [None, {"anon": True}, {"endpoint_url": "http://127.0.0.1:9000"}]
+    assert not (tmp_path / "cnn.pt").exists()
 
 
 @pytest.mark.parametrize("name", ["info", "verify", "render", "cluster"])

@@ -26,6 +26,7 @@ from actextract.cli.params import (
     quiet,
     say,
     storage_kwargs,
+    storage_option,
     trust_option,
     user_errors,
 )
@@ -259,26 +260,29 @@ def _interruptible(ctx: click.Context, out: str) -> Iterator[None]:
 @click.option(
     "--record",
     type=click.Path(),
-    metavar="PATH",
+    metavar="PATH|URL",
     help="Also record conv1, conv2 and fc1 of 100 held-out digits before training and after "
-    "every epoch into this store (replaced if it exists); 'actextract render' draws it. "
-    "Default: no recording.",
+    "every epoch into this store (a .zarr folder or an fsspec URL; replaced if it exists); "
+    "'actextract render' draws it. Default: no recording.",
 )
+@storage_option
 @click.pass_context
-def train_demo(ctx, out, epochs, seed, record) -> None:
+def train_demo(ctx, out, epochs, seed, record, storage_options) -> None:
     """Train digits-cnn on the embedded digits data (seconds on a CPU)."""
     from actextract.record.train import train_digits_cnn
 
     with user_errors(ctx):
-        result = train_digits_cnn(out, epochs=epochs, seed=seed, record=record)
+        result = train_digits_cnn(
+            out, epochs=epochs, seed=seed, record=record, **storage_kwargs(storage_options)
+        )
     say(
         ctx,
         f"trained digits-cnn for {result.epochs} epochs on {result.train_samples} digits: "
         f"test accuracy {result.test_accuracy:.1%} on {result.test_samples} held-out "
         f"digits; saved {result.path}",
     )
-    if result.record is not None:
-        say(ctx, f"recorded epochs 0-{result.epochs} (0: before training) in {result.record}")
+    if result.record is not None:  # as given: a URL stays one
+        say(ctx, f"recorded epochs 0-{result.epochs} (0: before training) in {record}")
 
 
 for command in (info, verify, render, cluster):

@@ -8,8 +8,10 @@ activations of held-out digits before training (epoch 0) and after each epoch (e
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,11 +46,13 @@ def train_digits_cnn(
     lr: float = 2e-3,
     record: str | Path | None = None,
     probe_size: int = 100,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train digits-cnn on ``digits`` and save its state_dict to ``out``. ``record``: a store
     (replaced if it exists) where conv1, conv2 and fc1 of the first ``probe_size`` held-out
     digits are recorded before training and after every epoch; the training is the same
-    with or without it."""
+    with or without it. ``storage_options``: the Recorder's, for a ``record`` URL's file
+    system (fsspec)."""
     torch.manual_seed(seed)
     loaded = load_model("digits-cnn")
     model = loaded.module
@@ -74,6 +78,7 @@ def train_digits_cnn(
             out=record,
             batch_size=len(probe),
             overwrite=True,
+            storage_options=storage_options,
         )
         recorder.capture(0)  # the initial weights
     for epoch in range(epochs):
