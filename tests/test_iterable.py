@@ -277,3 +277,14 @@ def test_the_shapes_of_a_grown_store_are_those_a_store_of_its_rows_is_created_wi
     for n in (8, 16, 40, 800, 37, 1):
         assert resize.shapes(n) == row_shapes(store.attrs, n), n
     assert set(resize.shapes(8)) >= {"labels", "ids", "progress/done", "tokens/mask"}
+
+
+def test_the_chunk_rows_a_stream_gets_keep_every_chunk_of_a_block_bounded(tmp_path):
+    """A stream's rows are unknown, so its blocks are as large as its layers allow: the ids'
+    chunk (id_width bytes a row) and the skipped record bound them too."""
+    small = dict(RUN, layers="fc", chunk_rows=None)  # fc: 5 values a row
+    store = actextract.extract(tiny_cnn(), Samples(), out=None, **small)
+    assert store.complete and store.n == N
+    rows, width = store.chunk_rows, store.attrs["id_width"]
+    assert rows * width <= 32 << 20, (rows, width)
+    assert store.group["progress/skipped"].shape[1] <= max(1 << 20, 32 * rows)

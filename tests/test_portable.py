@@ -146,6 +146,27 @@ def test_an_id_longer_than_the_store_keeps_is_a_clear_error(tmp_path):
     assert store.ids[:].tolist() == ["abcd", "é.p", "", ""]
 
 
+def test_a_block_of_many_skipped_samples_keeps_their_indexes_within_a_bounded_record(tmp_path):
+    rows = 4096  # a record of rows × (id_width + 256) bytes would be 2 MB: capped at 1 MiB
+    store = create_store(
+        tmp_path / "s.zarr",
+        n=rows,
+        arrays=[ArraySpec("fc", (2,))],
+        options=StoreOptions(),
+        chunk_rows=rows,
+        attrs={"layers": []},
+    )
+    assert store.group["progress/skipped"].shape == (1, 1 << 20)
+    ids = [f"images/{'x' * 180}/{i}.png" for i in range(rows)]
+    bad = [{"index": i, "id": ids[i], "error": "OSError: truncated " * 20} for i in range(rows)]
+    acts = {"fc": np.full((rows, 2), np.nan, np.float16)}
+    store.write_block(0, acts, np.full(rows, -1, np.int64), ids, skipped=bad)
+    got = actextract.open_store(tmp_path / "s.zarr").skipped()
+    assert [s["index"] for s in got] == list(range(rows))  # every one, in the record
+    assert [s["id"] for s in got] == ids  # put back from ids
+    assert {s["error"] for s in got} == {""}
+
+
 def test_a_folder_of_long_paths_gets_an_id_width_that_holds_them(image_folder, tmp_path):
     deep = "a-folder-name-of-many-words-" * 9  # 252 bytes: with the class and file, past 256
     shutil.move(image_folder / "cat", tmp_path / "cat")

@@ -184,18 +184,17 @@ def _extract(o: ExtractOptions, group: Any) -> Store:
             arrays = token_rows(arrays, tokens)  # --reduce tokens: a row per real token
             trim = plan_cut(cap, source, rows, options, arrays, stats_attrs, tokens, decoder)
             n = 0 if source.stream is not None else len(rows)  # a stream's store grows
+            attrs = {
+                **provenance(loaded, source, cap.method, o.precision, options, o.batch_size),
+                "stats": stats_attrs,
+                **({"tokens": tokens} if tokens else {}),  # a text run's tokens/
+            }
             new = NewStore(
                 n,
                 arrays,
                 o.store_options,
-                choose_chunk_rows_for(
-                    location, o.store_options, o.resume or join, o.batch_size, arrays, n
-                ),
-                {
-                    **provenance(loaded, source, cap.method, o.precision, options, o.batch_size),
-                    "stats": stats_attrs,
-                    **({"tokens": tokens} if tokens else {}),  # a text run's tokens/
-                },
+                choose_chunk_rows_for(location, o, join, arrays, n, attrs["id_width"]),
+                attrs,
                 chunk_rows_given=o.chunk_rows is not None,
             )
             slots = ring_slots(  # refused before the store is created when too few

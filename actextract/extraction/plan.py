@@ -231,23 +231,21 @@ def choose_outputs(
 
 
 def choose_chunk_rows_for(
-    location: Location,
-    options: StoreOptions,
-    reuse: bool,
-    batch_size: int,
-    arrays: Sequence[ArraySpec],
-    n: int,
+    location: Location, o: Any, join: bool, arrays: Sequence[ArraySpec], n: int, id_width: int
 ) -> int:
-    """Rows per chunk: as asked, else the existing store's (when resuming or joining it), else
-    chosen from the batch size and the largest layer (``n`` 0: rows not known, a stream's)."""
+    """Rows per chunk: as asked (``o``: the ExtractOptions), else the existing store's (when
+    resuming or joining it), else chosen from the batch size and the largest row of a layer
+    or an id (``id_width`` bytes: the ids' chunk is a block's too), ``n`` 0 when the rows are
+    not known (a stream's)."""
+    options = o.store_options
     if options.chunk_rows:
         return options.chunk_rows
-    if reuse and location.is_store():
+    if (o.resume or join) and location.is_store():
         return open_store(location).chunk_rows
     per_sample = max(
         (math.prod(a.shape) * STORAGE_DTYPES[options.dtype].itemsize for a in arrays), default=1
     )
-    return choose_chunk_rows(batch_size, per_sample, n or STREAM_ROWS)
+    return choose_chunk_rows(o.batch_size, max(per_sample, id_width), n or STREAM_ROWS)
 
 
 def layer_arrays(

@@ -307,10 +307,10 @@ class Recorder:
     def _open(self, arrays: list[ArraySpec], method: str, overwrite: bool) -> EpochStore:
         """Continue the recording at ``out`` (same run), or create it."""
         n, dtype = len(self.source), np.dtype(self.options.dtype)
-        chunk_rows = choose_chunk_rows(
-            self.batch_size, max(math.prod(a.shape) for a in arrays) * dtype.itemsize, n
-        )
-        attrs = store_attrs(n, arrays, self.options, chunk_rows, self._provenance(method))
+        provenance = self._provenance(method)
+        row = max(math.prod(a.shape) for a in arrays) * dtype.itemsize  # or an id's, if longer
+        chunk_rows = choose_chunk_rows(self.batch_size, max(row, provenance["id_width"]), n)
+        attrs = store_attrs(n, arrays, self.options, chunk_rows, provenance)
         attrs.update(axis=AXIS, every=self.every)
         return open_recording(
             self.location,

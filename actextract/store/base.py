@@ -254,6 +254,11 @@ class BlockReader(StoreReader):
         for lo in range(0, len(done), step):
             texts = records[done[lo : lo + step]].tolist()
             out += [s for text in texts if text for s in json.loads(text)]
+        bare = [s for s in out if "id" not in s]  # a block that kept indexes only
+        if bare:
+            found = self.ids[[s["index"] for s in bare]].tolist()
+            for s, i in zip(bare, found, strict=True):
+                s.update(id=i, error=s.get("error", ""))
         return out
 
     def nonfinite(self) -> dict[str, int]:

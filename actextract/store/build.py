@@ -29,7 +29,7 @@ from actextract.store.layout import (
     schema,
     token_chunk,
 )
-from actextract.store.strings import DEFAULT_ID_WIDTH, SKIPPED_ROW_BYTES, text_attrs
+from actextract.store.strings import DEFAULT_ID_WIDTH, skipped_width, text_attrs
 
 __all__ = [
     "build_store",
@@ -229,7 +229,7 @@ def string_arrays(
             "progress/skipped": ((n_blocks,), (1,), ("block",), 0),
         }
     width = id_width(attrs)
-    record = chunk_rows * (width + SKIPPED_ROW_BYTES)  # a block's JSON: its skipped samples
+    record = skipped_width(chunk_rows, width)  # a block's JSON: its skipped samples
     return {
         "ids": ((n, width), (chunk_rows, width), ("sample", "id_byte"), width),
         "progress/skipped": ((n_blocks, record), (1, record), ("block", "record_byte"), record),

@@ -29,6 +29,8 @@ __all__ = [
     "DEFAULT_ID_WIDTH",
     "ERROR_CHARS",
     "RECORD_MIN_BYTES",
+    "SKIPPED_INDEX_BYTES",
+    "SKIPPED_RECORD_MAX",
     "SKIPPED_ROW_BYTES",
     "TextArray",
     "decode",
@@ -36,12 +38,18 @@ __all__ = [
     "fit_json",
     "is_fixed",
     "json_rows",
+    "skipped_width",
     "text_attrs",
     "width_for",
 ]
 
 DEFAULT_ID_WIDTH = 256  # bytes of UTF-8 per id: a relative path of a file name's length
 SKIPPED_ROW_BYTES = 256  # a block's skipped record: room per row beside the id (index, error)
+# ... but at most this per block (a block of many rows would otherwise allocate, write and
+# read back a record of chunk_rows × (id_width + 256) bytes, mostly padding, for every
+# block), and at least SKIPPED_INDEX_BYTES per row, room for each row's index alone
+SKIPPED_RECORD_MAX = 1 << 20
+SKIPPED_INDEX_BYTES = 32  # '{"index": 12345678901}, ' with room to spare
 ERROR_CHARS = 160  # a skipped sample's error, cut to this when a block's record would not fit
 RECORD_MIN_BYTES = 4096  # a recording's per-epoch record (weights sha256, time, per layer)
 STRINGS = np.dtypes.StringDType()
@@ -91,16 +99,27 @@ def decode(rows: np.ndarray) -> np.ndarray:
     return np.strings.decode(fixed, "utf-8").astype(STRINGS)
 
 
+def skipped_width(chunk_rows: int, id_width: int) -> int:
+    """Bytes of a block's record of skipped samples: room for each row's id and error, within
+    SKIPPED_RECORD_MAX, and never less than each row's index alone."""
+    full = chunk_rows * (id_width + SKIPPED_ROW_BYTES)
+    return min(full, max(SKIPPED_RECORD_MAX, chunk_rows * SKIPPED_INDEX_BYTES))
+
+
 def fit_json(value: Any, width: int, what: str) -> str:
     """``value`` as JSON of at most ``width`` bytes of UTF-8: a block's skipped samples have
-    their ``error`` texts cut (to ERROR_CHARS, then out) until it fits."""
+    their ``error`` texts cut (to ERROR_CHARS, then out), then only their ``index`` is kept
+    (their ids are in ``ids``; the reader puts them back), until it fits."""
     text = json.dumps(value, ensure_ascii=False)
-    for cut in (ERROR_CHARS, 0):
+    for cut in (ERROR_CHARS, 0, None):
         if len(text.encode("utf-8")) <= width:
             return text
         if not isinstance(value, list):
             break
-        value = [{**s, "error": str(s.get("error", ""))[:cut]} for s in value]
+        if cut is None:
+            value = [{"index": s["index"]} for s in value]
+        else:
+            value = [{**s, "error": str(s.get("error", ""))[:cut]} for s in value]
         text = json.dumps(value, ensure_ascii=False)
     if len(text.encode("utf-8")) <= width:
         return text
