@@ -117,6 +117,17 @@ def test_two_shards_write_one_bucket_at_once(s3, reference):
     assert actextract.verify(store).ok
 
 
+def test_a_root_another_process_wrote_is_seen_after_a_listing(s3):
+    """s3fs keeps the listings it made: a shard that listed a store half created (objects,
+    no root yet) must still see the root once the creator writes it."""
+    bucket = s3.bucket()
+    s3.client().put_object(Bucket=bucket, Key="half.zarr/labels/zarr.json", Body=b"{}")
+    where = location.Location.parse(f"s3://{bucket}/half.zarr", s3.options)
+    assert where.exists() and not where.is_store()  # listed: no root
+    s3.client().put_object(Bucket=bucket, Key="half.zarr/zarr.json", Body=b"{}")
+    assert where.is_store()
+
+
 def test_verify_finds_a_damaged_object_and_resume_mends_it(s3, small_reference):
     bucket = s3.bucket()
     url = f"s3://{bucket}/damaged.zarr"

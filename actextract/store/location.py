@@ -135,7 +135,11 @@ class Location:
         if self.local is not None:
             return (self.local / "zarr.json").is_file()
         self.check_reachable()
-        return bool(sync(self.zarr_store(read_only=True).exists("zarr.json")))
+        store = self.zarr_store(read_only=True)
+        # not from a listing s3fs cached (exists() lists the URL): another process may have
+        # written the root since, and a cached listing without it would say so for ever
+        store.fs.invalidate_cache(store.path)
+        return bool(sync(store.exists("zarr.json")))
 
     def is_empty_dir(self) -> bool:
         return self.local is not None and self.local.is_dir() and not any(self.local.iterdir())
@@ -253,11 +257,12 @@ class Location:
         """Wait (up to ``timeout`` seconds) for a remote store that another process is
         creating (objects there, the root not yet) to have its root; whether it did."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             if self.is_store():
                 return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.5)
-        return self.is_store()
 
 
 def _alive(pid: int) -> bool:
