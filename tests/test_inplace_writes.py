@@ -158,7 +158,9 @@ def test_outputs_something_else_can_still_write_are_copied_not_held(tmp_path):
     x = data.x
     with torch.no_grad():
         want = {"same": x, "keeps": x * 3, "buffered": x * 2}
-        want["fc"] = model.fc((want["keeps"] + want["buffered"]).flatten(1))
+        # batch by batch, as the run computed it: one matmul of all 20 rows may round apart
+        y = (want["keeps"] + want["buffered"]).flatten(1)
+        want["fc"] = torch.cat([model.fc(y[i : i + 4]) for i in range(0, len(y), 4)])
     for name in layers:
         np.testing.assert_allclose(store[name][:], want[name].numpy(), rtol=1e-6, err_msg=name)
     # only fc's output is the batch's own: the others are the input, a kept tensor, a buffer
