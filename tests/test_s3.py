@@ -145,6 +145,71 @@ def test_verify_finds_a_damaged_object_and_resume_mends_it(s3, small_reference):
     same_store(resumed, small_reference)
 
 
+@pytest.fixture(scope="module")
+def open_s3(tmp_path_factory):
+    """A second S3 server, of a lab's public kind: no authentication (moto's default), in a
+    process of its own (the first one's switch is process-wide)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise
+            time.sleep(0.3)
+    yield endpoint
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_anonymous_access_to_a_public_server(open_s3, small_reference):
+    import boto3
+
+    admin = boto3.client(
+        "s3",
+        endpoint_url=open_s3,
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        region_name="us-east-1",
+    )
+    admin.create_bucket(Bucket="open-data")
+    everyone = {"Effect": "Allow", "Principal": "*", "Action": "s3:*"}
+    resources = ["arn:aws:s3:::open-data", "arn:aws:s3:::open-data/*"]
+    policy = {"Version": "2012-10-17", "Statement": [{**everyone, "Resource": resources}]}
+    admin.put_bucket_policy(Bucket="open-data", Policy=json.dumps(policy))
+    anon = json.dumps({"endpoint_url": open_s3, "anon": True})  # unsigned requests
+    url = "s3://open-data/runs/digits.zarr"
+    store = actextract.extract(**SMALL, out=url, storage_options=anon)
+    assert store.complete
+    done = cli("info", url, "--storage-options", anon, "--json")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["status"] == "complete"
+    same_store(actextract.open_store(url, storage_options=anon), small_reference)
+
+    admin.create_bucket(Bucket="closed")  # no policy: its objects are not everyone's
+    admin.put_object(Bucket="closed", Key="run.zarr/zarr.json", Body=b"{}")
+    refused = cli("info", "s3://closed/run.zarr", "--storage-options", anon)
+    assert refused.exit_code == 2, refused.output
+    assert "s3://closed/run.zarr" in refused.output and "Traceback" not in refused.output
+    assert "refused anonymous access" in refused.output and "key and secret" in refused.output
+
+
 # -- what a user gets wrong first -------------------------------------------------------------
 def test_a_missing_bucket_is_named_with_the_fix(s3):
     options = json.dumps(s3.options)

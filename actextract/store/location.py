@@ -128,7 +128,8 @@ class Location:
         if self.local is not None:
             return self.local.exists()
         self.check_reachable()
-        return bool(sync(_first_key(self.zarr_store(read_only=True))))
+        with self._asking():
+            return bool(sync(_first_key(self.zarr_store(read_only=True))))
 
     def is_store(self) -> bool:
         """A Zarr group (or array) is there: its ``zarr.json`` exists."""
@@ -139,7 +140,20 @@ class Location:
         # not from a listing s3fs cached (exists() lists the URL): another process may have
         # written the root since, and a cached listing without it would say so for ever
         store.fs.invalidate_cache(store.path)
-        return bool(sync(store.exists("zarr.json")))
+        with self._asking():
+            return bool(sync(store.exists("zarr.json")))
+
+    @contextmanager
+    def _asking(self) -> Iterator[None]:
+        """A request about a remote store: what refuses it (an object the bucket's answer
+        did not cover: anonymous access to a private one) is a worded StoreError."""
+        try:
+            yield
+        except Exception as e:
+            message = remote_error_message(e, self.url, self.options)
+            if message is None:
+                raise
+            raise StoreError(message) from e
 
     def is_empty_dir(self) -> bool:
         return self.local is not None and self.local.is_dir() and not any(self.local.iterdir())

@@ -126,6 +126,13 @@ def remote_error_message(
             f"({type(exc).__name__}: {exc}). Check the server is up and the endpoint is right: "
             '--storage-options \'{"endpoint_url": "http://HOST:PORT"}\' (or AWS_ENDPOINT_URL).'
         )
+    if isinstance(exc, PermissionError) and (options or {}).get("anon"):
+        return (
+            f"cannot {doing} '{url}': the server{where} refused anonymous access ({exc}): the "
+            'bucket is not public. Drop "anon" and give a key and secret '
+            '(--storage-options \'{"key": "...", "secret": "..."}\', or AWS_ACCESS_KEY_ID and '
+            "AWS_SECRET_ACCESS_KEY)."
+        )
     if isinstance(exc, PermissionError):
         return (
             f"cannot {doing} '{url}': the server{where} refused these credentials ({exc}). "
