@@ -260,3 +260,17 @@ def test_render_out_must_be_a_local_folder(s3):
 def test_storage_options_that_do_not_parse_are_refused(given, says):
     with pytest.raises(OptionError, match=says):
         actextract.open_store("s3://bucket/r.zarr", storage_options=given)
+
+
+def test_a_server_error_is_worded_not_a_traceback():
+    """s3fs gives an HTTP 5xx as OSError(EREMOTEIO): a moto server with authentication on
+    answers an unsigned request so."""
+    import errno
+
+    from actextract.store.remote import remote_error_message
+
+    said = remote_error_message(
+        OSError(errno.EREMOTEIO, "Internal Server Error"), "s3://b/r.zarr", {"anon": True}
+    )
+    assert said is not None and "'s3://b/r.zarr'" in said and "the server's error" in said
+    assert remote_error_message(OSError(errno.EIO, "disk"), "s3://b/r.zarr", None) is None

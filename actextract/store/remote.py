@@ -12,6 +12,7 @@ the URL and the fix (exit 2) instead of a traceback: :func:`probe` asks once, on
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Mapping
@@ -23,6 +24,8 @@ from zarr.core.sync import sync
 from actextract.errors import OptionError, StoreError
 
 __all__ = ["check_options", "probe", "probe_options", "remote_error_message"]
+
+REMOTE_IO = getattr(errno, "EREMOTEIO", 121)  # s3fs's errno for an HTTP 5xx (Linux)
 
 # fsspec protocols whose URLs name a bucket (or container) first: the probe asks for it
 BUCKETS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "r2", "oss", "tos"}
@@ -139,6 +142,12 @@ def remote_error_message(
             'Check the key and secret (--storage-options \'{"key": "...", "secret": "..."}\', '
             "or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE) and that they may "
             f"{'write' if doing != 'open' else 'read'} this bucket."
+        )
+    if isinstance(exc, OSError) and exc.errno == REMOTE_IO:  # s3fs: an HTTP 5xx
+        return (
+            f"cannot {doing} '{url}': the server{where} failed to answer ({exc}). It is the "
+            "server's error, not the request's: try again, and look at the server's log if "
+            "it persists."
         )
     if isinstance(exc, FileNotFoundError) and bucket is not None:
         return (
