@@ -8,6 +8,7 @@ import click
 from actextract.cli.help import Section, options_of
 from actextract.cli.params import (
     capture_option,
+    choice_option,
     count_option,
     dtype_option,
     float_list,
@@ -74,11 +75,11 @@ _DATA = options_of(
         metavar="S[,S...]",
         help="Normalisation std per channel, e.g. 0.229,0.224,0.225. Default: the model's own.",
     ),
-    click.option(
+    choice_option(
         "--channels",
-        type=click.Choice(["1", "3"]),
-        default=None,
-        help="Convert images to grayscale (1) or RGB (3). Default: the model's own (RGB for "
+        ["1", "3"],
+        None,
+        "Convert images to grayscale (1) or RGB (3). Default: the model's own (RGB for "
         "torchvision models, grayscale for digits-cnn).",
     ),
     count_option(
@@ -98,11 +99,11 @@ _DATA = options_of(
         metavar="FIELD",
         help="text:FILE.jsonl: the field that holds each document.",
     ),
-    click.option(
+    choice_option(
         "--on-bad-sample",
-        type=click.Choice(["error", "skip"]),
-        default="error",
-        help="skip: leave an unreadable sample's row empty (NaN, label -1) and go on.",
+        ["error", "skip"],
+        "error",
+        "skip: leave an unreadable sample's row empty (NaN, label -1) and go on.",
     ),
 )
 
@@ -159,11 +160,11 @@ _LAYERS = options_of(
         help="LO,HI of channel-hist's bins (default: a probe sample's range, widened by half "
         "its width on each side).",
     ),
-    click.option(
+    choice_option(
         "--on-nonfinite",
-        type=click.Choice(["count", "error"]),
-        default="count",
-        help="NaN/Inf in an activation: count the rows per layer (summary and store), or stop.",
+        ["count", "error"],
+        "count",
+        "NaN/Inf in an activation: count the rows per layer (summary and store), or stop.",
     ),
 )
 
@@ -178,11 +179,11 @@ _STORAGE = options_of(
     storage_option,
     click.option("--overwrite", is_flag=True, help="Replace an existing store at --out."),
     dtype_option("Storage dtype (cast on the device)."),
-    click.option(
+    choice_option(
         "--codec",
-        type=click.Choice(["none", "zstd", "lz4", "blosc-zstd", "blosc-lz4"]),
-        default="none",
-        help="none is fastest; zstd halves ReLU maps on disk at 75-480 MB/s per writer thread.",
+        ["none", "zstd", "lz4", "blosc-zstd", "blosc-lz4"],
+        "none",
+        "none is fastest; zstd halves ReLU maps on disk at 75-480 MB/s per writer thread.",
     ),
     click.option(
         "--level", type=int, default=None, help="Compression level (default: the codec's)."
@@ -199,11 +200,11 @@ _STORAGE = options_of(
 
 _SPEED = options_of(
     click.option("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
-    click.option(
+    choice_option(
         "--precision",
-        type=click.Choice(["fp32", "bf16", "fp16"]),
-        default="fp32",
-        help="Autocast precision of the forward pass.",
+        ["fp32", "bf16", "fp16"],
+        "fp32",
+        "Autocast precision of the forward pass.",
     ),
     count_option("--batch-size", "Samples per forward pass.", default=64),
     count_option("--num-workers", "DataLoader worker processes.", least=0, default=0),
@@ -212,11 +213,11 @@ _SPEED = options_of(
         "Threads that compress and write (default: 2 on CUDA, beside the forward; on a CPU "
         "whose cores the forward uses, one per core up to 4, taking turns with it).",
     ),
-    click.option(
+    choice_option(
         "--decode",
-        type=click.Choice(["cpu", "gpu"]),
-        default="cpu",
-        help="Where folder: JPEGs are decoded: in the loader's workers (cpu), or batched on the "
+        ["cpu", "gpu"],
+        "cpu",
+        "Where folder: JPEGs are decoded: in the loader's workers (cpu), or batched on the "
         "GPU with nvJPEG, resized and normalised there (gpu; needs --device cuda).",
     ),
     click.option(

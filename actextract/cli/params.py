@@ -210,11 +210,19 @@ def hist_range(ctx, param, value: str | None) -> tuple[float, float] | None:
 
 
 def dtype_option(help_text: str):
+    return choice_option("--dtype", ["float16", "float32"], "float16", help_text, shown=True)
+
+
+def choice_option(
+    name: str, choices: list[str], default: str | None, help_text: str, *, shown: bool = False
+):
+    """An option that takes one of ``choices``; ``shown``: its help ends with the default in
+    click's own form (``[default: ...]``) rather than in its text."""
     return click.option(
-        "--dtype",
-        type=click.Choice(["float16", "float32"]),
-        default="float16",
-        show_default=True,
+        name,
+        type=click.Choice(choices),
+        default=default,
+        **({"show_default": True} if shown else {}),
         help=help_text,
     )
 
@@ -234,12 +242,12 @@ def count_option(
     )
 
 
-capture_option = click.option(
+capture_option = choice_option(
     "--capture",
-    type=click.Choice(["auto", "fx", "hooks"]),
-    default="auto",
-    show_default=True,
-    help="torch.fx, forward hooks (module names only), or fx with hooks as fallback.",
+    ["auto", "fx", "hooks"],
+    "auto",
+    "torch.fx, forward hooks (module names only), or fx with hooks as fallback.",
+    shown=True,
 )
 
 

@@ -15,6 +15,7 @@ from actextract.cli.help import Command
 from actextract.cli.output import verify_json
 from actextract.cli.params import (
     CONTEXT,
+    choice_option,
     progress_off,
     sample_rows,
     say,
@@ -200,11 +201,11 @@ def render(
     "--layer", required=True, metavar="NAME", help="The stored layer whose rows are clustered."
 )
 @click.option("--k", type=click.IntRange(min=2), required=True, help="Number of clusters.")
-@click.option(
+@choice_option(
     "--pool",
-    type=click.Choice(["none", "mean", "max"]),
-    default="none",
-    help="Reduce each channel's map to one value first (spatial mean or max).",
+    ["none", "mean", "max"],
+    "none",
+    "Reduce each channel's map to one value first (spatial mean or max).",
 )
 @click.option(
     "--pca",
