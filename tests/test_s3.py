@@ -146,7 +146,7 @@ def test_verify_finds_a_damaged_object_and_resume_mends_it(s3, small_reference):
 
 
 @pytest.fixture(scope="module")
-def open_s3(tmp_path_factory):
+def open_s3():
     """A second S3 server, of a lab's public kind: no authentication (moto's default), in a
     process of its own (the first one's switch is process-wide)."""
     import socket
@@ -173,27 +173,21 @@ def open_s3(tmp_path_factory):
             if time.monotonic() > deadline or server.poll() is not None:
                 raise
             time.sleep(0.3)
-    yield endpoint
+    import _s3
+
+    yield _s3.S3(endpoint, "any", "any")
     server.terminate()
     server.wait(timeout=30)
 
 
 def test_anonymous_access_to_a_public_server(open_s3, small_reference):
-    import boto3
-
-    admin = boto3.client(
-        "s3",
-        endpoint_url=open_s3,
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        region_name="us-east-1",
-    )
+    admin = open_s3.client()  # any key: the server checks none
     admin.create_bucket(Bucket="open-data")
     everyone = {"Effect": "Allow", "Principal": "*", "Action": "s3:*"}
     resources = ["arn:aws:s3:::open-data", "arn:aws:s3:::open-data/*"]
     policy = {"Version": "2012-10-17", "Statement": [{**everyone, "Resource": resources}]}
     admin.put_bucket_policy(Bucket="open-data", Policy=json.dumps(policy))
-    anon = json.dumps({"endpoint_url": open_s3, "anon": True})  # unsigned requests
+    anon = json.dumps({"endpoint_url": open_s3.endpoint, "anon": True})  # unsigned requests
     url = "s3://open-data/runs/digits.zarr"
     store = actextract.extract(**SMALL, out=url, storage_options=anon)
     assert store.complete
