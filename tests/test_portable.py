@@ -274,3 +274,13 @@ def test_clustering_a_sealed_store_leaves_no_stale_copy(tmp_path):
         if k.count("/") >= 2 and k.startswith("clusters/fc/")
     } == {name}
     assert root.metadata.consolidated_metadata is not None
+
+
+def test_a_recording_is_consolidated_after_each_capture(recording):
+    """Two captures: the copy in the root holds the arrays as the second left them."""
+    copy = consolidated(recording.path)
+    assert copy is not None
+    assert copy["metadata"]["acts/fc"]["shape"][0] == 2  # two epochs, not the first's one
+    assert copy["metadata"]["progress/epochs"]["shape"] == [2]
+    root = zarr.open_group(recording.path, mode="r")  # zarr's defaults: the copy
+    assert root["progress/epochs"][:].tolist() == [1, 1]

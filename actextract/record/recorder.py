@@ -53,6 +53,7 @@ from actextract.model.probe import configure, model_output_layers, probe
 from actextract.model.reduce import Reducer
 from actextract.model.zoo import borrowed
 from actextract.record.recording import open_recording
+from actextract.store.base import consolidate
 from actextract.store.build import store_attrs
 from actextract.store.epochs import AXIS, EpochStore
 from actextract.store.layout import (
@@ -158,11 +159,12 @@ class Recorder:
         started = time.perf_counter()
         store = self.store
         with writable(self.location, f"grow the recording to epoch {epoch}"):
+            # first: its consolidated metadata goes (the arrays' shapes are about to change)
+            store.update_attrs(status="incomplete", capturing=epoch)
             self._grow(epoch + 1)
             if store.done()[epoch]:
                 log.info("epoch %d is already recorded in %s; capturing it again", epoch, store)
                 store._node("progress/epochs")[epoch] = 0  # not trusted while it is rewritten
-            store.update_attrs(status="incomplete", capturing=epoch)
         try:
             with preserved(self.model, self.device):
                 cap = build_capture(
@@ -191,6 +193,7 @@ class Recorder:
             store.write_record(epoch, record)
             store._node("progress/epochs")[epoch] = 1  # only now is the epoch trusted
             store.update_attrs(status="complete", capturing=None, error=None, finished=now())
+            consolidate(store)  # for xarray and zarr, as a run's store has once sealed
         if any(nonfinite.values()):
             log.warning("epoch %d: rows with NaN or Inf, per layer: %s", epoch, nonfinite)
         log.info("captured epoch %d of %s in %.2f s", epoch, self.location, record["seconds"])
