@@ -17,6 +17,7 @@ from actextract.errors import ActextractError
 __all__ = [
     "CONTEXT",
     "capture_option",
+    "choice_option",
     "count_option",
     "dtype_option",
     "float_list",
