@@ -32,7 +32,13 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from actextract.errors import OptionError, StoreError
-from actextract.store.remote import check_options, probe, probe_options, remote_error_message
+from actextract.store.remote import (
+    check_options,
+    probe,
+    probe_options,
+    remote_error_message,
+    worded,
+)
 
 __all__ = ["Location", "check_out", "writable"]
 
@@ -128,7 +134,7 @@ class Location:
         if self.local is not None:
             return self.local.exists()
         self.check_reachable()
-        with self._asking():
+        with worded(self.url, self.options):  # the probe asked for the bucket, not its objects
             return bool(sync(_first_key(self.zarr_store(read_only=True))))
 
     def is_store(self) -> bool:
@@ -140,20 +146,8 @@ class Location:
         # not from a listing s3fs cached (exists() lists the URL): another process may have
         # written the root since, and a cached listing without it would say so for ever
         store.fs.invalidate_cache(store.path)
-        with self._asking():
+        with worded(self.url, self.options):
             return bool(sync(store.exists("zarr.json")))
-
-    @contextmanager
-    def _asking(self) -> Iterator[None]:
-        """A request about a remote store: what refuses it (an object the bucket's answer
-        did not cover: anonymous access to a private one) is a worded StoreError."""
-        try:
-            yield
-        except Exception as e:
-            message = remote_error_message(e, self.url, self.options)
-            if message is None:
-                raise
-            raise StoreError(message) from e
 
     def is_empty_dir(self) -> bool:
         return self.local is not None and self.local.is_dir() and not any(self.local.iterdir())

@@ -16,6 +16,7 @@ import errno
 import json
 import os
 from collections.abc import Mapping
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlparse
 
@@ -23,7 +24,7 @@ from zarr.core.sync import sync
 
 from actextract.errors import OptionError, StoreError
 
-__all__ = ["check_options", "probe", "probe_options", "remote_error_message"]
+__all__ = ["check_options", "probe", "probe_options", "remote_error_message", "worded"]
 
 REMOTE_IO = getattr(errno, "EREMOTEIO", 121)  # s3fs's errno for an HTTP 5xx (Linux)
 
@@ -92,12 +93,21 @@ def probe(store: Any, url: str, options: Mapping[str, Any] | None) -> None:
     fs, path = store.fs, store.path
     bucket = path.split("/", 1)[0]
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    try:
+    with worded(url, options, bucket=bucket):
         if protocols & BUCKETS:
             sync(fs._info(bucket))
         else:
             sync(fs._exists(path))
-    except Exception as e:  # worded below, or raised as it is
+
+
+@contextmanager
+def worded(url: str, options: Mapping[str, Any] | None, *, bucket: str | None = None):
+    """Requests about the store at ``url``: what :func:`remote_error_message` words (a
+    missing bucket, refused credentials, a silent endpoint) is raised as that StoreError,
+    anything else as it is."""
+    try:
+        yield
+    except Exception as e:
         message = remote_error_message(e, url, options, bucket=bucket)
         if message is None:
             raise
