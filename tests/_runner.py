@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -242,3 +243,10 @@ def _main() -> None:
 
 if __name__ == "__main__":
     _main()
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 nothing listens on (a server a test starts takes it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

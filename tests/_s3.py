@@ -79,3 +79,32 @@ def start() -> tuple[Any, S3]:
     settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
     ActionAuthenticatorMixin.request_count = 0
     return server, S3(endpoint, created["AccessKeyId"], created["SecretAccessKey"])
+
+
+def start_public() -> tuple[Any, S3]:
+    """A second server, of a lab's public kind: no authentication (moto's default), in a
+    process of its own (``start``'s switch is process-wide); the keys are any."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from _runner import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
+            return server, S3(endpoint, "any", "any")
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise
+            time.sleep(0.3)

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from _runner import ARGS, ENV, HERE, run, same_store, wait_for_done_blocks
+from _runner import ARGS, ENV, HERE, free_port, run, same_store, wait_for_done_blocks
 
 import actextract
 from actextract.check.verification import verify
@@ -27,12 +27,6 @@ from actextract.store import Store
 from actextract.store.location import Location
 
 LIMIT = 300  # seconds: a hang fails the test instead of blocking CI
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _node(rank: int, port: int, rdzv_id: str, out, nproc: int, script: list[str]) -> list[str]:
@@ -59,7 +53,7 @@ def _node(rank: int, port: int, rdzv_id: str, out, nproc: int, script: list[str]
 def _start_nodes(out, nproc: int, script: list[str]) -> list[tuple[subprocess.Popen, Path]]:
     """Both launchers, node 1's as soon as node 0's listens, each with its output in a file (so
     that neither blocks on a full pipe)."""
-    port, rdzv_id = _free_port(), f"actextract-{uuid.uuid4().hex[:8]}"
+    port, rdzv_id = free_port(), f"actextract-{uuid.uuid4().hex[:8]}"
     nodes = []
     for rank in (0, 1):
         log = out.parent / f"node-{rank}.log"

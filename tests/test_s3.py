@@ -147,35 +147,10 @@ def test_verify_finds_a_damaged_object_and_resume_mends_it(s3, small_reference):
 
 @pytest.fixture(scope="module")
 def open_s3():
-    """A second S3 server, of a lab's public kind: no authentication (moto's default), in a
-    process of its own (the first one's switch is process-wide)."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise
-            time.sleep(0.3)
     import _s3
 
-    yield _s3.S3(endpoint, "any", "any")
+    server, s3 = _s3.start_public()
+    yield s3
     server.terminate()
     server.wait(timeout=30)
 
