@@ -38,7 +38,6 @@ from actextract.core.versions import software
 from actextract.errors import OptionError, StoreError, option
 from actextract.store import Store
 from actextract.store.base import consolidate
-from actextract.store.build import fixed_strings
 from actextract.store.layout import now, quiet_numcodecs
 from actextract.store.location import writable
 from actextract.store.tokens import is_token_layer, sample_tokens
@@ -366,8 +365,7 @@ def _write(
         }
         group.update_attributes(attrs)
         group = clustering.install(parent, hidden, s.name)
-        if fixed_strings(store.attrs):  # consolidated again, the result in it, as at the seal
-            consolidate(store)
+        consolidate(store)  # consolidated again, the result in it, as at the seal
     return Clustering(layer, s.name, dict(group.attrs), group)
 
 

@@ -23,7 +23,7 @@ from zarr.core.sync import sync
 
 from actextract.core.axes import array_layout, stored_layout
 from actextract.errors import StoreError
-from actextract.store.layout import quiet_numcodecs, row_keys
+from actextract.store.layout import fixed_strings, quiet_numcodecs, row_keys
 from actextract.store.location import Location, writable
 from actextract.store.strings import TextArray
 
@@ -281,7 +281,10 @@ def consolidate(store: StoreReader) -> None:
     zarr.json), which xarray and ``zarr.open_group`` read in one request: done when the store
     is sealed, and dropped before any later write changes what it copies
     (:func:`drop_consolidated`), so that no copy outlives what it copies. actextract's own
-    readers never read it (``use_consolidated=False``)."""
+    readers never read it (``use_consolidated=False``). Stores before format 7 are left as
+    they were written: without it."""
+    if not fixed_strings(store.attrs):
+        return
     with warnings.catch_warnings():  # "not part in the Zarr format 3 specification": known
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(store.group.store)

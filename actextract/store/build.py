@@ -23,6 +23,7 @@ from actextract.store.layout import (
     FORMAT_VERSION,
     ArraySpec,
     StoreOptions,
+    fixed_strings,
     list_keys,
     now,
     quiet_numcodecs,
@@ -202,13 +203,6 @@ def counts_tokens(attrs: Mapping[str, Any]) -> bool:
     (``progress/tokens``): a text run's, from format 6 on (a store being built has no
     format yet: the current one's)."""
     return bool(attrs.get("tokens")) and int(attrs.get("format_version") or FORMAT_VERSION) >= 6
-
-
-def fixed_strings(attrs: Mapping[str, Any]) -> bool:
-    """Whether a store with these root attributes keeps its strings (ids, block records) as
-    fixed-width UTF-8 bytes, as every Zarr v3 reader reads them: from format 7 on (older
-    stores hold zarr's variable-length strings)."""
-    return int(attrs.get("format_version") or FORMAT_VERSION) >= 7
 
 
 def id_width(attrs: Mapping[str, Any]) -> int:

@@ -30,6 +30,7 @@ __all__ = [
     "ArraySpec",
     "StoreOptions",
     "choose_chunk_rows",
+    "fixed_strings",
     "layer_arrays",
     "list_keys",
     "now",
@@ -55,6 +56,13 @@ TARGET_CHUNK_BYTES = 32 << 20  # rows per chunk aim at 16-64 MB for the largest 
 MAX_CHUNK_BYTES = 64 << 20
 TOKEN_CHUNK_BYTES = 4 << 20  # a token-row array's chunks: a block's last one is part padding
 STORAGE_BYTES = {"float16": 2, "float32": 4}
+
+
+def fixed_strings(attrs: Mapping[str, Any]) -> bool:
+    """Whether a store with these root attributes keeps its strings (ids, block records) as
+    fixed-width UTF-8 bytes, as every Zarr v3 reader reads them: from format 7 on (older
+    stores hold zarr's variable-length strings)."""
+    return int(attrs.get("format_version") or FORMAT_VERSION) >= 7
 
 
 def now() -> str:

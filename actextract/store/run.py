@@ -26,7 +26,7 @@ import numpy as np
 from zarr.core.sync import sync
 
 from actextract.store.base import BlockReader, consolidate, write_attributes
-from actextract.store.build import counts_tokens, fixed_strings
+from actextract.store.build import counts_tokens
 from actextract.store.chunks import BlockRows, chunk_file, nonfinite_rows, write_chunk
 from actextract.store.layout import now, quiet_numcodecs
 from actextract.store.location import writable
@@ -209,6 +209,5 @@ class Store(BlockReader):
         if self.attrs.get("error"):  # a failed attempt's error, no longer true
             totals["error"] = None
         self.update_attrs(**values, **totals, status="complete", finished=now())
-        if fixed_strings(self.attrs):  # readable by all: consolidated metadata, once sealed
-            with writable(self.location, "consolidate the sealed store's metadata"):
-                consolidate(self)
+        with writable(self.location, "consolidate the sealed store's metadata"):
+            consolidate(self)  # readable by all: consolidated metadata, once sealed
