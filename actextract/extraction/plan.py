@@ -245,7 +245,7 @@ def choose_chunk_rows_for(
     per_sample = max(
         (math.prod(a.shape) * STORAGE_DTYPES[options.dtype].itemsize for a in arrays), default=1
     )
-    return choose_chunk_rows(o.batch_size, max(per_sample, id_width), n or STREAM_ROWS)
+    return choose_chunk_rows(o.batch_size, per_sample, n or STREAM_ROWS, id_width=id_width)
 
 
 def layer_arrays(

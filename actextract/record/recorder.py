@@ -311,8 +311,8 @@ class Recorder:
         """Continue the recording at ``out`` (same run), or create it."""
         n, dtype = len(self.source), np.dtype(self.options.dtype)
         provenance = self._provenance(method)
-        row = max(math.prod(a.shape) for a in arrays) * dtype.itemsize  # or an id's, if longer
-        chunk_rows = choose_chunk_rows(self.batch_size, max(row, provenance["id_width"]), n)
+        row = max(math.prod(a.shape) for a in arrays) * dtype.itemsize
+        chunk_rows = choose_chunk_rows(self.batch_size, row, n, id_width=provenance["id_width"])
         attrs = store_attrs(n, arrays, self.options, chunk_rows, provenance)
         attrs.update(axis=AXIS, every=self.every)
         return open_recording(

@@ -167,11 +167,14 @@ class ArraySpec:
         return dimension_names(array_layout(layout, self.reduce), len(self.shape))
 
 
-def choose_chunk_rows(batch_size: int, max_bytes_per_sample: int, n: int) -> int:
+def choose_chunk_rows(
+    batch_size: int, max_bytes_per_sample: int, n: int, *, id_width: int = 0
+) -> int:
     """Rows per chunk: a multiple of the batch size (or a divisor of it, for very large layers)
     that keeps the largest layer's chunk near 32 MB (at most), with the blocks as even as the
-    batch size allows, so that the last one is not mostly padding."""
-    per_sample = max(1, max_bytes_per_sample)
+    batch size allows, so that the last one is not mostly padding. ``id_width``: the bytes of
+    an id, whose chunk (fixed-width strings, a block's rows) is bounded as a layer's is."""
+    per_sample = max(1, max_bytes_per_sample, id_width)
     if batch_size * per_sample <= MAX_CHUNK_BYTES:
         rows = batch_size * max(1, TARGET_CHUNK_BYTES // (batch_size * per_sample))
         # as many blocks as that needs, made even: the last chunk is stored whole (NaN past
